@@ -1,0 +1,84 @@
+"""The agent interface: one proposal at a time from a fresh, bounded context.
+
+An agent is a sampler in Optuna's sense: `propose(context) -> Proposal` says what to try next,
+`observe(proposal, outcome)` tells it how that went. Agents never run git and never touch the
+user's checkout; coding-agent CLIs edit a scratch workspace that the harness gives them, and the
+harness reads the editable files back from it.
+
+Faults are typed: AgentError for an answer with no usable edit (recorded as an `agent-error`
+experiment, the loop goes on), ProposalsExhausted when an agent has nothing more to offer (the run
+ends cleanly).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..experiment import HistoryEntry, Outcome, Proposal, Usage
+
+if TYPE_CHECKING:
+    from ..config import TargetSpec
+
+
+class AgentError(Exception):
+    """The agent produced nothing usable; `usage` is what the failed attempt cost."""
+
+    def __init__(self, reason: str, usage: Usage | None = None, agent_log: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.usage = usage or Usage()
+        self.agent_log = agent_log
+
+
+class ProposalsExhausted(Exception):
+    """The agent has no further proposals (a replayed script ran out)."""
+
+
+@dataclass
+class AgentContext:
+    """Everything an agent may know when it proposes.
+
+    `files` are the editable files at the best commit, keyed by path relative to the target root.
+    `history` holds every finished experiment, oldest first. `workspace()` checks the best commit
+    out into a scratch directory and returns the target root inside it; only agents that edit
+    files in place (coding-agent CLIs) call it.
+    """
+
+    program: str
+    files: dict[str, str]
+    history: list[HistoryEntry]
+    best: HistoryEntry | None
+    spec: TargetSpec
+    base_commit: str
+    experiment_seq: int                       # the seq number this proposal will get
+    last_crash_log: str | None = None
+    feedback: str | None = None               # e.g. "that duplicated experiment #12"
+    workspace: Callable[[], Path] | None = None
+    editable: Callable[[str], bool] = field(default=lambda p: True)  # is this path editable?
+    log_dir: Path | None = None               # where the agent may save its transcript
+
+
+class Agent(ABC):
+    """Base class for proposers. Subclasses set `name`."""
+
+    name: str = "agent"
+    #: may `propose` be called again before earlier proposals were observed (proposals ahead of
+    #: time and several workers)? Agents that cannot say so are called one at a time.
+    concurrent: bool = True
+
+    @abstractmethod
+    def propose(self, context: AgentContext) -> Proposal:
+        """Return the next change to try; raise AgentError or ProposalsExhausted."""
+
+    def observe(self, proposal: Proposal, outcome: Outcome) -> None:  # noqa: B027
+        """Learn from a judged proposal. The default ignores it."""
+
+    def resume(self, history: list[HistoryEntry]) -> None:  # noqa: B027
+        """Rebuild internal state from the ledger after a restart. The default ignores it."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release resources (servers, subprocesses)."""

@@ -1,0 +1,660 @@
+"""The command line: init, run, start, try, status, log, show, export, plot, demo.
+
+Only AutoresearchError is caught here: it becomes one red line and exit code 1. Ctrl-C exits
+130 after the running experiment was recorded as interrupted. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+from .config import CONFIG_NAME, PROGRAM_NAME, Target, load_target, parse_spec
+from .errors import AutoresearchError, ConfigError
+from .experiment import Status
+from .ledger import Ledger
+
+console = Console(highlight=False)
+if not console.is_terminal:
+    console = Console(highlight=False, width=160)  # logs and pipes get whole lines
+err_console = Console(stderr=True, highlight=False)
+
+
+def default_tag() -> str:
+    return _dt.date.today().strftime("%b%d").lower()
+
+
+# == helpers ===================================================================================
+def _target(args) -> Target:
+    return load_target(Path(args.dir) if getattr(args, "dir", None) else None)
+
+
+def _ledger(target: Target, readonly: bool = False) -> Ledger:
+    return Ledger(target.state_dir / "ledger.db", readonly=readonly)
+
+
+def _tag(ledger: Ledger, args) -> str:
+    tag = getattr(args, "tag", None) or ledger.latest_tag()
+    if tag is None:
+        raise AutoresearchError("no runs recorded yet — start one with 'autoresearch run'")
+    if ledger.get_run(tag) is None:
+        known = ", ".join(r.tag for r in ledger.runs()) or "none"
+        raise AutoresearchError(f"no run with tag '{tag}' (known tags: {known})")
+    return tag
+
+
+def _git_init_commit(dest: Path, message: str) -> None:
+    def git(*a: str) -> None:
+        subprocess.run(["git", "-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost",
+                        "-c", "commit.gpgsign=false", *a], cwd=dest, check=True, capture_output=True)
+
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=dest,
+                            capture_output=True).returncode == 0
+    if not inside:
+        git("init", "-q", "-b", "main")
+    git("add", "-A", ".")
+    git("commit", "-q", "-m", message)
+
+
+# == init ======================================================================================
+def cmd_init(args) -> int:
+    from .templates import TEMPLATES, program_md, template_files, write_template
+
+    dest = Path(args.dir or ".").resolve()
+    if args.template:
+        if args.template not in TEMPLATES:
+            raise ConfigError(f"unknown template '{args.template}' — choose one of: {', '.join(TEMPLATES)}")
+        dest.mkdir(parents=True, exist_ok=True)
+        files = template_files(args.template)
+        clash = [r for r in files if (dest / r).exists()]
+        if clash and not args.force:
+            raise ConfigError(f"{dest / clash[0]} already exists — use an empty directory or --force")
+        write_template(args.template, dest)
+        target = load_target(dest)
+        if not (dest / PROGRAM_NAME).exists():
+            (dest / PROGRAM_NAME).write_text(program_md(target.spec, args.template))
+        _git_init_commit(dest, f"autoresearch: the {args.template} target")
+        console.print(f"[green]✓[/] wrote the [bold]{args.template}[/] target to {dest} and committed it")
+        console.print(f"  next: [bold]cd {dest} && autoresearch run[/]")
+        return 0
+
+    if not dest.is_dir():
+        raise ConfigError(f"{dest} is not a directory — create it first")
+    if subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=dest,
+                      capture_output=True).returncode != 0:
+        raise ConfigError(f"{dest} is not inside a git repository — run 'git init' there first, or "
+                          f"use 'autoresearch init --template quickstart {dest}'")
+    cfg = dest / CONFIG_NAME
+    if cfg.exists() and not args.force:
+        raise ConfigError(f"{cfg} already exists — edit it, or pass --force to overwrite it")
+    if not args.editable:
+        raise ConfigError("init needs --editable GLOB: the file(s) the agent may change (e.g. --editable train.py)")
+    if not args.run:
+        raise ConfigError("init needs --run CMD: the command that trains (e.g. --run 'python train.py')")
+    if not args.metric:
+        raise ConfigError("init needs --metric NAME: the number the run prints as 'NAME: value'")
+    data = {"editable": args.editable, "locked": args.locked or [], "run": args.run,
+            "metric": args.metric, "direction": args.direction, "budget": args.budget}
+    if args.evaluate:
+        data["evaluate"] = args.evaluate
+    if args.timeout:
+        data["timeout"] = args.timeout
+    spec = parse_spec(data, cfg)
+    lines = ["# autoresearch target: see the README's autoresearch.toml reference for every key"]
+    for key in ("editable", "locked", "run", "evaluate", "metric", "direction", "budget", "timeout"):
+        if key in data:
+            lines.append(f"{key} = {json.dumps(data[key])}")
+    cfg.write_text("\n".join(lines) + "\n")
+    prog = dest / PROGRAM_NAME
+    if not prog.exists() or args.force:
+        prog.write_text(program_md(spec, dest.name))
+    console.print(f"[green]✓[/] wrote {cfg} and {prog}")
+    console.print(f"  next: commit them ([bold]git add {CONFIG_NAME} {PROGRAM_NAME} && git commit -m "
+                  f"autoresearch[/]), then [bold]autoresearch run[/]")
+    return 0
+
+
+# == run =======================================================================================
+def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
+    from .agents import make_agent
+    from .executors import LocalExecutor
+    from .loop import Loop, LoopOptions
+    from .policies import make_policy
+    from .ratchet import Ratchet
+
+    ratchet = Ratchet(target.root)
+    ledger = _ledger(target)
+    policy_name = getattr(args, "policy", None)
+    run = ledger.get_run(tag)
+    if policy_name is None:
+        from .policies import DEFAULT_POLICY
+        policy_name = run.policy if run and run.policy else DEFAULT_POLICY
+    policy = make_policy(policy_name)
+    agent_name = getattr(args, "agent", None) or (run.agent if run and run.agent else "optuna")
+    base = ratchet.branch_commit(tag) or ratchet.head()
+    if agent is None:
+        files = ratchet.read_files(base, [p for p in ratchet.list_files(base)
+                                          if _editable(target, p)])
+        agent = make_agent(agent_name, target, files=files, seed=getattr(args, "seed", 0) or 0)
+    gpus = [g.strip() for g in args.gpus.split(",")] if getattr(args, "gpus", None) else None
+    workers = getattr(args, "workers", 1) or 1
+    executor_name = getattr(args, "executor", "local") or "local"
+    if executor_name == "ray":
+        try:
+            from .executors.ray_executor import RayExecutor
+        except ImportError as e:
+            raise ConfigError(f"--executor ray needs Ray: pip install 'autoresearch[ray]' ({e})") from None
+        executor = RayExecutor(ratchet, workers=workers, address=getattr(args, "address", None),
+                               gpus=bool(gpus))
+    elif executor_name == "local":
+        executor = LocalExecutor(ratchet, workers=workers, gpus=gpus)
+    else:
+        raise ConfigError(f"unknown --executor '{executor_name}' — use local or ray")
+    options = LoopOptions(
+        tag=tag, agent_name=agent_name, max_experiments=getattr(args, "max_experiments", None),
+        max_time=getattr(args, "max_time", None), budget=getattr(args, "budget", None),
+        prune=getattr(args, "prune", False), max_cost=getattr(args, "max_cost", None),
+        seed=getattr(args, "seed", 0) or 0, ahead=getattr(args, "ahead", None))
+    return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
+
+
+def _editable(target: Target, rel: str) -> bool:
+    from .globs import matches
+    return matches(rel, target.spec.editable) and not matches(rel, target.spec.locked_globs)
+
+
+def _run_loop(loop, console: Console) -> int:
+    from .loop import RunStopped
+
+    try:
+        why = loop.run_forever()
+    except KeyboardInterrupt:
+        if loop.reporter:
+            loop.reporter.close()
+        console.print(f"[yellow]interrupted[/]: the running experiment was recorded as interrupted; "
+                      f"resume with [bold]autoresearch run --tag {loop.tag}[/]")
+        return 130
+    except RunStopped:
+        if loop.reporter:
+            loop.reporter.close()
+        raise
+    if loop.reporter:
+        loop.reporter.close()
+    console.print(f"[bold]stopped[/]: {why}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .ui import Reporter
+
+    target = _target(args)
+    tag = args.tag or default_tag()
+    reporter = Reporter(console, target.spec.metric, quiet=args.quiet)
+    loop = build_loop(target, args, tag, reporter=reporter)
+    console.print(f"[bold]autoresearch[/] run [cyan]{tag}[/] on {target.root} — agent "
+                  f"[bold]{loop.opt.agent_name}[/], policy [bold]{loop.policy.name}[/], "
+                  f"{loop.executor.slots} slot(s), budget {loop.budget:g}s, branch autoresearch/{tag}")
+    code = _run_loop(loop, console)
+    _print_summary(loop.ledger, tag, target)
+    return code
+
+
+def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
+    exps = ledger.experiments(tag)
+    if not exps:
+        return
+    kept = [e for e in exps if e.status == Status.KEEP]
+    base = exps[0].metric
+    best = max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+    if best and best.metric is not None and base is not None:
+        console.print(f"best [bold]{target.spec.metric} {best.metric:.6f}[/] (#{best.seq}) vs baseline "
+                      f"{base:.6f} ({best.metric - base:+.6f}); {len(exps)} experiments, {len(kept)} kept; "
+                      f"results: {target.results_path}")
+
+
+# == agent-driven mode =========================================================================
+def cmd_start(args) -> int:
+    from .agents.script_agent import ScriptAgent  # noqa: F401 - keeps the import graph warm
+    from .ui import Reporter
+
+    target = _target(args)
+    from .ratchet import Ratchet
+    ratchet = Ratchet(target.root)
+    ledger = _ledger(target)
+    tag = args.tag
+    if ledger.get_run(tag) is None and ratchet.branch_commit(tag) is not None:
+        raise AutoresearchError(f"branch autoresearch/{tag} already exists — pick another --tag")
+    reporter = Reporter(console, target.spec.metric)
+    loop = build_loop(target, args, tag, agent=_NoAgent(), reporter=reporter)
+    loop.opt.agent_name = "coding-agent"
+    code = _run_loop(loop, console)
+    if code:
+        return code
+    if ratchet.current_branch() != f"refs/heads/autoresearch/{tag}":
+        ratchet.checkout_branch(tag)
+    base = ledger.experiments(tag)[0]
+    console.print(f"on branch [bold]autoresearch/{tag}[/]; baseline {target.spec.metric} = "
+                  f"{base.metric}. Now edit, then: autoresearch try -m \"what you changed\"")
+    return 0
+
+
+class _NoAgent:
+    """For `start`: the baseline only."""
+
+    name = "coding-agent"
+    concurrent = True
+    ahead = False
+
+    def propose(self, context):
+        from .agents import ProposalsExhausted
+        raise ProposalsExhausted("agent-driven mode")
+
+    def observe(self, proposal, outcome):
+        pass
+
+    def resume(self, history):
+        pass
+
+    def close(self):
+        pass
+
+
+class _OneShot(_NoAgent):
+    def __init__(self, proposal):
+        self.proposal = proposal
+
+    def propose(self, context):
+        p, self.proposal = self.proposal, None
+        if p is None:
+            return super().propose(context)
+        return p
+
+
+def cmd_try(args) -> int:
+    from .experiment import Proposal
+    from .ratchet import Ratchet
+
+    target = _target(args)
+    ratchet = Ratchet(target.root)
+    branch = ratchet.current_branch() or ""
+    prefix = "refs/heads/autoresearch/"
+    if not branch.startswith(prefix):
+        raise AutoresearchError("not on an autoresearch/TAG branch — run 'autoresearch start --tag TAG' first")
+    tag = branch[len(prefix):]
+    ledger = _ledger(target)
+    if ledger.get_run(tag) is None:
+        raise AutoresearchError(f"no run '{tag}' in the ledger — run 'autoresearch start --tag {tag}' first")
+    head = ratchet.head()
+    changed = [p for p in ratchet.worktree_changes() if p not in (".autoresearch", "results.tsv")
+               and not p.startswith(".autoresearch/") and p != "results.tsv"]
+    outside = [p for p in changed if not _editable(target, p)]
+    editable = [p for p in changed if _editable(target, p)]
+    if outside:
+        ratchet.restore_in_checkout(outside, head)
+        console.print(f"[magenta]invalid[/]: changes outside the editable files were refused and "
+                      f"restored: {', '.join(outside)}")
+    if not editable:
+        console.print("nothing to try: no uncommitted change to the editable files "
+                      f"({', '.join(target.spec.editable)})")
+        return 1 if outside else 0
+    files = {p: ratchet.read_worktree_file(p) for p in editable}
+    proposal = Proposal(description=args.message, files=files)
+    args.agent = "coding-agent"
+    loop = build_loop(target, args, tag, agent=_OneShot(proposal), reporter=None)
+    loop.opt.agent_name = "coding-agent"
+    before = {e.id for e in ledger.experiments(tag)}
+    code = _run_loop(loop, Console(quiet=True))
+    new = [e for e in ledger.experiments(tag) if e.id not in before]
+    cand = next((e for e in new if e.kind == "candidate"), None)
+    if cand is None:
+        console.print("[yellow]not run[/]: the change repeats an earlier experiment exactly")
+        ratchet.restore_in_checkout(editable, ratchet.head())
+        return 1
+    if cand.status == Status.KEEP:
+        ratchet.sync_index()
+    else:
+        ratchet.restore_in_checkout(editable, ratchet.head())
+    _print_verdict(ledger, tag, cand, target, new)
+    return code
+
+
+def _print_verdict(ledger: Ledger, tag: str, cand, target: Target, new) -> None:
+    from .metrics import tail_lines
+
+    kept = [e for e in ledger.experiments(tag) if e.status == Status.KEEP]
+    best = max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+    m = target.spec.metric
+    color = {"keep": "green", "discard": "yellow"}.get(cand.status.value, "red")
+    runs = len(new)
+    line = f"[{color}]{cand.status.value}[/] #{cand.seq}: {m} = {cand.metric}"
+    if best is not None:
+        line += f"; best {best.metric} (#{best.seq})"
+    line += f"; {runs} run(s); log {cand.log_path}"
+    console.print(line)
+    if cand.reason:
+        console.print(f"  reason: {cand.reason}")
+    if cand.status in (Status.CRASH, Status.TIMEOUT) and cand.log_path:
+        console.print("  last lines of the log:")
+        for ln in tail_lines(Path(cand.log_path), 50):
+            console.print("  | " + ln, markup=False)
+    if cand.status == Status.KEEP:
+        console.print("  committed on the branch.")
+    else:
+        console.print("  the editable files were restored to the best version.")
+
+
+# == reading the ledger ========================================================================
+def _best(exps):
+    kept = [e for e in exps if e.status == Status.KEEP]
+    return max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+
+
+def cmd_status(args) -> int:
+    from rich.table import Table
+
+    from .ui import experiments_table
+
+    target = _target(args)
+    ledger = _ledger(target, readonly=True)
+    tag = _tag(ledger, args)
+    run = ledger.get_run(tag)
+    exps = ledger.experiments(tag)
+    counts: dict[str, int] = {}
+    for e in exps:
+        counts[e.status.value] = counts.get(e.status.value, 0) + 1
+    best = _best(exps)
+    base = exps[0] if exps else None
+    cost = sum(e.cost_usd for e in exps)
+    improvements = sum(1 for e in exps if e.status == Status.KEEP and e.kind != "baseline")
+    slots = ledger.slots(tag)
+    if args.json:
+        print(json.dumps({
+            "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
+            "policy": run.policy, "experiments": len(exps), "counts": counts,
+            "baseline": base.metric if base else None,
+            "best": {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
+                     "description": best.description,
+                     "estimate": (best.decision or {}).get("evidence", {}).get("estimate")} if best else None,
+            "cost_usd": cost, "cost_per_improvement": cost / improvements if improvements else None,
+            "tokens": {"input": sum(e.input_tokens for e in exps), "output": sum(e.output_tokens for e in exps)},
+            "slots": [{"slot": s["slot"], "experiment": (ledger.get(s["experiment_id"]).seq
+                       if s["experiment_id"] else None), "since": s["since"], "gpu": s["gpu"],
+                       "host": s["host"]} for s in slots],
+        }, indent=2))
+        return 0
+    console.print(f"[bold]run {tag}[/] · {run.metric} ({run.direction}) · agent {run.agent} · "
+                  f"policy {run.policy} · branch autoresearch/{tag}")
+    console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" · {len(exps)} total")
+    if base and base.metric is not None:
+        console.print(f"  baseline {base.metric:.6f}")
+    if best and best.metric is not None and base and base.metric is not None:
+        est = (best.decision or {}).get("evidence", {}).get("estimate")
+        extra = f" ± {est['sem']:.6f} (n={est['n']})" if isinstance(est, dict) and est.get("sem") else ""
+        console.print(f"  best     [bold green]{best.metric:.6f}[/]{extra} (#{best.seq}, "
+                      f"{best.metric - base.metric:+.6f}): {best.description}")
+    if cost:
+        per = f", ${cost / improvements:.4f} per kept improvement" if improvements else ""
+        console.print(f"  cost ${cost:.4f}{per}")
+    if slots:
+        t = Table(title="slots", header_style="bold")
+        for c in ("slot", "gpu", "running", "since", "proposal"):
+            t.add_column(c)
+        for s in slots:
+            e = ledger.get(s["experiment_id"]) if s["experiment_id"] else None
+            since = f"{time.time() - s['since']:.0f}s ago" if e else ""
+            t.add_row(str(s["slot"]), s["gpu"] or "", f"#{e.seq}" if e else "idle", since,
+                      e.description[:60] if e else "")
+        console.print(t)
+    kept = [e for e in exps if e.status == Status.KEEP]
+    if kept:
+        console.print(experiments_table(kept, run.metric, "kept experiments",
+                                        base.metric if base else None))
+    return 0
+
+
+def cmd_log(args) -> int:
+    from .export import row
+    from .ui import experiments_table
+
+    target = _target(args)
+    ledger = _ledger(target, readonly=True)
+    tag = _tag(ledger, args)
+    exps = ledger.experiments(tag)
+    if args.limit:
+        exps = exps[-args.limit:]
+    if args.json:
+        print(json.dumps([row(e) for e in exps], indent=2))
+        return 0
+    base = ledger.by_seq(tag, 1)
+    console.print(experiments_table(exps, target.spec.metric, f"run {tag}",
+                                    base.metric if base else None))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .metrics import tail_lines
+    from .ratchet import Ratchet
+
+    target = _target(args)
+    ledger = _ledger(target, readonly=True)
+    tag = _tag(ledger, args)
+    e = ledger.by_seq(tag, args.id)
+    if e is None:
+        raise AutoresearchError(f"no experiment #{args.id} in run '{tag}' (it has {ledger.count(tag)})")
+    console.print(f"[bold]#{e.seq}[/] {e.description}")
+    console.print(f"  status   {e.status.value}" + (f" — {e.reason}" if e.reason else ""))
+    console.print(f"  {target.spec.metric:<8} {e.metric}")
+    console.print(f"  kind {e.kind}, agent {e.agent}, seed {e.seed}, commit {e.commit_sha}, parent {e.parent}")
+    if e.candidate_of:
+        c = ledger.get(e.candidate_of)
+        console.print(f"  measured for candidate #{c.seq}")
+    if e.wall_time is not None:
+        console.print(f"  wall {e.wall_time:.2f}s, peak memory {e.peak_memory_mb or 0:.0f} MB, exit {e.exit_code}")
+    if e.input_tokens or e.cost_usd:
+        console.print(f"  tokens {e.input_tokens} in / {e.output_tokens} out, ${e.cost_usd:.4f}")
+    if e.metrics:
+        console.print("  metrics  " + ", ".join(f"{k}={v:g}" for k, v in sorted(e.metrics.items())))
+    if e.params:
+        console.print("  params   " + ", ".join(f"{k}={v}" for k, v in e.params.items()))
+    if e.decision:
+        console.print("  decision " + json.dumps(e.decision, default=str))
+    if e.notes:
+        console.print(f"  notes    {e.notes}")
+    repeats = [r for r in ledger.experiments(tag) if r.candidate_of == e.id]
+    if repeats:
+        console.print("  repeats  " + ", ".join(f"#{r.seq}={r.metric}" for r in repeats))
+    if e.commit_sha and e.parent:
+        diff = Ratchet(target.root).diff(e.parent, e.commit_sha)
+        console.print("[bold]diff against its parent[/]")
+        console.print(diff or "(no change)", markup=False)
+    if e.log_path and Path(e.log_path).exists():
+        console.print(f"[bold]log tail[/] ({e.log_path})")
+        for ln in tail_lines(Path(e.log_path), args.lines):
+            console.print(ln, markup=False)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    target = _target(args)
+    ledger = _ledger(target, readonly=True)
+    tag = _tag(ledger, args) if args.tag or not args.all else None
+    text = export(ledger, tag, args.format, target.spec)
+    if args.output:
+        Path(args.output).write_text(text)
+        err_console.print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plot import plot_progress
+
+    target = _target(args)
+    ledger = _ledger(target, readonly=True)
+    tag = _tag(ledger, args)
+    out = Path(args.output or target.root / "progress.png")
+    plot_progress(ledger.experiments(tag), target.spec.metric, target.spec.direction, out,
+                  title=f"autoresearch {tag}")
+    console.print(f"wrote {out}")
+    return 0
+
+
+# == demo ======================================================================================
+def cmd_demo(args) -> int:
+    from .plot import plot_progress
+    from .templates import program_md, write_template
+    from .ui import Reporter, experiments_table
+
+    dest = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="autoresearch-demo-"))
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"{dest} is not empty — give a new or empty directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    write_template("quickstart", dest)
+    target = load_target(dest)
+    (dest / PROGRAM_NAME).write_text(program_md(target.spec, "the quickstart target"))
+    _git_init_commit(dest, "autoresearch: the quickstart target")
+    console.print(f"[bold]autoresearch demo[/]: the quickstart target in {dest}, "
+                  f"{args.experiments} experiments with the offline optuna agent")
+    args.tag = args.tag or "demo"
+    args.max_experiments = args.experiments
+    reporter = Reporter(console, target.spec.metric, quiet=False)
+    loop = build_loop(target, args, args.tag, reporter=reporter)
+    t0 = time.time()
+    code = _run_loop(loop, console)
+    exps = loop.ledger.experiments(args.tag)
+    base = exps[0].metric if exps else None
+    console.print(experiments_table(exps, target.spec.metric, f"demo: {len(exps)} experiments "
+                                    f"in {time.time() - t0:.0f}s", base))
+    png = plot_progress(exps, target.spec.metric, target.spec.direction, dest / "progress.png",
+                        title="autoresearch demo (quickstart)")
+    _print_summary(loop.ledger, args.tag, target)
+    console.print(f"  target     {dest}\n  results    {target.results_path}\n  plot       {png}\n"
+                  f"  ledger     {target.state_dir / 'ledger.db'}\n  logs       {loop.log_dir}\n"
+                  f"  branch     autoresearch/{args.tag} (git -C {dest} log --oneline autoresearch/{args.tag})")
+    return code
+
+
+# == argument parsing ==========================================================================
+def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> None:
+    p.add_argument("--tag", required=tag_required, help="run name; branch autoresearch/TAG (default: today, e.g. nov23)")
+    p.add_argument("--agent", help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, anthropic:MODEL")
+    p.add_argument("--max-experiments", type=int, help="stop after N experiments (the baseline and repeats count)")
+    p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
+    p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")
+    p.add_argument("--policy", help="noise-aware (default) or greedy")
+    p.add_argument("--prune", action="store_true", help="stop runs whose progress curve is clearly worse")
+    p.add_argument("--max-cost", type=float, help="stop when the agent has cost USD")
+    p.add_argument("--workers", type=int, default=1, help="experiments at once (one worktree each)")
+    p.add_argument("--gpus", help="GPU indices, one per worker: 0,1,2,3")
+    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--ahead", type=int, help="proposals kept ready ahead of time (default: slots for slow agents)")
+    p.add_argument("--seed", type=int, default=0, help="base value of AUTORESEARCH_SEED")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
+    parser.add_argument("-C", "--dir", dest="dir", help="the target directory (default: here)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write autoresearch.toml and program.md (or a whole template)")
+    p.add_argument("init_dir", nargs="?", metavar="DIR")
+    p.add_argument("--template", help="quickstart or nanochat")
+    p.add_argument("--editable", action="append", metavar="GLOB")
+    p.add_argument("--locked", action="append", metavar="GLOB")
+    p.add_argument("--run", metavar="CMD")
+    p.add_argument("--evaluate", metavar="CMD")
+    p.add_argument("--metric", metavar="NAME")
+    p.add_argument("--direction", choices=["minimize", "maximize"], default="minimize")
+    p.add_argument("--budget", type=float, default=300, metavar="SECONDS")
+    p.add_argument("--timeout", type=float, metavar="SECONDS")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", help="run the loop (resumes an existing tag)")
+    _run_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("start", help="agent-driven mode: create the branch and measure the baseline")
+    _run_flags(p, tag_required=True)
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("try", help="agent-driven mode: evaluate the uncommitted changes as one experiment")
+    p.add_argument("-m", "--message", required=True, help="what was changed and why")
+    p.add_argument("--policy")
+    p.add_argument("--budget", type=float)
+    p.set_defaults(func=cmd_try)
+
+    for name, fn, text in (("status", cmd_status, "summary of a run"),
+                           ("log", cmd_log, "every experiment of a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--tag")
+        p.add_argument("--json", action="store_true")
+        if name == "log":
+            p.add_argument("--limit", type=int)
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("show", help="one experiment: metrics, decision, diff, log tail")
+    p.add_argument("id", type=int, help="experiment number (#N)")
+    p.add_argument("--tag")
+    p.add_argument("--lines", type=int, default=30, help="log lines to show")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="the ledger as tsv, csv or jsonl")
+    p.add_argument("--format", choices=["tsv", "csv", "jsonl"], default="tsv")
+    p.add_argument("--tag")
+    p.add_argument("--all", action="store_true", help="every run, not only the latest")
+    p.add_argument("-o", "--output")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="the progress chart")
+    p.add_argument("-o", "--output", help="PNG path (default: progress.png in the target)")
+    p.add_argument("--tag")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="run the quickstart target end to end")
+    p.add_argument("demo_dir", nargs="?", metavar="DIR")
+    p.add_argument("--experiments", type=int, default=20)
+    p.add_argument("--policy")
+    p.add_argument("--tag")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        args.dir = args.init_dir or args.dir
+    if args.command == "demo":
+        args.dir = args.demo_dir
+    try:
+        return args.func(args) or 0
+    except AutoresearchError as e:
+        first, *rest = str(e).splitlines() or [type(e).__name__]
+        err_console.print(f"[bold red]error:[/] {first}", markup=True, highlight=False)
+        for line in rest:
+            err_console.print(line, markup=False, highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The target spec: autoresearch.toml, validated with errors that say the fix.
+
+Every key is documented in the README ("autoresearch.toml reference"). Unknown keys are
+refused with a "did you mean" hint, because a typo in `locked` must never silently unlock a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+CONFIG_NAME = "autoresearch.toml"
+PROGRAM_NAME = "program.md"
+ALWAYS_LOCKED = (CONFIG_NAME, PROGRAM_NAME)
+STATE_DIR = ".autoresearch"
+RESULTS_NAME = "results.tsv"
+
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
+        "==": operator.eq, "!=": operator.ne}
+_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|==|!=|<|>)\s*([-+0-9.eE]+|inf)\s*$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`peak_vram_mb <= 60000`: an experiment whose recorded metric breaks it is discarded."""
+
+    metric: str
+    op: str
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        m = _CONSTRAINT_RE.match(text)
+        if not m:
+            raise ValueError(
+                f"constraint {text!r} is not of the form 'name <= number' (ops: <=, <, >=, >, ==, !=)")
+        return cls(m.group(1), m.group(2), float(m.group(3)))
+
+    def check(self, metrics: dict[str, float]) -> str | None:
+        """None when satisfied; otherwise the reason. A metric that was not recorded fails."""
+        value = metrics.get(self.metric)
+        if value is None:
+            return f"constraint {self}: metric {self.metric!r} was not recorded"
+        if not _OPS[self.op](value, self.bound):
+            return f"constraint {self} violated: {self.metric} = {value:g}"
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SearchParam(_Strict):
+    """A range for one tunable constant, used by the optuna agent."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    int_: bool = Field(False, alias="int")
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchParam:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("'choices' must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs 'low' and 'high' (or 'choices')")
+        if not self.low < self.high:
+            raise ValueError(f"'low' ({self.low:g}) must be below 'high' ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("'log = true' needs 'low' > 0")
+        return self
+
+
+class PolicySettings(_Strict):
+    """[policy]: settings of the acceptance policies (see policies/)."""
+
+    baseline_runs: int = Field(3, ge=1, le=50)        # noise-aware: evaluations of the baseline
+    alpha: float = Field(0.05, gt=0, lt=0.5)          # noise-aware: false-keep error rate
+    power_beta: float = Field(0.1, gt=0, lt=0.5)      # noise-aware: chance to miss a real improvement
+    max_runs: int = Field(6, ge=1, le=100)            # noise-aware: cap on runs per candidate
+    min_effect: float = Field(0.0, ge=0)              # in the metric's units
+    min_effect_sigmas: float = Field(0.0, ge=0)       # as a multiple of the measured noise
+    noise_floor: float = Field(0.0, ge=0)             # lower bound on the noise sd, metric units
+    screen_z: float = Field(0.75)                     # noise-aware: first run must look this good (z)
+    design_sigmas: float = Field(2.5, gt=0)           # noise-aware: improvement the test is tuned to, in noise sd
+    confirm_runs: int = Field(2, ge=1, le=100)        # noise-aware: runs of a candidate before a keep
+    refresh_runs: int = Field(3, ge=0, le=50)         # noise-aware: fresh runs of a new best before it is judged by them
+
+
+class PruneSettings(_Strict):
+    """[prune]: early stopping of runs from their `progress:` lines (with --prune)."""
+
+    warmup: float = Field(0.2, ge=0, lt=1)            # no pruning before this share of progress
+    metric: str | None = None                         # curve to compare; default: the run's first
+    min_history: int = Field(1, ge=1)                 # finished runs needed before pruning
+    margin_sigmas: float = Field(3.0, ge=0)           # how clearly worse counts as "clearly"
+    catch_up: float = Field(1.0, ge=0)                # slack: a run may still learn this much faster than the best
+
+
+class Price(_Strict):
+    input: float = Field(ge=0)    # USD per million input tokens
+    output: float = Field(ge=0)   # USD per million output tokens
+
+
+class AgentSettings(_Strict):
+    """[agent]: settings shared by every agent backend."""
+
+    timeout: float = Field(900, gt=0)                 # seconds for one proposal
+    max_consecutive_errors: int = Field(5, ge=1)
+    context_chars: int = Field(48_000, ge=2_000)       # size budget of the prompt
+    history_rows: int = Field(60, ge=1)
+    max_retries: int = Field(4, ge=0)                 # HTTP retries with backoff
+    max_tokens: int = Field(8192, ge=256)
+    temperature: float | None = None
+    command: str | None = None                        # default for --agent command
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+
+class TargetSpec(_Strict):
+    """The contents of autoresearch.toml."""
+
+    editable: list[str] = Field(min_length=1)
+    locked: list[str] = Field(default_factory=list)
+    setup: str | None = None
+    run: str
+    evaluate: str | None = None
+    metric: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+    budget: float = Field(300, gt=0)                  # seconds of training per experiment
+    timeout: float | None = Field(None, gt=0)         # hard limit; default 2 * budget + 60
+    setup_timeout: float = Field(3600, gt=0)
+    record: list[str] = Field(default_factory=list)   # extra metrics to keep from the output
+    constraints: list[str] = Field(default_factory=list)
+    memory_metric: str | None = None                  # results.tsv memory_gb; default: peak RSS
+    log_cap_mb: float = Field(16, gt=0)               # per-experiment log size cap
+    env: dict[str, str] = Field(default_factory=dict)
+    search: dict[str, SearchParam] = Field(default_factory=dict)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    prune: PruneSettings = Field(default_factory=PruneSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: list[str]) -> list[str]:
+        for c in v:
+            Constraint.parse(c)
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.\-]*", v):
+            raise ValueError(f"metric name {v!r} must be a word such as 'val_bpb'")
+        return v
+
+    @field_validator("run", "setup", "evaluate")
+    @classmethod
+    def _command(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("command must not be empty")
+        return v
+
+    @property
+    def hard_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else 2 * self.budget + 60
+
+    @property
+    def locked_globs(self) -> list[str]:
+        return list(ALWAYS_LOCKED) + [g for g in self.locked if g not in ALWAYS_LOCKED]
+
+    @property
+    def parsed_constraints(self) -> list[Constraint]:
+        return [Constraint.parse(c) for c in self.constraints]
+
+    def better(self, a: float, b: float) -> bool:
+        """True when metric value a is strictly better than b."""
+        return a < b if self.direction == "minimize" else a > b
+
+
+@dataclass
+class Target:
+    """A loaded target: the spec plus where it lives."""
+
+    root: Path          # the directory holding autoresearch.toml
+    spec: TargetSpec
+    config_path: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def program_path(self) -> Path:
+        return self.root / PROGRAM_NAME
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / RESULTS_NAME
+
+
+def _all_fields(model: type[BaseModel]) -> list[str]:
+    names = []
+    for name, f in model.model_fields.items():
+        names.append(f.alias or name)
+    return names
+
+
+def _submodel_at(loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = TargetSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(str(part))
+        ann = getattr(f, "annotation", None) if f else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif part in TargetSpec.model_fields.get("search", Field()).__dict__:
+            model = SearchParam
+        else:
+            if model is TargetSpec and part == "search":
+                model = SearchParam
+    return model
+
+
+def _format_error(path: Path, err: dict) -> str:
+    loc = tuple(err.get("loc", ()))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        model = SearchParam if loc and loc[0] == "search" else _submodel_at(loc)
+        if loc and loc[0] == "search" and len(loc) == 2:
+            model = TargetSpec
+        candidates = _all_fields(model)
+        guess = difflib.get_close_matches(str(loc[-1]), candidates, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(candidates)}"
+        return f"{path}: unknown key '{key}' — {hint}"
+    if kind == "missing":
+        return f"{path}: missing required key '{key}' — add it (see the README's autoresearch.toml reference)"
+    msg = err.get("msg", "invalid value")
+    msg = msg.removeprefix("Value error, ")
+    value = err.get("input")
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    return f"{path}: key '{key}': {msg}{shown}"
+
+
+def parse_spec(data: dict[str, Any], path: Path) -> TargetSpec:
+    try:
+        return TargetSpec.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        raise ConfigError(_format_error(path, errors[0])) from None
+
+
+def load_target(start: Path | str | None = None) -> Target:
+    """Find autoresearch.toml in `start` or its parents, and validate it."""
+    here = Path(start or Path.cwd()).resolve()
+    if here.is_file():
+        here = here.parent
+    for d in (here, *here.parents):
+        p = d / CONFIG_NAME
+        if p.is_file():
+            return Target(root=d, spec=load_spec(p), config_path=p)
+    raise ConfigError(
+        f"no {CONFIG_NAME} in {here} or its parents — run 'autoresearch init' there first "
+        f"(or 'autoresearch init --template quickstart DIR' for the example target)")
+
+
+def load_spec(path: Path) -> TargetSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e} — fix the syntax at that line") from None
+    return parse_spec(data, path)
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,171 @@
+"""The evaluation protocol of one experiment, wherever it runs (local slot or Ray worker).
+
+    run       the agent's code, under the budget, killed at the hard timeout
+    (check)   the locked files must be byte-for-byte what they were at the start: a run that
+              rewrote the evaluator is `invalid`
+    evaluate  the locked evaluator in a fresh process; when present it is the only source of the
+              primary metric, so the agent's code cannot print its own score
+
+Executors decide where and on which GPU; this module decides what happens and what it means.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .experiment import Status
+from .ratchet import git_blob_hash
+from .runner import RunResult, run_command
+
+
+@dataclass
+class Job:
+    """Everything needed to evaluate one commit; plain data so it can travel to a Ray worker."""
+
+    experiment_id: int
+    seq: int
+    commit: str
+    run: str
+    evaluate: str | None
+    metric: str
+    budget: float
+    timeout: float
+    seed: int
+    log_path: str
+    env: dict[str, str] = field(default_factory=dict)   # extra variables (spec.env, cache dir)
+    locked: dict[str, str] = field(default_factory=dict)  # target-relative path -> blob id
+    log_cap_bytes: int = 16 * 2**20
+    gpu: str | None = None
+    prune_metric: str | None = None
+
+
+@dataclass
+class EvalResult:
+    status: Status            # RUNNING means "measured": the policy decides what it becomes
+    reason: str
+    metric: float | None
+    metrics: dict[str, float]
+    wall_time: float
+    peak_memory_mb: float
+    exit_code: int | None
+    log_path: str
+    curve: list[list[float]] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+    host: str | None = None
+
+
+def command_env(job: Job) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(job.env)
+    env["AUTORESEARCH_BUDGET_SECONDS"] = f"{job.budget:g}"
+    env["AUTORESEARCH_SEED"] = str(job.seed)
+    env["AUTORESEARCH_EXPERIMENT"] = str(job.seq)
+    env["PYTHONUNBUFFERED"] = "1"
+    # `python` in a command means the interpreter running autoresearch (its venv, its torch)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    if job.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = job.gpu
+    return env
+
+
+def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
+    bad = []
+    for rel, oid in locked.items():
+        p = target_dir / rel
+        try:
+            if git_blob_hash(p.read_bytes()) != oid:
+                bad.append(rel)
+        except OSError:
+            bad.append(rel)
+    return bad
+
+
+def _progress_hook(job: Job, curve: list[list[float]],
+                   should_stop: Callable[[float, float], str | None] | None):
+    from .metrics import parse_line
+
+    def on_line(line: str) -> str | None:
+        if "progress" not in line:
+            return None
+        pairs = parse_line(line)
+        if "progress" not in pairs:
+            return None
+        p = pairs.pop("progress")
+        name = job.prune_metric or next(iter(pairs), None)
+        if name is None or name not in pairs or not math.isfinite(pairs[name]):
+            return None
+        curve.append([p, pairs[name]])
+        return should_stop(p, pairs[name]) if should_stop else None
+
+    return on_line
+
+
+def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None = None,
+             should_stop: Callable[[float, float], str | None] | None = None,
+             on_start: Callable[[int], None] | None = None) -> EvalResult:
+    """Run and evaluate the checked-out commit in target_dir. Never raises for outcomes."""
+    started = time.time()
+    env = command_env(job)
+    log = Path(job.log_path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    curve: list[list[float]] = []
+    results: list[RunResult] = []
+
+    def finish(status: Status, reason: str, metric: float | None, metrics: dict[str, float]):
+        return EvalResult(
+            status=status, reason=reason, metric=metric, metrics=metrics,
+            wall_time=time.time() - started,
+            peak_memory_mb=max((r.peak_memory_mb for r in results), default=0.0),
+            exit_code=results[-1].exit_code if results else None, log_path=str(log),
+            curve=curve, started=started, finished=time.time())
+
+    if bad := locked_violations(target_dir, job.locked):
+        return finish(Status.INVALID, f"locked file changed before the run: {', '.join(bad)}", None, {})
+
+    steps = [("run", job.run)] + ([("evaluate", job.evaluate)] if job.evaluate else [])
+    metrics: dict[str, float] = {}
+    for name, command in steps:
+        hook = _progress_hook(job, curve, should_stop) if name == "run" else None
+        r = run_command(command, cwd=target_dir, env=env, log_path=log, timeout=job.timeout,
+                        log_cap_bytes=job.log_cap_bytes, on_line=hook, stop_event=stop_event,
+                        header=f"$ {command}   # {name} step", on_start=on_start)
+        results.append(r)
+        if r.interrupted:
+            return finish(Status.INTERRUPTED, f"interrupted during the {name} step", None, metrics)
+        if r.timed_out:
+            return finish(Status.TIMEOUT, f"{name} step killed at the hard timeout of {job.timeout:g}s",
+                          None, metrics)
+        if r.stopped_reason:
+            return finish(Status.PRUNED, r.stopped_reason, None, {**metrics, **r.metrics})
+        if r.error:
+            return finish(Status.CRASH, f"{name} step could not start: {r.error}", None, metrics)
+        if r.exit_code != 0:
+            hint = " (command not found)" if r.exit_code == 127 else ""
+            return finish(Status.CRASH, f"{name} step exited with code {r.exit_code}{hint}", None,
+                          {**metrics, **r.metrics})
+        if name == "run" and job.evaluate:
+            # the primary metric must come from the evaluator alone
+            run_metrics = {k: v for k, v in r.metrics.items() if k != job.metric}
+            metrics.update(run_metrics)
+            if bad := locked_violations(target_dir, job.locked):
+                return finish(Status.INVALID, f"the run step modified locked file(s): {', '.join(bad)}",
+                              None, metrics)
+        else:
+            metrics.update(r.metrics)
+
+    value = metrics.get(job.metric)
+    if value is None:
+        src = "evaluate" if job.evaluate else "run"
+        return finish(Status.CRASH, f"no '{job.metric}: <number>' line in the {src} step's output",
+                      None, metrics)
+    if not math.isfinite(value):
+        return finish(Status.CRASH, f"metric {job.metric} is {value}", None, metrics)
+    return finish(Status.RUNNING, "measured", value, metrics)

@@ -1,0 +1,96 @@
+"""The vocabulary shared by every module: experiment status, proposals and outcomes.
+
+One enum holds the lifecycle of an experiment; everything else is plain dataclasses so that
+agents, policies, executors and the ledger can be written and tested apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    RUNNING = "running"          # committed and being evaluated
+    PENDING = "pending"          # measured once, the policy wants more evidence
+    KEEP = "keep"                # became the best; the run branch points at it
+    DISCARD = "discard"          # measured and not better
+    CRASH = "crash"              # a command failed, or the metric was missing / NaN / infinite
+    TIMEOUT = "timeout"          # killed at the hard timeout
+    INVALID = "invalid"          # touched a file outside the editable globs; never run
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM
+    AGENT_ERROR = "agent-error"  # the agent gave no usable proposal
+    PRUNED = "pruned"            # stopped early: its curve was clearly worse than the best's
+    REPEAT = "repeat"            # an extra measurement of an earlier candidate (noise-aware policy)
+    REBASED = "rebased"          # won against an older best; replayed onto the new best and measured again
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.RUNNING, Status.PENDING)
+
+    @property
+    def failed(self) -> bool:
+        return self in (Status.CRASH, Status.TIMEOUT, Status.INVALID, Status.AGENT_ERROR)
+
+
+@dataclass
+class Usage:
+    """What one proposal cost the agent."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost_usd + other.cost_usd,
+        )
+
+
+@dataclass
+class Proposal:
+    """A change to try: a description plus new file contents or a unified diff.
+
+    Paths are relative to the target directory (where autoresearch.toml lives).
+    """
+
+    description: str
+    files: dict[str, str] | None = None
+    patch: str | None = None
+    params: dict[str, Any] | None = None      # sampled values, for samplers such as Optuna
+    usage: Usage = field(default_factory=Usage)
+    notes: list[str] = field(default_factory=list)  # e.g. edits outside the editable files, dropped
+    agent_log: str | None = None              # the agent's transcript, saved beside the run log
+
+
+@dataclass
+class Outcome:
+    """What the harness tells an agent after its proposal was judged."""
+
+    experiment_id: int | None
+    status: Status
+    metric: float | None
+    reason: str = ""
+    duplicate_of: int | None = None   # the proposal repeated this earlier experiment's files
+
+
+@dataclass
+class HistoryEntry:
+    """One row of the experiment history as agents and the context builder see it."""
+
+    id: int
+    seq: int
+    status: Status
+    metric: float | None
+    description: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] | None = None
+    commit: str | None = None
+    parent: str | None = None
+    candidate_of: int | None = None

@@ -1,0 +1,780 @@
+"""The experiment loop: propose, commit, evaluate, judge, keep or discard, record. Forever.
+
+One driver thread owns the ledger and the branch. Around it:
+- the executor's slots evaluate commits (local worktrees, or Ray workers);
+- an agent thread makes proposals, ahead of time when the agent is slow, always against the best
+  known at the moment of asking;
+- the policy turns measurements into keep / discard / "measure again" (repeats are experiments of
+  their own, linked to their candidate).
+
+Crash safety is a matter of order: a proposal is committed and pinned under refs/autoresearch
+before its row is written; a verdict is written to the ledger before the branch moves; on start
+the branch is set to the ledger's best and every experiment left running is evaluated again in
+its own row. Nothing is recorded twice and nothing tried is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .agents import Agent, AgentContext, AgentError, ProposalsExhausted
+from .config import Target
+from .errors import AutoresearchError, GitError
+from .evaluation import EvalResult, Job
+from .executors import Executor
+from .experiment import Outcome, Proposal, Status, Usage
+from .globs import matches
+from .ledger import Experiment, Ledger, Run
+from .metrics import tail_lines
+from .policies import Policy, PolicyContext, Sample, Verdict
+from .ratchet import Ratchet
+from .runner import kill_tree, run_command
+
+MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
+MEASURED = (Status.KEEP, Status.DISCARD, Status.REPEAT, Status.PENDING, Status.REBASED)
+
+
+class RunStopped(AutoresearchError):
+    """The run ended for a reason the user must hear about (baseline failed, agent keeps failing)."""
+
+
+@dataclass
+class LoopOptions:
+    tag: str
+    agent_name: str = "optuna"
+    max_experiments: int | None = None
+    max_time: float | None = None       # seconds; no new experiment starts after it
+    budget: float | None = None         # overrides the toml's budget
+    prune: bool = False
+    max_cost: float | None = None       # USD
+    seed: int = 0
+    ahead: int | None = None            # proposals kept ready; default: slots for slow agents
+
+
+@dataclass
+class _Pending:
+    """A proposal on its way: asked of the agent against `base`."""
+
+    base: Experiment
+    future: Future
+    asked: float = field(default_factory=time.time)
+
+
+class Loop:
+    def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, agent: Agent,
+                 policy: Policy, executor: Executor, options: LoopOptions,
+                 reporter: Any | None = None):
+        self.target = target
+        self.spec = target.spec
+        self.ledger = ledger
+        self.ratchet = ratchet
+        self.agent = agent
+        self.policy = policy
+        self.executor = executor
+        self.opt = options
+        self.tag = options.tag
+        self.reporter = reporter
+        self.budget = options.budget if options.budget is not None else self.spec.budget
+        self.timeout = (self.spec.timeout if self.spec.timeout is not None
+                        else 2 * self.budget + 60)
+        self.log_dir = target.state_dir / "logs" / self.tag
+        self.cache_dir = target.state_dir / "cache"
+        self.run: Run | None = None
+        self.incumbent: Experiment | None = None
+        self.queue: deque[int] = deque()                  # experiment ids to measure
+        self.in_flight: dict[Future, tuple[int, int]] = {}  # future -> (slot, experiment id)
+        self.free_slots = list(range(executor.slots))
+        self.pending_proposals: deque[_Pending] = deque()
+        self.feedback: list[str] = []
+        self.trees: dict[str, int] = {}                   # tree -> first experiment id with it
+        self.proposals: dict[int, Proposal] = {}          # experiment id -> proposal (for observe)
+        self.consecutive_errors = 0
+        self.exhausted = False
+        self.stopping: str | None = None
+        self.started = time.time()
+        self.pruner = None
+        if options.prune:
+            from .pruning import make_pruner
+            self.pruner = make_pruner(self.spec.prune, self.spec.direction)
+        self._agent_lock = threading.Lock()
+        self._pid_updates: list[tuple[int, int]] = []   # (experiment id, pid) from slot threads
+
+    # == setup and resume ===================================================================
+    def editable(self, rel: str) -> bool:
+        return matches(rel, self.spec.editable) and not matches(rel, self.spec.locked_globs)
+
+    def open(self) -> Run:
+        """Create the run for this tag, or resume it; bring branch and ledger into agreement."""
+        self.ratchet.ensure_ignored()
+        run = self.ledger.get_run(self.tag)
+        if run is None:
+            base = self.ratchet.branch_commit(self.tag) or self.ratchet.head()
+            files = self.ratchet.list_files(base)
+            locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
+            run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
+                                         self.opt.agent_name, self.policy.name, locked)
+            if self.ratchet.branch_commit(self.tag) is None:
+                self.ratchet.set_branch(self.tag, base)
+        self.run = run
+        self._check_locked_unchanged()
+        exps = self.ledger.experiments(self.tag)
+        for e in exps:
+            if e.tree_sha and e.tree_sha not in self.trees and e.status != Status.INVALID:
+                self.trees[e.tree_sha] = e.id
+            if e.status in (Status.RUNNING, Status.INTERRUPTED) or (
+                    e.kind == "baseline" and e.status in (Status.CRASH, Status.TIMEOUT)):
+                if e.pid:
+                    kill_tree(e.pid, create_time=e.pid_started)   # left over from a kill -9
+                self.ledger.update(e.id, status=Status.RUNNING, reason="", pid=None, metric=None)
+                self.queue.append(e.id)
+        self.incumbent = self._find_incumbent()
+        best = self.incumbent.commit_sha if self.incumbent else run.base_commit
+        if self.ratchet.branch_commit(self.tag) != best:
+            self.ratchet.set_branch(self.tag, best)
+        if not exps:
+            self._add_baseline()
+        history = [e.history_entry() for e in self.ledger.experiments(self.tag) if e.status.finished]
+        self.agent.resume(history)
+        return run
+
+    def _check_locked_unchanged(self) -> None:
+        """The locked files at the branch must be the ones hashed when the run began."""
+        assert self.run is not None
+        head = self.ratchet.branch_commit(self.tag) or self.run.base_commit
+        now = self.ratchet.list_files(head)
+        changed = [p for p, oid in self.run.locked.items() if now.get(p) != oid]
+        if changed:
+            raise RunStopped(f"locked file(s) {', '.join(changed)} differ from when run '{self.tag}' "
+                             f"started — restore them, or start a new run with another --tag")
+
+    def _find_incumbent(self) -> Experiment | None:
+        kept = [e for e in self.ledger.experiments(self.tag) if e.status == Status.KEEP]
+        if not kept:
+            return None
+        return max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq))
+
+    def _add_baseline(self) -> None:
+        assert self.run is not None
+        base = self.run.base_commit
+        e = self.ledger.add_experiment(
+            self.tag, kind="baseline", parent=None, commit_sha=base,
+            tree_sha=self.ratchet.tree_of(base), agent=self.opt.agent_name,
+            description="baseline", status=Status.RUNNING, seed=self.opt.seed,
+            code_lines=self._code_lines(base), params=self._baseline_params())
+        self.ratchet.pin(self.tag, e.seq, base)
+        self.trees[e.tree_sha] = e.id
+        self.queue.append(e.id)
+
+    def _baseline_params(self) -> dict | None:
+        fn = getattr(self.agent, "baseline_params", None)
+        return fn() if fn else None
+
+    def _code_lines(self, commit: str) -> int:
+        files = self.ratchet.list_files(commit)
+        blobs = self.ratchet.read_blobs(oid for p, oid in files.items() if self.editable(p))
+        return sum(sum(1 for ln in b.splitlines() if ln.strip()) for b in blobs.values())
+
+    def setup(self) -> None:
+        """Run the toml's setup command once per run, before the baseline."""
+        assert self.run is not None
+        if not self.spec.setup or self.run.setup_done:
+            return
+        wt = self.ratchet.worktree("slot-0")
+        target_dir = self.ratchet.checkout(wt, self.run.base_commit)
+        log = self.log_dir / "setup.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        job = self._job_stub()
+        from .evaluation import command_env
+        if self.reporter:
+            self.reporter.message(f"setup: {self.spec.setup}  (log: {log})")
+        r = run_command(self.spec.setup, cwd=target_dir, env=command_env(job), log_path=log,
+                        timeout=self.spec.setup_timeout, stop_event=self.executor.stop_event,
+                        header=f"$ {self.spec.setup}   # setup")
+        if r.interrupted:
+            raise KeyboardInterrupt
+        if not r.ok:
+            why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
+            tail = "\n".join(tail_lines(log, 20))
+            raise RunStopped(f"setup command {self.spec.setup!r} {why} — see {log}\n{tail}")
+        self.ledger.update_run(self.tag, setup_done=1)
+        self.run.setup_done = True
+
+    # == the main loop ======================================================================
+    def run_forever(self) -> str:
+        """Run until a stop condition; returns why it stopped."""
+        self.open()
+        self.executor.prepare()
+        self.setup()
+        old_term = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            self._resume_pending_decisions()
+            while True:
+                self._dispatch()
+                if not self.in_flight and not self.queue and not self._want_new():
+                    if self._waiting_on_agent():
+                        self._wait(0.1)
+                        continue
+                    break
+                self._wait(0.1)
+        except KeyboardInterrupt:
+            self.stopping = "interrupted"
+            self._drain_after_interrupt()
+            raise
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, old_term)
+            self.ledger.clear_slots(self.tag)
+            self.executor.shutdown()
+        return self.stopping or "done"
+
+    def _waiting_on_agent(self) -> bool:
+        return any(not p.future.done() for p in self.pending_proposals) and not self.stopping
+
+    def _drain_after_interrupt(self) -> None:
+        self.executor.interrupt()
+        for fut, (slot, exp_id) in list(self.in_flight.items()):
+            try:
+                res = fut.result(timeout=30)
+            except Exception:
+                res = None
+            e = self.ledger.get(exp_id)
+            reason = res.reason if res else "interrupted"
+            self.ledger.update(exp_id, status=Status.INTERRUPTED, reason=reason,
+                               finished=time.time(), pid=None)
+            if self.reporter:
+                self.reporter.finished(self.ledger.get(exp_id), self.incumbent)
+            del e
+        self.in_flight.clear()
+        self.agent.close()
+        self._write_results()
+
+    # -- stop conditions -------------------------------------------------------------------
+    def _baseline_ready(self) -> bool:
+        if self.incumbent is None:
+            return False
+        if self.incumbent.kind != "baseline":
+            return True
+        return self._n_measurements(self.incumbent.tree_sha) >= self.policy.baseline_runs(
+            self.spec.policy) or not self._room()
+
+    def _room(self) -> bool:
+        return self.opt.max_experiments is None or self.ledger.count(self.tag) < self.opt.max_experiments
+
+    def _check_limits(self) -> None:
+        if self.stopping:
+            return
+        if not self._room():
+            self.stopping = f"reached --max-experiments {self.opt.max_experiments}"
+        elif self.opt.max_time is not None and time.time() - self.started >= self.opt.max_time:
+            self.stopping = f"reached --max-time {self.opt.max_time:g}s"
+        elif self.opt.max_cost is not None and self.total_cost() >= self.opt.max_cost:
+            self.stopping = f"reached --max-cost ${self.opt.max_cost:g}"
+        elif self.exhausted and not self.pending_proposals:
+            self.stopping = "the agent has no more proposals"
+
+    def _want_new(self) -> bool:
+        self._check_limits()
+        return not self.stopping and self._baseline_ready()
+
+    def total_cost(self) -> float:
+        r = self.ledger.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM experiments WHERE tag = ?",
+                                   (self.tag,)).fetchone()
+        return float(r[0])
+
+    # -- dispatching -----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while self.free_slots and self.queue:
+            self._submit(self.queue.popleft())
+        if self._want_new():
+            self._keep_proposals_coming()
+            while self.free_slots and not self.queue and self.pending_proposals \
+                    and self.pending_proposals[0].future.done() and self._want_new():
+                self._take_proposal(self.pending_proposals.popleft())
+                while self.free_slots and self.queue:
+                    self._submit(self.queue.popleft())
+                self._keep_proposals_coming()
+
+    def _ahead(self) -> int:
+        if self.opt.ahead is not None:
+            return max(1, self.opt.ahead)
+        return self.executor.slots if getattr(self.agent, "ahead", False) else 1
+
+    def _keep_proposals_coming(self) -> None:
+        if self.exhausted or self.stopping or self.incumbent is None:
+            return
+        slow = getattr(self.agent, "ahead", False) or self.opt.ahead is not None
+        # instant agents are asked only when a slot is free, so they see every result first
+        want = self._ahead() if slow else (1 if self.free_slots and not self.queue else 0)
+        if not self.agent.concurrent:
+            want = min(want, 1)
+        while len(self.pending_proposals) < want:
+            self.pending_proposals.append(self._ask_agent())
+
+    def _ask_agent(self) -> _Pending:
+        base = self.incumbent
+        assert base is not None
+        ctx = self._context(base)
+        fut: Future = Future()
+
+        def work() -> None:
+            try:
+                with self._agent_lock if not self.agent.concurrent else _nullcontext():
+                    fut.set_result(self.agent.propose(ctx))
+            except BaseException as e:  # noqa: BLE001 - delivered to the driver thread
+                fut.set_exception(e)
+
+        threading.Thread(target=work, name="agent", daemon=True).start()
+        return _Pending(base, fut)
+
+    def _context(self, base: Experiment) -> AgentContext:
+        assert base.commit_sha is not None
+        files = self.ratchet.list_files(base.commit_sha)
+        editable = [p for p in files if self.editable(p)]
+        exps = self.ledger.experiments(self.tag)
+        history = [e.history_entry() for e in exps if e.status.finished or e.status == Status.PENDING]
+        crash = next((e for e in reversed(exps) if e.status in (Status.CRASH, Status.TIMEOUT)
+                      and e.log_path), None)
+        crash_log = None
+        if crash:
+            crash_log = f"experiment #{crash.seq} ({crash.description}): {crash.reason}\n" + \
+                "\n".join(tail_lines(Path(crash.log_path), 50))
+        feedback = "\n".join(self.feedback) or None
+        self.feedback.clear()
+        program = self.ratchet.read_files(base.commit_sha, ["program.md"]).get("program.md", "")
+        seq = self.ledger.count(self.tag) + 1 + len(self.pending_proposals)
+        counter = {"n": 0}
+
+        def workspace() -> Path:
+            counter["n"] += 1
+            wt = self.ratchet.worktree(f"propose-{threading.get_ident() % 1000}-{counter['n'] % 4}")
+            return self.ratchet.checkout(wt, base.commit_sha)
+
+        return AgentContext(
+            program=program, files=self.ratchet.read_files(base.commit_sha, editable),
+            history=history, best=base.history_entry(), spec=self.spec,
+            base_commit=base.commit_sha, experiment_seq=seq, last_crash_log=crash_log,
+            feedback=feedback, workspace=workspace, editable=self.editable,
+            log_dir=self.log_dir / "agent")
+
+    def _take_proposal(self, pending: _Pending, duplicates: int = 0) -> None:
+        try:
+            proposal = pending.future.result()
+        except ProposalsExhausted:
+            self.exhausted = True
+            self.pending_proposals.clear()
+            return
+        except AgentError as e:
+            self._record_agent_error(pending.base, e.reason, e.usage, e.agent_log)
+            return
+        except AutoresearchError:
+            raise
+        except Exception as e:  # an agent bug must not end an overnight run
+            self._record_agent_error(pending.base, f"{type(e).__name__}: {e}", Usage(), None)
+            return
+        self._accept(proposal, pending.base, duplicates)
+
+    def _record_agent_error(self, base: Experiment, reason: str, usage: Usage,
+                            agent_log: str | None) -> None:
+        self.consecutive_errors += 1
+        e = self.ledger.add_experiment(
+            self.tag, kind="candidate", parent=base.commit_sha, agent=self.opt.agent_name,
+            description="(no proposal)", status=Status.AGENT_ERROR, reason=reason,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd, finished=time.time(), log_path=agent_log)
+        self._finished(e)
+        limit = self.spec.agent.max_consecutive_errors
+        if self.consecutive_errors >= limit:
+            raise RunStopped(f"the agent failed {limit} times in a row; last error: {reason} — "
+                             f"check the agent's setup ([agent] max_consecutive_errors = {limit})")
+
+    def _accept(self, proposal: Proposal, base: Experiment, duplicates: int) -> None:
+        """Turn a proposal into a committed, pinned experiment (or refuse it)."""
+        assert base.commit_sha is not None
+        files = proposal.files
+        bad_paths = [p for p in (files or {}) if p.startswith("/") or ".." in Path(p).parts]
+        if bad_paths:
+            self._record_agent_error(base, f"paths outside the target: {', '.join(bad_paths)}",
+                                     proposal.usage, proposal.agent_log)
+            return
+        message = f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {self.opt.agent_name}"
+        try:
+            cr = self.ratchet.make_commit(base.commit_sha, message, files=files, patch=proposal.patch)
+        except GitError as e:
+            self._record_agent_error(base, str(e), proposal.usage, proposal.agent_log)
+            return
+        dup_of = self.trees.get(cr.tree)
+        if dup_of is not None or not cr.changed:
+            earlier = self.ledger.get(dup_of) if dup_of else base
+            self.agent.observe(proposal, Outcome(None, earlier.status, earlier.metric,
+                                                 reason="duplicate", duplicate_of=earlier.seq))
+            if duplicates + 1 >= MAX_DUPLICATES:
+                self._record_agent_error(base, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
+                                         f"experiments", proposal.usage, proposal.agent_log)
+                return
+            self.feedback.append(
+                f"Your proposal ({proposal.description!r}) gives exactly the files of experiment "
+                f"#{earlier.seq} ({earlier.status}, {self.spec.metric} = {earlier.metric}). "
+                f"It was not run again: propose something different.")
+            retry = self._ask_agent()
+            retry.future.exception()  # wait: a duplicate must not take a slot's turn
+            self._take_proposal(retry, duplicates + 1)
+            return
+        self.consecutive_errors = 0
+        outside = [p for p in cr.changed if not self.editable(p)]
+        added, removed = self.ratchet.diffstat(base.commit_sha, cr.sha)
+        status = Status.INVALID if outside else Status.RUNNING
+        reason = (f"changes file(s) outside the editable globs: {', '.join(outside)}" if outside else "")
+        notes = "; ".join(proposal.notes)
+        e = self.ledger.add_experiment(
+            self.tag, kind="candidate", parent=base.commit_sha, commit_sha=cr.sha, tree_sha=cr.tree,
+            agent=self.opt.agent_name, description=proposal.description, status=status,
+            reason=reason, params=proposal.params, seed=self.opt.seed, diff_added=added,
+            diff_removed=removed, code_lines=self._code_lines(cr.sha),
+            input_tokens=proposal.usage.input_tokens, output_tokens=proposal.usage.output_tokens,
+            cost_usd=proposal.usage.cost_usd, notes=notes, log_path=proposal.agent_log,
+            finished=time.time() if outside else None)
+        self.ratchet.pin(self.tag, e.seq, cr.sha)
+        if outside:
+            self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
+            self._finished(e)
+            return
+        self.trees[cr.tree] = e.id
+        self.proposals[e.id] = proposal
+        self.queue.append(e.id)
+
+    def _job_stub(self, e: Experiment | None = None, seed: int = 0) -> Job:
+        assert self.run is not None
+        env = dict(self.spec.env)
+        env["AUTORESEARCH_CACHE"] = str(self.cache_dir)
+        env["AUTORESEARCH_TAG"] = self.tag
+        return Job(
+            experiment_id=e.id if e else 0, seq=e.seq if e else 0,
+            commit=(e.commit_sha if e else self.run.base_commit) or "", run=self.spec.run,
+            evaluate=self.spec.evaluate, metric=self.spec.metric, budget=self.budget,
+            timeout=self.timeout, seed=seed, env=env, locked=self.run.locked,
+            log_path=str(self.log_dir / (f"{e.seq:05d}.log" if e else "setup.log")),
+            log_cap_bytes=int(self.spec.log_cap_mb * 2**20), prune_metric=self.spec.prune.metric)
+
+    def _submit(self, exp_id: int) -> None:
+        e = self.ledger.get(exp_id)
+        slot = self.free_slots.pop(0)
+        seed = self.opt.seed + self._n_measurements(e.tree_sha, before=e.id)
+        job = self._job_stub(e, seed)
+        Path(job.log_path).unlink(missing_ok=True)   # a re-evaluation starts a fresh log
+        info = self.executor.slot_info(slot)
+        self.ledger.update(exp_id, status=Status.RUNNING, started=time.time(), slot=slot,
+                           gpu=info.gpu, seed=seed, log_path=job.log_path)
+        self.ledger.set_slot(self.tag, slot, exp_id, info.gpu, info.host)
+        should_stop = self._pruning_hook(e)
+
+        def on_start(pid: int) -> None:
+            self._pid_updates.append((exp_id, pid))
+
+        fut = self.executor.submit(job, slot=slot, should_stop=should_stop, on_start=on_start)
+        self.in_flight[fut] = (slot, exp_id)
+        if self.reporter:
+            self.reporter.started(self.ledger.get(exp_id), slot, self.budget)
+
+    def _pruning_hook(self, e: Experiment) -> Callable[[float, float], str | None] | None:
+        if self.pruner is None or e.kind not in ("candidate", "rebase") or self.incumbent is None:
+            return None
+        refs = [m.curve for m in self._measurements(self.incumbent.tree_sha) if m.curve]
+        if not refs:
+            return None
+        watch = self.pruner.watch([[(p, v) for p, v in c] for c in refs], None)
+        return watch.report
+
+    # -- waiting and results ---------------------------------------------------------------
+    def _wait(self, timeout: float) -> None:
+        waitables = list(self.in_flight) + [p.future for p in self.pending_proposals]
+        if waitables:
+            wait(waitables, timeout=timeout, return_when=FIRST_COMPLETED)
+        else:
+            time.sleep(timeout)
+        self._flush_pids()
+        for fut in [f for f in self.in_flight if f.done()]:
+            slot, exp_id = self.in_flight.pop(fut)
+            self.free_slots.append(slot)
+            self.free_slots.sort()
+            self.ledger.set_slot(self.tag, slot, None, self.executor.slot_info(slot).gpu)
+            try:
+                res = fut.result()
+            except Exception as e:  # an executor fault: the worker died, the node vanished
+                res = EvalResult(Status.CRASH, f"executor error: {type(e).__name__}: {e}", None, {},
+                                 0.0, 0.0, None, self._job_stub(self.ledger.get(exp_id)).log_path)
+            self._on_result(self.ledger.get(exp_id), res)
+        if self.reporter:
+            self.reporter.tick(self)
+
+    def _flush_pids(self) -> None:
+        import psutil
+        while self._pid_updates:
+            exp_id, pid = self._pid_updates.pop()
+            try:
+                created = psutil.Process(pid).create_time()
+            except psutil.Error:
+                created = None
+            self.ledger.update(exp_id, pid=pid, pid_started=created)
+
+    def _on_result(self, e: Experiment, res: EvalResult) -> None:
+        fields: dict[str, Any] = dict(
+            wall_time=res.wall_time, peak_memory_mb=res.peak_memory_mb, exit_code=res.exit_code,
+            log_path=res.log_path, metrics=res.metrics, curve=res.curve or None,
+            started=res.started or e.started, finished=res.finished or time.time(), pid=None)
+        if res.status == Status.INTERRUPTED:
+            self.ledger.update(e.id, status=Status.INTERRUPTED, reason=res.reason, **fields)
+            return
+        if res.status != Status.RUNNING:
+            self.ledger.update(e.id, status=res.status, reason=res.reason, **fields)
+            self._failed(self.ledger.get(e.id), res)
+            return
+        violation = next((r for c in self.spec.parsed_constraints if (r := c.check(res.metrics))), None)
+        if violation:
+            self.ledger.update(e.id, status=Status.DISCARD if e.kind != "repeat" else Status.CRASH,
+                               reason=violation, metric=res.metric, **fields)
+            e = self.ledger.get(e.id)
+            if e.kind == "baseline":
+                raise RunStopped(f"the baseline breaks {violation} — relax the constraint in "
+                                 f"autoresearch.toml or fix the target")
+            if e.kind == "repeat":
+                self._failed(e, res)
+            else:
+                self._tell(e)
+                self._finished(e)
+            return
+        # measured, not yet judged: pending until the policy says otherwise
+        self.ledger.update(e.id, metric=res.metric, status=Status.PENDING, reason="measured", **fields)
+        e = self.ledger.get(e.id)
+        if e.kind == "baseline":
+            self._baseline_measured(e)
+        elif e.kind == "repeat":
+            self.ledger.update(e.id, status=Status.REPEAT, reason="measured")
+            self._finished(self.ledger.get(e.id))
+            self._after_repeat(e)
+        else:
+            self._decide(e)
+
+    def _failed(self, e: Experiment, res: EvalResult) -> None:
+        if e.kind == "baseline":
+            self._finished(e)
+            tail = "\n".join(tail_lines(Path(res.log_path), 15)) if res.log_path else ""
+            raise RunStopped(f"the baseline (the unmodified code) failed: {res.reason} — fix the target "
+                             f"so that it runs; log: {res.log_path}\n{tail}")
+        if e.kind == "repeat" and e.candidate_of:
+            cand = self.ledger.get(e.candidate_of)
+            self._finished(e)
+            if cand.kind == "baseline" or cand.status == Status.KEEP:
+                return  # a flaky re-measurement of the incumbent; the policy may ask again
+            if cand.status == Status.PENDING:
+                self._conclude(cand, Status.DISCARD, f"repeat #{e.seq} failed: {e.reason}", None)
+            return
+        self._tell(e)
+        self._finished(e)
+
+    # -- decisions -------------------------------------------------------------------------
+    def _measurements(self, tree: str | None, before: int | None = None) -> list[Experiment]:
+        if tree is None:
+            return []
+        rows = self.ledger.db.execute(
+            "SELECT id FROM experiments WHERE tag = ? AND tree_sha = ? AND metric IS NOT NULL "
+            "AND status IN (?,?,?,?,?) ORDER BY id",
+            (self.tag, tree, *[s.value for s in MEASURED])).fetchall()
+        out = [self.ledger.get(r[0]) for r in rows]
+        return [m for m in out if before is None or m.id < before]
+
+    def _n_measurements(self, tree: str | None, before: int | None = None) -> int:
+        if tree is None:
+            return 0
+        q = ("SELECT COUNT(*) FROM experiments WHERE tag = ? AND tree_sha = ? AND status NOT IN "
+             "('invalid','agent-error')")
+        args: list[Any] = [self.tag, tree]
+        if before is not None:
+            q += " AND id < ?"
+            args.append(before)
+        return self.ledger.db.execute(q, args).fetchone()[0]
+
+    def _sample(self, e: Experiment) -> Sample:
+        values = [m.metric for m in self._measurements(e.tree_sha)
+                  if m.metric is not None and math.isfinite(m.metric)]
+        return Sample(values=values, lines=e.code_lines or 0)
+
+    def _policy_context(self) -> PolicyContext:
+        groups: dict[str, list[float]] = {}
+        for r in self.ledger.db.execute(
+                "SELECT tree_sha, metric FROM experiments WHERE tag = ? AND metric IS NOT NULL "
+                "AND status IN (?,?,?,?,?)", (self.tag, *[s.value for s in MEASURED])):
+            groups.setdefault(r[0], []).append(r[1])
+        return PolicyContext(self.spec.direction, self.spec.policy,
+                             [g for g in groups.values() if len(g) >= 2])
+
+    def _baseline_measured(self, e: Experiment) -> None:
+        if e.status != Status.KEEP:
+            self.ledger.update(e.id, status=Status.KEEP, reason="baseline",
+                               decision={"verdict": "keep", "reason": "baseline", "at": time.time()})
+            e = self.ledger.get(e.id)
+            self.incumbent = e
+            self._finished(e)
+        needed = self.policy.baseline_runs(self.spec.policy)
+        have = self._n_measurements(e.tree_sha)
+        for _ in range(needed - have):
+            if not self._room():
+                break
+            self._add_repeat(e, e, "re-measure the baseline (noise estimate)")
+
+    def _add_repeat(self, of: Experiment, cand: Experiment, description: str) -> Experiment:
+        r = self.ledger.add_experiment(
+            self.tag, kind="repeat", parent=of.parent, commit_sha=of.commit_sha, tree_sha=of.tree_sha,
+            agent=of.agent, description=description, status=Status.RUNNING, candidate_of=cand.id,
+            code_lines=of.code_lines, params=None)
+        self.ratchet.pin(self.tag, r.seq, of.commit_sha or "")
+        self.queue.append(r.id)
+        return r
+
+    def _after_repeat(self, r: Experiment) -> None:
+        if r.candidate_of is None:
+            return
+        cand = self.ledger.get(r.candidate_of)
+        if cand.kind == "baseline":
+            if self.incumbent and self.incumbent.id == cand.id:
+                self.incumbent = self.ledger.get(cand.id)
+            return
+        if cand.status == Status.PENDING and not self._repeats_in_flight(cand):
+            self._decide(cand)
+
+    def _repeats_in_flight(self, cand: Experiment) -> bool:
+        ids = {exp_id for _, exp_id in self.in_flight.values()} | set(self.queue)
+        return any(self.ledger.get(i).candidate_of == cand.id for i in ids)
+
+    def _resume_pending_decisions(self) -> None:
+        for e in self.ledger.experiments(self.tag):
+            if e.status == Status.PENDING and not self._repeats_in_flight(e):
+                self._decide(e)
+
+    def _decide(self, cand: Experiment) -> None:
+        inc = self.incumbent
+        assert inc is not None
+        decision = self.policy.decide(self._sample(cand), self._sample(inc), self._policy_context())
+        record = {"verdict": decision.verdict.value, "reason": decision.reason,
+                  "evidence": decision.evidence, "at": time.time(), "against": inc.seq}
+        if decision.verdict == Verdict.MORE:
+            who = inc if decision.rerun == "incumbent" else cand
+            n_repeats = self.ledger.db.execute(
+                "SELECT COUNT(*) FROM experiments WHERE candidate_of = ?", (cand.id,)).fetchone()[0]
+            if n_repeats >= 2 * max(1, self.spec.policy.max_runs):
+                self._conclude(cand, Status.DISCARD, "no verdict within the run cap", record)
+                return
+            self.ledger.update(cand.id, status=Status.PENDING, reason=decision.reason, decision=record)
+            if not self._room():
+                return  # stays pending; a resumed run goes on measuring it
+            what = (f"re-measure best #{inc.seq} against #{cand.seq}" if who is inc
+                    else f"repeat of #{cand.seq}")
+            self._add_repeat(who, cand, what)
+            return
+        if decision.verdict == Verdict.KEEP:
+            if cand.parent != inc.commit_sha:
+                self._rebase(cand, inc, record)
+                return
+            self._keep(cand, record)
+            return
+        self._conclude(cand, Status.DISCARD, decision.reason, record)
+
+    def _keep(self, cand: Experiment, record: dict) -> None:
+        inc = self.incumbent
+        assert inc is not None and cand.commit_sha and inc.commit_sha
+        est = self.policy.estimate(self._sample(cand), self._policy_context())
+        value = est.get("mean", cand.metric)
+        delta = value - (self.policy.estimate(self._sample(inc), self._policy_context()).get("mean")
+                         or 0.0)
+        message = (f"{self.spec.metric} {value:.6f} ({delta:+.6f}): {cand.description}\n\n"
+                   f"autoresearch {self.tag} experiment #{cand.seq}, proposed by {cand.agent}")
+        # the kept commit says what was tried and what it scored; same tree and parent
+        kept = self.ratchet.git("commit-tree", self.ratchet.tree_of(cand.commit_sha), "-p",
+                                inc.commit_sha, "-F", "-", input=message)
+        self.ledger.update(cand.id, status=Status.KEEP, reason=record["reason"], decision=record,
+                           commit_sha=kept)
+        self.ratchet.pin(self.tag, cand.seq, kept)
+        self.ratchet.set_branch(self.tag, kept, expect=inc.commit_sha)
+        self.incumbent = self.ledger.get(cand.id)
+        self._tell(self.incumbent)
+        self._finished(self.incumbent)
+
+    def _rebase(self, cand: Experiment, inc: Experiment, record: dict) -> None:
+        """A winner proposed against an older best: replay it onto the new best and measure again."""
+        assert cand.commit_sha and cand.parent and inc.commit_sha
+        message = f"{cand.description} (rebased onto #{inc.seq})"
+        new = self.ratchet.merge_onto(cand.commit_sha, cand.parent, inc.commit_sha, message)
+        if new is None:
+            self.feedback.append(
+                f"Experiment #{cand.seq} ({cand.description!r}) improved on the best it was proposed "
+                f"against, but its change conflicts with the new best #{inc.seq}. Re-propose the "
+                f"idea against the current code.")
+            self._conclude(cand, Status.DISCARD, f"won against an older best but conflicts with "
+                           f"the new best #{inc.seq}; the agent was told", record)
+            return
+        tree = self.ratchet.tree_of(new)
+        if tree in self.trees or not self._room():
+            why = "already measured" if tree in self.trees else "no room left for its re-evaluation"
+            self._conclude(cand, Status.DISCARD, f"won against an older best; rebased version {why}",
+                           record)
+            return
+        r = self.ledger.add_experiment(
+            self.tag, kind="rebase", parent=inc.commit_sha, commit_sha=new, tree_sha=tree,
+            agent=cand.agent, description=f"{cand.description} (rebased onto #{inc.seq})",
+            status=Status.RUNNING, candidate_of=cand.id, params=cand.params, seed=self.opt.seed,
+            code_lines=self._code_lines(new))
+        self.ratchet.pin(self.tag, r.seq, new)
+        self.trees[tree] = r.id
+        if cand.id in self.proposals:
+            self.proposals[r.id] = self.proposals[cand.id]
+        self.queue.appendleft(r.id)
+        self._conclude(cand, Status.REBASED, f"won against an older best; rebased onto #{inc.seq} "
+                       f"as #{r.seq} and measured again there", record, tell=False)
+
+    def _conclude(self, cand: Experiment, status: Status, reason: str, record: dict | None,
+                  tell: bool = True) -> None:
+        self.ledger.update(cand.id, status=status, reason=reason,
+                           **({"decision": record} if record else {}))
+        cand = self.ledger.get(cand.id)
+        if tell:
+            self._tell(cand)
+        self._finished(cand)
+
+    def _tell(self, e: Experiment) -> None:
+        proposal = self.proposals.pop(e.id, None)
+        if proposal is None:
+            return
+        values = self._sample(e).values
+        metric = sum(values) / len(values) if values else e.metric
+        self.agent.observe(proposal, Outcome(e.id, e.status, metric, e.reason))
+
+    def _finished(self, e: Experiment) -> None:
+        self._write_results()
+        if self.reporter:
+            self.reporter.finished(e, self.incumbent)
+
+    def _write_results(self) -> None:
+        from .export import write_results_tsv
+        write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

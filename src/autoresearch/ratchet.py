@@ -1,0 +1,318 @@
+"""The git ratchet: the only module that runs git.
+
+Experiments never touch the user's checkout. A proposal becomes a commit built with plumbing
+(a temporary index, `write-tree`, `commit-tree`), every experiment's commit is pinned under
+`refs/autoresearch/TAG/NNNNN` whatever its fate, and keeping one moves the branch
+`autoresearch/TAG` with a compare-and-swap `update-ref`. Evaluations run in worktrees under
+`.autoresearch/worktrees/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RESULTS_NAME, STATE_DIR
+from .errors import GitError
+
+_IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost",
+             "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+
+
+def git_blob_hash(data: bytes) -> str:
+    """The object id git gives a blob with these bytes (sha1 repositories)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class CommitResult:
+    sha: str
+    changed: list[str]   # target-relative paths that differ from the base ("../x" when outside)
+    tree: str
+
+
+class Ratchet:
+    def __init__(self, target_root: Path):
+        self.target_root = Path(target_root).resolve()
+        try:
+            out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--git-common-dir"],
+                                 cwd=self.target_root, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise GitError("git is not installed — install git and try again") from None
+        if out.returncode != 0:
+            raise GitError(f"{self.target_root} is not inside a git repository — "
+                           f"run 'git init' there and commit your files first")
+        top, common = out.stdout.splitlines()[:2]
+        self.repo = Path(top).resolve()
+        self.common_dir = (self.target_root / common).resolve()
+        rel = self.target_root.relative_to(self.repo).as_posix()
+        self.subdir = "" if rel == "." else rel
+        self.worktrees_dir = self.target_root / STATE_DIR / "worktrees"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
+            env: dict[str, str] | None = None, check: bool = True, binary: bool = False):
+        full_env = None
+        if env:
+            full_env = {**os.environ, **env}
+        p = subprocess.run(["git", *_IDENTITY, *args], cwd=cwd or self.repo, input=input,
+                           capture_output=True, text=not binary, env=full_env)
+        if check and p.returncode != 0:
+            err = p.stderr if not binary else p.stderr.decode(errors="replace")
+            raise GitError(f"git {' '.join(args[:3])} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+        return p.stdout if binary else p.stdout.strip() if check else p
+
+    def _repo_path(self, rel: str) -> str:
+        return f"{self.subdir}/{rel}" if self.subdir else rel
+
+    def _target_rel(self, repo_path: str) -> str:
+        if not self.subdir:
+            return repo_path
+        prefix = self.subdir + "/"
+        return repo_path[len(prefix):] if repo_path.startswith(prefix) else "../" + repo_path
+
+    # -- setup ------------------------------------------------------------------------------
+    def ensure_ignored(self) -> None:
+        """Hide .autoresearch/ and results.tsv from git without the user editing anything."""
+        exclude = self.common_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        lines = exclude.read_text().splitlines() if exclude.exists() else []
+        prefix = f"/{self.subdir}" if self.subdir else ""
+        want = [f"{prefix}/{STATE_DIR}/", f"{prefix}/{RESULTS_NAME}"]
+        missing = [w for w in want if w not in lines]
+        if missing:
+            with exclude.open("a") as f:
+                if lines and lines[-1] != "":
+                    f.write("\n")
+                f.write("# autoresearch\n" + "\n".join(missing) + "\n")
+
+    def head(self) -> str:
+        p = self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+        if p.returncode != 0:
+            raise GitError(f"{self.repo} has no commits yet — commit your files first "
+                           f"(git add -A && git commit -m baseline)")
+        return p.stdout.strip()
+
+    def resolve(self, rev: str) -> str | None:
+        p = self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    # -- branches and refs ------------------------------------------------------------------
+    @staticmethod
+    def branch(tag: str) -> str:
+        return f"refs/heads/autoresearch/{tag}"
+
+    @staticmethod
+    def exp_ref(tag: str, seq: int) -> str:
+        return f"refs/autoresearch/{tag}/{seq:05d}"
+
+    def branch_commit(self, tag: str) -> str | None:
+        return self.resolve(self.branch(tag))
+
+    def set_branch(self, tag: str, commit: str, expect: str | None = None) -> None:
+        """Point autoresearch/TAG at commit; with `expect`, only if it still points there."""
+        args = ["update-ref", "-m", "autoresearch", self.branch(tag), commit]
+        if expect is not None:
+            args.append(expect)
+        self.git(*args)
+
+    def pin(self, tag: str, seq: int, commit: str) -> str:
+        ref = self.exp_ref(tag, seq)
+        self.git("update-ref", ref, commit)
+        return ref
+
+    def current_branch(self, cwd: Path | None = None) -> str | None:
+        p = self.git("symbolic-ref", "-q", "HEAD", cwd=cwd, check=False)
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    # -- reading trees ----------------------------------------------------------------------
+    def list_files(self, commit: str) -> dict[str, str]:
+        """Target-relative path -> blob id of every file in the target at commit."""
+        args = ["ls-tree", "-r", "-z", commit]
+        if self.subdir:
+            args += ["--", self.subdir]
+        out = self.git(*args)
+        files = {}
+        for entry in out.split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            _mode, kind, oid = meta.split()
+            if kind == "blob":
+                files[self._target_rel(path)] = oid
+        return files
+
+    def read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
+        oids = list(dict.fromkeys(oids))
+        if not oids:
+            return {}
+        out = self.git("cat-file", "--batch", input=("\n".join(oids) + "\n").encode(), binary=True)
+        result, pos = {}, 0
+        for oid in oids:
+            nl = out.index(b"\n", pos)
+            header = out[pos:nl].split()
+            size = int(header[2])
+            result[oid] = out[nl + 1: nl + 1 + size]
+            pos = nl + 1 + size + 1
+        return result
+
+    def read_files(self, commit: str, paths: Iterable[str]) -> dict[str, str]:
+        files = self.list_files(commit)
+        wanted = {p: files[p] for p in paths if p in files}
+        blobs = self.read_blobs(wanted.values())
+        return {p: blobs[oid].decode("utf-8", errors="replace") for p, oid in wanted.items()}
+
+    def tree_of(self, commit: str) -> str:
+        return self.git("rev-parse", f"{commit}^{{tree}}")
+
+    def parent_of(self, commit: str) -> str | None:
+        return self.resolve(f"{commit}^")
+
+    def diff(self, a: str, b: str) -> str:
+        return self.git("diff", "--no-color", "--no-ext-diff", a, b,
+                        *(["--relative=" + self.subdir] if self.subdir else []))
+
+    def diffstat(self, a: str, b: str) -> tuple[int, int]:
+        out = self.git("diff", "--numstat", a, b)
+        added = removed = 0
+        for line in out.splitlines():
+            x, y, _ = line.split("\t", 2)
+            if x != "-":
+                added += int(x)
+                removed += int(y)
+        return added, removed
+
+    def changed_paths(self, a: str, b: str) -> list[str]:
+        out = self.git("diff-tree", "-r", "--no-commit-id", "--name-only", "-z", a, b)
+        return [self._target_rel(p) for p in out.split("\0") if p]
+
+    # -- making commits ---------------------------------------------------------------------
+    def make_commit(self, base: str, message: str, files: dict[str, str | None] | None = None,
+                    patch: str | None = None) -> CommitResult:
+        """A commit on top of base with these whole files (None deletes) or this patch.
+
+        Built in a temporary index, so no working tree is touched. Raises GitError when the
+        patch does not apply.
+        """
+        with tempfile.TemporaryDirectory(prefix="ar-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self.git("read-tree", base, env=env)
+            if files:
+                add_lines, removes = [], []
+                for rel, content in files.items():
+                    rp = self._repo_path(rel)
+                    if content is None:
+                        removes.append(rp)
+                        continue
+                    oid = self.git("hash-object", "-w", "--stdin", input=content)
+                    add_lines.append(f"100644 {oid}\t{rp}")
+                if add_lines:
+                    self.git("update-index", "--add", "--index-info",
+                             input="\n".join(add_lines) + "\n", env=env)
+                for rp in removes:
+                    self.git("update-index", "--force-remove", "--", rp, env=env)
+            if patch:
+                self._apply_cached(patch, env)
+            tree = self.git("write-tree", env=env)
+        sha = self.git("commit-tree", tree, "-p", base, "-F", "-", input=message)
+        changed = self.changed_paths(base, sha)
+        return CommitResult(sha, changed, tree)
+
+    def _apply_cached(self, patch: str, env: dict[str, str]) -> None:
+        if not patch.endswith("\n"):
+            patch += "\n"
+        errors = []
+        for strip in ("1", "0"):
+            args = ["apply", "--cached", "--whitespace=nowarn", "--recount", f"-p{strip}"]
+            if self.subdir:
+                args.append(f"--directory={self.subdir}")
+            p = self.git(*args, "-", input=patch, env=env, check=False)
+            if p.returncode == 0:
+                return
+            errors.append(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "failed")
+        raise GitError(f"the patch does not apply: {errors[0]}")
+
+    def merge_onto(self, commit: str, old_base: str, new_base: str, message: str) -> str | None:
+        """Replay commit's change (against old_base) onto new_base; None on conflict."""
+        p = self.git("merge-tree", "--write-tree", "--no-messages", f"--merge-base={old_base}",
+                     new_base, commit, check=False)
+        if p.returncode != 0:
+            return None
+        tree = p.stdout.split()[0]
+        return self.git("commit-tree", tree, "-p", new_base, "-F", "-", input=message)
+
+    def archive(self, commit: str) -> bytes:
+        """The target's files at commit as a tar, for executors on other machines."""
+        args = ["archive", "--format=tar", commit]
+        if self.subdir:
+            args = ["archive", "--format=tar", f"{commit}:{self.subdir}"]
+        return self.git(*args, binary=True)
+
+    # -- worktrees --------------------------------------------------------------------------
+    def worktree(self, name: str) -> Path:
+        """A detached worktree of the repo under .autoresearch/worktrees/NAME (created once)."""
+        path = self.worktrees_dir / name
+        if (path / ".git").exists():
+            return path
+        if path.exists():
+            shutil.rmtree(path)
+        self.git("worktree", "prune")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.git("worktree", "add", "--detach", "--force", str(path), "HEAD")
+        return path
+
+    def checkout(self, worktree: Path, commit: str) -> Path:
+        """Make the worktree exactly commit, untracked outputs removed; returns the target dir."""
+        self.git("checkout", "--force", "--quiet", "--detach", commit, cwd=worktree)
+        self.git("clean", "-ffdxq", cwd=worktree)
+        return worktree / self.subdir if self.subdir else worktree
+
+    def target_in(self, worktree: Path) -> Path:
+        return worktree / self.subdir if self.subdir else worktree
+
+    # -- the user's checkout (agent-driven mode only) -----------------------------------------
+    def worktree_changes(self) -> list[str]:
+        """Target-relative paths with uncommitted changes in the user's checkout."""
+        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", cwd=self.repo)
+        paths = []
+        entries = out.split("\0")
+        i = 0
+        while i < len(entries):
+            e = entries[i]
+            if not e:
+                i += 1
+                continue
+            code, path = e[:2], e[3:]
+            if code[0] in "RC":
+                i += 1  # the next entry is the rename source
+            paths.append(self._target_rel(path))
+            i += 1
+        return paths
+
+    def read_worktree_file(self, rel: str) -> str | None:
+        p = self.target_root / rel
+        return p.read_text(encoding="utf-8", errors="replace") if p.is_file() else None
+
+    def restore_in_checkout(self, paths: list[str], commit: str) -> None:
+        """Put paths in the user's checkout back to commit (untracked new ones are removed)."""
+        tracked = self.list_files(commit)
+        for rel in paths:
+            if rel in tracked:
+                self.git("checkout", commit, "--", self._repo_path(rel))
+            else:
+                f = self.target_root / rel
+                if f.is_file():
+                    f.unlink()
+
+    def checkout_branch(self, tag: str) -> None:
+        self.git("checkout", "--quiet", f"autoresearch/{tag}")
+
+    def sync_index(self) -> None:
+        """After the checked-out branch moved under us, make the index match HEAD."""
+        self.git("reset", "--quiet")

@@ -1,0 +1,610 @@
+"""Run one shell command as one experiment step, and always get a RunResult back.
+
+What a step is guaranteed, whatever the command does:
+- It runs as `/bin/bash -c COMMAND` in its own session, stdin from /dev/null, stdout and stderr
+  merged into one pipe. On Linux the direct child gets SIGKILL if the harness dies.
+- When it ends (exit, timeout, stop_event, or on_line asking to stop) no process it started is
+  left behind: we SIGTERM, then after a grace period SIGKILL, its process group, every descendant
+  seen while it ran (sampled every POLL_INTERVAL, so orphans reparented to init are still known)
+  and every process whose environment carries this run's RUN_TOKEN_ENV (that catches a
+  `setsid cmd &` that was orphaned before we could see it).
+- Its log holds at most about log_cap_bytes of output: the first half, a
+  `[... N bytes omitted ...]` line and the last half, then a final `[autoresearch] exit=...` line.
+  Memory stays bounded however much the command prints.
+- Metrics are parsed from all of the output, including the part cut from the log.
+
+Expected failures (a crash, a timeout, a missing cwd) are fields of RunResult, never exceptions.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from autoresearch.metrics import MetricParser
+
+__all__ = ["RUN_TOKEN_ENV", "RunResult", "kill_tree", "run_command"]
+
+RUN_TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"  # set in every child's environment, unique per run
+READ_CHUNK = 256 * 1024  # bytes per read of the output pipe
+PIPE_SIZE = 2**20  # bytes of kernel pipe buffer asked for on Linux (fewer, larger reads)
+MAX_LINE = 2**20  # bytes of one line kept for parsing; the rest of a longer line is skipped
+POLL_INTERVAL = 0.1  # seconds between tree scans, memory samples and stop checks
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+DRAIN_TIMEOUT = 2.0  # seconds to keep reading the pipe once the process tree is gone
+LOG_SYNC_INTERVAL = 10.0  # seconds between rewrites of the on-disk tail of an over-cap log
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# A line that may hold a metric: only these are decoded and parsed when no on_line needs them all.
+_CANDIDATE_LINE = re.compile(rb"^[^\n:=]*[:=][^\n]*", re.MULTILINE)
+
+
+@dataclass
+class RunResult:
+    """What happened when one command ran."""
+
+    command: str
+    exit_code: int | None = None  # None when we killed it or it never started
+    timed_out: bool = False
+    interrupted: bool = False  # stop_event was set
+    stopped_reason: str | None = None  # on_line asked to stop (early stopping), and why
+    wall_time: float = 0.0  # seconds
+    peak_memory_mb: float = 0.0  # peak RSS summed over the whole process tree, sampled
+    output_bytes: int = 0  # bytes the command wrote to stdout and stderr
+    log_bytes: int = 0  # bytes this step added to the log
+    truncated: bool = False  # the log omits part of the output
+    error: str | None = None  # could not start at all, and why
+    metrics: dict[str, float] = field(default_factory=dict)
+    progress: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.interrupted
+            and self.stopped_reason is None
+            and self.error is None
+        )
+
+
+def run_command(
+    command: str,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float,
+    log_cap_bytes: int = 16 * 2**20,
+    on_line: Callable[[str], str | None] | None = None,
+    stop_event: threading.Event | None = None,
+    append: bool = True,
+    header: str | None = None,
+    on_start: Callable[[int], None] | None = None,
+    run_token: str | None = None,
+) -> RunResult:
+    """Run `command` with exactly `env` (plus RUN_TOKEN_ENV) in `cwd`, logging to `log_path`.
+
+    on_line gets every non-empty output line (decoded, without its newline); a non-empty
+    string back stops the run with that reason. on_start gets the child's pid right after
+    spawn (record it to clean up with kill_tree after a harness crash). run_token is the value
+    of RUN_TOKEN_ENV for this run (a fresh one by default; pass your own to give it to
+    kill_tree later). An exception from on_line or on_start, or a KeyboardInterrupt, kills the
+    process tree and is then re-raised.
+    """
+    started = time.monotonic()
+    result = RunResult(command=command)
+    token = run_token or uuid.uuid4().hex
+    child_env = {**env, RUN_TOKEN_ENV: token}
+    try:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = _CappedLog(Path(log_path), log_cap_bytes, append)
+    except OSError as exc:
+        result.error = f"cannot open log {log_path}: {exc}"
+        result.wall_time = time.monotonic() - started
+        return result
+    if header:
+        log.write_text(header)
+
+    try:
+        proc = subprocess.Popen(
+            ["/bin/bash", "-c", command],
+            cwd=cwd,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_pdeathsig_preexec(os.getpid()),
+            bufsize=0,
+        )
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+        result.error = f"could not start in {cwd}: {reason}"
+        result.wall_time = time.monotonic() - started
+        result.log_bytes = log.close(f"[autoresearch] {result.error}")
+        return result
+
+    assert proc.stdout is not None
+    _grow_pipe(proc.stdout)
+    parser = MetricParser()
+    wake = threading.Event()
+    reader = _Reader(proc.stdout, log, parser, on_line, wake)
+    reader.start()
+    tree = _Tree(proc.pid)
+    deadline = started + timeout
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        while True:
+            result.peak_memory_mb = max(result.peak_memory_mb, tree.sample_rss_mb())
+            if proc.poll() is not None or reader.stop_reason or reader.error:
+                break
+            if stop_event is not None and stop_event.is_set():
+                result.interrupted = True
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                result.timed_out = True
+                break
+            wake.wait(min(POLL_INTERVAL, deadline - now))
+            wake.clear()
+        # Leftovers of a command that exited by itself are killed too: the step is over.
+        killed = proc.poll() is None
+        _terminate(tree.alive(), pgid=proc.pid, token=token, grace=KILL_GRACE, reap=proc.poll)
+        proc.wait()
+        reader.join(DRAIN_TIMEOUT)
+    except BaseException:
+        _terminate(tree.alive(), pgid=proc.pid, token=token, grace=KILL_GRACE, reap=proc.poll)
+        reader.halt()
+        reader.join(DRAIN_TIMEOUT)
+        log.close("[autoresearch] harness error: run aborted")
+        raise
+    reader.halt()  # a holder of the pipe that escaped every kill must not block us
+    reader.join()
+    proc.stdout.close()
+    if reader.error is not None:
+        log.close(f"[autoresearch] output reader failed: {reader.error!r}")
+        raise reader.error
+
+    result.exit_code = None if killed else proc.returncode
+    result.stopped_reason = reader.stop_reason
+    result.wall_time = time.monotonic() - started
+    result.output_bytes = reader.output_bytes
+    result.truncated = log.truncated
+    result.metrics = dict(parser.values)
+    result.progress = list(parser.progress_points)
+    result.log_bytes = log.close(_final_line(result))
+    return result
+
+
+def kill_tree(
+    pid: int,
+    *,
+    grace: float = 2.0,
+    create_time: float | None = None,
+    run_token: str | None = None,
+) -> None:
+    """Kill what is left of a command started by run_command: its tree and its process group.
+
+    Used on resume after a harness was SIGKILLed. When `create_time` (psutil's) is given and
+    `pid` now belongs to another process, that process and its group are left alone. When
+    `pid` is gone, its process group (same number, since the command was a session leader)
+    can still hold orphans, and is killed. `run_token` additionally kills every process whose
+    environment carries RUN_TOKEN_ENV=run_token.
+    """
+    procs: list[psutil.Process] = []
+    pgid: int | None = pid
+    try:
+        root = psutil.Process(pid)
+        if create_time is not None and abs(root.create_time() - create_time) > 0.01:
+            pgid = None  # pid reused by an unrelated process
+        else:
+            procs = [root, *root.children(recursive=True)]
+            if os.getpgid(pid) != pid:
+                pgid = None
+    except (psutil.Error, OSError):
+        pass
+    _terminate(procs, pgid=pgid, token=run_token, grace=grace)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process tree: who belongs to the run, how much memory it uses, how to end it
+
+
+class _Tree:
+    """Every process seen in the tree of `pid`, including descendants orphaned since."""
+
+    def __init__(self, pid: int) -> None:
+        self.known: dict[int, psutil.Process] = {}
+        try:
+            self.known[pid] = psutil.Process(pid)
+        except psutil.Error:
+            pass
+
+    def alive(self) -> list[psutil.Process]:
+        return [p for p in self.known.values() if _is_alive(p)]
+
+    def sample_rss_mb(self) -> float:
+        """Scan for new descendants, then return the summed RSS of the living ones in MB."""
+        alive = self.alive()
+        alive_pids = {p.pid for p in alive}
+        for p in alive:
+            try:
+                if p.ppid() in alive_pids:
+                    continue  # its descendants come with its ancestor's scan
+                for child in p.children(recursive=True):
+                    self.known.setdefault(child.pid, child)
+            except psutil.Error:
+                continue
+        rss = 0
+        for p in self.alive():
+            try:
+                rss += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return rss / 2**20
+
+
+def _is_alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _members(pgid: int | None, token: str | None) -> list[psutil.Process]:
+    """Processes in group `pgid` or carrying `token` in their environment."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if pgid is not None and os.getpgid(p.pid) == pgid:
+                found.append(p)
+            elif token is not None and p.environ().get(RUN_TOKEN_ENV) == token:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _terminate(
+    procs: Iterable[psutil.Process],
+    *,
+    pgid: int | None,
+    token: str | None,
+    grace: float,
+    reap: Callable[[], object] | None = None,
+) -> None:
+    """SIGTERM `procs`, group `pgid` and token carriers; SIGKILL whatever survives `grace`."""
+    own = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    targets = {p.pid: p for p in [*procs, *_members(pgid, token)] if p.pid not in own}
+    if not targets:
+        return
+    _signal_all(targets.values(), pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        if reap is not None:
+            reap()  # our direct child stays a zombie, i.e. "alive" to killpg, until reaped
+        survivors = [p for p in targets.values() if _is_alive(p)]
+        if not survivors or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if not survivors:
+        return
+    # Survivors may have forked while dying; take their children and any new group members too.
+    for p in survivors:
+        try:
+            for child in p.children(recursive=True):
+                targets.setdefault(child.pid, child)
+        except psutil.Error:
+            continue
+    for p in _members(pgid, token):
+        if p.pid not in own:
+            targets.setdefault(p.pid, p)
+    _signal_all(targets.values(), pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        if not any(_is_alive(p) for p in targets.values()):
+            break
+        time.sleep(0.02)
+
+
+def _signal_all(procs: Iterable[psutil.Process], pgid: int | None, sig: int) -> None:
+    if pgid is not None:
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            pass
+    for p in procs:
+        try:
+            p.send_signal(sig)  # psutil refuses if the pid was reused meanwhile
+        except psutil.Error:
+            continue
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _load_prctl()  # resolved here, not in the forked child
+
+
+def _pdeathsig_preexec(harness_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn that gives the child SIGKILL when the harness dies (Linux only, else None).
+
+    Linux sends it when the *thread* that spawned the child exits; run_command blocks that
+    thread until the child is gone, so this only fires when the harness itself dies.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    sigkill = int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if os.getppid() != harness_pid:  # the harness died before prctl took effect
+            os.kill(os.getpid(), sigkill)
+
+    return preexec
+
+
+def _grow_pipe(stream: IO[bytes]) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default works, only slower
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: read the pipe, split lines, parse metrics, keep a capped log
+
+
+class _Reader(threading.Thread):
+    """Drains the pipe into the log, the metric parser and on_line."""
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        log: _CappedLog,
+        parser: MetricParser,
+        on_line: Callable[[str], str | None] | None,
+        wake: threading.Event,
+    ) -> None:
+        super().__init__(name="autoresearch-output-reader", daemon=True)
+        self._stream = stream
+        self._log = log
+        self._parser = parser
+        self._on_line = on_line
+        self._wake = wake
+        self._halted = threading.Event()
+        self._pending = bytearray()  # start of an unfinished line, at most MAX_LINE bytes
+        self.output_bytes = 0
+        self.stop_reason: str | None = None
+        self.error: BaseException | None = None
+
+    def halt(self) -> None:
+        self._halted.set()
+
+    def run(self) -> None:
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._stream.fileno(), selectors.EVENT_READ)
+                while not self._halted.is_set():
+                    if not sel.select(POLL_INTERVAL):
+                        continue
+                    chunk = os.read(self._stream.fileno(), READ_CHUNK)
+                    if not chunk:
+                        break
+                    self.output_bytes += len(chunk)
+                    self._log.write(chunk)
+                    self._handle(self._complete_lines(chunk))
+            if self._pending:
+                self._handle(bytes(self._pending) + b"\n")
+        except BaseException as exc:  # surfaced by run_command once the tree is dead
+            self.error = exc
+        finally:
+            self._wake.set()
+
+    def _complete_lines(self, chunk: bytes) -> bytes:
+        """The complete lines that `chunk` finishes, newline-terminated; keeps the rest."""
+        chunk = chunk.replace(b"\r", b"\n")  # progress bars redraw with \r: each is a line
+        last = chunk.rfind(b"\n")
+        if last < 0:
+            room = MAX_LINE - len(self._pending)
+            if room > 0:
+                self._pending += chunk[:room]
+            return b""
+        first = chunk.find(b"\n")
+        head = (bytes(self._pending) + chunk[:first])[:MAX_LINE] + b"\n"
+        self._pending = bytearray(chunk[last + 1 : last + 1 + MAX_LINE])
+        return head + chunk[first + 1 : last + 1]
+
+    def _handle(self, block: bytes) -> None:
+        if not block:
+            return
+        if self._on_line is None or self.stop_reason is not None:
+            if b":" in block or b"=" in block:
+                for match in _CANDIDATE_LINE.finditer(block):
+                    self._parser.feed(match.group().decode("utf-8", errors="replace"))
+            return
+        for raw in block.split(b"\n"):
+            if not raw:
+                continue
+            line = raw.decode("utf-8", errors="replace")
+            self._parser.feed(line)
+            if self._on_line is None or self.stop_reason is not None:
+                continue
+            try:
+                reason = self._on_line(line)
+            except Exception as exc:
+                self.error = exc
+                self._on_line = None
+                self._wake.set()
+                continue
+            if reason:
+                self.stop_reason = str(reason)
+                self._wake.set()
+
+
+class _CappedLog:
+    """This step's part of a log file: all output up to the cap, else head + marker + tail.
+
+    Output goes straight to disk until it would pass `cap`. Then the file is cut back to the
+    first cap/2 bytes of output and the last cap/2 bytes are kept in a ring buffer, written
+    after a `[... N bytes omitted ...]` line every LOG_SYNC_INTERVAL and at close.
+    """
+
+    def __init__(self, path: Path, cap: int, append: bool) -> None:
+        self._f = open(path, "ab", buffering=0)  # append mode: writes land at the end
+        if not append:
+            self._f.truncate(0)
+        self._base = self._f.seek(0, os.SEEK_END)
+        self._end = self._base  # file size
+        self._head_cap = cap // 2
+        self._tail_cap = cap - self._head_cap
+        self._cap = cap
+        self._content_start: int | None = None  # file offset of the first output byte
+        self._content = 0  # output bytes received
+        self._head_end: int | None = None  # set once over the cap
+        self._head_newline = True
+        self._ring: collections.deque[bytes] = collections.deque()
+        self._ring_size = 0
+        self._last_sync = 0.0
+        self._last_byte = b"\n"
+        self._failed = False  # e.g. disk full: stop logging, keep running
+
+    @property
+    def truncated(self) -> bool:
+        return self._head_end is not None
+
+    def write_text(self, text: str) -> None:
+        """A line of ours (header), outside the capped output."""
+        self._append(_as_line(text, self._last_byte))
+
+    def write(self, data: bytes) -> None:
+        if self._content_start is None:
+            self._content_start = self._end
+        if self._head_end is None:
+            if self._content + len(data) <= self._cap:
+                self._content += len(data)
+                self._append(data)
+                return
+            fill = max(0, self._head_cap - self._content)
+            if fill:
+                self._content += fill
+                self._append(data[:fill])
+                data = data[fill:]
+            self._start_tail()
+        self._content += len(data)
+        self._ring.append(data)
+        self._ring_size += len(data)
+        while len(self._ring) > 1 and self._ring_size - len(self._ring[0]) >= self._tail_cap:
+            self._ring_size -= len(self._ring.popleft())
+        excess = self._ring_size - self._tail_cap
+        if excess > 0:
+            self._ring[0] = self._ring[0][excess:]
+            self._ring_size -= excess
+        self._last_byte = data[-1:]
+        if time.monotonic() - self._last_sync >= LOG_SYNC_INTERVAL:
+            self._sync()
+
+    def close(self, final_line: str) -> int:
+        """Write the tail and `final_line`, close, and return the bytes this step added."""
+        if self._head_end is not None:
+            self._sync()
+        self._append(_as_line(final_line, self._last_byte))
+        self._f.close()
+        return self._end - self._base
+
+    def _start_tail(self) -> None:
+        assert self._content_start is not None
+        self._head_end = self._content_start + self._head_cap
+        try:
+            with open(self._f.name, "rb") as f:
+                f.seek(self._head_end - 1)
+                self._head_newline = f.read(1) == b"\n"
+                kept = f.read(max(0, self._end - self._head_end))
+            self._f.truncate(self._head_end)
+            self._end = self._head_end
+        except (OSError, ValueError):
+            self._failed = True
+            kept = b""
+        self._ring.append(kept)
+        self._ring_size = len(kept)
+        self._last_sync = time.monotonic()
+
+    def _sync(self) -> None:
+        assert self._head_end is not None
+        self._last_sync = time.monotonic()
+        if self._failed:
+            return
+        omitted = self._content - self._head_cap - self._ring_size
+        marker = f"{'' if self._head_newline else chr(10)}[... {omitted} bytes omitted ...]\n"
+        try:
+            self._f.truncate(self._head_end)
+            self._end = self._head_end
+        except OSError:
+            self._failed = True
+            return
+        self._append(marker.encode())
+        for piece in self._ring:
+            self._append(piece)
+
+    def _append(self, data: bytes) -> None:
+        if self._failed or not data:
+            return
+        try:
+            self._f.write(data)
+        except OSError:
+            self._failed = True
+            return
+        self._end += len(data)
+        self._last_byte = data[-1:]
+
+
+def _as_line(text: str, last_byte: bytes) -> bytes:
+    prefix = "" if last_byte == b"\n" else "\n"
+    return (prefix + text.rstrip("\n") + "\n").encode("utf-8", errors="replace")
+
+
+def _final_line(r: RunResult) -> str:
+    exit_text = "killed" if r.exit_code is None else str(r.exit_code)
+    line = (
+        f"[autoresearch] exit={exit_text} wall={r.wall_time:.2f}s peak_mem={r.peak_memory_mb:.1f}MB"
+    )
+    if r.timed_out:
+        line += " timed_out"
+    if r.interrupted:
+        line += " interrupted"
+    if r.stopped_reason:
+        line += f" stopped: {r.stopped_reason}"
+    if r.truncated:
+        line += f" output={r.output_bytes}B (log truncated)"
+    return line

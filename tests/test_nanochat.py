@@ -1,0 +1,336 @@
+"""The nanochat template: data download, tokenizer, dataloader, and an evaluator that cannot be fooled.
+
+Everything runs the template's real prepare.py / train.py in subprocesses on the CPU profile with
+the offline corpus (the standard library's own source), in a cache under tmp_path. Downloads are
+tested against an HTTP server on 127.0.0.1 started here.
+"""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("tiktoken")
+pytest.importorskip("rustbpe")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import autoresearch  # noqa: E402
+from autoresearch.metrics import MetricParser  # noqa: E402
+
+TEMPLATE = Path(autoresearch.__file__).parent / "templates" / "nanochat"
+
+
+def _env(cache: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env.update(AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_PROFILE="cpu",
+               AUTORESEARCH_DATA="offline", AUTORESEARCH_SEED="0", **extra)
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 240):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _metrics(output: str) -> dict[str, float]:
+    parser = MetricParser()
+    for line in output.splitlines():
+        parser.feed(line)
+    return parser.values
+
+
+def _copy_template(dest: Path) -> Path:
+    shutil.copytree(TEMPLATE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A cache prepared once by the template's own `python prepare.py`."""
+    root = tmp_path_factory.mktemp("nanochat")
+    cache = root / "cache"
+    work = _copy_template(root / "setup")
+    r = _run(["prepare.py"], work, _env(cache))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Data source: offline" in r.stdout
+    return cache
+
+
+@pytest.fixture(scope="module")
+def trained(cache, tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """A working directory after `python train.py` for 2 s, and its honest evaluation."""
+    work = _copy_template(tmp_path_factory.mktemp("nanochat") / "work")
+    r = _run(["train.py"], work, _env(cache, AUTORESEARCH_BUDGET_SECONDS="2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (work / "model.pt").exists() and (work / "model.json").exists()
+    ev = _run(["prepare.py", "--evaluate"], work, _env(cache))
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    return work, _metrics(ev.stdout)
+
+
+@pytest.fixture(scope="module")
+def prepare_mod(cache):
+    """The template's prepare.py imported in this process (CPU profile, the prepared cache)."""
+    saved = {k: os.environ.get(k) for k in ("AUTORESEARCH_PROFILE", "AUTORESEARCH_CACHE",
+                                            "AUTORESEARCH_DATA")}
+    os.environ.update(AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_CACHE=str(cache),
+                      AUTORESEARCH_DATA="offline")
+    spec = importlib.util.spec_from_file_location("nanochat_prepare", TEMPLATE / "prepare.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+class _FlakyServer:
+    """Serves files from a folder; the first request for each name in `fail_first` gets a 503,
+    and for each name in `truncate_first` half of the body."""
+
+    def __init__(self, root: Path, fail_first=(), truncate_first=()):
+        self.hits: dict[str, int] = {}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                outer.hits[name] = outer.hits.get(name, 0) + 1
+                first = outer.hits[name] == 1
+                path = root / name
+                if not path.exists():
+                    self.send_error(404)
+                    return
+                if first and name in fail_first:
+                    self.send_error(503)
+                    return
+                body = path.read_bytes()
+                if first and name in truncate_first:
+                    body = body[: len(body) // 2]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/data"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _write_shard(path: Path, n: int, tag: str) -> None:
+    pq.write_table(pa.table({"text": [f"{tag} document {i} " * 20 for i in range(n)]}), path)
+
+
+def test_climbmix_download_retries_transient_failures(prepare_mod, tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    for i in (0, 1):
+        _write_shard(served / f"shard_{i:05d}.parquet", 50, f"train{i}")
+    _write_shard(served / "shard_06542.parquet", 20, "val")
+    server = _FlakyServer(served, fail_first={"shard_00000.parquet"},
+                          truncate_first={"shard_06542.parquet"})
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    try:
+        assert prepare_mod.download_climbmix(2, base_url=server.url, backoff=0.01)
+    finally:
+        server.close()
+    out = tmp_path / "cache" / "nanochat" / "data" / "climbmix"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+    assert server.hits == {"shard_00000.parquet": 2, "shard_00001.parquet": 1,
+                           "shard_06542.parquet": 2}
+    # the truncated first body never took the file's name: the pinned val shard is whole
+    assert pq.read_table(out / "shard_06542.parquet").num_rows == 20
+    train, val = prepare_mod.split_files("climbmix")
+    assert [p.name for p in train] == ["shard_00000.parquet", "shard_00001.parquet"]
+    assert val.name == "shard_06542.parquet"
+
+
+def test_download_gives_up_on_missing_file_without_leaving_partial_files(prepare_mod, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    server = _FlakyServer(served)
+    try:
+        t0 = time.time()
+        ok = prepare_mod.download_file(f"{server.url}/shard_00000.parquet",
+                                       tmp_path / "out" / "shard_00000.parquet", backoff=0.01)
+    finally:
+        server.close()
+    assert not ok and time.time() - t0 < 5
+    assert server.hits == {"shard_00000.parquet": 1}  # a 404 is not retried
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_offline_corpus_is_deterministic_and_split(prepare_mod):
+    a_train, a_val = prepare_mod.offline_documents(2_000_000)
+    b_train, b_val = prepare_mod.offline_documents(2_000_000)
+    assert (a_train, a_val) == (b_train, b_val)
+    assert a_train and a_val and not set(a_val) & set(a_train)
+
+
+# --- tokenizer and dataloader -----------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_and_token_bytes_count_utf8_bytes(prepare_mod):
+    tok = prepare_mod.Tokenizer.from_directory()
+    assert tok.get_vocab_size() == prepare_mod.PROFILES["cpu"].vocab_size
+    token_bytes = prepare_mod.get_token_bytes()
+    assert token_bytes.shape == (tok.get_vocab_size(),)
+    for text in ["def f(x):\n    return x ** 2\n", "Unicode: \u4f60\u597d, caf\u00e9 \u2603", ""]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert int(token_bytes[ids].sum()) == len(text.encode("utf-8"))
+    bos = tok.get_bos_token_id()
+    assert int(token_bytes[bos]) == 0
+    assert tok.encode("x", prepend=bos)[0] == bos
+
+
+def test_pack_rows_are_bos_aligned_full_and_best_fit(prepare_mod):
+    bos = 0
+    lengths = [5, 9, 3, 17, 2, 8, 30, 4, 6, 11] * 4
+    docs = [[bos] + [i + 1] * (n - 1) for i, n in enumerate(lengths)]
+    rows = [r for r, _ in prepare_mod.pack_rows(iter((d, 1) for d in docs), 2, 15, buffer_size=8)]
+    assert rows
+    for batch in rows:
+        assert batch.shape == (2, 16)
+        assert (batch[:, 0] == bos).all()  # every row starts at a document's start
+        for row in batch.tolist():
+            # each token belongs to some document: no padding anywhere
+            assert all(t == bos or 1 <= t <= len(docs) for t in row)
+    # best fit: the longest buffered document that fits (9 of 16), then the longest that fits
+    # the 7 left (6), then the shortest document cropped to the last slot
+    assert rows[0][0].tolist() == docs[1] + docs[8] + docs[4][:1]
+
+
+def test_train_dataloader_yields_shifted_bos_rows(prepare_mod):
+    tok = prepare_mod.Tokenizer.from_directory()
+    loader = prepare_mod.make_dataloader(tok, 4, 64, "train", device="cpu")
+    for _ in range(3):
+        x, y, epoch = next(loader)
+        assert x.shape == y.shape == (4, 64)
+        assert (x[:, 0] == tok.get_bos_token_id()).all()
+        assert (x[:, 1:] == y[:, :-1]).all()
+        assert int(x.min()) >= 0 and int(x.max()) < tok.get_vocab_size()
+
+
+# --- the evaluator -----------------------------------------------------------------------------
+
+
+def test_evaluation_of_trained_model_beats_uniform(trained):
+    _, m = trained
+    assert math.isfinite(m["val_bpb"])
+    assert m["val_bpb"] < 0.8 * m["uniform_bpb"]
+    assert m["num_steps"] > 10 and m["peak_vram_mb"] > 0
+
+
+def test_causality_check_rejects_model_that_sees_future_tokens(trained, cache, tmp_path):
+    src, _ = trained
+    work = shutil.copytree(src, tmp_path / "peek")
+    code = (work / "train.py").read_text()
+    assert "is_causal=True" in code
+    (work / "train.py").write_text(code.replace("is_causal=True", "is_causal=False"))
+    r = _run(["prepare.py", "--evaluate"], work, _env(cache))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "not causal" in r.stdout
+    assert "val_bpb" not in _metrics(r.stdout)
+
+
+def test_train_py_printing_val_bpb_cannot_change_the_evaluated_metric(trained, cache, tmp_path):
+    src, honest = trained
+    work = shutil.copytree(src, tmp_path / "liar")
+    code = (work / "train.py").read_text()
+    cheat = ("import atexit as _ae, os as _os, sys as _sys\n"
+             "print('val_bpb: 0.001', flush=True)\n"
+             "_os.write(1, b'val_bpb: 0.001\\n')\n"
+             "_sys.__stdout__.write('val_bpb: 0.001\\n')\n"
+             "_ae.register(lambda: _os.write(1, b'val_bpb: 0.001\\n'))\n")
+    (work / "train.py").write_text(code.replace("\nimport gc", "\n" + cheat + "import gc", 1))
+    r = _run(["prepare.py", "--evaluate"], work, _env(cache))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _metrics(r.stdout)
+    assert m["val_bpb"] == honest["val_bpb"]
+    assert "0.001" not in r.stdout
+
+
+def test_evaluation_refuses_a_changed_validation_set(trained, cache, tmp_path):
+    src, _ = trained
+    bad_cache = shutil.copytree(cache, tmp_path / "cache")
+    val = bad_cache / "nanochat" / "data" / "offline" / "val.parquet"
+    texts = pq.read_table(val).column("text").to_pylist()
+    pq.write_table(pa.table({"text": ["x = 1\n" * 300] + texts[1:]}), val)
+    r = _run(["prepare.py", "--evaluate"], src, _env(bad_cache))
+    assert r.returncode == 1
+    assert "differs from the one pinned" in r.stdout
+
+
+# --- end to end through the CLI ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
+    """`autoresearch run --max-experiments 2 --budget 20` on the CPU profile: the baseline
+    learns (val_bpb well below uniform), and a proposal whose train.py prints `val_bpb: 0.001`
+    is recorded with its evaluated metric, not the printed one."""
+    work = _copy_template(tmp_path / "target")
+    env = _env(tmp_path / "cache")
+    env.pop("AUTORESEARCH_SEED")
+    for args in (["init"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                            "commit", "-qm", "nanochat target"]):
+        subprocess.run(["git", *args], cwd=work, check=True, capture_output=True)
+    code = (work / "train.py").read_text()
+    liar = code.replace("    main()\n", "    main()\n    print('val_bpb: 0.001')\n")
+    assert liar != code
+    script = tmp_path / "proposals.jsonl"
+    script.write_text(json.dumps({"description": "print a fake val_bpb",
+                                  "files": {"train.py": liar}}) + "\n")
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "autoresearch.cli", "run", "--max-experiments", "2",
+                        "--budget", "20", "--agent", f"script:{script}"],
+                       cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    took = time.time() - t0
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ex = subprocess.run([sys.executable, "-m", "autoresearch.cli", "export", "--format", "jsonl"],
+                        cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert ex.returncode == 0, ex.stderr
+    rows = [json.loads(line) for line in ex.stdout.splitlines() if line.strip()]
+    assert len(rows) == 2
+    metrics = [row["metric"] for row in rows]
+    assert all(m is not None and math.isfinite(m) for m in metrics), rows
+    # the untrained reference: a model that knows nothing scores log2(vocab) bits per token
+    prepare_env = {**env, "PYTHONPATH": str(work)}
+    ref = subprocess.run(
+        [sys.executable, "-c",
+         "import prepare as p; t = p.Tokenizer.from_directory(); r = p.eval_rows(t); "
+         "print(p.uniform_bpb(r, p.get_token_bytes(), t.get_vocab_size()))"],
+        cwd=work, env=prepare_env, capture_output=True, text=True, timeout=120)
+    uniform = float(ref.stdout.strip())
+    assert metrics[0] < 0.8 * uniform, (metrics, uniform)
+    assert metrics[1] > 0.1 and metrics[1] != 0.001
+    print(f"end-to-end run took {took:.0f}s; val_bpb {metrics}, uniform {uniform:.3f}")
