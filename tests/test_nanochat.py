@@ -284,7 +284,7 @@ def test_evaluation_refuses_a_changed_validation_set(trained, cache, tmp_path):
     bad_cache = shutil.copytree(cache, tmp_path / "cache")
     val = bad_cache / "nanochat" / "data" / "offline" / "val.parquet"
     texts = pq.read_table(val).column("text").to_pylist()
-    pq.write_table(pa.table({"text": ["x = 1\n" * 300] + texts[1:]}), val)
+    pq.write_table(pa.table({"text": [t.upper() for t in texts]}), val)
     r = _run(["prepare.py", "--evaluate"], src, _env(bad_cache))
     assert r.returncode == 1
     assert "differs from the one pinned" in r.stdout
@@ -298,12 +298,14 @@ def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
     """`autoresearch run --max-experiments 2 --budget 20` on the CPU profile: the baseline
     learns (val_bpb well below uniform), and a proposal whose train.py prints `val_bpb: 0.001`
     is recorded with its evaluated metric, not the printed one."""
-    work = _copy_template(tmp_path / "target")
+    work = tmp_path / "target"
     env = _env(tmp_path / "cache")
     env.pop("AUTORESEARCH_SEED")
-    for args in (["init"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t",
-                                            "commit", "-qm", "nanochat target"]):
-        subprocess.run(["git", *args], cwd=work, check=True, capture_output=True)
+    init = subprocess.run([sys.executable, "-m", "autoresearch.cli", "init", "--template",
+                           "nanochat", str(work)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert (work / "prepare.py").exists() and (work / "autoresearch.toml").exists()
     code = (work / "train.py").read_text()
     liar = code.replace("    main()\n", "    main()\n    print('val_bpb: 0.001')\n")
     assert liar != code
@@ -312,7 +314,7 @@ def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
                                   "files": {"train.py": liar}}) + "\n")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "autoresearch.cli", "run", "--max-experiments", "2",
-                        "--budget", "20", "--agent", f"script:{script}"],
+                        "--budget", "20", "--agent", f"script:{script}", "--policy", "greedy"],
                        cwd=work, env=env, capture_output=True, text=True, timeout=600)
     took = time.time() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -53,6 +53,17 @@ def _pids(path: Path) -> list[int]:
     return [int(x) for x in path.read_text().split()]
 
 
+def _wait_pid_file(path: Path, timeout: float = 10.0) -> int:
+    """The pid another process writes to `path`, once it is completely written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if text.endswith("\n"):
+            return int(text)
+        time.sleep(0.05)
+    raise AssertionError(f"nobody wrote {path}")
+
+
 def _with_token(token: str) -> list[int]:
     found = []
     for p in psutil.process_iter():
@@ -225,15 +236,13 @@ from pathlib import Path
 from autoresearch.runner import run_command
 run_command("sleep 1000 & echo $! > {tmp_path}/grandchild; wait", cwd=Path({str(tmp_path)!r}),
             env=dict(os.environ), log_path=Path({str(tmp_path)!r}) / "h.log", timeout=100,
-            on_start=lambda pid: Path({str(tmp_path)!r}, "child").write_text(str(pid)))
+            on_start=lambda pid: Path({str(tmp_path)!r}, "child").write_text(f"{{pid}}\\n"))
 """
     harness = subprocess.Popen([PY, "-c", script])
+    child = None
     try:
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "grandchild").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        child = int((tmp_path / "child").read_text())
-        grandchild = int((tmp_path / "grandchild").read_text())
+        grandchild = _wait_pid_file(tmp_path / "grandchild")
+        child = _wait_pid_file(tmp_path / "child")
         harness.kill()
         harness.wait()
         if sys.platform.startswith("linux"):
@@ -243,6 +252,8 @@ run_command("sleep 1000 & echo $! > {tmp_path}/grandchild; wait", cwd=Path({str(
         assert _wait_gone(grandchild, timeout=1.0)
     finally:
         harness.kill()
+        if child is not None:
+            kill_tree(child, grace=0.5)
 
 
 def test_kill_tree_leaves_a_reused_pid_alone(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -385,7 +384,7 @@ def cmd_status(args) -> int:
             "baseline": base.metric if base else None,
             "best": {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
                      "description": best.description,
-                     "estimate": (best.decision or {}).get("evidence", {}).get("estimate")} if best else None,
+                     "estimate": (best.decision or {}).get("estimate")} if best else None,
             "cost_usd": cost, "cost_per_improvement": cost / improvements if improvements else None,
             "tokens": {"input": sum(e.input_tokens for e in exps), "output": sum(e.output_tokens for e in exps)},
             "slots": [{"slot": s["slot"], "experiment": (ledger.get(s["experiment_id"]).seq
@@ -399,7 +398,7 @@ def cmd_status(args) -> int:
     if base and base.metric is not None:
         console.print(f"  baseline {base.metric:.6f}")
     if best and best.metric is not None and base and base.metric is not None:
-        est = (best.decision or {}).get("evidence", {}).get("estimate")
+        est = (best.decision or {}).get("estimate")
         extra = f" ± {est['sem']:.6f} (n={est['n']})" if isinstance(est, dict) and est.get("sem") else ""
         console.print(f"  best     [bold green]{best.metric:.6f}[/]{extra} (#{best.seq}, "
                       f"{best.metric - base.metric:+.6f}): {best.description}")

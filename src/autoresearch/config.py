@@ -116,7 +116,7 @@ class PruneSettings(_Strict):
     metric: str | None = None                         # curve to compare; default: the run's first
     min_history: int = Field(1, ge=1)                 # finished runs needed before pruning
     margin_sigmas: float = Field(3.0, ge=0)           # how clearly worse counts as "clearly"
-    catch_up: float = Field(1.0, ge=0)                # slack: a run may still learn this much faster than the best
+    catch_up: float = Field(0.5, ge=0)                # slack: a run may still learn this much faster than the best
 
 
 class Price(_Strict):

@@ -16,7 +16,9 @@ from collections.abc import Iterable
 def _compile(glob: str) -> re.Pattern[str]:
     out = []
     i = 0
-    g = glob.strip().lstrip("./") if glob.startswith("./") else glob.strip()
+    g = glob.strip()
+    while g.startswith("./"):  # not lstrip: that would also eat the dot of ".env"
+        g = g[2:]
     while i < len(g):
         c = g[i]
         if g.startswith("**/", i):

@@ -243,18 +243,16 @@ class Loop:
 
     def _drain_after_interrupt(self) -> None:
         self.executor.interrupt()
-        for fut, (slot, exp_id) in list(self.in_flight.items()):
+        for fut, (_slot, exp_id) in list(self.in_flight.items()):
             try:
                 res = fut.result(timeout=30)
             except Exception:
                 res = None
-            e = self.ledger.get(exp_id)
             reason = res.reason if res else "interrupted"
             self.ledger.update(exp_id, status=Status.INTERRUPTED, reason=reason,
                                finished=time.time(), pid=None)
             if self.reporter:
                 self.reporter.finished(self.ledger.get(exp_id), self.incumbent)
-            del e
         self.in_flight.clear()
         self.agent.close()
         self._write_results()
@@ -306,16 +304,17 @@ class Loop:
                 self._keep_proposals_coming()
 
     def _ahead(self) -> int:
+        """Proposals to keep in the making beyond what free slots need right now."""
         if self.opt.ahead is not None:
-            return max(1, self.opt.ahead)
-        return self.executor.slots if getattr(self.agent, "ahead", False) else 1
+            return max(0, self.opt.ahead)
+        return self.executor.slots if getattr(self.agent, "ahead", False) else 0
 
     def _keep_proposals_coming(self) -> None:
         if self.exhausted or self.stopping or self.incumbent is None:
             return
-        slow = getattr(self.agent, "ahead", False) or self.opt.ahead is not None
-        # instant agents are asked only when a slot is free, so they see every result first
-        want = self._ahead() if slow else (1 if self.free_slots and not self.queue else 0)
+        # instant agents (ahead 0) are asked only when a slot is free, so they see every result
+        needed = max(0, len(self.free_slots) - len(self.queue))
+        want = max(needed, self._ahead())
         if not self.agent.concurrent:
             want = min(want, 1)
         while len(self.pending_proposals) < want:
@@ -497,7 +496,9 @@ class Loop:
 
     # -- waiting and results ---------------------------------------------------------------
     def _wait(self, timeout: float) -> None:
-        waitables = list(self.in_flight) + [p.future for p in self.pending_proposals]
+        # proposals already made wait for a slot: waiting on them again would spin
+        waitables = list(self.in_flight) + [p.future for p in self.pending_proposals
+                                            if not p.future.done()]
         if waitables:
             wait(waitables, timeout=timeout, return_when=FIRST_COMPLETED)
         else:
@@ -693,6 +694,7 @@ class Loop:
         inc = self.incumbent
         assert inc is not None and cand.commit_sha and inc.commit_sha
         est = self.policy.estimate(self._sample(cand), self._policy_context())
+        record["estimate"] = est
         value = est.get("mean", cand.metric)
         delta = value - (self.policy.estimate(self._sample(inc), self._policy_context()).get("mean")
                          or 0.0)

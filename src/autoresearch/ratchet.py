@@ -66,7 +66,9 @@ class Ratchet:
         if check and p.returncode != 0:
             err = p.stderr if not binary else p.stderr.decode(errors="replace")
             raise GitError(f"git {' '.join(args[:3])} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
-        return p.stdout if binary else p.stdout.strip() if check else p
+        if not check:
+            return p
+        return p.stdout if binary else p.stdout.strip()
 
     def _repo_path(self, rel: str) -> str:
         return f"{self.subdir}/{rel}" if self.subdir else rel
@@ -242,10 +244,27 @@ class Ratchet:
         """Replay commit's change (against old_base) onto new_base; None on conflict."""
         p = self.git("merge-tree", "--write-tree", "--no-messages", f"--merge-base={old_base}",
                      new_base, commit, check=False)
-        if p.returncode != 0:
-            return None
-        tree = p.stdout.split()[0]
+        if p.returncode == 0:
+            tree = p.stdout.split()[0]
+        elif p.returncode == 1:
+            return None  # conflict
+        else:  # git < 2.40 has no --merge-base: apply the change as a patch instead
+            tree = self._replay_diff(commit, old_base, new_base)
+            if tree is None:
+                return None
         return self.git("commit-tree", tree, "-p", new_base, "-F", "-", input=message)
+
+    def _replay_diff(self, commit: str, old_base: str, new_base: str) -> str | None:
+        diff = self.git("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
+                        old_base, commit, binary=True)
+        with tempfile.TemporaryDirectory(prefix="ar-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self.git("read-tree", new_base, env=env)
+            if diff:
+                p = self.git("apply", "--cached", "-", input=diff, env=env, check=False, binary=True)
+                if p.returncode != 0:
+                    return None
+            return self.git("write-tree", env=env)
 
     def archive(self, commit: str) -> bytes:
         """The target's files at commit as a tar, for executors on other machines."""
@@ -279,7 +298,9 @@ class Ratchet:
     # -- the user's checkout (agent-driven mode only) -----------------------------------------
     def worktree_changes(self) -> list[str]:
         """Target-relative paths with uncommitted changes in the user's checkout."""
-        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", cwd=self.repo)
+        # raw output: stripping would eat the leading status column of the first entry
+        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", cwd=self.repo,
+                       check=False).stdout
         paths = []
         entries = out.split("\0")
         i = 0

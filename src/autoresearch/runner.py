@@ -292,6 +292,8 @@ def _terminate(
 ) -> None:
     """SIGTERM `procs`, group `pgid` and token carriers; SIGKILL whatever survives `grace`."""
     own = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    if pgid is not None and (pgid in own or pgid == os.getpgrp()):
+        pgid = None  # never signal the harness's own group
     targets = {p.pid: p for p in [*procs, *_members(pgid, token)] if p.pid not in own}
     if not targets:
         return
@@ -299,7 +301,7 @@ def _terminate(
     deadline = time.monotonic() + grace
     while True:
         if reap is not None:
-            reap()  # our direct child stays a zombie, i.e. "alive" to killpg, until reaped
+            reap()  # reap our direct child as soon as it dies
         survivors = [p for p in targets.values() if _is_alive(p)]
         if not survivors or time.monotonic() >= deadline:
             break

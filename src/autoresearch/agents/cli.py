@@ -94,6 +94,7 @@ class CodingAgentCLI(Agent):
     """A coding-agent CLI run once per proposal in a scratch workspace."""
 
     concurrent = True
+    ahead = True        # slow: the loop asks for the next proposal while one runs
 
     def __init__(self, name: str, command: str | list[str], settings: AgentSettings, *,
                  json_output: bool = False):

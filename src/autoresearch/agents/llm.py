@@ -54,6 +54,7 @@ class _LLMAgent(Agent):
 
     provider = "llm"
     concurrent = True
+    ahead = True        # slow: the loop asks for the next proposal while one runs
 
     def __init__(self, model: str, settings: AgentSettings):
         if not model:
@@ -115,6 +116,8 @@ class _LLMAgent(Agent):
                            f"any complete edit; raise [agent] max_tokens")
                 elif parsed.problems:
                     why += ": " + "; ".join(parsed.problems)
+                if turn == 1:
+                    why = "after one retry, " + why
                 raise AgentError(why, usage)
             result = apply_edits(files, parsed.edits, context.editable)
             files = result.files
@@ -166,6 +169,8 @@ def _import(module: str, extra: str):
 def _transport_error(sdk: Any, e: Exception, where: str, settings: AgentSettings) -> Exception:
     """An SDK exception as AgentError (worth another proposal) or AgentConfigError (fix the setup)."""
     retries = f"after {settings.max_retries} retries"
+    if isinstance(e, sdk.APIStatusError) and not (e.status_code in (408, 409, 429) or e.status_code >= 500):
+        retries = "not retried"     # the SDKs retry only these
     if isinstance(e, sdk.APITimeoutError):
         return AgentError(f"{where}: no answer within {settings.timeout:g} s ({retries}); "
                           f"raise [agent] timeout if the model is slow")

@@ -80,7 +80,8 @@ def default_range(c: Constant) -> SearchParam:
         return SearchParam(low=low, high=high, log=high / low >= 8, **{"int": True})
     if 0 < v < 1:
         # fractions (momentum, dropout, betas) lose meaning at 1; learning rates stay far below it
-        return SearchParam(low=v / 10, high=min(v * 10, 0.99), log=True)
+        # (and a value already above 0.99, such as beta2 = 0.999, must stay inside its range)
+        return SearchParam(low=v / 10, high=max(min(v * 10, 0.99), (1 + v) / 2), log=True)
     if v > 0:
         return SearchParam(low=v / 10, high=v * 10, log=True)
     if v < 0:

@@ -7,6 +7,12 @@ files from a script (run it as `python -m autoresearch.testing.fake_agent_cli`).
 
 from __future__ import annotations
 
-from .fake_llm import FakeAnthropicServer, FakeOpenAIServer, load_script
-
 __all__ = ["FakeAnthropicServer", "FakeOpenAIServer", "load_script"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `python -m autoresearch.testing.fake_llm` does not import the module twice.
+    if name in __all__:
+        from . import fake_llm
+        return getattr(fake_llm, name)
+    raise AttributeError(f"module 'autoresearch.testing' has no attribute {name!r}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 import uuid
@@ -50,6 +51,13 @@ def load_script(path: str | Path) -> list[Step]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # Clients that time out or exit close their connections; that is not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def _tokens(text: str) -> int:
     return max(1, len(text) // 4)      # a rough count, like 4 characters per token
 
@@ -68,7 +76,7 @@ class _FakeServer:
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._next = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._httpd = _QuietServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None

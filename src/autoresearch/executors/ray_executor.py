@@ -1,0 +1,236 @@
+"""Ray slots: experiments as Ray tasks on a cluster (or on a local Ray started for the run).
+
+What travels and what comes back:
+- the code goes as `ratchet.archive(commit)`, a tar of the target's files at that commit, put in
+  the object store once per commit; the worker extracts it into a temp dir and runs
+  `evaluation.evaluate` there, exactly as a local slot would;
+- the result comes back as the EvalResult plus the log's bytes; the driver writes the log to
+  the job's log path, so the ledger and `autoresearch show` see it as for a local run.
+
+The rules:
+- One task per slot, one CPU each, one GPU each when GPUs are asked for (Ray sets
+  CUDA_VISIBLE_DEVICES on the worker).
+- The target's `setup` runs once per node before the first experiment there, under a file lock in
+  the node's cache dir, keyed by the setup command and the locked files; AUTORESEARCH_CACHE points
+  at that node-local dir. On the driver's own node the loop already ran setup, so its cache is used.
+- A task whose worker process or node died is retried (WORKER_RETRIES); if it still fails the
+  experiment is recorded as a crash "worker died: ...". Nothing submitted is ever lost.
+- interrupt() cancels every task: first KeyboardInterrupt (the command's process tree is
+  killed), then force after CANCEL_GRACE seconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from ..config import CONFIG_NAME, load_spec
+from ..errors import ConfigError
+from ..evaluation import EvalResult, Job, command_env, evaluate
+from ..experiment import Status
+from ..metrics import tail_lines
+from ..ratchet import Ratchet
+from ..runner import run_command
+from .base import Executor, SlotInfo
+
+WORKER_RETRIES = 2          # re-runs of a task whose worker process or node died
+CANCEL_GRACE = 5.0          # seconds between a polite cancel and a forced one
+ARCHIVES_KEPT = 32          # commits whose archive stays in the object store
+NODE_CACHE_ENV = "AUTORESEARCH_NODE_CACHE"  # on a node: root of its caches (default ~/.cache/autoresearch)
+
+
+class RayExecutor(Executor):
+    def __init__(self, ratchet: Ratchet, workers: int = 1, address: str | None = None,
+                 gpus: bool = False, retries: int = WORKER_RETRIES):
+        super().__init__()
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1 (got {workers})")
+        self.ratchet = ratchet
+        self.slots = workers
+        self.address = address
+        self.gpus = gpus
+        self.retries = retries
+        self._started_ray = False
+        self._archives: OrderedDict[str, ray.ObjectRef] = OrderedDict()
+        self._refs: dict[int, ray.ObjectRef] = {}      # slot -> running task
+        self._hosts: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ray-slot")
+        self._remote: Any = None
+        self._driver_node = ""
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        if not ray.is_initialized():
+            if self.address:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            else:
+                # a local Ray for this run: a logical CPU per slot, whatever the core count
+                ray.init(num_cpus=self.slots, include_dashboard=False, log_to_driver=False)
+            self._started_ray = True
+        self._driver_node = ray.util.get_node_ip_address()
+        self._remote = ray.remote(_run_task).options(
+            num_cpus=1, num_gpus=1 if self.gpus else 0, max_retries=self.retries,
+            retry_exceptions=False)
+
+    def slot_info(self, slot: int) -> SlotInfo:
+        return SlotInfo(slot, None, self._hosts.get(slot))
+
+    def interrupt(self) -> None:
+        super().interrupt()
+        with self._lock:
+            refs = list(self._refs.values())
+        for ref in refs:
+            ray.cancel(ref, force=False)
+        if refs:
+            ready, running = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE)
+            for ref in running:
+                ray.cancel(ref, force=True)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._archives.clear()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    # -- one experiment -----------------------------------------------------------------------
+    def _archive(self, commit: str) -> ray.ObjectRef:
+        ref = self._archives.get(commit)
+        if ref is None:
+            ref = ray.put(self.ratchet.archive(commit))
+            self._archives[commit] = ref
+            while len(self._archives) > ARCHIVES_KEPT:
+                self._archives.popitem(last=False)
+        self._archives.move_to_end(commit)
+        return ref
+
+    def submit(self, job: Job, *, slot: int,
+               should_stop: Callable[[float, float], str | None] | None = None,
+               on_start: Callable[[int], None] | None = None) -> Future[EvalResult]:
+        # on_start is not used: a pid on another node means nothing to the driver's resume
+        if self._remote is None:
+            self.prepare()
+        with self._lock:
+            if slot in self._refs:
+                raise RuntimeError(f"slot {slot} is busy")
+            ref = self._remote.remote(self._archive(job.commit), job, should_stop,
+                                      self._driver_node)
+            self._refs[slot] = ref
+
+        def wait_for_it() -> EvalResult:
+            try:
+                return self._collect(job, ref, slot)
+            finally:
+                with self._lock:
+                    self._refs.pop(slot, None)
+
+        return self._pool.submit(wait_for_it)
+
+    def _collect(self, job: Job, ref: ray.ObjectRef, slot: int) -> EvalResult:
+        now = time.time()
+        try:
+            res, log_bytes = ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return _result(job, Status.INTERRUPTED, "interrupted (Ray task cancelled)", now)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as e:
+            if self.stop_event.is_set():   # a forced cancel kills the worker too
+                return _result(job, Status.INTERRUPTED, "interrupted (Ray worker stopped)", now)
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return _result(job, Status.CRASH, f"worker died ({self.retries} retries spent): {why}",
+                           now)
+        except ray.exceptions.RayError as e:
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            return _result(job, Status.CRASH, f"executor error: {type(e).__name__}: {why}", now)
+        Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(job.log_path).write_bytes(log_bytes)
+        if res.host:
+            self._hosts[slot] = res.host
+        return replace(res, log_path=job.log_path)
+
+
+def _result(job: Job, status: Status, reason: str, started: float) -> EvalResult:
+    return EvalResult(status, reason, None, {}, time.time() - started, 0.0, None, job.log_path,
+                      started=started, finished=time.time())
+
+
+# == on the worker =================================================================================
+def _run_task(archive: bytes, job: Job, should_stop: Callable[[float, float], str | None] | None,
+              driver_node: str) -> tuple[EvalResult, bytes]:
+    """The Ray task: unpack the commit, set the node up once, evaluate, send back result and log."""
+    node = ray.util.get_node_ip_address()
+    return evaluate_on_node(archive, job, should_stop=should_stop,
+                            on_driver_node=(node == driver_node), host=node)
+
+
+def evaluate_on_node(archive: bytes, job: Job, *,
+                     should_stop: Callable[[float, float], str | None] | None = None,
+                     on_driver_node: bool = False, host: str | None = None,
+                     node_cache: Path | None = None) -> tuple[EvalResult, bytes]:
+    """Evaluate job from its archive on this machine; plain Python, so it is testable without Ray."""
+    host = host or socket.gethostname()
+    work = Path(tempfile.mkdtemp(prefix=f"autoresearch-{job.seq:05d}-"))
+    try:
+        target_dir = work / "target"
+        target_dir.mkdir()
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target_dir, filter="data")
+        log = work / "experiment.log"
+        job = replace(job, log_path=str(log), env=dict(job.env))
+        cache = job.env.get("AUTORESEARCH_CACHE")
+        if not (on_driver_node and cache and Path(cache).is_dir()):
+            failed = _setup_node(target_dir, job, node_cache)
+            if failed:
+                return failed, log.read_bytes() if log.exists() else b""
+        res = evaluate(target_dir, job, should_stop=should_stop)
+        return replace(res, host=host), log.read_bytes() if log.exists() else b""
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _setup_node(target_dir: Path, job: Job, node_cache: Path | None) -> EvalResult | None:
+    """Point AUTORESEARCH_CACHE at this node's cache and run the target's setup there once."""
+    spec = load_spec(target_dir / CONFIG_NAME)
+    root = node_cache or Path(os.environ.get(NODE_CACHE_ENV)
+                              or Path.home() / ".cache" / "autoresearch")
+    key = hashlib.sha256(repr((spec.setup, sorted(job.locked.items()))).encode()).hexdigest()[:16]
+    cache = root / key
+    cache.mkdir(parents=True, exist_ok=True)
+    job.env["AUTORESEARCH_CACHE"] = str(cache)
+    if not spec.setup:
+        return None
+    done = cache / ".setup-done"
+    with open(cache / ".setup-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # one setup per node; the others wait for it
+        if done.exists():
+            return None
+        started = time.time()
+        setup_log = cache / "setup.log"
+        r = run_command(spec.setup, cwd=target_dir, env=command_env(job), log_path=setup_log,
+                        timeout=spec.setup_timeout, append=False, header=f"$ {spec.setup}   # setup")
+        if not r.ok:
+            why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
+            Path(job.log_path).write_text("\n".join(tail_lines(setup_log, 50)) + "\n")
+            return EvalResult(Status.CRASH, f"setup on node {socket.gethostname()} {why}", None, {},
+                              time.time() - started, r.peak_memory_mb, r.exit_code, job.log_path,
+                              started=started, finished=time.time())
+        done.write_text(f"{time.time()}\n")
+    return None

@@ -1,0 +1,150 @@
+"""Shared fixtures: tiny real targets in throwaway git repos, and ways to drive the CLI.
+
+A tiny target is a git repo with autoresearch.toml, an editable train.py that writes its VALUE
+to out.txt (after sleeping SLEEP seconds), and a locked evaluate.py that prints
+`score: <value>`. An experiment costs two Python start-ups, so whole runs take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
+
+EVALUATE_PY = '''"""The evaluator (LOCKED)."""
+print(f"score: {float(open('out.txt').read())}")
+'''
+
+
+def train_source(value: float, sleep: float = 0.0, extra: str = "") -> str:
+    """train.py for a tiny target: sleeps, then writes VALUE for the evaluator to read."""
+    return (
+        '"""The training script (EDITABLE)."""\n'
+        "import time\n\n"
+        f"VALUE = {value!r}\n"
+        f"SLEEP = {sleep!r}\n\n"
+        "time.sleep(SLEEP)\n"
+        f"{extra}"
+        "open('out.txt', 'w').write(str(VALUE))\n"
+    )
+
+
+def git(root: Path, *args: str, check: bool = True) -> str:
+    p = subprocess.run(["git", *GIT_ID, *args], cwd=root, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {p.stderr}")
+    return p.stdout.strip()
+
+
+def commit_all(root: Path, message: str = "target") -> str:
+    git(root, "add", "-A", ".")
+    git(root, "commit", "-q", "-m", message)
+    return git(root, "rev-parse", "HEAD")
+
+
+def _toml_value(v) -> str:
+    return json.dumps(v)
+
+
+@pytest.fixture
+def make_target() -> Callable[..., Path]:
+    """make_target(tmp_path, value=10.0, sleep=0.0, **keys) -> the committed target's root.
+
+    Keys become autoresearch.toml entries (None drops a default one); `files` adds or replaces
+    files before the commit; `git_init=False` leaves it outside any repository.
+    """
+
+    def make(base: Path, *, name: str = "target", value: float = 10.0, sleep: float = 0.0,
+             files: dict[str, str] | None = None, extra_toml: str = "", git_init: bool = True,
+             **keys) -> Path:
+        root = base / name
+        root.mkdir(parents=True)
+        cfg = {"editable": ["train.py"], "locked": ["evaluate.py"], "run": "python train.py",
+               "evaluate": "python evaluate.py", "metric": "score", "direction": "minimize",
+               "budget": 1, "timeout": 20}
+        cfg.update(keys)
+        lines = [f"{k} = {_toml_value(v)}" for k, v in cfg.items() if v is not None]
+        (root / "autoresearch.toml").write_text("\n".join(lines) + "\n" + extra_toml)
+        (root / "train.py").write_text(train_source(value, sleep))
+        (root / "evaluate.py").write_text(EVALUATE_PY)
+        (root / "README.md").write_text("a tiny target\n")
+        for rel, text in (files or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        if git_init:
+            git(root, "init", "-q", "-b", "main")
+            commit_all(root, "tiny target")
+        return root
+
+    return make
+
+
+def write_script(path: Path, proposals: list[dict]) -> Path:
+    """A JSON Lines proposal file for `--agent script:PATH`."""
+    path.write_text("".join(json.dumps(p) + "\n" for p in proposals))
+    return path
+
+
+def proposal(value: float, sleep: float = 0.0, description: str | None = None,
+             extra: str = "") -> dict:
+    return {"description": description or f"value {value}",
+            "files": {"train.py": train_source(value, sleep, extra)}}
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("COLUMNS", None)   # what a pipe or a log file gets
+    env.pop("AUTORESEARCH_RUN_TOKEN", None)
+    return env
+
+
+def ar(root: Path, *args: str, timeout: float = 120, check: bool = False
+       ) -> subprocess.CompletedProcess:
+    """`python -m autoresearch.cli ARGS` in root; returns the completed process (text)."""
+    p = subprocess.run([sys.executable, "-m", "autoresearch.cli", *args], cwd=root,
+                       capture_output=True, text=True, timeout=timeout, env=cli_env())
+    if check and p.returncode != 0:
+        raise AssertionError(f"autoresearch {' '.join(args)} exited {p.returncode}:\n"
+                             f"{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ar_popen(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", *args], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=cli_env())
+
+
+def ledger_rows(root: Path, tag: str) -> list[dict]:
+    """The run's experiments as `log --json` reports them."""
+    p = ar(root, "log", "--tag", tag, "--json", check=True)
+    return json.loads(p.stdout)
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """Live processes whose command line mentions marker (zombies excluded)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def marker() -> str:
+    """A unique word to put in a target's command line and find its processes by."""
+    return f"armark{uuid.uuid4().hex[:12]}"

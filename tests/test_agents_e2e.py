@@ -1,0 +1,153 @@
+"""Every agent backend drives a real `autoresearch run` on the quickstart target, offline.
+
+The LLM backends talk to the fake servers over real HTTP; the coding-agent CLIs are the fake CLI
+standing in for `claude` and `codex` first on PATH. Each run must keep one change, discard
+another, and record every scripted fault as its own experiment while the loop goes on.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoresearch import templates
+from autoresearch.testing import FakeAnthropicServer, FakeOpenAIServer
+
+CLI = [sys.executable, "-c", "import sys; from autoresearch.cli import main; sys.exit(main())"]
+FAKE_CLI = f"{sys.executable} -m autoresearch.testing.fake_agent_cli"
+TRAIN = (Path(templates.__file__).parent / "quickstart" / "train.py").read_text().splitlines()
+LR_OLD = next(line for line in TRAIN if line.startswith("LEARNING_RATE = 0.002 "))
+LR_NEW = LR_OLD.replace("0.002", "0.004")            # trains faster within the budget: kept
+HIDDEN_OLD = next(line for line in TRAIN if line.startswith("HIDDEN_SIZE = 12 "))
+HIDDEN_BAD = HIDDEN_OLD.replace("= 12", "= 1 ")      # one hidden unit cannot fit the spirals
+
+
+def block(old: str, new: str, description: str, path: str = "train.py") -> str:
+    return (f"Description: {description}\n\n{path}\n<<<<<<< SEARCH\n{old}\n=======\n{new}\n"
+            f">>>>>>> REPLACE\n")
+
+
+GOOD = block(LR_OLD, LR_NEW, "double the learning rate")
+BAD = block(HIDDEN_OLD, HIDDEN_BAD, "one hidden unit")
+MISS = block(HIDDEN_OLD.replace("12", "13"), HIDDEN_BAD, "one hidden unit")
+LOCKED = block("import numpy as np", "import numpy", "touch the evaluator", path="evaluate.py")
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 240):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(CLI + args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def quickstart(tmp_path: Path, agent_toml: str) -> Path:
+    target = tmp_path / "qs"
+    r = run(["init", "--template", "quickstart", str(target)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    with open(target / "autoresearch.toml", "a") as f:
+        f.write("\n[agent]\n" + agent_toml)
+    subprocess.run(["git", "commit", "-qam", "agent settings"], cwd=target, check=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    return target
+
+
+def loop(target: Path, agent: str, n: int, env: dict[str, str] | None = None) -> list[dict]:
+    r = run(["run", "--agent", agent, "--max-experiments", str(n), "--policy", "greedy",
+             "--budget", "0.5", "--tag", "e2e", "-q"], target, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = run(["export", "--format", "jsonl", "--tag", "e2e"], target)
+    if out.returncode != 0:                       # older CLI without --tag on export
+        out = run(["export", "--format", "jsonl"], target)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert [r["seq"] for r in rows] == list(range(1, n + 1)), out.stdout
+    return rows
+
+
+def statuses(rows: list[dict]) -> list[str]:
+    return [r["status"] for r in rows]
+
+
+def test_openai_backend_keeps_discards_and_survives_429_500_and_garbage(tmp_path):
+    target = quickstart(tmp_path, "max_retries = 1\nmax_consecutive_errors = 3\n"
+                                  "prices = { fake = { input = 2.0, output = 8.0 } }\n")
+    script = [{"status": 429, "retry_after": 0}, {"reply": GOOD, "input_tokens": 1000, "output_tokens": 100},
+              BAD, {"status": 500, "retry_after": 0}, {"status": 500, "retry_after": 0},
+              "I am not sure what to change."]
+    with FakeOpenAIServer(script) as server:
+        rows = loop(target, "openai:fake", 5, server.env())
+    assert statuses(rows) == ["keep", "keep", "discard", "agent-error", "agent-error"]
+    assert rows[1]["description"] == "double the learning rate"
+    assert rows[1]["input_tokens"] == 1000 and rows[1]["cost_usd"] == pytest.approx(0.0028)
+    assert "HTTP 500 (after 1 retries)" in rows[3]["reason"]
+    assert "no SEARCH/REPLACE block" in rows[4]["reason"]
+    assert server.remaining == 0
+    assert (target / ".autoresearch").exists()
+
+
+def test_anthropic_backend_retries_a_non_matching_block_and_refuses_locked_edits(tmp_path):
+    target = quickstart(tmp_path, "timeout = 1\nmax_retries = 0\nmax_consecutive_errors = 3\n")
+    script = [GOOD, MISS, BAD, LOCKED, LOCKED, {"delay": 3, "reply": GOOD}]
+    with FakeAnthropicServer(script) as server:
+        rows = loop(target, "anthropic:fake", 5, server.env())
+    assert statuses(rows) == ["keep", "keep", "discard", "agent-error", "agent-error"]
+    assert rows[2]["description"] == "one hidden unit"
+    retry = server.requests[2]["body"]["messages"][-1]["content"]
+    assert f"Did you mean these lines from train.py?\n```\n{HIDDEN_OLD}" in retry
+    assert "not editable were refused: evaluate.py" in rows[3]["reason"]
+    assert "no answer within 1 s" in rows[4]["reason"]
+
+
+def fake_bin(tmp_path: Path, name: str, steps: list[dict]) -> tuple[dict[str, str], Path]:
+    script = tmp_path / f"{name}.jsonl"
+    script.write_text("".join(json.dumps(s) + "\n" for s in steps))
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    exe = bindir / name
+    exe.write_text(f'#!/bin/sh\nexec {FAKE_CLI} --script {script} "$@"\n')
+    exe.chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, script
+
+
+EDIT_GOOD = {"description": "double the learning rate", "edits": [{"path": "train.py", "search": LR_OLD, "replace": LR_NEW}]}
+EDIT_BAD = {"description": "one hidden unit", "edits": [{"path": "train.py", "search": HIDDEN_OLD, "replace": HIDDEN_BAD}]}
+
+
+def test_claude_backend_drops_locked_edits_and_survives_a_timeout(tmp_path):
+    target = quickstart(tmp_path, "timeout = 3\nmax_consecutive_errors = 3\n")
+    env, _ = fake_bin(tmp_path, "claude", [
+        {**EDIT_GOOD, "cost_usd": 0.05},
+        {**EDIT_BAD, "write": {"prepare.py": "# tampered\n"}},
+        {"description": "tamper only", "write": {"evaluate.py": "print('val_loss: 0')\n"}},
+        {"sleep": 30, **EDIT_GOOD}])
+    rows = loop(target, "claude", 5, env)
+    assert statuses(rows) == ["keep", "keep", "discard", "agent-error", "agent-error"]
+    assert rows[1]["cost_usd"] == pytest.approx(0.05)
+    shown = run(["show", "3", "--tag", "e2e"], target).stdout     # export has no notes column
+    assert "dropped edits to files that are not editable: prepare.py" in " ".join(shown.split())
+    assert "changed no editable file" in rows[3]["reason"] and "evaluate.py" in rows[3]["reason"]
+    assert "no answer within 3 s" in rows[4]["reason"]
+    assert "tampered" not in (target / "prepare.py").read_text()
+
+
+def test_codex_backend_records_an_agent_that_changed_nothing(tmp_path):
+    target = quickstart(tmp_path, "max_consecutive_errors = 3\n")
+    env, script = fake_bin(tmp_path, "codex", [EDIT_GOOD, {"description": "nothing to do"}, EDIT_BAD])
+    rows = loop(target, "codex", 4, env)
+    assert statuses(rows) == ["keep", "keep", "agent-error", "discard"]
+    assert rows[2]["reason"] == "the agent changed no editable file"
+    argv = json.loads((script.parent / "codex.jsonl.prompts" / "0.argv.json").read_text())
+    assert argv[-5:] == ["exec", "--sandbox", "workspace-write", "--skip-git-repo-check", "-"]
+
+
+def test_command_backend_with_prompt_argument(tmp_path):
+    target = quickstart(tmp_path, "max_consecutive_errors = 3\n")
+    script = tmp_path / "agent.jsonl"
+    script.write_text(json.dumps(EDIT_GOOD) + "\n" + json.dumps({"edits": EDIT_BAD["edits"]}) + "\n")
+    rows = loop(target, f"command:{FAKE_CLI} --script {script} {{prompt}}", 3)
+    assert statuses(rows) == ["keep", "keep", "discard"]
+    assert rows[2]["description"] == f"train.py: {HIDDEN_OLD} -> {HIDDEN_BAD}"
+    prompt = (tmp_path / "agent.jsonl.prompts" / "1.txt").read_text()
+    assert "double the learning rate" in prompt        # the history reached the agent
