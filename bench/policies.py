@@ -87,7 +87,7 @@ def bench_prune(reps: int, seed: int, direction: str = "minimize") -> dict[str, 
 
     def run_curve(final: float, h: float) -> list[tuple[float, float]]:
         offset = SIGMA * rng.standard_normal()   # the seed moves a whole run
-        return list(zip(PROGRESS.tolist(), (curve(final, h, rng, point) + offset).tolist()))
+        return list(zip(PROGRESS.tolist(), (curve(final, h, rng, point) + offset).tolist(), strict=True))
 
     sign = 1.0 if direction == "minimize" else -1.0
     saved, good_stopped, good_lost = [], [], []
@@ -163,14 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     ]
     head = ("figure", "greedy", "noise-aware", "target", "met")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"
     print(f"python bench/policies.py --reps {args.reps} --seed {args.seed}   "
           f"({args.reps} runs of {EXPERIMENTS} experiments per stream and policy; "
           f"{pr['n_bad']} bad and {pr['n_good']} good pruning cases)\n")
     print(line)
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
     print(f"\n({time.time() - t0:.0f} s)")
 
 

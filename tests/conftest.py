@@ -51,41 +51,38 @@ def commit_all(root: Path, message: str = "target") -> str:
     return git(root, "rev-parse", "HEAD")
 
 
-def _toml_value(v) -> str:
-    return json.dumps(v)
-
-
-@pytest.fixture
-def make_target() -> Callable[..., Path]:
-    """make_target(tmp_path, value=10.0, sleep=0.0, **keys) -> the committed target's root.
+def build_target(base: Path, *, name: str = "target", value: float = 10.0, sleep: float = 0.0,
+                 files: dict[str, str] | None = None, extra_toml: str = "",
+                 git_init: bool = True, **keys) -> Path:
+    """Write and commit a tiny target under base/name; returns its root.
 
     Keys become autoresearch.toml entries (None drops a default one); `files` adds or replaces
     files before the commit; `git_init=False` leaves it outside any repository.
     """
+    root = base / name
+    root.mkdir(parents=True)
+    cfg = {"editable": ["train.py"], "locked": ["evaluate.py"], "run": "python train.py",
+           "evaluate": "python evaluate.py", "metric": "score", "direction": "minimize",
+           "budget": 1, "timeout": 20}
+    cfg.update(keys)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in cfg.items() if v is not None]
+    (root / "autoresearch.toml").write_text("\n".join(lines) + "\n" + extra_toml)
+    (root / "train.py").write_text(train_source(value, sleep))
+    (root / "evaluate.py").write_text(EVALUATE_PY)
+    (root / "README.md").write_text("a tiny target\n")
+    for rel, text in (files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    if git_init:
+        git(root, "init", "-q", "-b", "main")
+        commit_all(root, "tiny target")
+    return root
 
-    def make(base: Path, *, name: str = "target", value: float = 10.0, sleep: float = 0.0,
-             files: dict[str, str] | None = None, extra_toml: str = "", git_init: bool = True,
-             **keys) -> Path:
-        root = base / name
-        root.mkdir(parents=True)
-        cfg = {"editable": ["train.py"], "locked": ["evaluate.py"], "run": "python train.py",
-               "evaluate": "python evaluate.py", "metric": "score", "direction": "minimize",
-               "budget": 1, "timeout": 20}
-        cfg.update(keys)
-        lines = [f"{k} = {_toml_value(v)}" for k, v in cfg.items() if v is not None]
-        (root / "autoresearch.toml").write_text("\n".join(lines) + "\n" + extra_toml)
-        (root / "train.py").write_text(train_source(value, sleep))
-        (root / "evaluate.py").write_text(EVALUATE_PY)
-        (root / "README.md").write_text("a tiny target\n")
-        for rel, text in (files or {}).items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-        if git_init:
-            git(root, "init", "-q", "-b", "main")
-            commit_all(root, "tiny target")
-        return root
 
-    return make
+@pytest.fixture
+def make_target() -> Callable[..., Path]:
+    """make_target(tmp_path, value=10.0, sleep=0.0, **toml_keys) -> a committed tiny target."""
+    return build_target
 
 
 def write_script(path: Path, proposals: list[dict]) -> Path:
@@ -100,18 +97,21 @@ def proposal(value: float, sleep: float = 0.0, description: str | None = None,
             "files": {"train.py": train_source(value, sleep, extra)}}
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(columns: int | None = 1000) -> dict[str, str]:
+    """The environment of a CLI subprocess; columns=None is what a pipe or a log file gets."""
     env = dict(os.environ)
-    env.pop("COLUMNS", None)   # what a pipe or a log file gets
+    env.pop("COLUMNS", None)
+    if columns:
+        env["COLUMNS"] = str(columns)
     env.pop("AUTORESEARCH_RUN_TOKEN", None)
     return env
 
 
-def ar(root: Path, *args: str, timeout: float = 120, check: bool = False
-       ) -> subprocess.CompletedProcess:
+def ar(root: Path, *args: str, timeout: float = 120, check: bool = False,
+       columns: int | None = 1000) -> subprocess.CompletedProcess:
     """`python -m autoresearch.cli ARGS` in root; returns the completed process (text)."""
     p = subprocess.run([sys.executable, "-m", "autoresearch.cli", *args], cwd=root,
-                       capture_output=True, text=True, timeout=timeout, env=cli_env())
+                       capture_output=True, text=True, timeout=timeout, env=cli_env(columns))
     if check and p.returncode != 0:
         raise AssertionError(f"autoresearch {' '.join(args)} exited {p.returncode}:\n"
                              f"{p.stdout}\n{p.stderr}")

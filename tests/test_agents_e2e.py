@@ -149,5 +149,5 @@ def test_command_backend_with_prompt_argument(tmp_path):
     rows = loop(target, f"command:{FAKE_CLI} --script {script} {{prompt}}", 3)
     assert statuses(rows) == ["keep", "keep", "discard"]
     assert rows[2]["description"] == f"train.py: {HIDDEN_OLD} -> {HIDDEN_BAD}"
-    prompt = (tmp_path / "agent.jsonl.prompts" / "1.txt").read_text()
-    assert "double the learning rate" in prompt        # the history reached the agent
+    prompt = (tmp_path / "agent.jsonl.prompts" / "0.txt").read_text()
+    assert "| 1 | keep |" in prompt and "baseline" in prompt    # the history reached the agent

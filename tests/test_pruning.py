@@ -14,7 +14,7 @@ SIGMA = 0.01
 def curve(final: float, height: float = 0.2, seed: int = 0) -> list[tuple[float, float]]:
     rng = np.random.default_rng(seed)
     v = final + height * (1 - P) ** 2 + 0.5 * SIGMA * rng.standard_normal(P.size)
-    return list(zip(P.tolist(), v.tolist()))
+    return list(zip(P.tolist(), v.tolist(), strict=True))
 
 
 REFERENCE = [curve(1.0, seed=s) for s in (1, 2, 3)]

@@ -44,6 +44,7 @@ class Job:
     log_cap_bytes: int = 16 * 2**20
     gpu: str | None = None
     prune_metric: str | None = None
+    token: str | None = None      # marks every process of this experiment (runner.RUN_TOKEN_ENV)
 
 
 @dataclass
@@ -136,7 +137,8 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
         hook = _progress_hook(job, curve, should_stop) if name == "run" else None
         r = run_command(command, cwd=target_dir, env=env, log_path=log, timeout=job.timeout,
                         log_cap_bytes=job.log_cap_bytes, on_line=hook, stop_event=stop_event,
-                        header=f"$ {command}   # {name} step", on_start=on_start)
+                        header=f"$ {command}   # {name} step", on_start=on_start,
+                        run_token=job.token)
         results.append(r)
         if r.interrupted:
             return finish(Status.INTERRUPTED, f"interrupted during the {name} step", None, metrics)

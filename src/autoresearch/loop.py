@@ -132,8 +132,8 @@ class Loop:
                 self.trees[e.tree_sha] = e.id
             if e.status in (Status.RUNNING, Status.INTERRUPTED) or (
                     e.kind == "baseline" and e.status in (Status.CRASH, Status.TIMEOUT)):
-                if e.pid:
-                    kill_tree(e.pid, create_time=e.pid_started)   # left over from a kill -9
+                # leftovers of a kill -9: the recorded tree, and anything carrying its token
+                kill_tree(e.pid or 0, create_time=e.pid_started, run_token=self._token(e.id))
                 self.ledger.update(e.id, status=Status.RUNNING, reason="", pid=None, metric=None)
                 self.queue.append(e.id)
         self.incumbent = self._find_incumbent()
@@ -463,7 +463,14 @@ class Loop:
             evaluate=self.spec.evaluate, metric=self.spec.metric, budget=self.budget,
             timeout=self.timeout, seed=seed, env=env, locked=self.run.locked,
             log_path=str(self.log_dir / (f"{e.seq:05d}.log" if e else "setup.log")),
-            log_cap_bytes=int(self.spec.log_cap_mb * 2**20), prune_metric=self.spec.prune.metric)
+            log_cap_bytes=int(self.spec.log_cap_mb * 2**20), prune_metric=self.spec.prune.metric,
+            token=self._token(e.id) if e else None)
+
+    def _token(self, exp_id: int) -> str:
+        """Stable per experiment, so a resumed run can find processes that escaped with setsid."""
+        import hashlib
+        where = hashlib.sha1(str(self.target.root).encode()).hexdigest()[:10]
+        return f"autoresearch-{where}-{self.tag}-{exp_id}"
 
     def _submit(self, exp_id: int) -> None:
         e = self.ledger.get(exp_id)

@@ -36,7 +36,7 @@ def _grid_curve(points: list[tuple[float, float]]) -> dict[int, float]:
     v = np.array([w for _, w in pts])
     lo, hi = math.ceil(p[0] * GRID - 1e-9), math.floor(p[-1] * GRID + 1e-9)
     steps = np.arange(max(lo, 0), min(hi, GRID) + 1)
-    return dict(zip(steps.tolist(), np.interp(steps / GRID, p, v).tolist()))
+    return dict(zip(steps.tolist(), np.interp(steps / GRID, p, v).tolist(), strict=True))
 
 
 def _roughness(points: list[tuple[float, float]]) -> float:

@@ -209,8 +209,10 @@ def kill_tree(
     environment carries RUN_TOKEN_ENV=run_token.
     """
     procs: list[psutil.Process] = []
-    pgid: int | None = pid
+    pgid: int | None = pid if pid > 0 else None
     try:
+        if pid <= 0:  # no pid recorded: only the token can find its processes
+            raise psutil.NoSuchProcess(pid)
         root = psutil.Process(pid)
         if create_time is not None and abs(root.create_time() - create_time) > 0.01:
             pgid = None  # pid reused by an unrelated process

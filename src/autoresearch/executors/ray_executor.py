@@ -195,8 +195,7 @@ def evaluate_on_node(archive: bytes, job: Job, *,
             tar.extractall(target_dir, filter="data")
         log = work / "experiment.log"
         job = replace(job, log_path=str(log), env=dict(job.env))
-        cache = job.env.get("AUTORESEARCH_CACHE")
-        if not (on_driver_node and cache and Path(cache).is_dir()):
+        if not on_driver_node:
             failed = _setup_node(target_dir, job, node_cache)
             if failed:
                 return failed, log.read_bytes() if log.exists() else b""

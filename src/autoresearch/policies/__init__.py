@@ -6,7 +6,7 @@ from ..errors import ConfigError
 from .base import Decision, Policy, PolicyContext, Sample, Verdict
 from .greedy import GreedyPolicy
 
-DEFAULT_POLICY = "greedy"
+DEFAULT_POLICY = "noise-aware"
 
 
 def make_policy(name: str) -> Policy:
