@@ -137,11 +137,11 @@ def main() -> int:
         bare_s = statistics.median(bare)
         with PeakRSS() as rss:
             loop, why, total, exps = run_loop(root, script, a.agent, a.experiments, "bench")
-        finished = sorted(e.finished for e in exps if e.finished)
-        spans = [b - x for x, b in zip(finished, finished[1:])]
+        done = sorted((e for e in exps if e.finished), key=lambda e: e.finished)
+        pairs = list(zip(done, done[1:], strict=False))   # (previous, this) by finish time
+        spans = [b.finished - x.finished for x, b in pairs]
         overhead_ms = [(s - bare_s) * 1000 for s in spans]
-        outside_eval_ms = [(b - x - (e.wall_time or 0)) * 1000
-                           for x, b, e in zip(finished, finished[1:], exps[1:])]
+        outside_eval_ms = [(b.finished - x.finished - (b.wall_time or 0)) * 1000 for x, b in pairs]
         counts: dict[str, int] = {}
         for e in exps:
             counts[e.status.value] = counts.get(e.status.value, 0) + 1

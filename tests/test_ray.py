@@ -62,16 +62,17 @@ def test_a_loop_runs_its_experiments_as_ray_tasks(local_ray, make_target, tmp_pa
     loop.ledger.close()
     assert ray.is_initialized()   # a Ray it did not start is left running
     exps = experiments(root, "ray")
-    assert [e.metric for e in exps] == [10.0, 9.0, 8.0, 7.0, 6.0]
-    assert [e.status for e in exps] == [Status.KEEP] * 5
-    cands = exps[1:]
+    cands = [e for e in exps if e.kind == "candidate"]
+    assert sorted(e.metric for e in cands) == [6.0, 7.0, 8.0, 9.0]
+    assert all(e.status in (Status.KEEP, Status.DISCARD, Status.REBASED) for e in cands)
+    assert min(e.metric for e in exps if e.status == Status.KEEP) == 6.0
     assert any(a.started < b.finished and b.started < a.finished
                for a in cands for b in cands if a is not b)   # two slots at once
     for e in exps:
         log = Path(e.log_path).read_text()        # the worker's log, written on the driver
         assert "# run step" in log and f"score: {e.metric}" in log
         assert e.pid is None
-    assert (root / "results.tsv").read_text().count("\n") == 6
+    assert (root / "results.tsv").read_text().count("\n") == len(exps) + 1
 
 
 def _ray_worker_of(marker: str, seq: int) -> psutil.Process | None:

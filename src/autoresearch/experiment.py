@@ -61,12 +61,12 @@ class Proposal:
     """
 
     description: str
-    files: dict[str, str] | None = None
+    files: dict[str, str | None] | None = None   # None as a value deletes that file
     patch: str | None = None
     params: dict[str, Any] | None = None      # sampled values, for samplers such as Optuna
     usage: Usage = field(default_factory=Usage)
     notes: list[str] = field(default_factory=list)  # e.g. edits outside the editable files, dropped
-    agent_log: str | None = None              # the agent's transcript, saved beside the run log
+    agent_log: str | None = None              # path of the agent's saved transcript
 
 
 @dataclass

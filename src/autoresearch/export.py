@@ -53,7 +53,8 @@ def write_results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, path: Path) ->
 EXPORT_FIELDS = ("tag", "seq", "id", "kind", "status", "reason", "metric", "description", "commit",
                  "parent", "candidate_of", "agent", "seed", "slot", "gpu", "wall_time",
                  "peak_memory_mb", "exit_code", "diff_added", "diff_removed", "code_lines",
-                 "input_tokens", "output_tokens", "cost_usd", "started", "finished", "log_path")
+                 "input_tokens", "output_tokens", "cost_usd", "started", "finished", "log_path",
+                 "notes")
 
 
 def row(e: Experiment) -> dict:
