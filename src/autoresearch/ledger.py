@@ -8,6 +8,7 @@ the old or the new row, never half of one. results.tsv and `export` are views of
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -88,6 +89,21 @@ CREATE TABLE IF NOT EXISTS slots (
 """
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no inf or NaN: store them as strings so every reader can parse the ledger."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> str | None:
+    return None if obj is None else json.dumps(_finite(obj))
 
 
 @dataclass
@@ -219,7 +235,7 @@ class Ledger:
         """Insert with the next seq number of the tag, atomically."""
         fields.setdefault("created", time.time())
         for k in _JSON_COLS & fields.keys():
-            fields[k] = None if fields[k] is None else json.dumps(fields[k])
+            fields[k] = _dumps(fields[k])
         if isinstance(fields.get("status"), Status):
             fields["status"] = fields["status"].value
         with self._lock:
@@ -239,7 +255,7 @@ class Ledger:
 
     def update(self, exp_id: int, **fields: Any) -> None:
         for k in _JSON_COLS & fields.keys():
-            fields[k] = None if fields[k] is None else json.dumps(fields[k])
+            fields[k] = _dumps(fields[k])
         if isinstance(fields.get("status"), Status):
             fields["status"] = fields["status"].value
         cols = ", ".join(f"{k} = ?" for k in fields)
@@ -255,7 +271,7 @@ class Ledger:
                 for exp_id, fields in changes:
                     fields = dict(fields)
                     for k in _JSON_COLS & fields.keys():
-                        fields[k] = None if fields[k] is None else json.dumps(fields[k])
+                        fields[k] = _dumps(fields[k])
                     if isinstance(fields.get("status"), Status):
                         fields["status"] = fields["status"].value
                     cols = ", ".join(f"{k} = ?" for k in fields)

@@ -350,7 +350,8 @@ class Loop:
                 "\n".join(tail_lines(Path(crash.log_path), 50))
         feedback = "\n".join(self.feedback) or None
         self.feedback.clear()
-        program = self.ratchet.read_files(base.commit_sha, ["program.md"]).get("program.md", "")
+        texts = self.ratchet.read_files(base.commit_sha, [*editable, "program.md"])
+        program = texts.get("program.md", "") if "program.md" not in editable else ""
         seq = self.ledger.count(self.tag) + 1 + len(self.pending_proposals)
         counter = {"n": 0}
 
@@ -360,7 +361,7 @@ class Loop:
             return self.ratchet.checkout(wt, base.commit_sha)
 
         return AgentContext(
-            program=program, files=self.ratchet.read_files(base.commit_sha, editable),
+            program=program, files={p: texts[p] for p in editable if p in texts},
             history=history, best=base.history_entry(), spec=self.spec,
             base_commit=base.commit_sha, experiment_seq=seq, last_crash_log=crash_log,
             feedback=feedback, workspace=workspace, editable=self.editable,
@@ -498,7 +499,8 @@ class Loop:
         refs = [m.curve for m in self._measurements(self.incumbent.tree_sha) if m.curve]
         if not refs:
             return None
-        watch = self.pruner.watch([[(p, v) for p, v in c] for c in refs], None)
+        noise = self.policy.estimate(self._sample(self.incumbent), self._policy_context()).get("sigma")
+        watch = self.pruner.watch([[(p, v) for p, v in c] for c in refs], noise)
         return watch.report
 
     # -- waiting and results ---------------------------------------------------------------
@@ -613,9 +615,13 @@ class Loop:
         return self.ledger.db.execute(q, args).fetchone()[0]
 
     def _sample(self, e: Experiment) -> Sample:
-        values = [m.metric for m in self._measurements(e.tree_sha)
-                  if m.metric is not None and math.isfinite(m.metric)]
-        return Sample(values=values, lines=e.code_lines or 0)
+        ms = [m for m in self._measurements(e.tree_sha)
+              if m.metric is not None and math.isfinite(m.metric)]
+        selection = 0
+        if e.status == Status.KEEP and e.kind != "baseline":
+            # the runs that won it the keep: its own and the repeats made for it
+            selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
+        return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
 
     def _policy_context(self) -> PolicyContext:
         groups: dict[str, list[float]] = {}

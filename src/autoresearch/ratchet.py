@@ -54,6 +54,7 @@ class Ratchet:
         rel = self.target_root.relative_to(self.repo).as_posix()
         self.subdir = "" if rel == "." else rel
         self.worktrees_dir = self.target_root / STATE_DIR / "worktrees"
+        self._tree_cache: dict[str, dict[str, str]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
@@ -136,6 +137,8 @@ class Ratchet:
     # -- reading trees ----------------------------------------------------------------------
     def list_files(self, commit: str) -> dict[str, str]:
         """Target-relative path -> blob id of every file in the target at commit."""
+        if len(commit) == 40 and commit in self._tree_cache:   # a full sha never changes
+            return dict(self._tree_cache[commit])
         args = ["ls-tree", "-r", "-z", commit]
         if self.subdir:
             args += ["--", self.subdir]
@@ -148,6 +151,10 @@ class Ratchet:
             _mode, kind, oid = meta.split()
             if kind == "blob":
                 files[self._target_rel(path)] = oid
+        if len(commit) == 40:
+            if len(self._tree_cache) > 256:
+                self._tree_cache.clear()
+            self._tree_cache[commit] = dict(files)
         return files
 
     def read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:

@@ -28,8 +28,11 @@ class Verdict(str, enum.Enum):
 class Sample:
     """Every finite measurement of one commit, plus its code size for the simplicity tie-break."""
 
-    values: list[float]
+    values: list[float]             # oldest first
     lines: int = 0
+    #: how many of the first values are the runs that selected this commit as the best (they
+    #: are biased by the winner's curse); 0 when it was never selected (the baseline)
+    selection: int = 0
 
     @property
     def n(self) -> int:

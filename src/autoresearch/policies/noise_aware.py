@@ -95,9 +95,13 @@ class NoiseAwarePolicy(Policy):
 
     def _fresh(self, incumbent: Sample, settings: PolicySettings) -> tuple[list[float], int]:
         """(the incumbent's runs to judge and report it by, how many selection runs were set aside)."""
-        sel = self._selection
         values = list(incumbent.values)
-        if settings.refresh_runs and sel and tuple(values[:len(sel)]) == sel:
+        if not settings.refresh_runs:
+            return values, 0
+        if incumbent.selection:  # the ledger knows, also after a restart
+            return values[incumbent.selection:], incumbent.selection
+        sel = self._selection
+        if sel and tuple(values[:len(sel)]) == sel:
             return values[len(sel):], len(sel)
         return values, 0
 
