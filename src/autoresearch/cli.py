@@ -26,8 +26,8 @@ from .ledger import Ledger
 
 console = Console(highlight=False)
 if not console.is_terminal:
-    console = Console(highlight=False, width=160)  # logs and pipes get whole lines
-err_console = Console(stderr=True, highlight=False)
+    console = Console(highlight=False, width=160, soft_wrap=True)  # logs and pipes get whole lines
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one error, one line
 
 
 def default_tag() -> str:

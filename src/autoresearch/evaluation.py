@@ -109,6 +109,17 @@ def _progress_hook(job: Job, curve: list[list[float]],
     return on_line
 
 
+def _last_words(log: Path) -> str:
+    """The last line the command printed (usually the error), for the crash reason."""
+    from .metrics import tail_lines
+
+    for line in reversed(tail_lines(log, 8)):
+        line = line.strip()
+        if line and not line.startswith("[autoresearch]") and not line.startswith("$ "):
+            return line[:200]
+    return ""
+
+
 def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None = None,
              should_stop: Callable[[float, float], str | None] | None = None,
              on_start: Callable[[int], None] | None = None) -> EvalResult:
@@ -151,8 +162,9 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
             return finish(Status.CRASH, f"{name} step could not start: {r.error}", None, metrics)
         if r.exit_code != 0:
             hint = " (command not found)" if r.exit_code == 127 else ""
-            return finish(Status.CRASH, f"{name} step exited with code {r.exit_code}{hint}", None,
-                          {**metrics, **r.metrics})
+            last = _last_words(log)
+            return finish(Status.CRASH, f"{name} step exited with code {r.exit_code}{hint}"
+                          + (f": {last}" if last else ""), None, {**metrics, **r.metrics})
         if name == "run" and job.evaluate:
             # the primary metric must come from the evaluator alone
             run_metrics = {k: v for k, v in r.metrics.items() if k != job.metric}

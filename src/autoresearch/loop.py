@@ -136,6 +136,7 @@ class Loop:
                 kill_tree(e.pid or 0, create_time=e.pid_started, run_token=self._token(e.id))
                 self.ledger.update(e.id, status=Status.RUNNING, reason="", pid=None, metric=None)
                 self.queue.append(e.id)
+        self._repin(exps)
         self.incumbent = self._find_incumbent()
         best = self.incumbent.commit_sha if self.incumbent else run.base_commit
         if self.ratchet.branch_commit(self.tag) != best:
@@ -145,6 +146,13 @@ class Loop:
         history = [e.history_entry() for e in self.ledger.experiments(self.tag) if e.status.finished]
         self.agent.resume(history)
         return run
+
+    def _repin(self, exps: list[Experiment]) -> None:
+        """A kill between a ledger write and its pin leaves the ref behind: the ledger wins."""
+        pins = self.ratchet.pins(self.tag)
+        for e in exps:
+            if e.commit_sha and pins.get(e.seq) != e.commit_sha:
+                self.ratchet.pin(self.tag, e.seq, e.commit_sha)
 
     def _check_locked_unchanged(self) -> None:
         """The locked files at the branch must be the ones hashed when the run began."""
@@ -716,9 +724,9 @@ class Loop:
         # the kept commit says what was tried and what it scored; same tree and parent
         kept = self.ratchet.git("commit-tree", self.ratchet.tree_of(cand.commit_sha), "-p",
                                 inc.commit_sha, "-F", "-", input=message)
+        self.ratchet.pin(self.tag, cand.seq, kept)
         self.ledger.update(cand.id, status=Status.KEEP, reason=record["reason"], decision=record,
                            commit_sha=kept)
-        self.ratchet.pin(self.tag, cand.seq, kept)
         self.ratchet.set_branch(self.tag, kept, expect=inc.commit_sha)
         self.incumbent = self.ledger.get(cand.id)
         self._tell(self.incumbent)

@@ -87,7 +87,7 @@ class Ratchet:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         lines = exclude.read_text().splitlines() if exclude.exists() else []
         prefix = f"/{self.subdir}" if self.subdir else ""
-        want = [f"{prefix}/{STATE_DIR}/", f"{prefix}/{RESULTS_NAME}"]
+        want = [f"{prefix}/{STATE_DIR}/", f"{prefix}/{RESULTS_NAME}", f"{prefix}/progress.png"]
         missing = [w for w in want if w not in lines]
         if missing:
             with exclude.open("a") as f:
@@ -129,6 +129,17 @@ class Ratchet:
         ref = self.exp_ref(tag, seq)
         self.git("update-ref", ref, commit)
         return ref
+
+    def pins(self, tag: str) -> dict[int, str]:
+        """seq -> commit of every pinned experiment of a run."""
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{tag}/")
+        pins = {}
+        for line in out.splitlines():
+            ref, sha = line.split()
+            tail = ref.rsplit("/", 1)[-1]
+            if tail.isdigit():
+                pins[int(tail)] = sha
+        return pins
 
     def current_branch(self, cwd: Path | None = None) -> str | None:
         p = self.git("symbolic-ref", "-q", "HEAD", cwd=cwd, check=False)
