@@ -53,6 +53,13 @@ def _tag(ledger: Ledger, args) -> str:
     return tag
 
 
+def _open_run(args) -> tuple[Target, Ledger, str]:
+    """For the read-only commands: the target, its ledger, and the run they ask about."""
+    target = _target(args)
+    ledger = _ledger(target, readonly=True)
+    return target, ledger, _tag(ledger, args)
+
+
 def _git_init_commit(dest: Path, message: str) -> None:
     def git(*a: str) -> None:
         subprocess.run(["git", "-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost",
@@ -354,71 +361,47 @@ def _print_verdict(ledger: Ledger, tag: str, cand, target: Target, new) -> None:
 
 
 # == reading the ledger ========================================================================
-def _best(exps):
-    kept = [e for e in exps if e.status == Status.KEEP]
-    return max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
-
-
 def cmd_status(args) -> int:
     from rich.table import Table
 
+    from .summary import run_summary
     from .ui import experiments_table
 
-    target = _target(args)
-    ledger = _ledger(target, readonly=True)
-    tag = _tag(ledger, args)
-    run = ledger.get_run(tag)
-    exps = ledger.experiments(tag)
-    counts: dict[str, int] = {}
-    for e in exps:
-        counts[e.status.value] = counts.get(e.status.value, 0) + 1
-    best = _best(exps)
-    base = exps[0] if exps else None
-    cost = sum(e.cost_usd for e in exps)
-    improvements = sum(1 for e in exps if e.status == Status.KEEP and e.kind != "baseline")
-    slots = ledger.slots(tag)
+    target, ledger, tag = _open_run(args)
+    info = run_summary(ledger, tag, target.spec.policy)
     if args.json:
-        print(json.dumps({
-            "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
-            "policy": run.policy, "experiments": len(exps), "counts": counts,
-            "baseline": base.metric if base else None,
-            "best": {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
-                     "description": best.description,
-                     "estimate": (best.decision or {}).get("estimate")} if best else None,
-            "cost_usd": cost, "cost_per_improvement": cost / improvements if improvements else None,
-            "tokens": {"input": sum(e.input_tokens for e in exps), "output": sum(e.output_tokens for e in exps)},
-            "slots": [{"slot": s["slot"], "experiment": (ledger.get(s["experiment_id"]).seq
-                       if s["experiment_id"] else None), "since": s["since"], "gpu": s["gpu"],
-                       "host": s["host"]} for s in slots],
-        }, indent=2))
+        print(json.dumps(info, indent=2, default=str))
         return 0
-    console.print(f"[bold]run {tag}[/] · {run.metric} ({run.direction}) · agent {run.agent} · "
-                  f"policy {run.policy} · branch autoresearch/{tag}")
-    console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" · {len(exps)} total")
-    if base and base.metric is not None:
-        console.print(f"  baseline {base.metric:.6f}")
-    if best and best.metric is not None and base and base.metric is not None:
-        est = (best.decision or {}).get("estimate")
-        extra = f" ± {est['sem']:.6f} (n={est['n']})" if isinstance(est, dict) and est.get("sem") else ""
-        console.print(f"  best     [bold green]{best.metric:.6f}[/]{extra} (#{best.seq}, "
-                      f"{best.metric - base.metric:+.6f}): {best.description}")
-    if cost:
-        per = f", ${cost / improvements:.4f} per kept improvement" if improvements else ""
-        console.print(f"  cost ${cost:.4f}{per}")
-    if slots:
+    console.print(f"[bold]run {tag}[/] · {info['metric']} ({info['direction']}) · agent {info['agent']} · "
+                  f"policy {info['policy']} · branch {info['branch']}")
+    console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
+                  + f" · {info['experiments']} total")
+    base, best = info["baseline"], info["best"]
+    if base is not None:
+        console.print(f"  baseline {base:.6f}")
+    if best and best["metric"] is not None and base is not None:
+        est = best["estimate"] or {}
+        value = est.get("mean") if est.get("mean") is not None else best["metric"]
+        extra = f" ± {est['sem']:.6f} (n={est['n']})" if est.get("sem") else ""
+        console.print(f"  best     [bold green]{value:.6f}[/]{extra} (#{best['seq']}, "
+                      f"{value - base:+.6f}): {best['description']}")
+    if info["cost_usd"]:
+        per = (f", ${info['cost_per_improvement']:.4f} per kept improvement"
+               if info["cost_per_improvement"] is not None else "")
+        console.print(f"  cost ${info['cost_usd']:.4f}{per} · tokens {info['tokens']['input']} in, "
+                      f"{info['tokens']['output']} out")
+    if info["slots"]:
         t = Table(title="slots", header_style="bold")
-        for c in ("slot", "gpu", "running", "since", "proposal"):
+        for c in ("slot", "gpu", "running", "for", "proposal"):
             t.add_column(c)
-        for s in slots:
-            e = ledger.get(s["experiment_id"]) if s["experiment_id"] else None
-            since = f"{time.time() - s['since']:.0f}s ago" if e else ""
-            t.add_row(str(s["slot"]), s["gpu"] or "", f"#{e.seq}" if e else "idle", since,
-                      e.description[:60] if e else "")
+        for sl in info["slots"]:
+            running = sl["experiment"] is not None
+            t.add_row(str(sl["slot"]), sl["gpu"] or "", f"#{sl['experiment']}" if running else "idle",
+                      f"{sl['running_for']:.0f}s" if running else "", (sl["description"] or "")[:60])
         console.print(t)
-    kept = [e for e in exps if e.status == Status.KEEP]
+    kept = [e for e in ledger.experiments(tag) if e.status == Status.KEEP]
     if kept:
-        console.print(experiments_table(kept, run.metric, "kept experiments",
-                                        base.metric if base else None))
+        console.print(experiments_table(kept, info["metric"], "kept experiments", base))
     return 0
 
 
@@ -426,9 +409,7 @@ def cmd_log(args) -> int:
     from .export import row
     from .ui import experiments_table
 
-    target = _target(args)
-    ledger = _ledger(target, readonly=True)
-    tag = _tag(ledger, args)
+    target, ledger, tag = _open_run(args)
     exps = ledger.experiments(tag)
     if args.limit:
         exps = exps[-args.limit:]
@@ -445,9 +426,7 @@ def cmd_show(args) -> int:
     from .metrics import tail_lines
     from .ratchet import Ratchet
 
-    target = _target(args)
-    ledger = _ledger(target, readonly=True)
-    tag = _tag(ledger, args)
+    target, ledger, tag = _open_run(args)
     e = ledger.by_seq(tag, args.id)
     if e is None:
         raise AutoresearchError(f"no experiment #{args.id} in run '{tag}' (it has {ledger.count(tag)})")
@@ -502,13 +481,23 @@ def cmd_export(args) -> int:
 def cmd_plot(args) -> int:
     from .plot import plot_progress
 
-    target = _target(args)
-    ledger = _ledger(target, readonly=True)
-    tag = _tag(ledger, args)
+    target, ledger, tag = _open_run(args)
     out = Path(args.output or target.root / "progress.png")
     plot_progress(ledger.experiments(tag), target.spec.metric, target.spec.direction, out,
                   title=f"autoresearch {tag}")
     console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from .dashboard import serve
+
+    target = _target(args)
+    console.print(f"dashboard for {target.root} on [bold]http://{args.host}:{args.port}/[/] (Ctrl-C stops it)")
+    try:
+        serve(target, host=args.host, port=args.port, tag=args.tag)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -626,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG path (default: progress.png in the target)")
     p.add_argument("--tag")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("dashboard", help="a live web view of a run (needs autoresearch[dashboard])")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--tag", help="follow this run (default: the latest)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("demo", help="run the quickstart target end to end")
     p.add_argument("demo_dir", nargs="?", metavar="DIR")

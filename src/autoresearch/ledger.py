@@ -22,6 +22,9 @@ from .experiment import HistoryEntry, Status
 
 SCHEMA_VERSION = 1
 
+#: statuses whose metric is a valid measurement of their commit
+MEASURED = (Status.KEEP, Status.DISCARD, Status.REPEAT, Status.PENDING, Status.REBASED)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
@@ -311,6 +314,18 @@ class Ledger:
         else:
             rows = self.db.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY seq", (tag,))
         return [self._decode(r) for r in rows]
+
+    def measurements(self, tag: str, tree: str | None, before: int | None = None) -> list[Experiment]:
+        """Every valid measurement of one tree (content) in a run, oldest first."""
+        if tree is None:
+            return []
+        q = ("SELECT * FROM experiments WHERE tag = ? AND tree_sha = ? AND metric IS NOT NULL "
+             f"AND status IN ({','.join('?' * len(MEASURED))})")
+        args: list[Any] = [tag, tree, *[s.value for s in MEASURED]]
+        if before is not None:
+            q += " AND id < ?"
+            args.append(before)
+        return [self._decode(r) for r in self.db.execute(q + " ORDER BY id", args)]
 
     def count(self, tag: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ?", (tag,)).fetchone()[0]

@@ -15,7 +15,6 @@ its own row. Nothing is recorded twice and nothing tried is lost.
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
@@ -36,11 +35,11 @@ from .globs import matches
 from .ledger import Experiment, Ledger, Run
 from .metrics import tail_lines
 from .policies import Policy, PolicyContext, Sample, Verdict
-from .ratchet import Ratchet
+from .ratchet import CommitResult, Ratchet
 from .runner import kill_tree, run_command
+from .summary import replicate_groups, sample_of
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
-MEASURED = (Status.KEEP, Status.DISCARD, Status.REPEAT, Status.PENDING, Status.REBASED)
 
 
 class RunStopped(AutoresearchError):
@@ -58,6 +57,18 @@ class LoopOptions:
     max_cost: float | None = None       # USD
     seed: int = 0
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
+
+
+@dataclass
+class _Prepared:
+    """A proposal turned into a commit on top of the best it was asked against."""
+
+    proposal: Proposal
+    commit: CommitResult | None = None
+    error: str | None = None
+    added: int = 0
+    removed: int = 0
+    lines: int = 0
 
 
 @dataclass
@@ -125,6 +136,7 @@ class Loop:
             if self.ratchet.branch_commit(self.tag) is None:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._check_locked_unchanged()
         exps = self.ledger.experiments(self.tag)
         for e in exps:
@@ -337,7 +349,9 @@ class Loop:
         def work() -> None:
             try:
                 with self._agent_lock if not self.agent.concurrent else _nullcontext():
-                    fut.set_result(self.agent.propose(ctx))
+                    proposal = self.agent.propose(ctx)
+                # committing here keeps git off the driver thread (a temporary index is private)
+                fut.set_result(self._prepare(proposal, base))
             except BaseException as e:  # noqa: BLE001 - delivered to the driver thread
                 fut.set_exception(e)
 
@@ -377,7 +391,7 @@ class Loop:
 
     def _take_proposal(self, pending: _Pending, duplicates: int = 0) -> None:
         try:
-            proposal = pending.future.result()
+            prepared = pending.future.result()
         except ProposalsExhausted:
             self.exhausted = True
             self.pending_proposals.clear()
@@ -390,7 +404,7 @@ class Loop:
         except Exception as e:  # an agent bug must not end an overnight run
             self._record_agent_error(pending.base, f"{type(e).__name__}: {e}", Usage(), None)
             return
-        self._accept(proposal, pending.base, duplicates)
+        self._accept(prepared, pending.base, duplicates)
 
     def _record_agent_error(self, base: Experiment, reason: str, usage: Usage,
                             agent_log: str | None) -> None:
@@ -406,20 +420,28 @@ class Loop:
             raise RunStopped(f"the agent failed {limit} times in a row; last error: {reason} — "
                              f"check the agent's setup ([agent] max_consecutive_errors = {limit})")
 
-    def _accept(self, proposal: Proposal, base: Experiment, duplicates: int) -> None:
-        """Turn a proposal into a committed, pinned experiment (or refuse it)."""
+    def _prepare(self, proposal: Proposal, base: Experiment) -> _Prepared:
+        """Commit a proposal on top of base (any thread): the commit, or why there is none."""
         assert base.commit_sha is not None
-        files = proposal.files
-        bad_paths = [p for p in (files or {}) if p.startswith("/") or ".." in Path(p).parts]
+        bad_paths = [p for p in (proposal.files or {}) if p.startswith("/") or ".." in Path(p).parts]
         if bad_paths:
-            self._record_agent_error(base, f"paths outside the target: {', '.join(bad_paths)}",
-                                     proposal.usage, proposal.agent_log)
-            return
+            return _Prepared(proposal, error=f"paths outside the target: {', '.join(bad_paths)}")
         message = f"{proposal.description}\n\nautoresearch {self.tag}: proposed by {self.opt.agent_name}"
         try:
-            cr = self.ratchet.make_commit(base.commit_sha, message, files=files, patch=proposal.patch)
+            cr = self.ratchet.make_commit(base.commit_sha, message, files=proposal.files,
+                                          patch=proposal.patch)
         except GitError as e:
-            self._record_agent_error(base, str(e), proposal.usage, proposal.agent_log)
+            return _Prepared(proposal, error=str(e))
+        added, removed = self.ratchet.diffstat(base.commit_sha, cr.sha)
+        return _Prepared(proposal, cr, None, added, removed, self._code_lines(cr.sha))
+
+    def _accept(self, prepared: _Prepared, base: Experiment, duplicates: int) -> None:
+        """Record a committed proposal as an experiment and queue it (or refuse it)."""
+        assert base.commit_sha is not None
+        proposal, cr = prepared.proposal, prepared.commit
+        if cr is None:
+            self._record_agent_error(base, prepared.error or "no commit", proposal.usage,
+                                     proposal.agent_log)
             return
         dup_of = self.trees.get(cr.tree)
         if dup_of is not None or not cr.changed:
@@ -440,7 +462,7 @@ class Loop:
             return
         self.consecutive_errors = 0
         outside = [p for p in cr.changed if not self.editable(p)]
-        added, removed = self.ratchet.diffstat(base.commit_sha, cr.sha)
+        added, removed = prepared.added, prepared.removed
         status = Status.INVALID if outside else Status.RUNNING
         reason = (f"changes file(s) outside the editable globs: {', '.join(outside)}" if outside else "")
         notes = "; ".join(proposal.notes)
@@ -448,7 +470,7 @@ class Loop:
             self.tag, kind="candidate", parent=base.commit_sha, commit_sha=cr.sha, tree_sha=cr.tree,
             agent=self.opt.agent_name, description=proposal.description, status=status,
             reason=reason, params=proposal.params, seed=self.opt.seed, diff_added=added,
-            diff_removed=removed, code_lines=self._code_lines(cr.sha),
+            diff_removed=removed, code_lines=prepared.lines,
             input_tokens=proposal.usage.input_tokens, output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd, notes=notes, log_path=proposal.agent_log,
             finished=time.time() if outside else None)
@@ -602,14 +624,7 @@ class Loop:
 
     # -- decisions -------------------------------------------------------------------------
     def _measurements(self, tree: str | None, before: int | None = None) -> list[Experiment]:
-        if tree is None:
-            return []
-        rows = self.ledger.db.execute(
-            "SELECT id FROM experiments WHERE tag = ? AND tree_sha = ? AND metric IS NOT NULL "
-            "AND status IN (?,?,?,?,?) ORDER BY id",
-            (self.tag, tree, *[s.value for s in MEASURED])).fetchall()
-        out = [self.ledger.get(r[0]) for r in rows]
-        return [m for m in out if before is None or m.id < before]
+        return self.ledger.measurements(self.tag, tree, before)
 
     def _n_measurements(self, tree: str | None, before: int | None = None) -> int:
         if tree is None:
@@ -623,22 +638,11 @@ class Loop:
         return self.ledger.db.execute(q, args).fetchone()[0]
 
     def _sample(self, e: Experiment) -> Sample:
-        ms = [m for m in self._measurements(e.tree_sha)
-              if m.metric is not None and math.isfinite(m.metric)]
-        selection = 0
-        if e.status == Status.KEEP and e.kind != "baseline":
-            # the runs that won it the keep: its own and the repeats made for it
-            selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
-        return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
+        return sample_of(self.ledger, self.tag, e)
 
     def _policy_context(self) -> PolicyContext:
-        groups: dict[str, list[float]] = {}
-        for r in self.ledger.db.execute(
-                "SELECT tree_sha, metric FROM experiments WHERE tag = ? AND metric IS NOT NULL "
-                "AND status IN (?,?,?,?,?)", (self.tag, *[s.value for s in MEASURED])):
-            groups.setdefault(r[0], []).append(r[1])
         return PolicyContext(self.spec.direction, self.spec.policy,
-                             [g for g in groups.values() if len(g) >= 2])
+                             replicate_groups(self.ledger, self.tag))
 
     def _baseline_measured(self, e: Experiment) -> None:
         if e.status != Status.KEEP:

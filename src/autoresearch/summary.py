@@ -1,0 +1,95 @@
+"""What a run amounts to: the best (as an estimate with its uncertainty), counts, cost, slots.
+
+Shared by the loop (samples for the policy), `autoresearch status` and the dashboard, so all
+three report the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from .config import PolicySettings
+from .experiment import Status
+from .ledger import Experiment, Ledger
+from .policies import PolicyContext, Sample, make_policy
+
+
+def best_of(exps: list[Experiment]) -> Experiment | None:
+    """The incumbent: the most recently kept experiment."""
+    kept = [e for e in exps if e.status == Status.KEEP]
+    return max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+
+
+def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
+    """Every finite measurement of e's code, and how many of them selected it as the best."""
+    ms = [m for m in ledger.measurements(tag, e.tree_sha)
+          if m.metric is not None and math.isfinite(m.metric)]
+    selection = 0
+    if e.status == Status.KEEP and e.kind != "baseline":
+        # the runs that won it the keep: its own and the repeats made for it
+        selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
+    return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
+
+
+def replicate_groups(ledger: Ledger, tag: str) -> list[list[float]]:
+    groups: dict[str, list[float]] = {}
+    exps = ledger.experiments(tag)
+    for e in exps:
+        if e.metric is not None and e.status in (Status.KEEP, Status.DISCARD, Status.REPEAT,
+                                                 Status.PENDING, Status.REBASED):
+            groups.setdefault(e.tree_sha or "", []).append(e.metric)
+    return [g for g in groups.values() if len(g) >= 2]
+
+
+def best_estimate(ledger: Ledger, tag: str, best: Experiment, policy_name: str | None,
+                  settings: PolicySettings | None = None) -> dict[str, Any]:
+    """The best's value as the run's policy reports it: mean, n, and its uncertainty."""
+    run = ledger.get_run(tag)
+    policy = make_policy(policy_name or (run.policy if run and run.policy else "greedy"))
+    ctx = PolicyContext(run.direction if run else "minimize", settings or PolicySettings(),
+                        replicate_groups(ledger, tag))
+    sample = sample_of(ledger, tag, best)
+    if not sample.values:
+        return {"mean": best.metric, "n": 0, "sem": None}
+    return policy.estimate(sample, ctx)
+
+
+def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None) -> dict[str, Any]:
+    run = ledger.get_run(tag)
+    assert run is not None
+    exps = ledger.experiments(tag)
+    counts: dict[str, int] = {}
+    for e in exps:
+        counts[e.status.value] = counts.get(e.status.value, 0) + 1
+    best = best_of(exps)
+    base = exps[0] if exps else None
+    cost = sum(e.cost_usd for e in exps)
+    improvements = sum(1 for e in exps if e.status == Status.KEEP and e.kind != "baseline")
+    now = time.time()
+    by_id = {e.id: e for e in exps}
+    slots = []
+    for s in ledger.slots(tag):
+        e = by_id.get(s["experiment_id"]) if s["experiment_id"] else None
+        slots.append({"slot": s["slot"], "gpu": s["gpu"], "host": s["host"],
+                      "experiment": e.seq if e else None,
+                      "description": e.description if e else None,
+                      "running_for": round(now - s["since"], 1) if e else None})
+    best_info = None
+    if best is not None:
+        est = best_estimate(ledger, tag, best, run.policy, settings)
+        best_info = {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
+                     "description": best.description, "estimate": est}
+    return {
+        "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
+        "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": len(exps),
+        "counts": counts, "baseline": base.metric if base else None, "best": best_info,
+        "improvements": improvements, "cost_usd": cost,
+        "cost_per_improvement": cost / improvements if improvements else None,
+        "tokens": {"input": sum(e.input_tokens for e in exps),
+                   "output": sum(e.output_tokens for e in exps)},
+        "slots": slots,
+        "running": [e.seq for e in exps if e.status == Status.RUNNING],
+        "updated": now,
+    }
