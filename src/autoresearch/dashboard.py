@@ -461,9 +461,9 @@ function renderStatus(s) {
     const busy = sl.experiment !== null;
     tb.append(el("tr", busy ? { on: () => openDetail(sl.experiment), style: "cursor:pointer" } : null,
       el("td", null, sl.slot), el("td", null, sl.gpu || ""),
-      el("td", null, busy ? pill("running") : el("span", { class: "muted" }, "idle"), busy ? " #" + sl.experiment : ""),
+      el("td", { style: "white-space:nowrap" }, busy ? pill("running") : el("span", { class: "muted" }, "idle"), busy ? " #" + sl.experiment : ""),
       el("td", { class: "num" }, busy ? dur(sl.running_for) : ""),
-      el("td", { class: "desc", title: sl.description || "" }, sl.description || "")));
+      el("td", null, sl.description || "")));
   }
 }
 
@@ -474,7 +474,7 @@ function renderTable() {
   if (!rows.length) tb.append(el("tr", null, el("td", { colspan: 6, class: "muted" }, "no experiments yet")));
   for (const r of rows) {
     const wall = isNum(r.wall_time) ? r.wall_time
-      : r.status === "running" && isNum(r.started) ? Date.now() / 1000 - r.started : null;
+      : r.status === "running" && isNum(r.started) ? state.status.updated - r.started : null;  // server clock
     tb.append(el("tr", { class: state.open === r.seq ? "sel" : "", on: () => openDetail(r.seq) },
       el("td", { class: "num" }, r.seq), el("td", null, pill(r.status)),
       el("td", { class: "num" }, fmt(r.metric)), r.seq === 1 ? el("td", { class: "muted" }, "baseline") : deltaCell(r.metric),
@@ -550,8 +550,10 @@ function renderChart() {
   }
   for (const r of kept.slice(-12)) {
     if (r.seq === 1) continue;
-    const tx = x(r.seq) + 6, ty = y(r.metric) - 7;
-    g.append(svg("text", { x: tx, y: ty, class: "lbl", transform: `rotate(-12 ${tx} ${ty})` },
+    const right = x(r.seq) > W * 0.75;  // near the right edge the label goes to the left
+    const tx = x(r.seq) + (right ? -6 : 6), ty = y(r.metric) - 7;
+    g.append(svg("text", { x: tx, y: ty, class: "lbl", "text-anchor": right ? "end" : "start",
+      transform: `rotate(-12 ${tx} ${ty})` },
       r.description.length > 40 ? r.description.slice(0, 39) + "…" : r.description));
   }
   box.replaceChildren(g);
