@@ -25,6 +25,13 @@ def fmt_metric(v: float | None) -> str:
     return "—" if v is None else f"{v:.6f}"
 
 
+def best_value(best: Experiment) -> float | None:
+    """The best as the policy estimated it when keeping it (a mean), else its one measurement."""
+    est = (best.decision or {}).get("estimate") or {}
+    mean = est.get("mean")
+    return mean if isinstance(mean, (int, float)) else best.metric
+
+
 class Reporter:
     """Prints one line per finished experiment and keeps a live status line on a terminal."""
 
@@ -64,7 +71,7 @@ class Reporter:
         line.append(f"{e.status.value:<11}", style=style)
         line.append(f"{self.metric} {fmt_metric(e.metric):>10}  ")
         if best is not None and best.metric is not None:
-            line.append(f"best {fmt_metric(best.metric)} (#{best.seq})  ", style="dim")
+            line.append(f"best {fmt_metric(best_value(best))} (#{best.seq})  ", style="dim")
         if e.wall_time:
             line.append(f"{e.wall_time:5.1f}s  ", style="dim")
         line.append(e.description[:90])
@@ -80,7 +87,7 @@ class Reporter:
         for slot, (e, t0, budget) in sorted(self.running.items()):
             parts.append(f"slot {slot}: #{e.seq} {now - t0:5.1f}s/{budget:g}s")
         best = self.best
-        head = (f"best {self.metric} {fmt_metric(best.metric)} (#{best.seq})" if best and best.metric
+        head = (f"best {self.metric} {fmt_metric(best_value(best))} (#{best.seq})" if best and best.metric
                 is not None else "measuring the baseline")
         self.live.update(Text(f"⏳ {' | '.join(parts) or 'waiting for the agent'} | {head} | "
                               f"{self.done} finished", style="cyan"))
