@@ -206,6 +206,7 @@ def cmd_run(args) -> int:
 
     target = _target(args)
     tag = args.tag or default_tag()
+    _warn_uncommitted(target)
     reporter = Reporter(console, target.spec.metric, quiet=args.quiet)
     loop = build_loop(target, args, tag, reporter=reporter)
     console.print(f"[bold]autoresearch[/] run [cyan]{tag}[/] on {target.root} — agent "
@@ -214,6 +215,22 @@ def cmd_run(args) -> int:
     code = _run_loop(loop, console)
     _print_summary(loop.ledger, tag, target)
     return code
+
+
+def _warn_uncommitted(target: Target) -> None:
+    """`run` evaluates commits: edits not committed yet are silently absent from the baseline."""
+    from .globs import matches
+    from .ratchet import Ratchet
+
+    try:
+        changed = Ratchet(target.root).worktree_changes()
+    except AutoresearchError:
+        return
+    spec = target.spec
+    relevant = [p for p in changed if matches(p, spec.editable) or matches(p, spec.locked_globs)]
+    if relevant:
+        console.print(f"[yellow]note[/]: uncommitted changes to {', '.join(relevant[:5])} are not part "
+                      f"of the run (it starts from the last commit) — commit them first to include them")
 
 
 def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:

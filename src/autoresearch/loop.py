@@ -123,8 +123,31 @@ class Loop:
     def editable(self, rel: str) -> bool:
         return matches(rel, self.spec.editable) and not matches(rel, self.spec.locked_globs)
 
+    def _take_lock(self) -> None:
+        """One driver per target: two would write the same ledger, worktrees and branch."""
+        import fcntl
+        import os
+
+        path = self.target.state_dir / "driver.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunStopped(f"{self.target.root} is already driven by {holder} — stop that "
+                             f"'autoresearch run' first (the lock is {path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"autoresearch pid {os.getpid()} (tag {self.tag})\n")
+        fh.flush()
+        self._lock_file = fh   # held until this process ends; the OS releases it on kill -9
+
     def open(self) -> Run:
         """Create the run for this tag, or resume it; bring branch and ledger into agreement."""
+        self._take_lock()
         self.ratchet.ensure_ignored()
         run = self.ledger.get_run(self.tag)
         if run is None:
@@ -231,31 +254,39 @@ class Loop:
     # == the main loop ======================================================================
     def run_forever(self) -> str:
         """Run until a stop condition; returns why it stopped."""
-        self.open()
-        self.executor.prepare()
-        self.setup()
-        old_term = signal.getsignal(signal.SIGTERM)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            self._resume_pending_decisions()
-            while True:
-                self._dispatch()
-                if not self.in_flight and not self.queue and not self._want_new():
-                    if self._waiting_on_agent():
-                        self._wait(0.1)
-                        continue
-                    break
-                self._wait(0.1)
-        except KeyboardInterrupt:
-            self.stopping = "interrupted"
-            self._drain_after_interrupt()
-            raise
-        finally:
+            self.open()
+            self.executor.prepare()
+            self.setup()
+            old_term = signal.getsignal(signal.SIGTERM)
             if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, old_term)
-            self.ledger.clear_slots(self.tag)
+                signal.signal(signal.SIGTERM, _raise_interrupt)
+            try:
+                self._resume_pending_decisions()
+                while True:
+                    self._dispatch()
+                    if not self.in_flight and not self.queue and not self._want_new():
+                        if self._waiting_on_agent():
+                            self._wait(0.1)
+                            continue
+                        break
+                    self._wait(0.1)
+            except BaseException:
+                # Ctrl-C, or a stop (baseline failed, agent keeps failing): experiments still
+                # running are killed and recorded as interrupted; the next run measures them
+                self.stopping = self.stopping or "interrupted"
+                self._drain_after_interrupt()
+                raise
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, old_term)
+                self.ledger.clear_slots(self.tag)
+        finally:
             self.executor.shutdown()
+            lock = getattr(self, "_lock_file", None)
+            if lock is not None:
+                lock.close()
+                self._lock_file = None
         return self.stopping or "done"
 
     def _waiting_on_agent(self) -> bool:
@@ -268,7 +299,8 @@ class Loop:
                 res = fut.result(timeout=30)
             except Exception:
                 res = None
-            reason = res.reason if res else "interrupted"
+            reason = (res.reason if res is not None and res.status == Status.INTERRUPTED
+                      else "the run stopped before this experiment was judged")
             self.ledger.update(exp_id, status=Status.INTERRUPTED, reason=reason,
                                finished=time.time(), pid=None)
             if self.reporter:
