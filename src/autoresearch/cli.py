@@ -395,7 +395,7 @@ def cmd_status(args) -> int:
                   + f" · {info['experiments']} total")
     base, best = info["baseline"], info["best"]
     if base is not None:
-        console.print(f"  baseline {base:.6f}")
+        console.print(f"  baseline {base:.6f} (mean of {info['baseline_runs']} run(s))")
     if best and best["metric"] is not None and base is not None:
         est = best["estimate"] or {}
         value = est.get("mean") if est.get("mean") is not None else best["metric"]

@@ -221,26 +221,31 @@ class Target:
 
 
 def _all_fields(model: type[BaseModel]) -> list[str]:
-    names = []
-    for name, f in model.model_fields.items():
-        names.append(f.alias or name)
-    return names
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _submodel_at(loc: tuple) -> type[BaseModel]:
+# tables whose keys the user names (constants, model names), and the model of each entry
+_NAMED_TABLES: dict[tuple[str, ...], type[BaseModel]] = {
+    ("search",): SearchParam, ("agent", "prices"): Price}
+
+
+def _model_at(loc: tuple) -> type[BaseModel]:
+    """The model that owns the last key of a validation error's location."""
     model: type[BaseModel] = TargetSpec
-    for part in loc[:-1]:
-        if isinstance(part, int):
+    parts = [str(p) for p in loc[:-1] if not isinstance(p, int)]
+    path: tuple[str, ...] = ()
+    i = 0
+    while i < len(parts):
+        path += (parts[i],)
+        if path in _NAMED_TABLES:
+            model = _NAMED_TABLES[path]
+            i += 2          # past the table and the user's own entry name
             continue
-        f = model.model_fields.get(str(part))
-        ann = getattr(f, "annotation", None) if f else None
+        f = model.model_fields.get(parts[i])
+        ann = f.annotation if f else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
-        elif part in TargetSpec.model_fields.get("search", Field()).__dict__:
-            model = SearchParam
-        else:
-            if model is TargetSpec and part == "search":
-                model = SearchParam
+        i += 1
     return model
 
 
@@ -249,17 +254,13 @@ def _format_error(path: Path, err: dict) -> str:
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        model = SearchParam if loc and loc[0] == "search" else _submodel_at(loc)
-        if loc and loc[0] == "search" and len(loc) == 2:
-            model = TargetSpec
-        candidates = _all_fields(model)
+        candidates = _all_fields(_model_at(loc))
         guess = difflib.get_close_matches(str(loc[-1]), candidates, n=1)
         hint = f"did you mean '{guess[0]}'?" if guess else f"known keys: {', '.join(candidates)}"
         return f"{path}: unknown key '{key}' — {hint}"
     if kind == "missing":
         return f"{path}: missing required key '{key}' — add it (see the README's autoresearch.toml reference)"
-    msg = err.get("msg", "invalid value")
-    msg = msg.removeprefix("Value error, ")
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     value = err.get("input")
     shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
     return f"{path}: key '{key}': {msg}{shown}"

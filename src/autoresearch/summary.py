@@ -76,6 +76,10 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
                       "experiment": e.seq if e else None,
                       "description": e.description if e else None,
                       "running_for": round(now - s["since"], 1) if e else None})
+    baseline = None
+    if base is not None and base.metric is not None:
+        values = sample_of(ledger, tag, base).values or [base.metric]
+        baseline = sum(values) / len(values)   # all its runs, not the first draw
     best_info = None
     if best is not None:
         est = best_estimate(ledger, tag, best, run.policy, settings)
@@ -84,7 +88,8 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
         "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": len(exps),
-        "counts": counts, "baseline": base.metric if base else None, "best": best_info,
+        "counts": counts, "baseline": baseline,
+        "baseline_runs": len(sample_of(ledger, tag, base).values) if base else 0, "best": best_info,
         "improvements": improvements, "cost_usd": cost,
         "cost_per_improvement": cost / improvements if improvements else None,
         "tokens": {"input": sum(e.input_tokens for e in exps),
