@@ -319,18 +319,22 @@ def cmd_try(args) -> int:
     if ledger.get_run(tag) is None:
         raise AutoresearchError(f"no run '{tag}' in the ledger — run 'autoresearch start --tag {tag}' first")
     head = ratchet.head()
-    changed = [p for p in ratchet.worktree_changes() if p not in (".autoresearch", "results.tsv")
-               and not p.startswith(".autoresearch/") and p != "results.tsv"]
-    outside = [p for p in changed if not _editable(target, p)]
+    tracked = ratchet.list_files(head)
+    ours = (".autoresearch/", "results.tsv", "progress.png")
+    changed = [p for p in ratchet.worktree_changes()
+               if not p.startswith("../") and not p.startswith(ours)]   # only the target's files
     editable = [p for p in changed if _editable(target, p)]
-    if outside:
-        ratchet.restore_in_checkout(outside, head)
+    # tracked files the agent may not change go back; untracked ones are the user's, left alone
+    refused = [p for p in changed if not _editable(target, p) and p in tracked]
+    if refused:
+        ratchet.restore_in_checkout(refused, head)
         console.print(f"[magenta]invalid[/]: changes outside the editable files were refused and "
-                      f"restored: {', '.join(outside)}")
+                      f"restored: {', '.join(refused)}")
+        target = _target(args)   # the spec may have been one of them: read the restored one
     if not editable:
         console.print("nothing to try: no uncommitted change to the editable files "
                       f"({', '.join(target.spec.editable)})")
-        return 1 if outside else 0
+        return 1 if refused else 0
     files = {p: ratchet.read_worktree_file(p) for p in editable}
     proposal = Proposal(description=args.message, files=files)
     args.agent = "coding-agent"

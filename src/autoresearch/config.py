@@ -156,6 +156,8 @@ class TargetSpec(_Strict):
     memory_metric: str | None = None                  # results.tsv memory_gb; default: peak RSS
     log_cap_mb: float = Field(16, gt=0)               # per-experiment log size cap
     env: dict[str, str] = Field(default_factory=dict)
+    sandbox: bool = False                             # run steps under bubblewrap, read-only but the worktree
+    sandbox_writable: list[str] = Field(default_factory=list)  # more writable paths in the sandbox
     search: dict[str, SearchParam] = Field(default_factory=dict)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     prune: PruneSettings = Field(default_factory=PruneSettings)

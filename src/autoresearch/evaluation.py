@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +47,10 @@ class Job:
     gpu: str | None = None
     prune_metric: str | None = None
     token: str | None = None      # marks every process of this experiment (runner.RUN_TOKEN_ENV)
+    tracked: dict[str, str] = field(default_factory=dict)  # every file of the commit -> blob id
+    sandbox: bool = False                 # run both steps under bubblewrap (see sandboxed())
+    sandbox_writable: list[str] = field(default_factory=list)
+    sandbox_cache: str | None = None      # a writable directory for compiler caches
 
 
 @dataclass
@@ -77,6 +83,30 @@ def command_env(job: Job) -> dict[str, str]:
     return env
 
 
+def sandboxed(command: str, target_dir: Path, job: Job, env: dict[str, str]) -> str:
+    """The command under bubblewrap: the whole filesystem read-only except the experiment's own
+    directory, a private TMPDIR and a compiler cache; devices (GPUs) and the network as they are.
+
+    The prepared data ($AUTORESEARCH_CACHE), the user's checkout, other slots and the ledger
+    cannot be written from inside, whatever the agent's code tries.
+    """
+    scratch = tempfile.mkdtemp(prefix="ar-sandbox-tmp-")   # not a tmpfs on /tmp: targets live there
+    env["TMPDIR"] = scratch
+    binds = ["--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc",
+             "--bind", scratch, scratch, "--bind", str(target_dir), str(target_dir)]
+    if job.sandbox_cache:
+        Path(job.sandbox_cache).mkdir(parents=True, exist_ok=True)
+        binds += ["--bind", job.sandbox_cache, job.sandbox_cache]
+        for var in ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+            env[var] = os.path.join(job.sandbox_cache, var.lower())
+    for extra in job.sandbox_writable:
+        path = Path(extra) if os.path.isabs(extra) else target_dir / extra
+        path.mkdir(parents=True, exist_ok=True)
+        binds += ["--bind", str(path), str(path)]
+    return shlex.join(["bwrap", *binds, "--die-with-parent", "--chdir", str(target_dir),
+                       "/bin/bash", "-c", command])
+
+
 def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
     bad = []
     for rel, oid in locked.items():
@@ -87,6 +117,26 @@ def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
         except OSError:
             bad.append(rel)
     return bad
+
+
+# files that Python (or the dynamic loader) would pick up from the evaluator's directory
+_IMPORTABLE = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth")
+
+
+def _files(target_dir: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(target_dir):
+        dirnames[:] = [d for d in dirnames if d not in (".git", "__pycache__")]
+        rel = os.path.relpath(dirpath, target_dir)
+        for name in filenames:
+            out.add(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return out
+
+
+def planted_modules(target_dir: Path, before: set[str]) -> list[str]:
+    """New importable files the run step left beside the evaluator (they could shadow its
+    imports: a json.py next to evaluate.py is imported instead of the standard library's)."""
+    return sorted(p for p in _files(target_dir) - before if p.endswith(_IMPORTABLE))
 
 
 def _progress_hook(job: Job, curve: list[list[float]],
@@ -141,12 +191,20 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
 
     if bad := locked_violations(target_dir, job.locked):
         return finish(Status.INVALID, f"locked file changed before the run: {', '.join(bad)}", None, {})
+    before = _files(target_dir) if job.evaluate else set()
 
     steps = [("run", job.run)] + ([("evaluate", job.evaluate)] if job.evaluate else [])
     metrics: dict[str, float] = {}
+    pycache = tempfile.TemporaryDirectory(prefix="ar-pycache-")
+    eval_env = {**env, "PYTHONPYCACHEPREFIX": pycache.name}
     for name, command in steps:
         hook = _progress_hook(job, curve, should_stop) if name == "run" else None
-        r = run_command(command, cwd=target_dir, env=env, log_path=log, timeout=job.timeout,
+        step_env = env if name == "run" else eval_env
+        if job.sandbox:
+            step_env = dict(step_env)
+            command = sandboxed(command, target_dir, job, step_env)
+        r = run_command(command, cwd=target_dir, env=step_env,
+                        log_path=log, timeout=job.timeout,
                         log_cap_bytes=job.log_cap_bytes, on_line=hook, stop_event=stop_event,
                         header=f"$ {command}   # {name} step", on_start=on_start,
                         run_token=job.token)
@@ -172,6 +230,14 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
             if bad := locked_violations(target_dir, job.locked):
                 return finish(Status.INVALID, f"the run step modified locked file(s): {', '.join(bad)}",
                               None, metrics)
+            # what is kept must be what was evaluated: the commit's files, untouched
+            if bad := locked_violations(target_dir, job.tracked):
+                return finish(Status.INVALID, f"the run step modified tracked file(s): {', '.join(bad)}",
+                              None, metrics)
+            if bad := planted_modules(target_dir, before):
+                return finish(Status.INVALID, f"the run step created importable file(s) beside the "
+                              f"evaluator: {', '.join(bad[:5])} — write outputs with other names", None,
+                              metrics)
         else:
             metrics.update(r.metrics)
 

@@ -32,7 +32,7 @@ from .evaluation import EvalResult, Job
 from .executors import Executor
 from .experiment import Outcome, Proposal, Status, Usage
 from .globs import matches
-from .ledger import Experiment, Ledger, Run
+from .ledger import MEASURED, Experiment, Ledger, Run
 from .metrics import tail_lines
 from .policies import Policy, PolicyContext, Sample, Verdict
 from .ratchet import CommitResult, Ratchet
@@ -160,6 +160,8 @@ class Loop:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if self.spec.sandbox:
+            self._check_sandbox()
         self._check_locked_unchanged()
         exps = self.ledger.experiments(self.tag)
         for e in exps:
@@ -178,8 +180,8 @@ class Loop:
             self.ratchet.set_branch(self.tag, best)
         if not exps:
             self._add_baseline()
-        history = [e.history_entry() for e in self.ledger.experiments(self.tag) if e.status.finished]
-        self.agent.resume(history)
+        # every row, running and pending ones included: a replayed script must not repeat them
+        self.agent.resume([e.history_entry() for e in self.ledger.experiments(self.tag)])
         return run
 
     def _repin(self, exps: list[Experiment]) -> None:
@@ -189,9 +191,38 @@ class Loop:
             if e.commit_sha and pins.get(e.seq) != e.commit_sha:
                 self.ratchet.pin(self.tag, e.seq, e.commit_sha)
 
+    def _check_sandbox(self) -> None:
+        import shutil
+        import subprocess
+
+        if shutil.which("bwrap") is None:
+            raise RunStopped("autoresearch.toml: sandbox = true needs bubblewrap — install it "
+                             "(apt-get install bubblewrap) or set sandbox = false")
+        p = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "true"],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RunStopped(f"autoresearch.toml: sandbox = true, but bubblewrap cannot run here "
+                             f"({p.stderr.strip() or p.returncode}) — allow user namespaces or set "
+                             f"sandbox = false")
+
     def _check_locked_unchanged(self) -> None:
-        """The locked files at the branch must be the ones hashed when the run began."""
+        """The locked files at the branch must be the ones hashed when the run began, and the
+        toml this process read must be that locked one (a run step or an agent may have
+        rewritten the checkout's copy)."""
         assert self.run is not None
+        from .config import CONFIG_NAME
+        from .ratchet import git_blob_hash
+
+        recorded = self.run.locked.get(CONFIG_NAME)
+        current = git_blob_hash(self.target.config_path.read_bytes())
+        if recorded is None:
+            raise RunStopped(f"{self.target.config_path} is not committed — commit it first: it is "
+                             f"locked, and the run must use exactly the committed version")
+        if current != recorded:
+            raise RunStopped(
+                f"{self.target.config_path} differs from the version run '{self.tag}' started with — "
+                f"restore it (git checkout -- {CONFIG_NAME}), or commit the change and start a new "
+                f"run with another --tag")
         head = self.ratchet.branch_commit(self.tag) or self.run.base_commit
         now = self.ratchet.list_files(head)
         changed = [p for p, oid in self.run.locked.items() if now.get(p) != oid]
@@ -310,13 +341,42 @@ class Loop:
         self._write_results()
 
     # -- stop conditions -------------------------------------------------------------------
+    def _baseline_counts(self) -> tuple[int, int, int]:
+        """(valid measurements, runs queued or running, failed runs) of the baseline's code."""
+        base = self.incumbent
+        assert base is not None
+        rows = self.ledger.db.execute(
+            "SELECT status, metric FROM experiments WHERE tag = ? AND tree_sha = ?",
+            (self.tag, base.tree_sha)).fetchall()
+        valid = sum(1 for st, m in rows if m is not None and Status(st) in MEASURED)
+        pending = sum(1 for st, _ in rows if st == Status.RUNNING.value)
+        failed = sum(1 for st, _ in rows if st in (Status.CRASH.value, Status.TIMEOUT.value))
+        return valid, pending, failed
+
     def _baseline_ready(self) -> bool:
         if self.incumbent is None:
             return False
         if self.incumbent.kind != "baseline":
             return True
-        return self._n_measurements(self.incumbent.tree_sha) >= self.policy.baseline_runs(
-            self.spec.policy) or not self._room()
+        needed = self.policy.baseline_runs(self.spec.policy)
+        valid, pending, failed = self._baseline_counts()
+        if valid >= needed:
+            return True
+        # flaky re-measurements get one more try each; past that, go on with what there is
+        return pending == 0 and (valid + failed >= 2 * needed or not self._room())
+
+    def _top_up_baseline(self) -> None:
+        """Schedule the baseline measurements still missing (also after a restart)."""
+        base = self.incumbent
+        if base is None or base.kind != "baseline":
+            return
+        needed = self.policy.baseline_runs(self.spec.policy)
+        valid, pending, failed = self._baseline_counts()
+        for _ in range(needed - valid - pending):
+            if valid + pending + failed >= 2 * needed or not self._room():
+                break
+            self._add_repeat(base, base, "re-measure the baseline (noise estimate)")
+            pending += 1
 
     def _room(self) -> bool:
         return self.opt.max_experiments is None or self.ledger.count(self.tag) < self.opt.max_experiments
@@ -447,6 +507,9 @@ class Loop:
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cost_usd=usage.cost_usd, finished=time.time(), log_path=agent_log)
         self._finished(e)
+        self._check_error_streak(reason)
+
+    def _check_error_streak(self, reason: str) -> None:
         limit = self.spec.agent.max_consecutive_errors
         if self.consecutive_errors >= limit:
             raise RunStopped(f"the agent failed {limit} times in a row; last error: {reason} — "
@@ -492,8 +555,11 @@ class Loop:
             retry.future.exception()  # wait: a duplicate must not take a slot's turn
             self._take_proposal(retry, duplicates + 1)
             return
-        self.consecutive_errors = 0
         outside = [p for p in cr.changed if not self.editable(p)]
+        if outside:
+            self.consecutive_errors += 1   # an agent that only ever breaks the rules must stop
+        else:
+            self.consecutive_errors = 0
         added, removed = prepared.added, prepared.removed
         status = Status.INVALID if outside else Status.RUNNING
         reason = (f"changes file(s) outside the editable globs: {', '.join(outside)}" if outside else "")
@@ -510,6 +576,7 @@ class Loop:
         if outside:
             self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
             self._finished(e)
+            self._check_error_streak(reason)
             return
         self.trees[cr.tree] = e.id
         self.proposals[e.id] = proposal
@@ -527,7 +594,10 @@ class Loop:
             timeout=self.timeout, seed=seed, env=env, locked=self.run.locked,
             log_path=str(self.log_dir / (f"{e.seq:05d}.log" if e else "setup.log")),
             log_cap_bytes=int(self.spec.log_cap_mb * 2**20), prune_metric=self.spec.prune.metric,
-            token=self._token(e.id) if e else None)
+            token=self._token(e.id) if e else None,
+            tracked=self.ratchet.list_files(e.commit_sha) if e and e.commit_sha else {},
+            sandbox=self.spec.sandbox, sandbox_writable=list(self.spec.sandbox_writable),
+            sandbox_cache=str(self.target.state_dir / "sandbox-cache"))
 
     def _token(self, exp_id: int) -> str:
         """Stable per experiment, so a resumed run can find processes that escaped with setsid."""
@@ -646,7 +716,10 @@ class Loop:
         if e.kind == "repeat" and e.candidate_of:
             cand = self.ledger.get(e.candidate_of)
             self._finished(e)
-            if cand.kind == "baseline" or cand.status == Status.KEEP:
+            if cand.kind == "baseline":
+                self._top_up_baseline()
+                return
+            if cand.status == Status.KEEP:
                 return  # a flaky re-measurement of the incumbent; the policy may ask again
             if cand.status == Status.PENDING:
                 self._conclude(cand, Status.DISCARD, f"repeat #{e.seq} failed: {e.reason}", None)
@@ -683,12 +756,7 @@ class Loop:
             e = self.ledger.get(e.id)
             self.incumbent = e
             self._finished(e)
-        needed = self.policy.baseline_runs(self.spec.policy)
-        have = self._n_measurements(e.tree_sha)
-        for _ in range(needed - have):
-            if not self._room():
-                break
-            self._add_repeat(e, e, "re-measure the baseline (noise estimate)")
+        self._top_up_baseline()
 
     def _add_repeat(self, of: Experiment, cand: Experiment, description: str) -> Experiment:
         r = self.ledger.add_experiment(
@@ -715,6 +783,7 @@ class Loop:
         return any(self.ledger.get(i).candidate_of == cand.id for i in ids)
 
     def _resume_pending_decisions(self) -> None:
+        self._top_up_baseline()
         for e in self.ledger.experiments(self.tag):
             if e.status == Status.PENDING and not self._repeats_in_flight(e):
                 self._decide(e)
@@ -782,6 +851,13 @@ class Loop:
                            f"the new best #{inc.seq}; the agent was told", record)
             return
         tree = self.ratchet.tree_of(new)
+        earlier = self.ledger.get(self.trees[tree]) if tree in self.trees else None
+        if earlier is not None and earlier.candidate_of == cand.id:
+            # a restart after the rebase row was written but before this verdict
+            self._conclude(cand, Status.REBASED, f"won against an older best; rebased onto "
+                           f"#{inc.seq} as #{earlier.seq} and measured again there", record,
+                           tell=False)
+            return
         if tree in self.trees or not self._room():
             why = "already measured" if tree in self.trees else "no room left for its re-evaluation"
             self._conclude(cand, Status.DISCARD, f"won against an older best; rebased version {why}",

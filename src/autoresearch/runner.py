@@ -123,7 +123,7 @@ def run_command(
 
     try:
         proc = subprocess.Popen(
-            ["/bin/bash", "-c", command],
+            _launcher(command),
             cwd=cwd,
             env=child_env,
             stdin=subprocess.DEVNULL,
@@ -191,6 +191,16 @@ def run_command(
     result.progress = list(parser.progress_points)
     result.log_bytes = log.close(_final_line(result))
     return result
+
+
+_REAPER = Path(__file__).with_name("_reaper.py")
+
+
+def _launcher(command: str) -> list[str]:
+    """bash -c COMMAND under the subreaper on Linux, so orphans cannot escape the step."""
+    if sys.platform.startswith("linux") and _REAPER.is_file():
+        return [sys.executable, "-I", "-S", str(_REAPER), command]
+    return ["/bin/bash", "-c", command]
 
 
 def kill_tree(

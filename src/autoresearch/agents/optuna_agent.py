@@ -167,7 +167,9 @@ class OptunaAgent(Agent):
 
     def resume(self, history: list[HistoryEntry]) -> None:
         for h in history:
-            if not h.params or h.status in (Status.PENDING, Status.RUNNING, Status.REPEAT):
+            # rebases and repeats re-measure an earlier proposal: one trial per proposal
+            if not h.params or h.candidate_of is not None or h.status in (
+                    Status.PENDING, Status.RUNNING, Status.REPEAT):
                 continue
             params = {k: v for k, v in h.params.items() if k in self.distributions
                       and self._in_range(k, v)}

@@ -42,7 +42,8 @@ class ScriptAgent(Agent):
         self.next = done
 
     def resume(self, history: list[HistoryEntry]) -> None:
-        self.next = sum(1 for h in history if h.params and "script_line" in h.params)
+        self.next = sum(1 for h in history if h.params and "script_line" in h.params
+                        and h.candidate_of is None)   # a rebase copies its candidate's params
 
     def propose(self, context: AgentContext) -> Proposal:
         if self.next >= len(self.items):
