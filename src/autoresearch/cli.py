@@ -154,7 +154,15 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
                                           if _editable(target, p)])
         agent = make_agent(agent_name, target, files=files, seed=getattr(args, "seed", 0) or 0)
     gpus = [g.strip() for g in args.gpus.split(",")] if getattr(args, "gpus", None) else None
-    workers = getattr(args, "workers", 1) or 1
+    workers = getattr(args, "workers", 1)
+    workers = 1 if workers is None else workers
+    for flag, value, low in (("--workers", workers, 1),
+                             ("--max-experiments", getattr(args, "max_experiments", None), 1),
+                             ("--max-time", getattr(args, "max_time", None), 0),
+                             ("--budget", getattr(args, "budget", None), 0),
+                             ("--max-cost", getattr(args, "max_cost", None), 0)):
+        if value is not None and (value < low or (low == 0 and value <= 0)):
+            raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} (got {value:g})")
     executor_name = getattr(args, "executor", "local") or "local"
     if executor_name == "ray":
         try:
@@ -467,7 +475,14 @@ def cmd_show(args) -> int:
     if e.params:
         console.print("  params   " + ", ".join(f"{k}={v}" for k, v in e.params.items()))
     if e.decision:
-        console.print("  decision " + json.dumps(e.decision, default=str))
+        d = e.decision
+        against = f" against best #{d['against']}" if d.get("against") else ""
+        console.print(f"  decision {d.get('verdict')}{against}: {d.get('reason', '')}", markup=False)
+        for title, block in (("evidence", d.get("evidence")), ("estimate", d.get("estimate"))):
+            if isinstance(block, dict) and block:
+                console.print(f"  {title:<8} " + ", ".join(
+                    f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in block.items()), markup=False)
     if e.notes:
         console.print(f"  notes    {e.notes}")
     repeats = [r for r in ledger.experiments(tag) if r.candidate_of == e.id]
