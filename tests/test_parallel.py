@@ -136,7 +136,10 @@ def test_a_winner_that_conflicts_with_the_new_best_is_discarded_and_the_agent_to
     agent = ListAgent([
         proposal(9.0, description="p1: value 9"),
         proposal(7.0, extra="time.sleep(1.2)\n", description="p2: value 7, slow"),
-        proposal(9.5, sleep=2.0, description="p3: keeps a slot busy")])
+        proposal(9.5, sleep=2.0, description="p3: keeps a slot busy"),
+        # a proposal may be asked ahead, before the verdict: the news reaches the next ask
+        proposal(9.8, sleep=0.3, description="p4: asked ahead"),
+        proposal(9.9, sleep=0.3, description="p5: asked after the verdict")])
     run_in_process(root, "cf", agent, workers=2)
     exps = experiments(root, "cf")
     by_desc = {e.description: e for e in exps}

@@ -26,8 +26,37 @@ def _prctl(option: int, arg: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int] | None:
+    """Direct children from /proc/PID/task/*/children (one small read); None if unsupported."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue
+    return kids
+
+
 def _descendants(root: int) -> list[int]:
     """Every process below root, read from /proc (no third-party modules here)."""
+    found, frontier = [], [root]
+    while frontier:
+        kids = _children(frontier.pop())
+        if kids is None:
+            return _descendants_by_scan(root)
+        found += kids
+        frontier += kids
+    return found
+
+
+def _descendants_by_scan(root: int) -> list[int]:
     parent_of: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():

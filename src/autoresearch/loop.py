@@ -118,6 +118,7 @@ class Loop:
             self.pruner = make_pruner(self.spec.prune, self.spec.direction)
         self._agent_lock = threading.Lock()
         self._pid_updates: list[tuple[int, int]] = []   # (experiment id, pid) from slot threads
+        self._lines_by_blob: dict[str, int] = {}          # blob id -> non-blank lines
 
     # == setup and resume ===================================================================
     def editable(self, rel: str) -> bool:
@@ -253,9 +254,12 @@ class Loop:
         return fn() if fn else None
 
     def _code_lines(self, commit: str) -> int:
-        files = self.ratchet.list_files(commit)
-        blobs = self.ratchet.read_blobs(oid for p, oid in files.items() if self.editable(p))
-        return sum(sum(1 for ln in b.splitlines() if ln.strip()) for b in blobs.values())
+        """Non-blank lines of the editable files: the size the simplicity criterion compares."""
+        oids = [oid for p, oid in self.ratchet.list_files(commit).items() if self.editable(p)]
+        unknown = [o for o in oids if o not in self._lines_by_blob]
+        for oid, blob in self.ratchet.read_blobs(unknown).items():
+            self._lines_by_blob[oid] = sum(1 for ln in blob.splitlines() if ln.strip())
+        return sum(self._lines_by_blob[o] for o in oids)
 
     def setup(self) -> None:
         """Run the toml's setup command once per run, before the baseline."""
@@ -419,7 +423,11 @@ class Loop:
         """Proposals to keep in the making beyond what free slots need right now."""
         if self.opt.ahead is not None:
             return max(0, self.opt.ahead)
-        return self.executor.slots if getattr(self.agent, "ahead", False) else 0
+        if getattr(self.agent, "ahead", False):
+            return self.executor.slots
+        # an instant agent sees every result first on one slot; with several slots one proposal
+        # kept ready takes its commit off the path of the slot that frees next
+        return 1 if self.executor.slots > 1 else 0
 
     def _keep_proposals_coming(self) -> None:
         if self.exhausted or self.stopping or self.incumbent is None:
@@ -527,8 +535,7 @@ class Loop:
                                           patch=proposal.patch)
         except GitError as e:
             return _Prepared(proposal, error=str(e))
-        added, removed = self.ratchet.diffstat(base.commit_sha, cr.sha)
-        return _Prepared(proposal, cr, None, added, removed, self._code_lines(cr.sha))
+        return _Prepared(proposal, cr, None, cr.added, cr.removed, self._code_lines(cr.sha))
 
     def _accept(self, prepared: _Prepared, base: Experiment, duplicates: int) -> None:
         """Record a committed proposal as an experiment and queue it (or refuse it)."""

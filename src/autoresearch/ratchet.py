@@ -35,6 +35,8 @@ class CommitResult:
     sha: str
     changed: list[str]   # target-relative paths that differ from the base ("../x" when outside)
     tree: str
+    added: int = 0       # lines added and removed against the base
+    removed: int = 0
 
 
 class Ratchet:
@@ -241,8 +243,17 @@ class Ratchet:
                 self._apply_cached(patch, env)
             tree = self.git("write-tree", env=env)
         sha = self.git("commit-tree", tree, "-p", base, "-F", "-", input=message)
-        changed = self.changed_paths(base, sha)
-        return CommitResult(sha, changed, tree)
+        # one diff-tree gives the changed paths and the diff size
+        out = self.git("diff-tree", "-r", "--no-commit-id", "--numstat", "-z", base, sha)
+        changed, added, removed = [], 0, 0
+        for entry in out.split("\0"):
+            if not entry:
+                continue
+            x, y, path = entry.split("\t", 2)
+            changed.append(self._target_rel(path))
+            if x != "-":
+                added, removed = added + int(x), removed + int(y)
+        return CommitResult(sha, changed, tree, added, removed)
 
     def _apply_cached(self, patch: str, env: dict[str, str]) -> None:
         if not patch.endswith("\n"):
