@@ -97,6 +97,32 @@ def proposal(value: float, sleep: float = 0.0, description: str | None = None,
             "files": {"train.py": train_source(value, sleep, extra)}}
 
 
+def ledger_experiments(root: Path, tag: str) -> list:
+    """Every experiment of a run, read from the ledger like `status` does (read-only)."""
+    from autoresearch.ledger import Ledger
+
+    ledger = Ledger(root / ".autoresearch" / "ledger.db", readonly=True)
+    try:
+        return ledger.experiments(tag)
+    finally:
+        ledger.close()
+
+
+#: the fake coding-agent CLI that ships in autoresearch.testing, as a shell command
+FAKE_AGENT_CLI = f"{sys.executable} -m autoresearch.testing.fake_agent_cli"
+
+
+def fake_agent_binary(tmp_path: Path, name: str, script: Path) -> Path:
+    """An executable NAME in tmp_path/bin that runs the fake coding-agent CLI on SCRIPT; put
+    tmp_path/bin first on PATH to stand it in for `claude` or `codex`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    exe = bindir / name
+    exe.write_text(f'#!/bin/sh\nexec {FAKE_AGENT_CLI} --script {script} "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
 def cli_env(columns: int | None = 1000) -> dict[str, str]:
     """The environment of a CLI subprocess; columns=None is what a pipe or a log file gets."""
     env = dict(os.environ)

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_AGENT_CLI, fake_agent_binary
 
 from autoresearch import templates
 from autoresearch.testing import FakeAnthropicServer, FakeOpenAIServer
 
 CLI = [sys.executable, "-c", "import sys; from autoresearch.cli import main; sys.exit(main())"]
-FAKE_CLI = f"{sys.executable} -m autoresearch.testing.fake_agent_cli"
 TRAIN = (Path(templates.__file__).parent / "quickstart" / "train.py").read_text().splitlines()
 LR_OLD = next(line for line in TRAIN if line.startswith("LEARNING_RATE = 0.002 "))
 LR_NEW = LR_OLD.replace("0.002", "0.004")            # trains faster within the budget: kept
@@ -103,12 +103,8 @@ def test_anthropic_backend_retries_a_non_matching_block_and_refuses_locked_edits
 def fake_bin(tmp_path: Path, name: str, steps: list[dict]) -> tuple[dict[str, str], Path]:
     script = tmp_path / f"{name}.jsonl"
     script.write_text("".join(json.dumps(s) + "\n" for s in steps))
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    exe = bindir / name
-    exe.write_text(f'#!/bin/sh\nexec {FAKE_CLI} --script {script} "$@"\n')
-    exe.chmod(0o755)
-    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, script
+    exe = fake_agent_binary(tmp_path, name, script)
+    return {"PATH": f"{exe.parent}{os.pathsep}{os.environ['PATH']}"}, script
 
 
 EDIT_GOOD = {"description": "double the learning rate", "edits": [{"path": "train.py", "search": LR_OLD, "replace": LR_NEW}]}
@@ -146,7 +142,7 @@ def test_command_backend_with_prompt_argument(tmp_path):
     target = quickstart(tmp_path, "max_consecutive_errors = 3\n")
     script = tmp_path / "agent.jsonl"
     script.write_text(json.dumps(EDIT_GOOD) + "\n" + json.dumps({"edits": EDIT_BAD["edits"]}) + "\n")
-    rows = loop(target, f"command:{FAKE_CLI} --script {script} {{prompt}}", 3)
+    rows = loop(target, f"command:{FAKE_AGENT_CLI} --script {script} {{prompt}}", 3)
     assert statuses(rows) == ["keep", "keep", "discard"]
     assert rows[2]["description"] == f"train.py: {HIDDEN_OLD} -> {HIDDEN_BAD}"
     prompt = (tmp_path / "agent.jsonl.prompts" / "0.txt").read_text()

@@ -2,11 +2,11 @@
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_AGENT_CLI, fake_agent_binary
 
 from autoresearch.agents.base import AgentContext, AgentError
 from autoresearch.agents.cli import CodingAgentCLI
@@ -15,22 +15,10 @@ from autoresearch.errors import AgentConfigError
 
 TRAIN = "LEARNING_RATE = 0.01\nBATCH_SIZE = 32\n"
 RAISE_LR = {"path": "train.py", "search": "LEARNING_RATE = 0.01", "replace": "LEARNING_RATE = 0.02"}
-FAKE = f"{sys.executable} -m autoresearch.testing.fake_agent_cli"
-
-
 def write_script(tmp_path: Path, steps: list[dict]) -> Path:
     script = tmp_path / "steps.jsonl"
     script.write_text("".join(json.dumps(s) + "\n" for s in steps))
     return script
-
-
-def fake_binary(tmp_path: Path, name: str, script: Path) -> Path:
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    exe = bindir / name
-    exe.write_text(f'#!/bin/sh\nexec {FAKE} --script {script} "$@"\n')
-    exe.chmod(0o755)
-    return exe
 
 
 def context(tmp_path: Path) -> AgentContext:
@@ -47,13 +35,13 @@ def context(tmp_path: Path) -> AgentContext:
 
 
 def command_agent(script: Path, tail: str = "", **kw) -> CodingAgentCLI:
-    return CodingAgentCLI.from_command(f"{FAKE} --script {script} {tail}", AgentSettings(**kw))
+    return CodingAgentCLI.from_command(f"{FAKE_AGENT_CLI} --script {script} {tail}", AgentSettings(**kw))
 
 
 def test_claude_preset_edits_in_place_with_its_flags_and_reports_cost(tmp_path, monkeypatch):
     script = write_script(tmp_path, [{"description": "raise LR", "edits": [RAISE_LR], "cost_usd": 0.25,
                                       "input_tokens": 1200, "output_tokens": 300}])
-    fake_binary(tmp_path, "claude", script)
+    fake_agent_binary(tmp_path, "claude", script)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("AUTORESEARCH_CLAUDE_BIN", raising=False)
     ctx = context(tmp_path)
@@ -72,7 +60,7 @@ def test_claude_preset_edits_in_place_with_its_flags_and_reports_cost(tmp_path, 
 def test_codex_preset_via_override_variable(tmp_path, monkeypatch):
     script = write_script(tmp_path, [{"description": "bigger batch", "edits": [
         {"path": "train.py", "search": "BATCH_SIZE = 32", "replace": "BATCH_SIZE = 64"}]}])
-    exe = fake_binary(tmp_path, "my-codex", script)
+    exe = fake_agent_binary(tmp_path, "my-codex", script)
     monkeypatch.setenv("AUTORESEARCH_CODEX_BIN", str(exe))
     p = CodingAgentCLI.preset("codex", AgentSettings()).propose(context(tmp_path))
     assert p.description == "bigger batch" and "BATCH_SIZE = 64" in p.files["train.py"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_AGENT_CLI, fake_agent_binary
 
 import autoresearch
 from autoresearch.agents.base import Agent, AgentContext
@@ -42,7 +42,6 @@ TRAIN = "LEARNING_RATE = 0.01\nBATCH_SIZE = 32\n"
 RAISE_LR = {"path": "train.py", "search": "LEARNING_RATE = 0.01", "replace": "LEARNING_RATE = 0.02"}
 LLM_REPLY = ("Description: double the learning rate\n\ntrain.py\n<<<<<<< SEARCH\n"
              "LEARNING_RATE = 0.01\n=======\nLEARNING_RATE = 0.02\n>>>>>>> REPLACE\n")
-FAKE_CLI = f"{sys.executable} -m autoresearch.testing.fake_agent_cli"
 STEPS = AGENT_PROPOSALS + 5          # script lines / fake CLI steps: more than the check asks for
 
 
@@ -76,14 +75,6 @@ def cli_script(tmp_path: Path) -> Path:
     return script
 
 
-def fake_binary(tmp_path: Path, name: str, script: Path) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    exe = bindir / name
-    exe.write_text(f'#!/bin/sh\nexec {FAKE_CLI} --script {script} "$@"\n')
-    exe.chmod(0o755)
-
-
 @pytest.fixture
 def optuna_setup(tmp_path):
     spec = load_spec(QUICKSTART / "autoresearch.toml")
@@ -108,12 +99,12 @@ def script_setup(tmp_path):
 @pytest.fixture
 def command_setup(tmp_path):
     script = cli_script(tmp_path)
-    agent = lambda: CodingAgentCLI.from_command(f"{FAKE_CLI} --script {script}", AgentSettings())  # noqa: E731
+    agent = lambda: CodingAgentCLI.from_command(f"{FAKE_AGENT_CLI} --script {script}", AgentSettings())  # noqa: E731
     return agent, small_context(tmp_path)
 
 
 def _preset_setup(name: str, tmp_path: Path, monkeypatch) -> tuple:
-    fake_binary(tmp_path, name, cli_script(tmp_path))
+    fake_agent_binary(tmp_path, name, cli_script(tmp_path))
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv(f"AUTORESEARCH_{name.upper()}_BIN", raising=False)
     assert shutil.which(name) == str(tmp_path / "bin" / name)

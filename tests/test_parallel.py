@@ -14,24 +14,16 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import ar, ar_popen, proposal, write_script
+from conftest import ar, ar_popen, ledger_experiments, proposal, write_script
 
 from autoresearch.agents import Agent, AgentContext, ProposalsExhausted
 from autoresearch.cli import build_loop
 from autoresearch.config import load_target
 from autoresearch.experiment import Proposal, Status
-from autoresearch.ledger import Experiment, Ledger
+from autoresearch.ledger import Experiment
 from autoresearch.ratchet import Ratchet
 
 GPU_SEEN = "import os; print('gpu_seen: ' + os.environ.get('CUDA_VISIBLE_DEVICES', '-1'))\n"
-
-
-def experiments(root: Path, tag: str) -> list[Experiment]:
-    ledger = Ledger(root / ".autoresearch" / "ledger.db", readonly=True)
-    try:
-        return ledger.experiments(tag)
-    finally:
-        ledger.close()
 
 
 def overlapping(a: Experiment, b: Experiment) -> bool:
@@ -84,7 +76,7 @@ def test_n_slots_run_n_experiments_at_once_never_two_on_one_gpu(make_target, tmp
         proposal(9.0 - i, sleep=1.0, extra=GPU_SEEN) for i in range(6)])
     ar(root, "run", "--tag", "par", "--agent", f"script:{script}", "--policy", "greedy",
        "--workers", "3", "--gpus", "4,5,6", "-q", check=True)
-    exps = [e for e in experiments(root, "par") if e.kind == "candidate"]
+    exps = [e for e in ledger_experiments(root, "par") if e.kind == "candidate"]
     assert len(exps) == 6 and all(e.status in (Status.KEEP, Status.DISCARD) for e in exps)
     assert max_concurrency(exps) == 3
     for e in exps:
@@ -113,12 +105,12 @@ def test_a_winner_against_an_older_best_is_rebased_and_measured_again(make_targe
     agent = ListAgent([proposal(9.0, description="p1: value 9"),
                        proposal(10.0, extra=SLOW_MINUS_3, description="p2: minus 3")])
     run_in_process(root, "rb", agent, workers=2)
-    by_desc = {e.description: e for e in experiments(root, "rb")}
+    by_desc = {e.description: e for e in ledger_experiments(root, "rb")}
     p1, p2 = by_desc["p1: value 9"], by_desc["p2: minus 3"]
     assert overlapping(p1, p2) and p1.finished < p2.finished
     assert p1.status == Status.KEEP and p1.metric == 9.0
     assert p2.status == Status.REBASED and p2.metric == 7.0
-    rebased = [e for e in experiments(root, "rb") if e.kind == "rebase"]
+    rebased = [e for e in ledger_experiments(root, "rb") if e.kind == "rebase"]
     assert len(rebased) == 1
     r = rebased[0]
     assert r.candidate_of == p2.id and r.metric == 6.0 and r.status == Status.KEEP
@@ -141,7 +133,7 @@ def test_a_winner_that_conflicts_with_the_new_best_is_discarded_and_the_agent_to
         proposal(9.8, sleep=0.3, description="p4: asked ahead"),
         proposal(9.9, sleep=0.3, description="p5: asked after the verdict")])
     run_in_process(root, "cf", agent, workers=2)
-    exps = experiments(root, "cf")
+    exps = ledger_experiments(root, "cf")
     by_desc = {e.description: e for e in exps}
     p1, p2 = by_desc["p1: value 9"], by_desc["p2: value 7, slow"]
     assert p1.status == Status.KEEP and p2.metric == 7.0
@@ -166,7 +158,7 @@ def test_killing_an_experiment_mid_run_is_recorded_and_the_loop_goes_on(make_tar
             time.sleep(0.2)
             if not (root / ".autoresearch" / "ledger.db").exists():
                 continue
-            victim = next((e for e in experiments(root, "kill") if e.description == "victim"
+            victim = next((e for e in ledger_experiments(root, "kill") if e.description == "victim"
                            and e.status == Status.RUNNING and e.pid), None)
         assert victim is not None, "the victim never started"
         assert psutil.pid_exists(victim.pid)
@@ -176,7 +168,7 @@ def test_killing_an_experiment_mid_run_is_recorded_and_the_loop_goes_on(make_tar
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    by_desc = {e.description: e for e in experiments(root, "kill")}
+    by_desc = {e.description: e for e in ledger_experiments(root, "kill")}
     assert by_desc["victim"].status == Status.CRASH
     assert "exited with code -9" in by_desc["victim"].reason
     assert by_desc["after 1"].status.finished and by_desc["after 1"].metric == 8.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import processes_with, proposal, write_script
+from conftest import ledger_experiments, processes_with, proposal, write_script
 
 ray = pytest.importorskip("ray")
 
@@ -26,7 +26,6 @@ from autoresearch.config import load_target  # noqa: E402
 from autoresearch.evaluation import Job  # noqa: E402
 from autoresearch.executors.ray_executor import RayExecutor, evaluate_on_node  # noqa: E402
 from autoresearch.experiment import Status  # noqa: E402
-from autoresearch.ledger import Experiment, Ledger  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +35,6 @@ def local_ray(tmp_path_factory):
              runtime_env={"env_vars": {"AUTORESEARCH_NODE_CACHE": str(cache)}})
     yield
     ray.shutdown()
-
-
-def experiments(root: Path, tag: str) -> list[Experiment]:
-    ledger = Ledger(root / ".autoresearch" / "ledger.db", readonly=True)
-    try:
-        return ledger.experiments(tag)
-    finally:
-        ledger.close()
 
 
 def ray_loop(root: Path, tag: str, script: Path, workers: int = 2):
@@ -61,7 +52,7 @@ def test_a_loop_runs_its_experiments_as_ray_tasks(local_ray, make_target, tmp_pa
     assert loop.run_forever() == "the agent has no more proposals"
     loop.ledger.close()
     assert ray.is_initialized()   # a Ray it did not start is left running
-    exps = experiments(root, "ray")
+    exps = ledger_experiments(root, "ray")
     cands = [e for e in exps if e.kind == "candidate"]
     assert sorted(e.metric for e in cands) == [6.0, 7.0, 8.0, 9.0]
     assert all(e.status in (Status.KEEP, Status.DISCARD, Status.REBASED) for e in cands)
@@ -120,7 +111,7 @@ def test_a_dead_worker_is_retried_or_recorded_never_lost(local_ray, make_target,
     finally:
         loop.ledger.close() if not t.is_alive() else None
     assert not t.is_alive() and outcome["why"] == "the agent has no more proposals"
-    by_desc = {e.description: e for e in experiments(root, "die")}
+    by_desc = {e.description: e for e in ledger_experiments(root, "die")}
     twice, once = by_desc["killed twice"], by_desc["killed once"]
     assert twice.status == Status.CRASH and twice.reason.startswith("worker died"), twice.reason
     assert once.status in (Status.KEEP, Status.DISCARD) and once.metric == 8.0

@@ -23,6 +23,7 @@ from .config import CONFIG_NAME, PROGRAM_NAME, Target, load_target, parse_spec
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger
+from .summary import best_of
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -44,13 +45,7 @@ def _ledger(target: Target, readonly: bool = False) -> Ledger:
 
 
 def _tag(ledger: Ledger, args) -> str:
-    tag = getattr(args, "tag", None) or ledger.latest_tag()
-    if tag is None:
-        raise AutoresearchError("no runs recorded yet — start one with 'autoresearch run'")
-    if ledger.get_run(tag) is None:
-        known = ", ".join(r.tag for r in ledger.runs()) or "none"
-        raise AutoresearchError(f"no run with tag '{tag}' (known tags: {known})")
-    return tag
+    return ledger.resolve_tag(getattr(args, "tag", None))
 
 
 def _open_run(args) -> tuple[Target, Ledger, str]:
@@ -247,7 +242,7 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
         return
     kept = [e for e in exps if e.status == Status.KEEP]
     base = exps[0].metric
-    best = max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+    best = best_of(exps)
     if best and best.metric is not None and base is not None:
         console.print(f"best [bold]{target.spec.metric} {best.metric:.6f}[/] (#{best.seq}) vs baseline "
                       f"{base:.6f} ({best.metric - base:+.6f}); {len(exps)} experiments, {len(kept)} kept; "
@@ -256,7 +251,6 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
 
 # == agent-driven mode =========================================================================
 def cmd_start(args) -> int:
-    from .agents.script_agent import ScriptAgent  # noqa: F401 - keeps the import graph warm
     from .ui import Reporter
 
     target = _target(args)
@@ -367,8 +361,7 @@ def cmd_try(args) -> int:
 def _print_verdict(ledger: Ledger, tag: str, cand, target: Target, new) -> None:
     from .metrics import tail_lines
 
-    kept = [e for e in ledger.experiments(tag) if e.status == Status.KEEP]
-    best = max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+    best = best_of(ledger.experiments(tag))
     m = target.spec.metric
     color = {"keep": "green", "discard": "yellow"}.get(cand.status.value, "red")
     runs = len(new)

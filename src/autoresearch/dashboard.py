@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Target
-from .errors import AutoresearchError
+from .errors import AutoresearchError, LedgerError
 from .ledger import Ledger
 
 if TYPE_CHECKING:
@@ -90,13 +90,10 @@ class _Reader:
         return Ledger(self.path, readonly=True)
 
     def resolve(self, ledger: Ledger, tag: str | None) -> str:
-        tag = tag or self.tag or ledger.latest_tag()
-        if tag is None:
-            raise _NotFound("no runs recorded yet — start one with 'autoresearch run'")
-        if ledger.get_run(tag) is None:
-            known = ", ".join(r.tag for r in ledger.runs()) or "none"
-            raise _NotFound(f"no run with tag '{tag}' (known tags: {known})")
-        return tag
+        try:
+            return ledger.resolve_tag(tag or self.tag)
+        except LedgerError as e:   # an unknown run is a 404 here, one error line in the CLI
+            raise _NotFound(str(e)) from None
 
     def status(self, tag: str | None) -> dict[str, Any]:
         from .summary import run_summary

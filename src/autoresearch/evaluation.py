@@ -227,13 +227,13 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
             # the primary metric must come from the evaluator alone
             run_metrics = {k: v for k, v in r.metrics.items() if k != job.metric}
             metrics.update(run_metrics)
-            if bad := locked_violations(target_dir, job.locked):
-                return finish(Status.INVALID, f"the run step modified locked file(s): {', '.join(bad)}",
-                              None, metrics)
-            # what is kept must be what was evaluated: the commit's files, untouched
-            if bad := locked_violations(target_dir, job.tracked):
-                return finish(Status.INVALID, f"the run step modified tracked file(s): {', '.join(bad)}",
-                              None, metrics)
+            # what is kept must be what was evaluated: the commit's files, untouched (the
+            # locked ones are among them; they are named as such)
+            if bad := locked_violations(target_dir, {**job.tracked, **job.locked}):
+                locked = [p for p in bad if p in job.locked]
+                kind, names = ("locked", locked) if locked else ("tracked", bad)
+                return finish(Status.INVALID, f"the run step modified {kind} file(s): "
+                              f"{', '.join(names)}", None, metrics)
             if bad := planted_modules(target_dir, before):
                 return finish(Status.INVALID, f"the run step created importable file(s) beside the "
                               f"evaluator: {', '.join(bad[:5])} — write outputs with other names", None,

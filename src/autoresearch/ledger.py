@@ -109,6 +109,16 @@ def _dumps(obj: Any) -> str | None:
     return None if obj is None else json.dumps(_finite(obj))
 
 
+def _encode(fields: dict[str, Any]) -> dict[str, Any]:
+    """Column values as SQLite stores them: JSON text for the JSON columns, enum values as text."""
+    out = dict(fields)
+    for k in _JSON_COLS & out.keys():
+        out[k] = _dumps(out[k])
+    if isinstance(out.get("status"), Status):
+        out["status"] = out["status"].value
+    return out
+
+
 @dataclass
 class Experiment:
     """One ledger row, decoded."""
@@ -227,6 +237,16 @@ class Ledger:
         tags = [r[0] for r in self.db.execute("SELECT tag FROM runs ORDER BY created")]
         return [r for t in tags if (r := self.get_run(t))]
 
+    def resolve_tag(self, tag: str | None) -> str:
+        """The run a command asks about: the given tag, or the latest; one clear error if none."""
+        tag = tag or self.latest_tag()
+        if tag is None:
+            raise LedgerError("no runs recorded yet — start one with 'autoresearch run'")
+        if self.get_run(tag) is None:
+            known = ", ".join(r.tag for r in self.runs()) or "none"
+            raise LedgerError(f"no run with tag '{tag}' (known tags: {known})")
+        return tag
+
     def latest_tag(self) -> str | None:
         r = self.db.execute(
             "SELECT tag FROM experiments ORDER BY id DESC LIMIT 1").fetchone() or \
@@ -237,10 +257,7 @@ class Ledger:
     def add_experiment(self, tag: str, **fields: Any) -> Experiment:
         """Insert with the next seq number of the tag, atomically."""
         fields.setdefault("created", time.time())
-        for k in _JSON_COLS & fields.keys():
-            fields[k] = _dumps(fields[k])
-        if isinstance(fields.get("status"), Status):
-            fields["status"] = fields["status"].value
+        fields = _encode(fields)
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -257,10 +274,7 @@ class Ledger:
         return self.get(cur.lastrowid)
 
     def update(self, exp_id: int, **fields: Any) -> None:
-        for k in _JSON_COLS & fields.keys():
-            fields[k] = _dumps(fields[k])
-        if isinstance(fields.get("status"), Status):
-            fields["status"] = fields["status"].value
+        fields = _encode(fields)
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
             self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
@@ -272,11 +286,7 @@ class Ledger:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 for exp_id, fields in changes:
-                    fields = dict(fields)
-                    for k in _JSON_COLS & fields.keys():
-                        fields[k] = _dumps(fields[k])
-                    if isinstance(fields.get("status"), Status):
-                        fields["status"] = fields["status"].value
+                    fields = _encode(fields)
                     cols = ", ".join(f"{k} = ?" for k in fields)
                     self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?",
                                     (*fields.values(), exp_id))

@@ -15,6 +15,7 @@ its own row. Nothing is recorded twice and nothing tried is lost.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ from .metrics import tail_lines
 from .policies import Policy, PolicyContext, Sample, Verdict
 from .ratchet import CommitResult, Ratchet
 from .runner import kill_tree, run_command
-from .summary import replicate_groups, sample_of
+from .summary import best_of, replicate_groups, sample_of
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
 
@@ -232,10 +233,7 @@ class Loop:
                              f"started — restore them, or start a new run with another --tag")
 
     def _find_incumbent(self) -> Experiment | None:
-        kept = [e for e in self.ledger.experiments(self.tag) if e.status == Status.KEEP]
-        if not kept:
-            return None
-        return max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq))
+        return best_of(self.ledger.experiments(self.tag))
 
     def _add_baseline(self) -> None:
         assert self.run is not None
@@ -448,7 +446,7 @@ class Loop:
 
         def work() -> None:
             try:
-                with self._agent_lock if not self.agent.concurrent else _nullcontext():
+                with self._agent_lock if not self.agent.concurrent else contextlib.nullcontext():
                     proposal = self.agent.propose(ctx)
                 # committing here keeps git off the driver thread (a temporary index is private)
                 fut.set_result(self._prepare(proposal, base))
@@ -908,14 +906,6 @@ class Loop:
     def _write_results(self) -> None:
         from .export import write_results_tsv
         write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _raise_interrupt(signum, frame):

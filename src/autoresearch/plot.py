@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .experiment import Status
 from .ledger import Experiment
+from .summary import kept_order
 
 
 def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Path,
@@ -33,7 +34,7 @@ def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Pat
     # the running best: only kept experiments move it
     xs, ys = [], []
     best = None
-    for e in sorted(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)):
+    for e in sorted(kept, key=kept_order):
         best = e.metric
         xs.append(e.seq)
         ys.append(best)

@@ -200,19 +200,21 @@ class Ratchet:
         return self.git("diff", "--no-color", "--no-ext-diff", a, b,
                         *(["--relative=" + self.subdir] if self.subdir else []))
 
-    def diffstat(self, a: str, b: str) -> tuple[int, int]:
-        out = self.git("diff", "--numstat", a, b)
-        added = removed = 0
-        for line in out.splitlines():
-            x, y, _ = line.split("\t", 2)
-            if x != "-":
-                added += int(x)
-                removed += int(y)
-        return added, removed
+    def _numstat(self, a: str, b: str) -> tuple[list[str], int, int]:
+        """(target-relative changed paths, lines added, lines removed) from a to b."""
+        out = self.git("diff-tree", "-r", "--no-commit-id", "--numstat", "-z", a, b)
+        changed, added, removed = [], 0, 0
+        for entry in out.split("\0"):
+            if not entry:
+                continue
+            x, y, path = entry.split("\t", 2)
+            changed.append(self._target_rel(path))
+            if x != "-":   # binary files have no line counts
+                added, removed = added + int(x), removed + int(y)
+        return changed, added, removed
 
     def changed_paths(self, a: str, b: str) -> list[str]:
-        out = self.git("diff-tree", "-r", "--no-commit-id", "--name-only", "-z", a, b)
-        return [self._target_rel(p) for p in out.split("\0") if p]
+        return self._numstat(a, b)[0]
 
     # -- making commits ---------------------------------------------------------------------
     def make_commit(self, base: str, message: str, files: dict[str, str | None] | None = None,
@@ -243,16 +245,7 @@ class Ratchet:
                 self._apply_cached(patch, env)
             tree = self.git("write-tree", env=env)
         sha = self.git("commit-tree", tree, "-p", base, "-F", "-", input=message)
-        # one diff-tree gives the changed paths and the diff size
-        out = self.git("diff-tree", "-r", "--no-commit-id", "--numstat", "-z", base, sha)
-        changed, added, removed = [], 0, 0
-        for entry in out.split("\0"):
-            if not entry:
-                continue
-            x, y, path = entry.split("\t", 2)
-            changed.append(self._target_rel(path))
-            if x != "-":
-                added, removed = added + int(x), removed + int(y)
+        changed, added, removed = self._numstat(base, sha)
         return CommitResult(sha, changed, tree, added, removed)
 
     def _apply_cached(self, patch: str, env: dict[str, str]) -> None:
@@ -319,9 +312,6 @@ class Ratchet:
         """Make the worktree exactly commit, untracked outputs removed; returns the target dir."""
         self.git("checkout", "--force", "--quiet", "--detach", commit, cwd=worktree)
         self.git("clean", "-ffdxq", cwd=worktree)
-        return worktree / self.subdir if self.subdir else worktree
-
-    def target_in(self, worktree: Path) -> Path:
         return worktree / self.subdir if self.subdir else worktree
 
     # -- the user's checkout (agent-driven mode only) -----------------------------------------

@@ -12,14 +12,19 @@ from typing import Any
 
 from .config import PolicySettings
 from .experiment import Status
-from .ledger import Experiment, Ledger
+from .ledger import MEASURED, Experiment, Ledger
 from .policies import PolicyContext, Sample, make_policy
+
+
+def kept_order(e: Experiment) -> tuple[float, int]:
+    """When an experiment was kept: keeps form a chain, and the last one is the best."""
+    return (e.decision or {}).get("at", 0), e.seq
 
 
 def best_of(exps: list[Experiment]) -> Experiment | None:
     """The incumbent: the most recently kept experiment."""
     kept = [e for e in exps if e.status == Status.KEEP]
-    return max(kept, key=lambda e: ((e.decision or {}).get("at", 0), e.seq)) if kept else None
+    return max(kept, key=kept_order) if kept else None
 
 
 def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
@@ -37,8 +42,7 @@ def replicate_groups(ledger: Ledger, tag: str) -> list[list[float]]:
     groups: dict[str, list[float]] = {}
     exps = ledger.experiments(tag)
     for e in exps:
-        if e.metric is not None and e.status in (Status.KEEP, Status.DISCARD, Status.REPEAT,
-                                                 Status.PENDING, Status.REBASED):
+        if e.metric is not None and e.status in MEASURED:
             groups.setdefault(e.tree_sha or "", []).append(e.metric)
     return [g for g in groups.values() if len(g) >= 2]
 
