@@ -134,6 +134,16 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
     from .policies import make_policy
     from .ratchet import Ratchet
 
+    # flags first: bad input must not leave anything behind
+    workers = getattr(args, "workers", 1)
+    workers = 1 if workers is None else workers
+    for flag, value, low in (("--workers", workers, 1),
+                             ("--max-experiments", getattr(args, "max_experiments", None), 1),
+                             ("--max-time", getattr(args, "max_time", None), 0),
+                             ("--budget", getattr(args, "budget", None), 0),
+                             ("--max-cost", getattr(args, "max_cost", None), 0)):
+        if value is not None and (value < low or (low == 0 and value <= 0)):
+            raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} (got {value:g})")
     ratchet = Ratchet(target.root)
     ledger = _ledger(target)
     policy_name = getattr(args, "policy", None)
@@ -149,15 +159,6 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
                                           if _editable(target, p)])
         agent = make_agent(agent_name, target, files=files, seed=getattr(args, "seed", 0) or 0)
     gpus = [g.strip() for g in args.gpus.split(",")] if getattr(args, "gpus", None) else None
-    workers = getattr(args, "workers", 1)
-    workers = 1 if workers is None else workers
-    for flag, value, low in (("--workers", workers, 1),
-                             ("--max-experiments", getattr(args, "max_experiments", None), 1),
-                             ("--max-time", getattr(args, "max_time", None), 0),
-                             ("--budget", getattr(args, "budget", None), 0),
-                             ("--max-cost", getattr(args, "max_cost", None), 0)):
-        if value is not None and (value < low or (low == 0 and value <= 0)):
-            raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} (got {value:g})")
     executor_name = getattr(args, "executor", "local") or "local"
     if executor_name == "ray":
         try:
