@@ -83,7 +83,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
         if kept:
             inc, inc_truth = cand, truth
     ctx.replicate_groups = groups()
-    reported = policy.estimate(inc, ctx)["mean"]
+    reported = policy.estimate(inc, ctx).mean
     res.drift = (inc_truth - reported) / sigma
     res.truth_gain = (TRUTH - inc_truth) / sigma
     return res

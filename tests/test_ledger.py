@@ -86,15 +86,15 @@ def test_a_reader_in_another_process_sees_rows_while_the_writer_is_open(ledger):
     ledger.create_run("t", "abc", "val_bpb", "minimize", "optuna", "greedy", {})
     ledger.add_experiment("t", kind="baseline", status=Status.KEEP, metric=1.0)
     ledger.add_experiment("t", kind="candidate", status=Status.RUNNING)
-    assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger.journal_mode() == "wal"
     # hold a write transaction open: a WAL reader still sees the last committed state
-    ledger.db.execute("BEGIN IMMEDIATE")
-    ledger.db.execute("UPDATE experiments SET metric = 99 WHERE seq = 1")
+    ledger._db.execute("BEGIN IMMEDIATE")
+    ledger._db.execute("UPDATE experiments SET metric = 99 WHERE seq = 1")
     try:
         out = subprocess.run([sys.executable, "-c", READER, str(ledger.path)], capture_output=True,
                              text=True, timeout=30)
     finally:
-        ledger.db.execute("ROLLBACK")
+        ledger._db.execute("ROLLBACK")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [[1, "keep", 1.0], [2, "running", None]]
 

@@ -186,9 +186,9 @@ def test_a_new_best_is_measured_afresh_and_reported_by_its_fresh_runs():
     d = policy.decide(nxt, new_best, ctx())
     assert d.verdict is not Verdict.MORE or d.rerun == "candidate"
     est = policy.estimate(new_best, ctx())
-    assert est["n"] == 3 and est["selection_runs"] == len(selection)
-    assert est["mean"] == pytest.approx(0.971)
-    assert est["sem"] == pytest.approx(est["sigma"] / math.sqrt(3))
+    assert est.n == 3 and est.selection_runs == len(selection)
+    assert est.mean == pytest.approx(0.971)
+    assert est.sem == pytest.approx(est.sigma / math.sqrt(3))
 
 
 def test_false_keeps_stay_rare_on_no_effect_candidates():

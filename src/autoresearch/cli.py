@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import __version__
+from .agents import Agent, ProposalsExhausted
 from .config import CONFIG_NAME, PROGRAM_NAME, Target, load_target, parse_spec
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
@@ -55,21 +55,9 @@ def _open_run(args) -> tuple[Target, Ledger, str]:
     return target, ledger, _tag(ledger, args)
 
 
-def _git_init_commit(dest: Path, message: str) -> None:
-    def git(*a: str) -> None:
-        subprocess.run(["git", "-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost",
-                        "-c", "commit.gpgsign=false", *a], cwd=dest, check=True, capture_output=True)
-
-    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=dest,
-                            capture_output=True).returncode == 0
-    if not inside:
-        git("init", "-q", "-b", "main")
-    git("add", "-A", ".")
-    git("commit", "-q", "-m", message)
-
-
 # == init ======================================================================================
 def cmd_init(args) -> int:
+    from .ratchet import commit_all, inside_work_tree
     from .templates import TEMPLATES, program_md, template_files, write_template
 
     dest = Path(args.dir or ".").resolve()
@@ -85,15 +73,14 @@ def cmd_init(args) -> int:
         target = load_target(dest)
         if not (dest / PROGRAM_NAME).exists():
             (dest / PROGRAM_NAME).write_text(program_md(target.spec, args.template))
-        _git_init_commit(dest, f"autoresearch: the {args.template} target")
+        commit_all(dest, f"autoresearch: the {args.template} target")
         console.print(f"[green]✓[/] wrote the [bold]{args.template}[/] target to {dest} and committed it")
         console.print(f"  next: [bold]cd {dest} && autoresearch run[/]")
         return 0
 
     if not dest.is_dir():
         raise ConfigError(f"{dest} is not a directory — create it first")
-    if subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=dest,
-                      capture_output=True).returncode != 0:
+    if not inside_work_tree(dest):
         raise ConfigError(f"{dest} is not inside a git repository — run 'git init' there first, or "
                           f"use 'autoresearch init --template quickstart {dest}'")
     cfg = dest / CONFIG_NAME
@@ -127,61 +114,20 @@ def cmd_init(args) -> int:
 
 
 # == run =======================================================================================
-def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
-    from .agents import make_agent
-    from .executors import LocalExecutor
-    from .loop import Loop, LoopOptions
-    from .policies import make_policy
-    from .ratchet import Ratchet
+def build_loop(target: Target, args, tag: str, agent=None, reporter=None,
+               agent_name: str | None = None):
+    """The loop for parsed run flags (see request.RunRequest)."""
+    from .request import RunRequest
 
-    # flags first: bad input must not leave anything behind
-    workers = getattr(args, "workers", 1)
-    workers = 1 if workers is None else workers
-    for flag, value, low in (("--workers", workers, 1),
-                             ("--max-experiments", getattr(args, "max_experiments", None), 1),
-                             ("--max-time", getattr(args, "max_time", None), 0),
-                             ("--budget", getattr(args, "budget", None), 0),
-                             ("--max-cost", getattr(args, "max_cost", None), 0)):
-        if value is not None and (value < low or (low == 0 and value <= 0)):
-            raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} (got {value:g})")
-    ratchet = Ratchet(target.root)
-    ledger = _ledger(target)
-    policy_name = getattr(args, "policy", None)
-    run = ledger.get_run(tag)
-    if policy_name is None:
-        from .policies import DEFAULT_POLICY
-        policy_name = run.policy if run and run.policy else DEFAULT_POLICY
-    policy = make_policy(policy_name)
-    agent_name = getattr(args, "agent", None) or (run.agent if run and run.agent else "optuna")
-    base = ratchet.branch_commit(tag) or ratchet.head()
-    if agent is None:
-        files = ratchet.read_files(base, [p for p in ratchet.list_files(base)
-                                          if _editable(target, p)])
-        agent = make_agent(agent_name, target, files=files, seed=getattr(args, "seed", 0) or 0)
-    gpus = [g.strip() for g in args.gpus.split(",")] if getattr(args, "gpus", None) else None
-    executor_name = getattr(args, "executor", "local") or "local"
-    if executor_name == "ray":
-        try:
-            from .executors.ray_executor import RayExecutor
-        except ImportError as e:
-            raise ConfigError(f"--executor ray needs Ray: pip install 'autoresearch[ray]' ({e})") from None
-        executor = RayExecutor(ratchet, workers=workers, address=getattr(args, "address", None),
-                               gpus=bool(gpus))
-    elif executor_name == "local":
-        executor = LocalExecutor(ratchet, workers=workers, gpus=gpus)
-    else:
-        raise ConfigError(f"unknown --executor '{executor_name}' — use local or ray")
-    options = LoopOptions(
-        tag=tag, agent_name=agent_name, max_experiments=getattr(args, "max_experiments", None),
-        max_time=getattr(args, "max_time", None), budget=getattr(args, "budget", None),
-        prune=getattr(args, "prune", False), max_cost=getattr(args, "max_cost", None),
-        seed=getattr(args, "seed", 0) or 0, ahead=getattr(args, "ahead", None))
-    return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
+    return RunRequest.from_namespace(args, tag).build(target, agent=agent, agent_name=agent_name,
+                                                      reporter=reporter)
 
 
 def _editable(target: Target, rel: str) -> bool:
     from .globs import matches
-    return matches(rel, target.spec.editable) and not matches(rel, target.spec.locked_globs)
+
+    spec = target.spec
+    return matches(rel, spec.editable) and not matches(rel, spec.locked_globs)
 
 
 def _run_loop(loop, console: Console) -> int:
@@ -262,8 +208,8 @@ def cmd_start(args) -> int:
     if ledger.get_run(tag) is None and ratchet.branch_commit(tag) is not None:
         raise AutoresearchError(f"branch autoresearch/{tag} already exists — pick another --tag")
     reporter = Reporter(console, target.spec.metric)
-    loop = build_loop(target, args, tag, agent=_NoAgent(), reporter=reporter)
-    loop.opt.agent_name = "coding-agent"
+    loop = build_loop(target, args, tag, agent=_NoAgent(), reporter=reporter,
+                      agent_name="coding-agent")
     code = _run_loop(loop, console)
     if code:
         return code
@@ -275,25 +221,13 @@ def cmd_start(args) -> int:
     return 0
 
 
-class _NoAgent:
+class _NoAgent(Agent):
     """For `start`: the baseline only."""
 
     name = "coding-agent"
-    concurrent = True
-    ahead = False
 
     def propose(self, context):
-        from .agents import ProposalsExhausted
         raise ProposalsExhausted("agent-driven mode")
-
-    def observe(self, proposal, outcome):
-        pass
-
-    def resume(self, history):
-        pass
-
-    def close(self):
-        pass
 
 
 class _OneShot(_NoAgent):
@@ -340,9 +274,8 @@ def cmd_try(args) -> int:
         return 1 if refused else 0
     files = {p: ratchet.read_worktree_file(p) for p in editable}
     proposal = Proposal(description=args.message, files=files)
-    args.agent = "coding-agent"
-    loop = build_loop(target, args, tag, agent=_OneShot(proposal), reporter=None)
-    loop.opt.agent_name = "coding-agent"
+    loop = build_loop(target, args, tag, agent=_OneShot(proposal), reporter=None,
+                      agent_name="coding-agent")
     before = {e.id for e in ledger.experiments(tag)}
     code = _run_loop(loop, Console(quiet=True))
     new = [e for e in ledger.experiments(tag) if e.id not in before]
@@ -534,6 +467,7 @@ def cmd_dashboard(args) -> int:
 # == demo ======================================================================================
 def cmd_demo(args) -> int:
     from .plot import plot_progress
+    from .ratchet import commit_all
     from .templates import program_md, write_template
     from .ui import Reporter, experiments_table
 
@@ -544,7 +478,7 @@ def cmd_demo(args) -> int:
     write_template("quickstart", dest)
     target = load_target(dest)
     (dest / PROGRAM_NAME).write_text(program_md(target.spec, "the quickstart target"))
-    _git_init_commit(dest, "autoresearch: the quickstart target")
+    commit_all(dest, "autoresearch: the quickstart target")
     console.print(f"[bold]autoresearch demo[/]: the quickstart target in {dest}, "
                   f"{args.experiments} experiments with the offline optuna agent")
     args.tag = args.tag or "demo"

@@ -1,7 +1,34 @@
-"""The vocabulary shared by every module: experiment status, proposals and outcomes.
+"""The vocabulary shared by every module: experiment kinds and statuses, proposals, outcomes.
 
-One enum holds the lifecycle of an experiment; everything else is plain dataclasses so that
-agents, policies, executors and the ledger can be written and tested apart.
+Two enums hold what an experiment is (`Kind`) and where it stands (`Status`); everything else
+is plain dataclasses so that agents, policies, executors and the ledger can be written and
+tested apart.
+
+The experiment's state machine (every transition the loop makes; nothing else writes a status):
+
+    from          event                                         to            kinds
+    (new)         proposal committed, files editable            running       candidate
+    (new)         proposal touches a non-editable file          invalid       candidate
+    (new)         the agent gave no usable proposal             agent-error   candidate
+    (new)         run opened with no rows                       running       baseline
+    (new)         the policy asks for another measurement       running       repeat
+    (new)         a winner replayed onto a newer best           running       rebase
+    running       dispatched to a slot (again after a resume)   running       all
+    running       Ctrl-C / SIGTERM / executor stopped           interrupted   all
+    interrupted   the run resumes                               running       all
+    running       the command failed / timed out / pruned       crash|timeout|pruned|invalid
+    running       measured; breaks a constraint                 discard (repeat: crash)
+    running       measured                                      pending       baseline, candidate, rebase
+    running       measured                                      repeat        repeat
+    pending       baseline: first measurement                   keep          baseline
+    pending       the policy: keep, on top of the best          keep          candidate, rebase
+    pending       the policy: keep, proposed against an older   rebased       candidate, rebase
+                  best (a `rebase` row measures it again)
+    pending       the policy: discard / no verdict within cap   discard       candidate, rebase
+    pending       the policy: measure again                     pending       candidate, rebase
+    pending       one of its repeats failed                     discard       candidate, rebase
+
+`judge.py` holds the policy's part of this table as code; `loop.py` the rest.
 """
 
 from __future__ import annotations
@@ -9,6 +36,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class Kind(str, enum.Enum):
+    """What an experiment is. A str enum: rows and JSON carry the plain value."""
+
+    BASELINE = "baseline"        # the unmodified code the run started from
+    CANDIDATE = "candidate"      # a proposal of the agent
+    REPEAT = "repeat"            # another measurement of a candidate's (or the best's) code
+    REBASE = "rebase"            # a winner against an older best, replayed onto the newer one
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Status(str, enum.Enum):

@@ -1,15 +1,20 @@
-"""Views of the ledger: results.tsv (the original's format), CSV and JSON Lines exports."""
+"""Views of the ledger: results.tsv (the original's format), CSV and JSON Lines exports.
+
+results.tsv during a run gets one line appended per experiment as it finishes (constant cost
+per experiment); it is rewritten whole, every row in seq order, only when a run opens or
+resumes (repair) and when it stops. Exports read the ledger in pages, never all at once.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .config import TargetSpec
-from .ledger import Experiment, Ledger
+from .ledger import Experiment, Ledger, dumps
 
 TSV_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
 
@@ -32,22 +37,39 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\t", " ").split())
 
 
+def tsv_header(spec: TargetSpec) -> str:
+    return "\t".join(c.format(metric=spec.metric) for c in TSV_COLUMNS) + "\n"
+
+
+def tsv_line(e: Experiment, spec: TargetSpec) -> str:
+    commit = (e.commit_sha or "-------")[:7]
+    metric = f"{e.metric:.6f}" if e.metric is not None else "0.000000"
+    return "\t".join([commit, metric, f"{memory_gb(e, spec):.1f}", e.status.value,
+                      _clean(e.description)]) + "\n"
+
+
 def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec) -> str:
-    lines = ["\t".join(c.format(metric=spec.metric) for c in TSV_COLUMNS)]
-    for e in ledger.experiments(tag):
-        commit = (e.commit_sha or "-------")[:7]
-        metric = f"{e.metric:.6f}" if e.metric is not None else "0.000000"
-        lines.append("\t".join([commit, metric, f"{memory_gb(e, spec):.1f}", e.status.value,
-                                _clean(e.description)]))
-    return "\n".join(lines) + "\n"
+    return tsv_header(spec) + "".join(tsv_line(e, spec) for e in ledger.iter_experiments(tag))
 
 
-def write_results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, path: Path) -> None:
-    """Atomically rewrite results.tsv (a reader never sees half a file)."""
-    text = results_tsv(ledger, tag, spec)
+def write_results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, path: Path,
+                      rows: Iterable[Experiment] | None = None) -> None:
+    """Atomically rewrite results.tsv (a reader never sees half a file); `rows` defaults to
+    the run's rows in the ledger."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as fh:
+        fh.write(tsv_header(spec))
+        for e in (ledger.iter_experiments(tag) if rows is None else rows):
+            fh.write(tsv_line(e, spec))
     os.replace(tmp, path)
+
+
+def append_results_tsv(e: Experiment, spec: TargetSpec, path: Path) -> None:
+    """Add one finished experiment's line (the header first, when the file is new)."""
+    with open(path, "a") as fh:
+        if fh.tell() == 0:
+            fh.write(tsv_header(spec))
+        fh.write(tsv_line(e, spec))
 
 
 EXPORT_FIELDS = ("tag", "seq", "id", "kind", "status", "reason", "metric", "description", "commit",
@@ -60,27 +82,50 @@ EXPORT_FIELDS = ("tag", "seq", "id", "kind", "status", "reason", "metric", "desc
 def row(e: Experiment) -> dict:
     d = {f: getattr(e, f if f != "commit" else "commit_sha") for f in EXPORT_FIELDS}
     d["status"] = e.status.value
+    d["kind"] = e.kind.value
     d["metrics"] = e.metrics
     d["params"] = e.params
     d["decision"] = e.decision
     return d
 
 
-def export(ledger: Ledger, tag: str | None, fmt: str, spec: TargetSpec) -> str:
-    exps = ledger.experiments(tag)
+def export(ledger: Ledger, tag: str | None, fmt: str, spec: TargetSpec,
+           limit: int | None = None) -> str:
+    """The run (every run with no tag) as tsv, csv or jsonl; `limit`: its last rows only."""
+    return "".join(export_lines(ledger, tag, fmt, spec, limit))
+
+
+def export_lines(ledger: Ledger, tag: str | None, fmt: str, spec: TargetSpec,
+                 limit: int | None = None) -> Iterator[str]:
+    """The export as lines, read from the ledger a page at a time."""
+    def rows() -> Iterable[Experiment]:
+        if limit is not None and tag is not None:
+            return ledger.tail(tag, limit)
+        return ledger.iter_experiments(tag)
+
     if fmt == "tsv":
-        return results_tsv(ledger, tag, spec) if tag else "".join(
-            results_tsv(ledger, t.tag, spec) for t in ledger.runs())
+        if tag is not None:
+            yield tsv_header(spec)
+            yield from (tsv_line(e, spec) for e in rows())
+        else:
+            for t in ledger.runs():
+                yield from export_lines(ledger, t.tag, fmt, spec, limit)
+        return
     if fmt == "jsonl":
-        return "".join(json.dumps(row(e), sort_keys=True) + "\n" for e in exps)
+        yield from (dumps(row(e), sort_keys=True) + "\n" for e in rows())
+        return
     if fmt == "csv":
+        names = sorted({k for e in rows() for k in e.metrics})   # a first pass for the columns
         buf = io.StringIO()
-        names = sorted({k for e in exps for k in e.metrics})
         w = csv.writer(buf)
         w.writerow([*EXPORT_FIELDS, *names])
-        for e in exps:
+        for e in rows():
             d = row(e)
             w.writerow([d[f] if d[f] is not None else "" for f in EXPORT_FIELDS]
                        + [e.metrics.get(n, "") for n in names])
-        return buf.getvalue()
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
+        return
     raise ValueError(fmt)

@@ -7,18 +7,20 @@ the old or the new row, never half of one. results.tsv and `export` are views of
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import LedgerError
-from .experiment import HistoryEntry, Status
+from .experiment import HistoryEntry, Kind, Status
 
 SCHEMA_VERSION = 1
 
@@ -94,19 +96,33 @@ CREATE TABLE IF NOT EXISTS slots (
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
 
 
-def _finite(obj: Any) -> Any:
-    """JSON has no inf or NaN: store them as strings so every reader can parse the ledger."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: inf and NaN become strings (JSON has neither, browsers reject them),
+    enums their value, dataclasses (a policy's Estimate) dicts, numpy scalars Python numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, enum.Enum):
+        return jsonable(obj.value)
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+        return [jsonable(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "item"):
+        return jsonable(obj.item())
+    return str(obj)
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """The one JSON encoder: the ledger's columns, `export`, `log --json` and the dashboard."""
+    return json.dumps(jsonable(obj), allow_nan=False, **kwargs)
 
 
 def _dumps(obj: Any) -> str | None:
-    return None if obj is None else json.dumps(_finite(obj))
+    return None if obj is None else dumps(obj)
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +130,23 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     out = dict(fields)
     for k in _JSON_COLS & out.keys():
         out[k] = _dumps(out[k])
-    if isinstance(out.get("status"), Status):
-        out["status"] = out["status"].value
+    for k in ("status", "kind"):
+        if isinstance(out.get(k), enum.Enum):
+            out[k] = out[k].value
+    return out
+
+
+def as_stored(fields: dict[str, Any]) -> dict[str, Any]:
+    """Field values exactly as a read of the row would return them (JSON columns round-tripped),
+    so that the in-memory run state and the ledger never disagree."""
+    out = dict(fields)
+    for k in _JSON_COLS & out.keys():
+        v = out[k]
+        out[k] = json.loads(dumps(v)) if v else ({} if k == "metrics" else None)
+    if "status" in out and not isinstance(out["status"], Status):
+        out["status"] = Status(out["status"])
+    if "kind" in out and out["kind"] is not None and not isinstance(out["kind"], Kind):
+        out["kind"] = Kind(out["kind"])
     return out
 
 
@@ -126,7 +157,7 @@ class Experiment:
     id: int
     tag: str
     seq: int
-    kind: str
+    kind: Kind
     parent: str | None
     commit_sha: str | None
     tree_sha: str | None
@@ -181,33 +212,47 @@ class Run:
     state: str
 
 
+_COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
+#: a new row's values before the insert's own fields (the schema's defaults, decoded)
+_NEW_ROW: dict[str, Any] = {c: None for c in _COLUMNS} | {
+    "description": "", "reason": "", "metrics": {}, "seed": 0, "input_tokens": 0,
+    "output_tokens": 0, "cost_usd": 0.0, "notes": ""}
+
+
 class Ledger:
+    """The only way to the database. The connection is private: every query a command, the
+    loop or the dashboard needs is a method here, and lists are paged by id in SQL."""
+
     def __init__(self, path: Path, *, readonly: bool = False):
         self.path = Path(path)
         if readonly and not self.path.exists():
             raise LedgerError(f"no ledger at {self.path} — run 'autoresearch run' first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
-                                      check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 30000")
             if not readonly:
-                self.db.execute("PRAGMA journal_mode = WAL")
-                self.db.execute("PRAGMA synchronous = NORMAL")
-                self.db.executescript(_SCHEMA)
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{self.path}: cannot open the ledger ({e}) — move the file aside "
                               f"to start a new one") from None
         self._lock = threading.RLock()
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
+
+    def journal_mode(self) -> str:
+        return self._db.execute("PRAGMA journal_mode").fetchone()[0]
 
     # -- runs -------------------------------------------------------------------------------
     def get_run(self, tag: str) -> Run | None:
-        r = self.db.execute("SELECT * FROM runs WHERE tag = ?", (tag,)).fetchone()
+        r = self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,)).fetchone()
         if r is None:
             return None
         d = dict(r)
@@ -218,7 +263,7 @@ class Ledger:
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
                    policy: str, locked: dict[str, str]) -> Run:
         with self._lock:
-            self.db.execute(
+            self._db.execute(
                 "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, locked)"
                 " VALUES (?,?,?,?,?,?,?,?)",
                 (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked)))
@@ -231,10 +276,10 @@ class Ledger:
             fields["locked"] = json.dumps(fields["locked"])
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
-            self.db.execute(f"UPDATE runs SET {cols} WHERE tag = ?", (*fields.values(), tag))
+            self._db.execute(f"UPDATE runs SET {cols} WHERE tag = ?", (*fields.values(), tag))
 
     def runs(self) -> list[Run]:
-        tags = [r[0] for r in self.db.execute("SELECT tag FROM runs ORDER BY created")]
+        tags = [r[0] for r in self._db.execute("SELECT tag FROM runs ORDER BY created")]
         return [r for t in tags if (r := self.get_run(t))]
 
     def resolve_tag(self, tag: str | None) -> str:
@@ -248,59 +293,66 @@ class Ledger:
         return tag
 
     def latest_tag(self) -> str | None:
-        r = self.db.execute(
+        r = self._db.execute(
             "SELECT tag FROM experiments ORDER BY id DESC LIMIT 1").fetchone() or \
-            self.db.execute("SELECT tag FROM runs ORDER BY created DESC LIMIT 1").fetchone()
+            self._db.execute("SELECT tag FROM runs ORDER BY created DESC LIMIT 1").fetchone()
         return r[0] if r else None
 
-    # -- experiments ------------------------------------------------------------------------
-    def add_experiment(self, tag: str, **fields: Any) -> Experiment:
-        """Insert with the next seq number of the tag, atomically."""
+    # -- writing experiments (the loop's hot path: append and update, never read back) ---------
+    def add_experiment(self, tag: str, *, seq: int | None = None, **fields: Any) -> Experiment:
+        """Insert a row with `seq` (default: the tag's next, chosen atomically) and return it
+        as it now stands in the database, built in memory."""
         fields.setdefault("created", time.time())
-        fields = _encode(fields)
+        encoded = _encode(fields)
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM experiments WHERE tag = ?",
-                                      (tag,)).fetchone()[0]
-                cols = ["tag", "seq", *fields]
-                cur = self.db.execute(
-                    f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    (tag, seq, *fields.values()))
-                self.db.execute("COMMIT")
+                if seq is None:
+                    seq = self._db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM experiments WHERE tag = ?",
+                        (tag,)).fetchone()[0]
+                cols = ["tag", "seq", *encoded]
+                cur = self._db.execute(
+                    f"INSERT INTO experiments ({', '.join(cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))})", (tag, seq, *encoded.values()))
+                self._db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
-        return self.get(cur.lastrowid)
+        row = {**_NEW_ROW, **as_stored(fields), "id": cur.lastrowid, "tag": tag, "seq": seq}
+        return Experiment(**row)
 
     def update(self, exp_id: int, **fields: Any) -> None:
         fields = _encode(fields)
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
-            self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?", (*fields.values(), exp_id))
+            self._db.execute(f"UPDATE experiments SET {cols} WHERE id = ?",
+                             (*fields.values(), exp_id))
 
     def update_many(self, changes: Iterable[tuple[int, dict[str, Any]]]) -> None:
         """Several row updates in one transaction (a decision that touches a candidate and its
         repeats must land whole)."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 for exp_id, fields in changes:
                     fields = _encode(fields)
                     cols = ", ".join(f"{k} = ?" for k in fields)
-                    self.db.execute(f"UPDATE experiments SET {cols} WHERE id = ?",
-                                    (*fields.values(), exp_id))
-                self.db.execute("COMMIT")
+                    self._db.execute(f"UPDATE experiments SET {cols} WHERE id = ?",
+                                     (*fields.values(), exp_id))
+                self._db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
 
+    # -- reading experiments -----------------------------------------------------------------
     @staticmethod
     def _decode(r: sqlite3.Row) -> Experiment:
         d = dict(r)
         for k in _JSON_COLS:
             d[k] = json.loads(d[k]) if d[k] else ({} if k == "metrics" else None)
         d["status"] = Status(d["status"])
+        d["kind"] = Kind(d["kind"])
         d["notes"] = d["notes"] or ""
         d["reason"] = d["reason"] or ""
         d["input_tokens"] = d["input_tokens"] or 0
@@ -308,49 +360,134 @@ class Ledger:
         d["cost_usd"] = d["cost_usd"] or 0.0
         return Experiment(**d)
 
+    def _select(self, where: str, args: Iterable[Any], order: str = "seq",
+                limit: int | None = None) -> list[Experiment]:
+        q = f"SELECT * FROM experiments WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            q += f" LIMIT {int(limit)}"
+        return [self._decode(r) for r in self._db.execute(q, tuple(args))]
+
     def get(self, exp_id: int) -> Experiment:
-        r = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        r = self._db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         if r is None:
             raise LedgerError(f"no experiment with id {exp_id}")
         return self._decode(r)
 
     def by_seq(self, tag: str, seq: int) -> Experiment | None:
-        r = self.db.execute("SELECT * FROM experiments WHERE tag = ? AND seq = ?", (tag, seq)).fetchone()
+        r = self._db.execute("SELECT * FROM experiments WHERE tag = ? AND seq = ?",
+                             (tag, seq)).fetchone()
         return self._decode(r) if r else None
 
     def experiments(self, tag: str | None = None) -> list[Experiment]:
+        """Every row of a run (of every run with no tag). For opening a run and whole exports;
+        listings use `page` or `tail`."""
         if tag is None:
-            rows = self.db.execute("SELECT * FROM experiments ORDER BY id")
-        else:
-            rows = self.db.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY seq", (tag,))
-        return [self._decode(r) for r in rows]
+            return self._select("1", (), order="id")
+        return self._select("tag = ?", (tag,))
+
+    def iter_experiments(self, tag: str | None = None, chunk: int = 500) -> Iterator[Experiment]:
+        """Every row, oldest first, read `chunk` rows at a time (exports of big runs)."""
+        after = -1
+        while True:
+            if tag is None:
+                rows = self._select("id > ?", (after,), order="id", limit=chunk)
+            else:
+                rows = self._select("tag = ? AND seq > ?", (tag, after), limit=chunk)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1].id if tag is None else rows[-1].seq
+
+    def page(self, tag: str, after_seq: int = 0, limit: int | None = None) -> list[Experiment]:
+        """Rows with seq > after_seq, oldest first, at most `limit`."""
+        return self._select("tag = ? AND seq > ?", (tag, after_seq), limit=limit)
+
+    def tail(self, tag: str, limit: int) -> list[Experiment]:
+        """The last `limit` rows, oldest first."""
+        rows = self._select("tag = ?", (tag,), order="seq DESC", limit=limit)
+        return rows[::-1]
+
+    def changed_since(self, tag: str, since: float, limit: int | None = None) -> list[Experiment]:
+        """Rows whose state may have changed after `since` (created, started or finished then),
+        or that are still open (running or pending)."""
+        return self._select(
+            "tag = ? AND (created > ? OR started > ? OR finished > ? OR status IN (?, ?))",
+            (tag, since, since, since, Status.RUNNING.value, Status.PENDING.value), limit=limit)
+
+    def with_status(self, tag: str, *statuses: Status) -> list[Experiment]:
+        marks = ",".join("?" * len(statuses))
+        return self._select(f"tag = ? AND status IN ({marks})", (tag, *[s.value for s in statuses]))
+
+    def repeats_of(self, exp_id: int) -> list[Experiment]:
+        """The rows measured for a candidate (its repeats and its rebased version)."""
+        return self._select("candidate_of = ?", (exp_id,), order="id")
 
     def measurements(self, tag: str, tree: str | None, before: int | None = None) -> list[Experiment]:
         """Every valid measurement of one tree (content) in a run, oldest first."""
         if tree is None:
             return []
-        q = ("SELECT * FROM experiments WHERE tag = ? AND tree_sha = ? AND metric IS NOT NULL "
+        q = ("tag = ? AND tree_sha = ? AND metric IS NOT NULL "
              f"AND status IN ({','.join('?' * len(MEASURED))})")
         args: list[Any] = [tag, tree, *[s.value for s in MEASURED]]
         if before is not None:
             q += " AND id < ?"
             args.append(before)
-        return [self._decode(r) for r in self.db.execute(q + " ORDER BY id", args)]
+        return self._select(q, args, order="id")
+
+    def replicate_groups(self, tag: str) -> list[list[float]]:
+        """The measured values of every tree measured two or more times, oldest first."""
+        marks = ",".join("?" * len(MEASURED))
+        rows = self._db.execute(
+            f"SELECT tree_sha, metric FROM experiments WHERE tag = ? AND metric IS NOT NULL "
+            f"AND status IN ({marks}) AND tree_sha IN (SELECT tree_sha FROM experiments "
+            f"WHERE tag = ? AND metric IS NOT NULL AND status IN ({marks}) "
+            f"GROUP BY tree_sha HAVING COUNT(*) >= 2) ORDER BY id",
+            (tag, *[s.value for s in MEASURED], tag, *[s.value for s in MEASURED]))
+        groups: dict[str, list[float]] = {}
+        for tree, metric in rows:
+            groups.setdefault(tree or "", []).append(metric)
+        return list(groups.values())
 
     def count(self, tag: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ?", (tag,)).fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM experiments WHERE tag = ?",
+                                (tag,)).fetchone()[0]
+
+    def totals(self, tag: str) -> dict[str, Any]:
+        """Counts by status, cost, tokens and improvements of a run, in one query each."""
+        counts = {st: n for st, n in self._db.execute(
+            "SELECT status, COUNT(*) FROM experiments WHERE tag = ? GROUP BY status", (tag,))}
+        cost, tin, tout = self._db.execute(
+            "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
+            "COALESCE(SUM(output_tokens), 0) FROM experiments WHERE tag = ?", (tag,)).fetchone()
+        improvements = self._db.execute(
+            "SELECT COUNT(*) FROM experiments WHERE tag = ? AND status = ? AND kind != ?",
+            (tag, Status.KEEP.value, Kind.BASELINE.value)).fetchone()[0]
+        return {"counts": counts, "experiments": sum(counts.values()), "cost_usd": float(cost),
+                "input_tokens": int(tin), "output_tokens": int(tout),
+                "improvements": improvements}
+
+    def running_seqs(self, tag: str) -> list[int]:
+        return [r[0] for r in self._db.execute(
+            "SELECT seq FROM experiments WHERE tag = ? AND status = ? ORDER BY seq",
+            (tag, Status.RUNNING.value))]
+
+    def by_ids(self, ids: Iterable[int]) -> dict[int, Experiment]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        return {e.id: e for e in self._select(f"id IN ({','.join('?' * len(ids))})", ids)}
 
     # -- slots (what each worker is doing, for `status`) -------------------------------------
     def set_slot(self, tag: str, slot: int, experiment_id: int | None, gpu: str | None = None,
                  host: str | None = None) -> None:
         with self._lock:
-            self.db.execute("INSERT OR REPLACE INTO slots VALUES (?,?,?,?,?,?)",
-                            (tag, slot, experiment_id, time.time(), gpu, host))
+            self._db.execute("INSERT OR REPLACE INTO slots VALUES (?,?,?,?,?,?)",
+                             (tag, slot, experiment_id, time.time(), gpu, host))
 
     def slots(self, tag: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.execute(
+        return [dict(r) for r in self._db.execute(
             "SELECT * FROM slots WHERE tag = ? ORDER BY slot", (tag,))]
 
     def clear_slots(self, tag: str) -> None:
         with self._lock:
-            self.db.execute("DELETE FROM slots WHERE tag = ?", (tag,))
+            self._db.execute("DELETE FROM slots WHERE tag = ?", (tag,))

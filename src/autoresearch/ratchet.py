@@ -30,6 +30,28 @@ def git_blob_hash(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def inside_work_tree(path: Path) -> bool:
+    """Is path inside a git working tree?"""
+    try:
+        return subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=path,
+                              capture_output=True).returncode == 0
+    except FileNotFoundError:
+        raise GitError("git is not installed — install git and try again") from None
+
+
+def commit_all(dest: Path, message: str) -> None:
+    """Commit everything in dest (a new repository on branch main when it is not in one)."""
+    def git(*a: str) -> None:
+        p = subprocess.run(["git", *_IDENTITY, *a], cwd=dest, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise GitError(f"git {a[0]} in {dest} failed: {p.stderr.strip() or p.returncode}")
+
+    if not inside_work_tree(dest):
+        git("init", "-q", "-b", "main")
+    git("add", "-A", ".")
+    git("commit", "-q", "-m", message)
+
+
 @dataclass
 class CommitResult:
     sha: str
@@ -131,6 +153,11 @@ class Ratchet:
         ref = self.exp_ref(tag, seq)
         self.git("update-ref", ref, commit)
         return ref
+
+    def pin_many(self, tag: str, commits: dict[int, str]) -> None:
+        """Pin several experiments in one git process (one transaction of ref updates)."""
+        lines = "".join(f"update {self.exp_ref(tag, seq)} {sha}\n" for seq, sha in commits.items())
+        self.git("update-ref", "--stdin", input=lines)
 
     def pins(self, tag: str) -> dict[int, str]:
         """seq -> commit of every pinned experiment of a run."""
@@ -247,6 +274,10 @@ class Ratchet:
         sha = self.git("commit-tree", tree, "-p", base, "-F", "-", input=message)
         changed, added, removed = self._numstat(base, sha)
         return CommitResult(sha, changed, tree, added, removed)
+
+    def commit_tree(self, tree: str, parent: str, message: str) -> str:
+        """A new commit of an existing tree on top of parent (the kept version of a winner)."""
+        return self.git("commit-tree", tree, "-p", parent, "-F", "-", input=message)
 
     def _apply_cached(self, patch: str, env: dict[str, str]) -> None:
         if not patch.endswith("\n"):

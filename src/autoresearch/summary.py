@@ -1,7 +1,8 @@
 """What a run amounts to: the best (as an estimate with its uncertainty), counts, cost, slots.
 
-Shared by the loop (samples for the policy), `autoresearch status` and the dashboard, so all
-three report the same numbers.
+Shared by `autoresearch status` and the dashboard, so both report the same numbers (the loop
+asks the same questions of its in-memory run state, `state.py`). Every function here reads a
+bounded number of rows through the ledger's indexed queries, however long the run.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import time
 from typing import Any
 
 from .config import PolicySettings
-from .experiment import Status
-from .ledger import MEASURED, Experiment, Ledger
-from .policies import PolicyContext, Sample, make_policy
+from .experiment import Kind, Status
+from .ledger import Experiment, Ledger
+from .policies import Estimate, PolicyContext, Sample, make_policy
 
 
 def kept_order(e: Experiment) -> tuple[float, int]:
@@ -32,73 +33,62 @@ def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
     ms = [m for m in ledger.measurements(tag, e.tree_sha)
           if m.metric is not None and math.isfinite(m.metric)]
     selection = 0
-    if e.status == Status.KEEP and e.kind != "baseline":
+    if e.status == Status.KEEP and e.kind != Kind.BASELINE:
         # the runs that won it the keep: its own and the repeats made for it
         selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
     return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
 
 
-def replicate_groups(ledger: Ledger, tag: str) -> list[list[float]]:
-    groups: dict[str, list[float]] = {}
-    exps = ledger.experiments(tag)
-    for e in exps:
-        if e.metric is not None and e.status in MEASURED:
-            groups.setdefault(e.tree_sha or "", []).append(e.metric)
-    return [g for g in groups.values() if len(g) >= 2]
-
-
 def best_estimate(ledger: Ledger, tag: str, best: Experiment, policy_name: str | None,
-                  settings: PolicySettings | None = None) -> dict[str, Any]:
+                  settings: PolicySettings | None = None) -> Estimate:
     """The best's value as the run's policy reports it: mean, n, and its uncertainty."""
     run = ledger.get_run(tag)
     policy = make_policy(policy_name or (run.policy if run and run.policy else "greedy"))
     ctx = PolicyContext(run.direction if run else "minimize", settings or PolicySettings(),
-                        replicate_groups(ledger, tag))
+                        ledger.replicate_groups(tag))
     sample = sample_of(ledger, tag, best)
     if not sample.values:
-        return {"mean": best.metric, "n": 0, "sem": None}
+        return Estimate(best.metric if best.metric is not None else math.nan, 0)
     return policy.estimate(sample, ctx)
 
 
 def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None) -> dict[str, Any]:
+    """What `status` and the dashboard show; a handful of indexed queries, whatever the size."""
     run = ledger.get_run(tag)
     assert run is not None
-    exps = ledger.experiments(tag)
-    counts: dict[str, int] = {}
-    for e in exps:
-        counts[e.status.value] = counts.get(e.status.value, 0) + 1
-    best = best_of(exps)
-    base = exps[0] if exps else None
-    cost = sum(e.cost_usd for e in exps)
-    improvements = sum(1 for e in exps if e.status == Status.KEEP and e.kind != "baseline")
+    totals = ledger.totals(tag)
+    best = best_of(ledger.with_status(tag, Status.KEEP))
+    base = ledger.by_seq(tag, 1)
+    cost, improvements = totals["cost_usd"], totals["improvements"]
     now = time.time()
-    by_id = {e.id: e for e in exps}
+    slot_rows = ledger.slots(tag)
+    by_id = ledger.by_ids(s["experiment_id"] for s in slot_rows if s["experiment_id"])
     slots = []
-    for s in ledger.slots(tag):
+    for s in slot_rows:
         e = by_id.get(s["experiment_id"]) if s["experiment_id"] else None
         slots.append({"slot": s["slot"], "gpu": s["gpu"], "host": s["host"],
                       "experiment": e.seq if e else None,
                       "description": e.description if e else None,
                       "running_for": round(now - s["since"], 1) if e else None})
     baseline = None
+    base_values = sample_of(ledger, tag, base).values if base else []
     if base is not None and base.metric is not None:
-        values = sample_of(ledger, tag, base).values or [base.metric]
+        values = base_values or [base.metric]
         baseline = sum(values) / len(values)   # all its runs, not the first draw
     best_info = None
     if best is not None:
         est = best_estimate(ledger, tag, best, run.policy, settings)
         best_info = {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
-                     "description": best.description, "estimate": est}
+                     "description": best.description, "estimate": est.to_dict()}
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
-        "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": len(exps),
-        "counts": counts, "baseline": baseline,
-        "baseline_runs": len(sample_of(ledger, tag, base).values) if base else 0, "best": best_info,
+        "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
+        "counts": totals["counts"], "baseline": baseline,
+        "baseline_runs": len(base_values), "best": best_info,
         "improvements": improvements, "cost_usd": cost,
         "cost_per_improvement": cost / improvements if improvements else None,
-        "tokens": {"input": sum(e.input_tokens for e in exps),
-                   "output": sum(e.output_tokens for e in exps)},
+        "tokens": {"input": totals["input_tokens"], "output": totals["output_tokens"]},
         "slots": slots,
-        "running": [e.seq for e in exps if e.status == Status.RUNNING],
+        "running": ledger.running_seqs(tag),
         "updated": now,
     }

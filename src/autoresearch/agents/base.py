@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..experiment import HistoryEntry, Outcome, Proposal, Usage
 
@@ -69,6 +69,10 @@ class Agent(ABC):
     #: may `propose` be called again before earlier proposals were observed (proposals ahead of
     #: time and several workers)? Agents that cannot say so are called one at a time.
     concurrent: bool = True
+    #: is `propose` slow (an LLM, a coding-agent CLI)? Then the loop asks for the next proposals
+    #: while experiments run, one per slot; an instant agent is asked only when a slot is free
+    #: so that it sees every result first.
+    ahead: bool = False
 
     @abstractmethod
     def propose(self, context: AgentContext) -> Proposal:
@@ -79,6 +83,11 @@ class Agent(ABC):
 
     def resume(self, history: list[HistoryEntry]) -> None:  # noqa: B027
         """Rebuild internal state from the ledger after a restart. The default ignores it."""
+
+    def baseline_params(self) -> dict[str, Any] | None:
+        """The parameters the unmodified code stands for (a sampler's starting point), recorded
+        with the baseline; None when the agent has no parameters."""
+        return None
 
     def close(self) -> None:  # noqa: B027
         """Release resources (servers, subprocesses)."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 from ..errors import ConfigError
 from ..evaluation import EvalResult, Job, evaluate
@@ -27,8 +27,6 @@ class LocalExecutor(Executor):
         self.slots = workers
         self.gpus = gpus[:workers] if gpus else None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slot")
-        self._busy: set[int] = set()
-        self._lock = threading.Lock()
 
     def slot_info(self, slot: int) -> SlotInfo:
         return SlotInfo(slot, self.gpus[slot] if self.gpus else None)
@@ -37,24 +35,15 @@ class LocalExecutor(Executor):
         for slot in range(self.slots):
             self.ratchet.worktree(f"slot-{slot}")
 
-    def submit(self, job: Job, *, slot: int,
-               should_stop: Callable[[float, float], str | None] | None = None,
-               on_start: Callable[[int], None] | None = None) -> Future[EvalResult]:
-        with self._lock:
-            if slot in self._busy:
-                raise RuntimeError(f"slot {slot} is busy")
-            self._busy.add(slot)
-        job.gpu = self.gpus[slot] if self.gpus else None
+    def _start(self, job: Job, slot: int, should_stop: Callable[[float, float], str | None] | None,
+               on_start: Callable[[int], None] | None) -> Future[EvalResult]:
+        job = replace(job, gpu=self.gpus[slot] if self.gpus else None)
 
         def work() -> EvalResult:
-            try:
-                wt = self.ratchet.worktree(f"slot-{slot}")
-                target_dir = self.ratchet.checkout(wt, job.commit)
-                return evaluate(target_dir, job, stop_event=self.stop_event,
-                                should_stop=should_stop, on_start=on_start)
-            finally:
-                with self._lock:
-                    self._busy.discard(slot)
+            wt = self.ratchet.worktree(f"slot-{slot}")
+            target_dir = self.ratchet.checkout(wt, job.commit)
+            return evaluate(target_dir, job, stop_event=self.stop_event,
+                            should_stop=should_stop, on_start=on_start)
 
         return self._pool.submit(work)
 

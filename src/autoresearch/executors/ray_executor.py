@@ -122,15 +122,12 @@ class RayExecutor(Executor):
         self._archives.move_to_end(commit)
         return ref
 
-    def submit(self, job: Job, *, slot: int,
-               should_stop: Callable[[float, float], str | None] | None = None,
-               on_start: Callable[[int], None] | None = None) -> Future[EvalResult]:
+    def _start(self, job: Job, slot: int, should_stop: Callable[[float, float], str | None] | None,
+               on_start: Callable[[int], None] | None) -> Future[EvalResult]:
         # on_start is not used: a pid on another node means nothing to the driver's resume
         if self._remote is None:
             self.prepare()
         with self._lock:
-            if slot in self._refs:
-                raise RuntimeError(f"slot {slot} is busy")
             ref = self._remote.remote(self._archive(job.commit), job, should_stop,
                                       self._driver_node)
             self._refs[slot] = ref

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Decision, Policy, PolicyContext, Sample, Verdict
+from .base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
 from .greedy import GreedyPolicy
 
 DEFAULT_POLICY = "noise-aware"
@@ -21,4 +21,4 @@ def make_policy(name: str) -> Policy:
     return registry[name]()
 
 
-__all__ = ["Decision", "Policy", "PolicyContext", "Sample", "Verdict", "make_policy", "DEFAULT_POLICY"]
+__all__ = ["Decision", "Estimate", "Policy", "PolicyContext", "Sample", "Verdict", "make_policy", "DEFAULT_POLICY"]

@@ -10,7 +10,9 @@ carries its evidence (runs, means, spread, statistic, p-value) so the ledger can
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,6 +55,32 @@ class PolicyContext:
 
 
 @dataclass
+class Estimate:
+    """The best's value as a policy reports it, with its uncertainty. Every policy fills it.
+
+    `sigma` is the run-to-run noise sd of one measurement (pooled over the run's repeated
+    measurements), None only while nothing was measured twice; the pruner uses it.
+    """
+
+    mean: float
+    n: int
+    sem: float | None = None            # standard error of `mean`
+    sd: float | None = None             # spread of the runs behind `mean`
+    sigma: float | None = None          # noise sd of one run
+    selection_runs: int = 0             # runs left out because they selected it (winner's curse)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def pooled_sigma(groups: list[list[float]]) -> float | None:
+    """The within-group sd pooled over groups of repeated measurements (None without any)."""
+    ss = sum(sum((v - sum(g) / len(g)) ** 2 for v in g) for g in groups if len(g) >= 2)
+    df = sum(len(g) - 1 for g in groups if len(g) >= 2)
+    return math.sqrt(ss / df) if df > 0 else None
+
+
+@dataclass
 class Decision:
     verdict: Verdict
     reason: str
@@ -71,11 +99,14 @@ class Policy(ABC):
     def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
         """Judge a candidate against the incumbent."""
 
-    def estimate(self, incumbent: Sample, ctx: PolicyContext) -> dict[str, Any]:
+    def estimate(self, incumbent: Sample, ctx: PolicyContext) -> Estimate:
         """The best's value as reported: mean and uncertainty (not the luckiest draw)."""
         n = incumbent.n
         mean = incumbent.mean
+        sigma = pooled_sigma(ctx.replicate_groups)
+        if sigma is None:
+            sigma = pooled_sigma([list(incumbent.values)])
         if n < 2:
-            return {"mean": mean, "n": n, "sem": None}
-        var = sum((v - mean) ** 2 for v in incumbent.values) / (n - 1)
-        return {"mean": mean, "n": n, "sem": (var / n) ** 0.5}
+            return Estimate(mean, n, None, None, sigma)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in incumbent.values) / (n - 1))
+        return Estimate(mean, n, sd / math.sqrt(n), sd, sigma)

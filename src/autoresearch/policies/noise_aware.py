@@ -36,7 +36,7 @@ from typing import Any
 from scipy import special
 
 from ..config import PolicySettings
-from .base import Decision, Policy, PolicyContext, Sample, Verdict
+from .base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
 
 
 def pooled_noise(groups: list[list[float]], floor: float = 0.0) -> tuple[float, float]:
@@ -205,12 +205,12 @@ class NoiseAwarePolicy(Policy):
             return not_better("cap", f"not confirmed within {s.max_runs} runs (p={p:.3g} > {a_cap:g})")
         return done(Verdict.MORE, "continue", f"undecided (p={p:.3g}); measuring it again")
 
-    def estimate(self, incumbent: Sample, ctx: PolicyContext) -> dict[str, Any]:
+    def estimate(self, incumbent: Sample, ctx: PolicyContext) -> Estimate:
         """Mean of the best's fresh runs (not those that selected it), with the pooled-noise sem."""
         sigma, df = self._noise(incumbent, incumbent, ctx)
         best, n_sel = self._fresh(incumbent, ctx.settings)
         if not best:   # kept, not yet re-measured: the selection runs are all there is
             best, n_sel = list(incumbent.values), 0
         n = len(best)
-        return {"mean": sum(best) / n, "n": n, "sem": sigma / math.sqrt(n) if df > 0 else None,
-                "sd": _sd(best), "sigma": sigma if df > 0 else None, "selection_runs": n_sel}
+        return Estimate(sum(best) / n, n, sigma / math.sqrt(n) if df > 0 else None, _sd(best),
+                        sigma if df > 0 else None, n_sel)

@@ -35,7 +35,7 @@ check_policy(policy)                              policies/base.py
       discarded
     - direction is honoured both ways: the maximize decisions on -x are the minimize ones on x
     - every decision has a reason and JSON-serialisable evidence
-    - estimate(incumbent) returns a dict with a finite "mean" within the incumbent's values
+    - estimate(incumbent) returns an Estimate with a finite mean within the incumbent's values
 
 check_executor(executor_factory, target)          executors/base.py
     `target` is a Target or the directory of one inside a git repository. The check commits a
@@ -72,7 +72,7 @@ from ..config import PolicySettings, Target
 from ..evaluation import EvalResult, Job
 from ..executors.base import Executor
 from ..experiment import HistoryEntry, Outcome, Proposal, Status
-from ..policies.base import Decision, Policy, PolicyContext, Sample, Verdict
+from ..policies.base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
 
 __all__ = ["AGENT_PROPOSALS", "INTERRUPT_WITHIN", "ContractViolation", "check_agent",
            "check_executor", "check_policy"]
@@ -287,15 +287,15 @@ def _judge(policy: Policy, s: PolicySettings, direction: str, draw_c: Callable[[
 
 def _estimate_mean(policy: Policy, inc: Sample, ctx: PolicyContext, where: str) -> float:
     est = policy.estimate(Sample(list(inc.values), inc.lines, inc.selection), ctx)
-    _require(isinstance(est, dict) and "mean" in est,
-             f"{policy.name}: estimate must return a dict with a 'mean', got {est!r} ({where})")
-    m = est["mean"]
+    _require(isinstance(est, Estimate),
+             f"{policy.name}: estimate must return an Estimate, got {est!r} ({where})")
+    m = est.mean
     _require(isinstance(m, (int, float)) and math.isfinite(m)
              and min(inc.values) - 1e-9 * (1 + abs(m)) <= m <= max(inc.values) + 1e-9 * (1 + abs(m)),
              f"{policy.name}: estimate's mean {m!r} is not a mean of the runs {inc.values} "
              f"({where})")
     try:
-        json.dumps(est)
+        json.dumps(est.to_dict())
     except (TypeError, ValueError) as e:
         raise ContractViolation(f"{policy.name}: estimate is not JSON-serialisable ({e})") from e
     return float(m)

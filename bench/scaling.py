@@ -1,0 +1,135 @@
+"""Benchmark: does the driver's cost per experiment stay flat as the run grows?
+
+    python bench/scaling.py              # 10,000 experiments (several minutes)
+    python bench/scaling.py --n 2000     # a shorter run; windows scale with --n
+
+The loop runs in this process on a throwaway git target with an instant in-process agent (every
+proposal is a new `train.py`) and a no-op executor (every job is "measured" at once with a
+pseudo-random score, no subprocess), so what is left is the driver: proposals turned into
+commits and pins, ledger writes, decisions, results.tsv, the reporter. Driver CPU is this
+process's CPU time (all its threads; git children excluded), sampled when each experiment
+finishes, and reported in ms per experiment over three windows of experiments:
+first (100-200), middle (1,000-1,100) and last (n-100 .. n). Peak RSS is sampled every 5 ms.
+
+Targets: last window / first window <= 1.25; peak RSS <= 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import PeakRSS, make_target  # noqa: E402
+
+from autoresearch.agents import Agent, AgentContext  # noqa: E402
+from autoresearch.cli import build_loop  # noqa: E402
+from autoresearch.config import load_target  # noqa: E402
+from autoresearch.evaluation import EvalResult, Job  # noqa: E402
+from autoresearch.executors import Executor  # noqa: E402
+from autoresearch.experiment import Proposal, Status  # noqa: E402
+
+RATIO_TARGET = 1.25
+RSS_TARGET_MB = 150.0
+
+
+class InstantAgent(Agent):
+    """Every proposal is a new train.py, made at once."""
+
+    name = "instant"
+    concurrent = False
+
+    def __init__(self) -> None:
+        self.i = 0
+
+    def propose(self, context: AgentContext) -> Proposal:
+        self.i += 1
+        return Proposal(f"proposal {self.i}", files={"train.py": f"score: 0\nLR = {self.i}\n"})
+
+
+class NoopExecutor(Executor):
+    """Measures nothing: every job comes back at once with a score drawn from its id."""
+
+    def __init__(self, slots: int = 1) -> None:
+        super().__init__()
+        self.slots = slots
+
+    def _start(self, job: Job, slot, should_stop, on_start) -> Future[EvalResult]:
+        score = random.Random(job.experiment_id).uniform(0, 100)
+        now = time.time()
+        fut: Future[EvalResult] = Future()
+        fut.set_result(EvalResult(Status.RUNNING, "", score, {"score": score}, 0.0, 0.0, 0,
+                                  job.log_path, started=now, finished=now))
+        return fut
+
+
+class CpuClock:
+    """A reporter that records this process's CPU time when each experiment finishes."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def message(self, text: str) -> None:
+        pass
+
+    def started(self, e, slot, budget) -> None:
+        pass
+
+    def finished(self, e, best) -> None:
+        self.at.append(time.process_time())
+
+    def tick(self, loop) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def window_ms(at: list[float], lo: int, hi: int) -> float:
+    return (at[hi - 1] - at[lo - 1]) / (hi - lo) * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000, help="experiments (at least 300)")
+    a = ap.parse_args()
+    n = max(300, a.n)
+    with tempfile.TemporaryDirectory(prefix="ar-scale-") as tmp:
+        root = Path(tmp) / "target"
+        make_target(root, 1, 0)
+        target = load_target(root)
+        clock = CpuClock()
+        args = SimpleNamespace(agent="instant", policy="greedy", max_experiments=n, seed=0,
+                               workers=1, executor="local")
+        loop = build_loop(target, args, "scale", agent=InstantAgent(), reporter=clock)
+        loop.executor = NoopExecutor()
+        t0 = time.perf_counter()
+        with PeakRSS() as rss:
+            why = loop.run_forever()
+        wall = time.perf_counter() - t0
+        done = len(clock.at)
+        windows = [("first", 100, 200), ("middle", 1000, 1100), ("last", n - 100, n)]
+        print(f"experiments: {done} (stopped: {why}) in {wall:.1f} s wall")
+        figures = {}
+        for name, lo, hi in windows:
+            if hi <= done and lo >= 1 and (name != "middle" or hi < n - 100):
+                figures[name] = window_ms(clock.at, lo, hi)
+                print(f"driver_cpu_ms_per_experiment {name} ({lo}-{hi}): {figures[name]:.2f}")
+        ratio = figures["last"] / figures["first"]
+        peak = rss.peak / 2**20
+        print(f"last/first: {ratio:.2f}  (target <= {RATIO_TARGET})  "
+              f"{'PASS' if ratio <= RATIO_TARGET else 'FAIL'}")
+        print(f"peak_rss_mb: {peak:.1f}  (target <= {RSS_TARGET_MB:g})  "
+              f"{'PASS' if peak <= RSS_TARGET_MB else 'FAIL'}")
+        return 0 if ratio <= RATIO_TARGET and peak <= RSS_TARGET_MB else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""A run request: everything `run`, `start`, `try` and `demo` ask of the loop, typed.
+
+`RunRequest.build(target)` checks every value first (bad input leaves nothing behind: no
+ledger, no branch), then builds the loop with its ledger, ratchet, agent, policy and executor.
+The CLI only turns its flags into a request (`RunRequest.from_namespace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .agents import Agent
+from .config import Target
+from .errors import ConfigError
+from .globs import matches
+from .ledger import Ledger
+from .loop import Loop, LoopOptions
+
+
+@dataclass
+class RunRequest:
+    tag: str
+    agent: str | None = None            # None: the run's recorded agent, else optuna
+    policy: str | None = None           # None: the run's recorded policy, else the default
+    max_experiments: int | None = None
+    max_time: float | None = None
+    budget: float | None = None
+    max_cost: float | None = None
+    prune: bool = False
+    workers: int = 1
+    gpus: str | None = None             # "0,1,2,3"
+    executor: str = "local"
+    address: str | None = None
+    ahead: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
+        """The request in parsed flags (argparse or any object with these attributes); the
+        fields it lacks keep their defaults, None values too."""
+        given = vars(args)
+        names = {f.name for f in dataclasses.fields(cls)} - {"tag"}
+        values = {k: given[k] for k in names if given.get(k) is not None}
+        return cls(tag=tag, **{**values, **overrides})
+
+    def check(self) -> None:
+        for flag, value, low in (("--workers", self.workers, 1),
+                                 ("--max-experiments", self.max_experiments, 1),
+                                 ("--max-time", self.max_time, 0),
+                                 ("--budget", self.budget, 0),
+                                 ("--max-cost", self.max_cost, 0)):
+            if value is not None and (value < low or (low == 0 and value <= 0)):
+                raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} "
+                                  f"(got {value:g})")
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"unknown --executor '{self.executor}' — use local or ray")
+
+    def build(self, target: Target, *, agent: Agent | None = None, agent_name: str | None = None,
+              reporter: Any | None = None) -> Loop:
+        """The loop this request describes. `agent` replaces the named one (start, try, tests);
+        `agent_name` is what the ledger records for it."""
+        from .agents import make_agent
+        from .executors import LocalExecutor
+        from .policies import DEFAULT_POLICY, make_policy
+        from .ratchet import Ratchet
+
+        self.check()   # flags first: bad input must not leave anything behind
+        ratchet = Ratchet(target.root)
+        ledger = Ledger(target.state_dir / "ledger.db")
+        run = ledger.get_run(self.tag)
+        policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
+        name = agent_name or self.agent or (run.agent if run and run.agent else "optuna")
+        if agent is None:
+            base = ratchet.branch_commit(self.tag) or ratchet.head()
+            spec = target.spec
+            editable = [p for p in ratchet.list_files(base)
+                        if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
+            agent = make_agent(name, target, files=ratchet.read_files(base, editable),
+                               seed=self.seed)
+        gpus = [g.strip() for g in self.gpus.split(",")] if self.gpus else None
+        if self.executor == "ray":
+            try:
+                from .executors.ray_executor import RayExecutor
+            except ImportError as e:
+                raise ConfigError(f"--executor ray needs Ray: pip install 'autoresearch[ray]' "
+                                  f"({e})") from None
+            executor = RayExecutor(ratchet, workers=self.workers, address=self.address,
+                                   gpus=bool(gpus))
+        else:
+            executor = LocalExecutor(ratchet, workers=self.workers, gpus=gpus)
+        options = LoopOptions(
+            tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
+            max_time=self.max_time, budget=self.budget, prune=self.prune,
+            max_cost=self.max_cost, seed=self.seed, ahead=self.ahead)
+        return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)

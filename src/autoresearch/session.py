@@ -1,0 +1,229 @@
+"""The session: one driver per target, the run opened or resumed, and repaired after a kill.
+
+Guarantees:
+- One driver per target: `driver.lock` is held (flock) from `open` until `close` or the
+  process's death; a second `run` on the same target fails with one line naming the holder.
+- On open the branch, the pins and the ledger are brought into agreement, the ledger winning:
+  every commit of a row is pinned under refs/autoresearch/TAG/SEQ; the branch points at the
+  ledger's best; every experiment left running or interrupted (and a failed baseline) is killed
+  if a process of it survived, reset to `running` and queued again, in its own row.
+- The toml this process read and the locked files at the branch are the ones hashed when the
+  run began, or the run does not start.
+- results.tsv is rewritten whole here (open) and on close; in between the loop appends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from typing import IO
+
+from .config import CONFIG_NAME, Target
+from .evaluation import Job, command_env
+from .experiment import Kind, Status
+from .export import write_results_tsv
+from .globs import matches
+from .judge import RunStopped
+from .ledger import Experiment, Ledger, Run
+from .lockcheck import FileHashes
+from .metrics import tail_lines
+from .ratchet import Ratchet
+from .runner import kill_tree, run_command
+from .state import RunState
+
+
+class Session:
+    def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
+                 agent_name: str, policy_name: str, budget: float | None, seed: int):
+        self.target = target
+        self.spec = target.spec
+        self.ledger = ledger
+        self.ratchet = ratchet
+        self.tag = tag
+        self.agent_name = agent_name
+        self.policy_name = policy_name
+        self.seed = seed
+        self.budget = budget if budget is not None else self.spec.budget
+        self.timeout = self.spec.timeout if self.spec.timeout is not None else 2 * self.budget + 60
+        self.log_dir = target.state_dir / "logs" / tag
+        self.cache_dir = target.state_dir / "cache"
+        self.hashes = FileHashes(target.state_dir / "hash-cache.json")
+        self.run: Run | None = None
+        self._lock_file: IO[str] | None = None
+
+    def editable(self, rel: str) -> bool:
+        return matches(rel, self.spec.editable) and not matches(rel, self.spec.locked_globs)
+
+    # -- the driver lock ------------------------------------------------------------------
+    def _take_lock(self) -> None:
+        """One driver per target: two would write the same ledger, worktrees and branch."""
+        path = self.target.state_dir / "driver.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunStopped(f"{self.target.root} is already driven by {holder} — stop that "
+                             f"'autoresearch run' first (the lock is {path})") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"autoresearch pid {os.getpid()} (tag {self.tag})\n")
+        fh.flush()
+        self._lock_file = fh   # held until this process ends; the OS releases it on kill -9
+
+    def close(self, state: RunState | None) -> None:
+        """Rewrite results.tsv in seq order and release the driver lock."""
+        if state is not None:
+            self.write_results(state)
+        self.hashes.save()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- open, resume, repair ---------------------------------------------------------------
+    def open(self, baseline_params: Callable[[], dict | None],
+             code_lines: Callable[[str], int]) -> tuple[RunState, list[Experiment]]:
+        """Create the run for this tag, or resume it; returns the run state and the rows to
+        measure (again), oldest first."""
+        self._take_lock()
+        self.ratchet.ensure_ignored()
+        run = self.ledger.get_run(self.tag)
+        if run is None:
+            base = self.ratchet.branch_commit(self.tag) or self.ratchet.head()
+            files = self.ratchet.list_files(base)
+            locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
+            run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
+                                         self.agent_name, self.policy_name, locked)
+            if self.ratchet.branch_commit(self.tag) is None:
+                self.ratchet.set_branch(self.tag, base)
+        self.run = run
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if self.spec.sandbox:
+            self._check_sandbox()
+        self._check_locked_unchanged()
+        state = RunState.load(self.ledger, run)
+        queue = []
+        for e in state.open_rows():
+            if e.status == Status.PENDING:
+                continue
+            # leftovers of a kill -9: the recorded tree, and anything carrying its token
+            kill_tree(e.pid or 0, create_time=e.pid_started, run_token=self.token(e.id))
+            state.update(e, status=Status.RUNNING, reason="", pid=None, metric=None)
+            queue.append(e)
+        self._repin(state)
+        best = state.incumbent.commit_sha if state.incumbent else run.base_commit
+        if self.ratchet.branch_commit(self.tag) != best:
+            self.ratchet.set_branch(self.tag, best)
+        if not state.rows:
+            queue.append(self._add_baseline(state, baseline_params, code_lines))
+        self.write_results(state)
+        return state, queue
+
+    def _repin(self, state: RunState) -> None:
+        """A kill between a ledger write and its pin leaves the ref behind: the ledger wins."""
+        pins = self.ratchet.pins(self.tag)
+        missing = {e.seq: e.commit_sha for e in state.rows.values()
+                   if e.commit_sha and pins.get(e.seq) != e.commit_sha}
+        if missing:
+            self.ratchet.pin_many(self.tag, missing)
+
+    def _add_baseline(self, state: RunState, params: Callable[[], dict | None],
+                      code_lines: Callable[[str], int]) -> Experiment:
+        assert self.run is not None
+        base = self.run.base_commit
+        e = state.add(kind=Kind.BASELINE, parent=None, commit_sha=base,
+                      tree_sha=self.ratchet.tree_of(base), agent=self.agent_name,
+                      description="baseline", status=Status.RUNNING, seed=self.seed,
+                      code_lines=code_lines(base), params=params())
+        self.ratchet.pin(self.tag, e.seq, base)
+        return e
+
+    def _check_sandbox(self) -> None:
+        if shutil.which("bwrap") is None:
+            raise RunStopped("autoresearch.toml: sandbox = true needs bubblewrap — install it "
+                             "(apt-get install bubblewrap) or set sandbox = false")
+        p = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "true"],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RunStopped(f"autoresearch.toml: sandbox = true, but bubblewrap cannot run here "
+                             f"({p.stderr.strip() or p.returncode}) — allow user namespaces or set "
+                             f"sandbox = false")
+
+    def _check_locked_unchanged(self) -> None:
+        """The locked files at the branch must be the ones hashed when the run began, and the
+        toml this process read must be that locked one (a run step or an agent may have
+        rewritten the checkout's copy)."""
+        assert self.run is not None
+        recorded = self.run.locked.get(CONFIG_NAME)
+        if recorded is None:
+            raise RunStopped(f"{self.target.config_path} is not committed — commit it first: it is "
+                             f"locked, and the run must use exactly the committed version")
+        if self.hashes.blob_id(self.target.config_path) != recorded:
+            raise RunStopped(
+                f"{self.target.config_path} differs from the version run '{self.tag}' started with — "
+                f"restore it (git checkout -- {CONFIG_NAME}), or commit the change and start a new "
+                f"run with another --tag")
+        head = self.ratchet.branch_commit(self.tag) or self.run.base_commit
+        now = self.ratchet.list_files(head)
+        changed = [p for p, oid in self.run.locked.items() if now.get(p) != oid]
+        if changed:
+            raise RunStopped(f"locked file(s) {', '.join(changed)} differ from when run '{self.tag}' "
+                             f"started — restore them, or start a new run with another --tag")
+
+    # -- setup and jobs -----------------------------------------------------------------------
+    def setup(self, stop_event, reporter) -> None:
+        """Run the toml's setup command once per run, before the baseline."""
+        assert self.run is not None
+        if not self.spec.setup or self.run.setup_done:
+            return
+        wt = self.ratchet.worktree("slot-0")
+        target_dir = self.ratchet.checkout(wt, self.run.base_commit)
+        log = self.log_dir / "setup.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if reporter:
+            reporter.message(f"setup: {self.spec.setup}  (log: {log})")
+        r = run_command(self.spec.setup, cwd=target_dir, env=command_env(self.job()), log_path=log,
+                        timeout=self.spec.setup_timeout, stop_event=stop_event,
+                        header=f"$ {self.spec.setup}   # setup")
+        if r.interrupted:
+            raise KeyboardInterrupt
+        if not r.ok:
+            why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
+            tail = "\n".join(tail_lines(log, 20))
+            raise RunStopped(f"setup command {self.spec.setup!r} {why} — see {log}\n{tail}")
+        self.ledger.update_run(self.tag, setup_done=1)
+        self.run.setup_done = True
+
+    def job(self, e: Experiment | None = None, seed: int = 0) -> Job:
+        """The job that evaluates e (the setup's stand-in without e)."""
+        assert self.run is not None
+        env = dict(self.spec.env)
+        env["AUTORESEARCH_CACHE"] = str(self.cache_dir)
+        env["AUTORESEARCH_TAG"] = self.tag
+        return Job(
+            experiment_id=e.id if e else 0, seq=e.seq if e else 0,
+            commit=(e.commit_sha if e else self.run.base_commit) or "", run=self.spec.run,
+            evaluate=self.spec.evaluate, metric=self.spec.metric, budget=self.budget,
+            timeout=self.timeout, seed=seed, env=env, locked=self.run.locked,
+            log_path=str(self.log_dir / (f"{e.seq:05d}.log" if e else "setup.log")),
+            log_cap_bytes=int(self.spec.log_cap_mb * 2**20), prune_metric=self.spec.prune.metric,
+            token=self.token(e.id) if e else None,
+            tracked=self.ratchet.list_files(e.commit_sha) if e and e.commit_sha else {},
+            sandbox=self.spec.sandbox, sandbox_writable=list(self.spec.sandbox_writable),
+            sandbox_cache=str(self.target.state_dir / "sandbox-cache"))
+
+    def token(self, exp_id: int) -> str:
+        """Stable per experiment, so a resumed run can find processes that escaped with setsid."""
+        where = hashlib.sha1(str(self.target.root).encode()).hexdigest()[:10]
+        return f"autoresearch-{where}-{self.tag}-{exp_id}"
+
+    def write_results(self, state: RunState) -> None:
+        write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path,
+                          rows=list(state.rows.values()))

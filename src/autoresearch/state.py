@@ -1,0 +1,143 @@
+"""The run in memory: every experiment of one run, with the indexes the loop asks about.
+
+Guarantees:
+- Built once from the ledger when a run opens or resumes (`RunState.load`). After that the
+  loop never reads the ledger back: every change is written through `add` and `update`, which
+  write the ledger first (one transaction each, so a kill -9 loses nothing recorded) and then
+  apply the same values here, in the form a read of the row would give (JSON round-tripped).
+- Every question the loop asks per experiment (the measurements of a tree, the replicate
+  groups, the repeats of a candidate, counts and cost) costs the same at experiment 10,000 as
+  at experiment 10: the indexes are kept up to date on each write, never rebuilt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .experiment import HistoryEntry, Kind, Status
+from .ledger import MEASURED, Experiment, Ledger, Run, as_stored
+from .policies import Sample
+from .summary import best_of
+
+#: statuses that do not count as a run of their tree (the seed of a re-measurement skips them)
+_NOT_RUN = (Status.INVALID, Status.AGENT_ERROR)
+
+
+class RunState:
+    def __init__(self, ledger: Ledger, run: Run, rows: Iterable[Experiment] = ()):
+        self.ledger = ledger
+        self.run = run
+        self.tag = run.tag
+        self.rows: dict[int, Experiment] = {}           # id -> row, oldest first
+        self.trees: dict[str, int] = {}                 # tree -> first experiment with it
+        self._by_tree: dict[str, list[Experiment]] = {}
+        self._repeats: dict[int, list[Experiment]] = {}  # candidate id -> rows measured for it
+        self._measured: dict[str, dict[int, float]] = {}  # tree -> {id: metric} of valid ones
+        self._groups: dict[str, dict[int, float]] = {}    # the trees above with 2+ values
+        self._history: dict[int, HistoryEntry | None] = {}
+        self.next_seq = 1
+        self.cost = 0.0
+        self.incumbent: Experiment | None = None        # the best; the judge moves it
+        self.last_crash: Experiment | None = None       # the latest crash or timeout with a log
+        for e in rows:
+            self._index(e, new=True)
+        self.incumbent = best_of(list(self.rows.values()))
+
+    @classmethod
+    def load(cls, ledger: Ledger, run: Run) -> RunState:
+        return cls(ledger, run, ledger.iter_experiments(run.tag))
+
+    # -- writes (ledger first, then memory) ---------------------------------------------------
+    def add(self, **fields: Any) -> Experiment:
+        e = self.ledger.add_experiment(self.tag, seq=self.next_seq, **fields)
+        self._index(e, new=True)
+        return e
+
+    def update(self, e: Experiment, **fields: Any) -> Experiment:
+        """Write fields to e's row, then to e itself; returns e."""
+        self.ledger.update(e.id, **fields)
+        self._unindex(e)
+        for k, v in as_stored(fields).items():
+            setattr(e, k, v)
+        self._index(e, new=False)
+        return e
+
+    def _unindex(self, e: Experiment) -> None:
+        self.cost -= e.cost_usd
+        if e.tree_sha and e.id in self._measured.get(e.tree_sha, {}):
+            values = self._measured[e.tree_sha]
+            del values[e.id]
+            if len(values) < 2:
+                self._groups.pop(e.tree_sha, None)
+
+    def _index(self, e: Experiment, new: bool) -> None:
+        self.cost += e.cost_usd
+        if new:
+            self.rows[e.id] = e
+            self.next_seq = max(self.next_seq, e.seq + 1)
+            if e.tree_sha:
+                self._by_tree.setdefault(e.tree_sha, []).append(e)
+            if e.candidate_of is not None:
+                self._repeats.setdefault(e.candidate_of, []).append(e)
+        if e.tree_sha and e.tree_sha not in self.trees and e.status != Status.INVALID:
+            self.trees[e.tree_sha] = e.id
+        if e.tree_sha and e.metric is not None and e.status in MEASURED:
+            values = self._measured.setdefault(e.tree_sha, {})
+            values[e.id] = e.metric
+            if len(values) >= 2:
+                self._groups[e.tree_sha] = values
+        if e.status in (Status.CRASH, Status.TIMEOUT) and e.log_path and (
+                self.last_crash is None or e.id >= self.last_crash.id):
+            self.last_crash = e
+        self._history[e.id] = (e.history_entry() if e.status.finished or e.status == Status.PENDING
+                               else None)
+
+    # -- reads (memory only) --------------------------------------------------------------------
+    def get(self, exp_id: int) -> Experiment:
+        return self.rows[exp_id]
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    def measurements(self, tree: str | None) -> list[Experiment]:
+        """Every valid measurement of a tree, oldest first."""
+        if tree is None:
+            return []
+        return [m for m in self._by_tree.get(tree, ())
+                if m.metric is not None and m.status in MEASURED]
+
+    def runs_before(self, tree: str | None, exp_id: int) -> int:
+        """Earlier rows of this tree that ran (its seed offset)."""
+        return sum(1 for m in self._by_tree.get(tree or "", ())
+                   if m.id < exp_id and m.status not in _NOT_RUN)
+
+    def on_tree(self, tree: str | None) -> list[Experiment]:
+        return list(self._by_tree.get(tree or "", ()))
+
+    def repeats_of(self, exp_id: int) -> list[Experiment]:
+        return list(self._repeats.get(exp_id, ()))
+
+    def replicate_groups(self) -> list[list[float]]:
+        return [list(v.values()) for v in self._groups.values()]
+
+    def sample(self, e: Experiment) -> Sample:
+        """Every finite measurement of e's code, and how many of them selected it as the best."""
+        ms = [m for m in self.measurements(e.tree_sha) if math.isfinite(m.metric or math.nan)]
+        selection = 0
+        if e.status == Status.KEEP and e.kind != Kind.BASELINE:
+            selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
+        return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
+
+    def history(self) -> list[HistoryEntry]:
+        """Finished and pending experiments, oldest first (what an agent may know)."""
+        return [h for h in self._history.values() if h is not None]
+
+    def open_rows(self) -> list[Experiment]:
+        """Rows a resumed run must measure again or judge: running, interrupted, pending, and
+        a failed baseline."""
+        return [e for e in self.rows.values() if e.status in (Status.RUNNING, Status.INTERRUPTED,
+                                                              Status.PENDING)
+                or (e.kind == Kind.BASELINE and e.status in (Status.CRASH, Status.TIMEOUT))]
