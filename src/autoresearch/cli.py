@@ -22,7 +22,7 @@ from .agents import Agent, ProposalsExhausted
 from .config import CONFIG_NAME, PROGRAM_NAME, Target, load_target, parse_spec
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
-from .ledger import Ledger
+from .ledger import Ledger, dumps
 from .summary import best_of
 
 console = Console(highlight=False)
@@ -326,7 +326,7 @@ def cmd_status(args) -> int:
     target, ledger, tag = _open_run(args)
     info = run_summary(ledger, tag, target.spec.policy)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(dumps(info, indent=2))
         return 0
     console.print(f"[bold]run {tag}[/] · {info['metric']} ({info['direction']}) · agent {info['agent']} · "
                   f"policy {info['policy']} · branch {info['branch']}")
@@ -355,7 +355,7 @@ def cmd_status(args) -> int:
             t.add_row(str(sl["slot"]), sl["gpu"] or "", f"#{sl['experiment']}" if running else "idle",
                       f"{sl['running_for']:.0f}s" if running else "", (sl["description"] or "")[:60])
         console.print(t)
-    kept = [e for e in ledger.experiments(tag) if e.status == Status.KEEP]
+    kept = ledger.with_status(tag, Status.KEEP)
     if kept:
         console.print(experiments_table(kept, info["metric"], "kept experiments", base))
     return 0
@@ -366,11 +366,9 @@ def cmd_log(args) -> int:
     from .ui import experiments_table
 
     target, ledger, tag = _open_run(args)
-    exps = ledger.experiments(tag)
-    if args.limit:
-        exps = exps[-args.limit:]
+    exps = ledger.tail(tag, args.limit) if args.limit else ledger.experiments(tag)
     if args.json:
-        print(json.dumps([row(e) for e in exps], indent=2))
+        print(dumps([row(e) for e in exps], indent=2))
         return 0
     base = ledger.by_seq(tag, 1)
     console.print(experiments_table(exps, target.spec.metric, f"run {tag}",
@@ -379,65 +377,71 @@ def cmd_log(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .metrics import tail_lines
-    from .ratchet import Ratchet
+    from .summary import experiment_detail
 
     target, ledger, tag = _open_run(args)
-    e = ledger.by_seq(tag, args.id)
-    if e is None:
+    d = experiment_detail(ledger, tag, args.id, target.root, args.lines)
+    if d is None:
         raise AutoresearchError(f"no experiment #{args.id} in run '{tag}' (it has {ledger.count(tag)})")
-    console.print(f"[bold]#{e.seq}[/] {e.description}")
-    console.print(f"  status   {e.status.value}" + (f" — {e.reason}" if e.reason else ""))
-    console.print(f"  {target.spec.metric:<8} {e.metric}")
-    console.print(f"  kind {e.kind}, agent {e.agent}, seed {e.seed}, commit {e.commit_sha}, parent {e.parent}")
-    if e.candidate_of:
-        c = ledger.get(e.candidate_of)
-        console.print(f"  measured for candidate #{c.seq}")
-    if e.wall_time is not None:
-        console.print(f"  wall {e.wall_time:.2f}s, peak memory {e.peak_memory_mb or 0:.0f} MB, exit {e.exit_code}")
-    if e.input_tokens or e.cost_usd:
-        console.print(f"  tokens {e.input_tokens} in / {e.output_tokens} out, ${e.cost_usd:.4f}")
-    if e.metrics:
-        console.print("  metrics  " + ", ".join(f"{k}={v:g}" for k, v in sorted(e.metrics.items())))
-    if e.params:
-        console.print("  params   " + ", ".join(f"{k}={v}" for k, v in e.params.items()))
-    if e.decision:
-        d = e.decision
-        against = f" against best #{d['against']}" if d.get("against") else ""
-        console.print(f"  decision {d.get('verdict')}{against}: {d.get('reason', '')}", markup=False)
-        for title, block in (("evidence", d.get("evidence")), ("estimate", d.get("estimate"))):
+    console.print(f"[bold]#{d['seq']}[/] ", end="")
+    console.print(d["description"], markup=False)
+    console.print(f"  status   {d['status']}" + (f" — {d['reason']}" if d["reason"] else ""),
+                  markup=False)
+    console.print(f"  {target.spec.metric:<8} {d['metric']}", markup=False)
+    console.print(f"  kind {d['kind']}, agent {d['agent']}, seed {d['seed']}, commit {d['commit']}, "
+                  f"parent {d['parent']}", markup=False)
+    if d["candidate_seq"] is not None:
+        console.print(f"  measured for candidate #{d['candidate_seq']}")
+    if d["wall_time"] is not None:
+        console.print(f"  wall {d['wall_time']:.2f}s, peak memory {d['peak_memory_mb'] or 0:.0f} MB, "
+                      f"exit {d['exit_code']}")
+    if d["input_tokens"] or d["cost_usd"]:
+        console.print(f"  tokens {d['input_tokens']} in / {d['output_tokens']} out, "
+                      f"${d['cost_usd']:.4f}")
+    if d["metrics"]:
+        console.print("  metrics  " + ", ".join(f"{k}={v:g}" if isinstance(v, (int, float))
+                                                else f"{k}={v}"
+                                                for k, v in sorted(d["metrics"].items())),
+                      markup=False)
+    if d["params"]:
+        console.print("  params   " + ", ".join(f"{k}={v}" for k, v in d["params"].items()),
+                      markup=False)
+    if d["decision"]:
+        dec = d["decision"]
+        against = f" against best #{dec['against']}" if dec.get("against") else ""
+        console.print(f"  decision {dec.get('verdict')}{against}: {dec.get('reason', '')}", markup=False)
+        for title, block in (("evidence", dec.get("evidence")), ("estimate", dec.get("estimate"))):
             if isinstance(block, dict) and block:
                 console.print(f"  {title:<8} " + ", ".join(
                     f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in block.items()), markup=False)
-    if e.notes:
-        console.print(f"  notes    {e.notes}")
-    repeats = [r for r in ledger.experiments(tag) if r.candidate_of == e.id]
-    if repeats:
-        console.print("  repeats  " + ", ".join(f"#{r.seq}={r.metric}" for r in repeats))
-    if e.commit_sha and e.parent:
-        diff = Ratchet(target.root).diff(e.parent, e.commit_sha)
+    if d["notes"]:
+        console.print(f"  notes    {d['notes']}", markup=False)
+    if d["repeats"]:
+        console.print("  repeats  " + ", ".join(f"#{r['seq']}={r['metric']}" for r in d["repeats"]))
+    if d["diff"] is not None or d["diff_error"]:
         console.print("[bold]diff against its parent[/]")
-        console.print(diff or "(no change)", markup=False)
-    if e.log_path and Path(e.log_path).exists():
-        console.print(f"[bold]log tail[/] ({e.log_path})")
-        for ln in tail_lines(Path(e.log_path), args.lines):
+        console.print(d["diff_error"] or d["diff"] or "(no change)", markup=False)
+    if d["log_tail"]:
+        console.print(f"[bold]log tail[/] ({d['log_path']})", highlight=False)
+        for ln in d["log_tail"]:
             console.print(ln, markup=False)
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from .export import export_lines
 
     target = _target(args)
     ledger = _ledger(target, readonly=True)
     tag = _tag(ledger, args) if args.tag or not args.all else None
-    text = export(ledger, tag, args.format, target.spec)
+    lines = export_lines(ledger, tag, args.format, target.spec, args.limit)
     if args.output:
-        Path(args.output).write_text(text)
+        with open(args.output, "w") as fh:
+            fh.writelines(lines)
         err_console.print(f"wrote {args.output}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.writelines(lines)
     return 0
 
 
@@ -572,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["tsv", "csv", "jsonl"], default="tsv")
     p.add_argument("--tag")
     p.add_argument("--all", action="store_true", help="every run, not only the latest")
+    p.add_argument("--limit", type=int, help="only the last N experiments (of each run)")
     p.add_argument("-o", "--output")
     p.set_defaults(func=cmd_export)
 

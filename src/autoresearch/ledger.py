@@ -402,17 +402,21 @@ class Ledger:
         """Rows with seq > after_seq, oldest first, at most `limit`."""
         return self._select("tag = ? AND seq > ?", (tag, after_seq), limit=limit)
 
+    def page_before(self, tag: str, before_seq: int, limit: int) -> list[Experiment]:
+        """The `limit` rows just before seq `before_seq`, oldest first."""
+        rows = self._select("tag = ? AND seq < ?", (tag, before_seq), order="seq DESC", limit=limit)
+        return rows[::-1]
+
+    def by_seqs(self, tag: str, seqs: Iterable[int]) -> list[Experiment]:
+        seqs = list(seqs)
+        if not seqs:
+            return []
+        return self._select(f"tag = ? AND seq IN ({','.join('?' * len(seqs))})", (tag, *seqs))
+
     def tail(self, tag: str, limit: int) -> list[Experiment]:
         """The last `limit` rows, oldest first."""
         rows = self._select("tag = ?", (tag,), order="seq DESC", limit=limit)
         return rows[::-1]
-
-    def changed_since(self, tag: str, since: float, limit: int | None = None) -> list[Experiment]:
-        """Rows whose state may have changed after `since` (created, started or finished then),
-        or that are still open (running or pending)."""
-        return self._select(
-            "tag = ? AND (created > ? OR started > ? OR finished > ? OR status IN (?, ?))",
-            (tag, since, since, since, Status.RUNNING.value, Status.PENDING.value), limit=limit)
 
     def with_status(self, tag: str, *statuses: Status) -> list[Experiment]:
         marks = ",".join("?" * len(statuses))

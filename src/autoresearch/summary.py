@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from .config import PolicySettings
@@ -92,3 +93,31 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
         "running": ledger.running_seqs(tag),
         "updated": now,
     }
+
+
+def experiment_detail(ledger: Ledger, tag: str, seq: int, root: Path,
+                      log_lines: int) -> dict[str, Any] | None:
+    """One experiment as `show` prints it and the dashboard's drawer shows it: its row, the
+    candidate it was measured for, its repeats, its diff against its parent and its log tail.
+    None when the run has no such experiment."""
+    from .errors import AutoresearchError
+    from .export import row
+    from .metrics import tail_lines
+    from .ratchet import Ratchet
+
+    e = ledger.by_seq(tag, seq)
+    if e is None:
+        return None
+    d = row(e)
+    cand = ledger.get(e.candidate_of) if e.candidate_of is not None else None
+    d["candidate_seq"] = cand.seq if cand is not None else None
+    d["repeats"] = [{"seq": r.seq, "status": r.status.value, "metric": r.metric}
+                    for r in ledger.repeats_of(e.id)]
+    d["diff"] = d["diff_error"] = None
+    if e.commit_sha and e.parent:
+        try:
+            d["diff"] = Ratchet(root).diff(e.parent, e.commit_sha)
+        except AutoresearchError as err:  # a commit gone after a gc, git missing
+            d["diff_error"] = str(err)
+    d["log_tail"] = tail_lines(Path(e.log_path), log_lines) if e.log_path else []
+    return d
