@@ -8,6 +8,8 @@ Every figure is read back from the ledger's started/finished times.
 
 1. Throughput: candidates per second with N slots and an instant agent, over the window from
    the first candidate's start to the last one's end. Target: at least 0.95 x N x one slot's.
+   Under load (`--load 2`, the default: two busy background processes keep the CPUs occupied
+   for the whole measurement) the target for 8 slots is at least 7 x one slot's.
 2. Busy fraction: 4 slots, an agent that takes budget/5 to propose. Busy fraction = the slots'
    busy seconds / (slots x window), the window running from the first candidate's start to the
    last one's start (after that slots go idle because the run is ending, not waiting on the
@@ -31,6 +33,7 @@ from autoresearch.experiment import Proposal
 from autoresearch.ledger import Experiment
 
 THROUGHPUT_TARGET = 0.95   # x N x one slot's throughput
+LOADED_TARGET_8 = 7.0      # x one slot's, 8 slots, with busy background processes
 BUSY_TARGET = 0.95         # fraction of slot time busy with proposals ahead of time
 BUSY_SLOTS = 4
 TOML = """editable = ["value.txt"]
@@ -113,9 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=1.0, help="seconds each experiment sleeps")
     ap.add_argument("--rounds", type=int, default=15, help="experiments per slot")
+    ap.add_argument("--load", type=int, default=2, help="busy background processes (0: none)")
     a = ap.parse_args(argv)
     started = time.time()
     ok = True
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.load)]
+    try:
+        ok = measure(a, ok)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    print(f"\ntotal {time.time() - started:.0f}s")
+    return 0 if ok else 1
+
+
+def measure(a: argparse.Namespace, ok: bool) -> bool:
+    if a.load:
+        print(f"under load: {a.load} busy background process(es)")
 
     print(f"throughput: sleeping evaluator, budget {a.budget:g}s, {a.rounds} experiments per slot")
     print(f"{'slots':>5}  {'exp/s':>7}  {'x one slot':>10}  {'target':>7}  result")
@@ -124,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         thr = throughput(run_loop(InstantAgent(), n, n * a.rounds, a.budget))
         one = one or thr
         ratio = thr / one
-        good = ratio >= THROUGHPUT_TARGET * n
+        target = LOADED_TARGET_8 if a.load and n == 8 else THROUGHPUT_TARGET * n
+        good = ratio >= target
         ok &= good
-        print(f"{n:>5}  {thr:>7.3f}  {ratio:>10.2f}  {THROUGHPUT_TARGET * n:>7.2f}  "
+        print(f"{n:>5}  {thr:>7.3f}  {ratio:>10.2f}  {target:>7.2f}  "
               f"{'PASS' if good else 'FAIL'}")
 
     delay = a.budget / 5
@@ -146,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         good = frac >= target
         ok &= good
         print(f"{label:<42}  {frac:>6.1%}  {target:>7.0%}  {'PASS' if good else 'FAIL'}")
-    print(f"\ntotal {time.time() - started:.0f}s")
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

@@ -135,8 +135,7 @@ def test_ctrl_c_records_the_experiment_as_interrupted_and_resume_finishes_it(tmp
     args = ("run", "--tag", "t", "--agent", f"script:{script}", "--policy", "greedy",
             "--max-experiments", "2")
     proc = ar_popen(root, *args)
-    row = _wait_running(root, 2)
-    time.sleep(0.3)
+    row = _wait_running(root, 2)   # its pid is recorded: the driver is in its loop
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 130, out

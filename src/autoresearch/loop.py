@@ -140,6 +140,7 @@ class Loop:
         finally:
             self.executor.shutdown()
             self.session.close(self.state)
+            self.ratchet.close()
         return self.stopping or "done"
 
     def _dispatch(self) -> None:

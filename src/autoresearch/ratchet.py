@@ -9,11 +9,13 @@ Experiments never touch the user's checkout. A proposal becomes a commit built w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,8 @@ class Ratchet:
         self.subdir = "" if rel == "." else rel
         self.worktrees_dir = self.target_root / STATE_DIR / "worktrees"
         self._tree_cache: dict[str, dict[str, str]] = {}
+        self._cat: subprocess.Popen | None = None   # `git cat-file --batch`, started on first use
+        self._cat_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
@@ -192,24 +196,62 @@ class Ratchet:
             if kind == "blob":
                 files[self._target_rel(path)] = oid
         if len(commit) == 40:
-            if len(self._tree_cache) > 256:
-                self._tree_cache.clear()
-            self._tree_cache[commit] = dict(files)
+            self._remember(commit, files)
         return files
 
+    def _remember(self, commit: str, files: dict[str, str]) -> None:
+        if len(self._tree_cache) > 256:
+            self._tree_cache.clear()
+        self._tree_cache[commit] = dict(files)
+
     def read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
+        """The bytes of these objects, through one long-lived `git cat-file --batch`."""
         oids = list(dict.fromkeys(oids))
         if not oids:
             return {}
-        out = self.git("cat-file", "--batch", input=("\n".join(oids) + "\n").encode(), binary=True)
-        result, pos = {}, 0
+        with self._cat_lock:
+            for attempt in (1, 2):
+                try:
+                    return self._cat_file(oids)
+                except (OSError, ValueError) as e:   # the process died: start another once
+                    self._close_cat()
+                    if attempt == 2:
+                        raise GitError(f"git cat-file failed: {e}") from None
+        raise AssertionError("unreachable")
+
+    def _cat_file(self, oids: list[str]) -> dict[str, bytes]:
+        if self._cat is None or self._cat.poll() is not None:
+            self._cat = subprocess.Popen(["git", *_IDENTITY, "cat-file", "--batch"], cwd=self.repo,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL)
+        proc = self._cat
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(("\n".join(oids) + "\n").encode())
+        proc.stdin.flush()
+        result = {}
         for oid in oids:
-            nl = out.index(b"\n", pos)
-            header = out[pos:nl].split()
+            header = proc.stdout.readline().split()
+            if len(header) != 3:
+                raise GitError(f"git cat-file: no object {oid} in {self.repo}")
             size = int(header[2])
-            result[oid] = out[nl + 1: nl + 1 + size]
-            pos = nl + 1 + size + 1
+            result[oid] = proc.stdout.read(size)
+            proc.stdout.read(1)   # the newline after the contents
         return result
+
+    def _close_cat(self) -> None:
+        if self._cat is not None:
+            with contextlib.suppress(OSError):
+                self._cat.kill()
+            self._cat.wait()
+            for fh in (self._cat.stdin, self._cat.stdout):
+                if fh is not None:
+                    fh.close()
+            self._cat = None
+
+    def close(self) -> None:
+        """End the long-lived git process (it also ends with this process)."""
+        with self._cat_lock:
+            self._close_cat()
 
     def read_files(self, commit: str, paths: Iterable[str]) -> dict[str, str]:
         files = self.list_files(commit)
@@ -251,6 +293,7 @@ class Ratchet:
         Built in a temporary index, so no working tree is touched. Raises GitError when the
         patch does not apply.
         """
+        written: dict[str, str | None] = {}   # target-relative path -> new blob (None: deleted)
         with tempfile.TemporaryDirectory(prefix="ar-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self.git("read-tree", base, env=env)
@@ -259,9 +302,11 @@ class Ratchet:
                 for rel, content in files.items():
                     rp = self._repo_path(rel)
                     if content is None:
+                        written[rel] = None
                         removes.append(rp)
                         continue
                     oid = self.git("hash-object", "-w", "--stdin", input=content)
+                    written[rel] = oid
                     add_lines.append(f"100644 {oid}\t{rp}")
                 if add_lines:
                     self.git("update-index", "--add", "--index-info",
@@ -272,6 +317,12 @@ class Ratchet:
                 self._apply_cached(patch, env)
             tree = self.git("write-tree", env=env)
         sha = self.git("commit-tree", tree, "-p", base, "-F", "-", input=message)
+        if files and not patch and len(base) == 40:   # its file list, without an ls-tree
+            known = self.list_files(base)
+            known.update({rel: oid for rel, oid in written.items() if oid is not None})
+            for rel in [r for r, oid in written.items() if oid is None]:
+                known.pop(rel, None)
+            self._remember(sha, known)
         changed, added, removed = self._numstat(base, sha)
         return CommitResult(sha, changed, tree, added, removed)
 
