@@ -12,6 +12,11 @@ finishes, and reported in ms per experiment over three windows of experiments:
 first (100-200), middle (1,000-1,100) and last (n-100 .. n). Peak RSS is sampled every 5 ms.
 
 Targets: last window / first window <= 1.25; peak RSS <= 150 MB.
+
+Then, on the ledger of that run, the read side: `autoresearch log --limit 50` and `status`
+(their work, in this process; the time of the whole command, interpreter start-up included,
+is printed beside it), and the dashboard served on 127.0.0.1 (each JSON endpoint over HTTP,
+and the size of the first HTML response). Targets: each answer in <= 300 ms; the page <= 500 KB.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from autoresearch.experiment import Proposal, Status  # noqa: E402
 
 RATIO_TARGET = 1.25
 RSS_TARGET_MB = 150.0
+ANSWER_TARGET_MS = 300.0
+PAGE_TARGET_KB = 500.0
 
 
 class InstantAgent(Agent):
@@ -128,7 +135,81 @@ def main() -> int:
               f"{'PASS' if ratio <= RATIO_TARGET else 'FAIL'}")
         print(f"peak_rss_mb: {peak:.1f}  (target <= {RSS_TARGET_MB:g})  "
               f"{'PASS' if peak <= RSS_TARGET_MB else 'FAIL'}")
-        return 0 if ratio <= RATIO_TARGET and peak <= RSS_TARGET_MB else 1
+        ok = ratio <= RATIO_TARGET and peak <= RSS_TARGET_MB
+        loop.ledger.close()
+        ok &= read_side(root, done)
+        return 0 if ok else 1
+
+
+def _best_of(fn, runs: int = 5) -> float:
+    """The fastest of a few runs, ms (the first one also warms the page cache)."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return min(times)
+
+
+def read_side(root: Path, n: int) -> bool:
+    import contextlib
+    import io
+    import subprocess
+    import urllib.request
+
+    import uvicorn
+
+    from autoresearch.cli import main as cli_main
+    from autoresearch.dashboard import create_app
+
+    ok = True
+    print(f"read side at {n} experiments:")
+    for argv in (["log", "--limit", "50"], ["status"], ["log", "--limit", "50", "--json"]):
+        def command(argv=argv):
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert cli_main(["-C", str(root), *argv]) == 0
+        ms = _best_of(command)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "autoresearch.cli", "-C", str(root), *argv],
+                       capture_output=True, check=True)
+        whole = (time.perf_counter() - t0) * 1000
+        good = ms <= ANSWER_TARGET_MS
+        ok &= good
+        print(f"  autoresearch {' '.join(argv)}: {ms:.0f} ms (whole command {whole:.0f} ms)  "
+              f"{'PASS' if good else 'FAIL'}")
+    config = uvicorn.Config(create_app(load_target(root), None), host="127.0.0.1", port=0,
+                            log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    import threading
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for path in ("/api/status", "/api/runs", f"/api/experiments?since={n - 50}",
+                     f"/api/experiments?before={n // 2}", "/api/experiments?seqs=1,2,3",
+                     "/api/experiments?since=0", f"/api/experiments/{n}"):
+            def get(path=path):
+                with urllib.request.urlopen(base + path, timeout=30) as r:
+                    r.read()
+            ms = _best_of(get)
+            good = ms <= ANSWER_TARGET_MS
+            ok &= good
+            print(f"  GET {path}: {ms:.0f} ms  {'PASS' if good else 'FAIL'}")
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(base + "/", timeout=30) as r:
+            size = len(r.read()) / 1024
+        ms = (time.perf_counter() - t0) * 1000
+        good = size <= PAGE_TARGET_KB and ms <= ANSWER_TARGET_MS
+        ok &= good
+        print(f"  GET /: {size:.0f} KB in {ms:.0f} ms  (target <= {PAGE_TARGET_KB:g} KB)  "
+              f"{'PASS' if good else 'FAIL'}")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return ok
 
 
 if __name__ == "__main__":

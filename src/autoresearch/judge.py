@@ -21,7 +21,7 @@
     candidate, rebase    repeat-failed     discard       tell the agent (only while pending)
     any                  interrupted       interrupted   nothing: a resumed run measures it again
 
-`TRANSITIONS` below is that table as data; `Judge.apply` is the only place a judged status is
+`TRANSITIONS` (at the end of this module) is that table as data; `Judge.apply` is the only place a judged status is
 written. The status a finished evaluation reports is read in one function, `evaluation_status`.
 
 Order is crash safety: a kept commit is pinned and its row written before the branch moves; a
@@ -67,32 +67,8 @@ class Event(str, enum.Enum):
 @dataclass(frozen=True)
 class Transition:
     status: Status | None      # None: the status the evaluation reported
-    action: str                # the Judge method that follows the write
+    action: Callable[..., None]  # the Judge method that follows the write
     by_action: bool = False    # the action writes the status itself, after git (keep, rebase)
-
-
-_B, _C, _R, _RB = Kind.BASELINE, Kind.CANDIDATE, Kind.REPEAT, Kind.REBASE
-_JUDGED = {
-    Event.FAILED: Transition(None, "_tell_and_finish"),
-    Event.BROKE_CONSTRAINT: Transition(Status.DISCARD, "_tell_and_finish"),
-    Event.MEASURED: Transition(Status.PENDING, "_decide"),
-    Event.KEEP: Transition(Status.KEEP, "_keep", by_action=True),
-    Event.KEEP_STALE: Transition(Status.REBASED, "_rebase", by_action=True),
-    Event.DISCARD: Transition(Status.DISCARD, "_tell_and_finish"),
-    Event.MORE: Transition(Status.PENDING, "_measure_again"),
-    Event.NO_VERDICT: Transition(Status.DISCARD, "_tell_and_finish"),
-    Event.REPEAT_FAILED: Transition(Status.DISCARD, "_tell_and_finish"),
-}
-TRANSITIONS: dict[tuple[Kind, Event], Transition] = {
-    (_B, Event.FAILED): Transition(None, "_stop_baseline_failed"),
-    (_B, Event.BROKE_CONSTRAINT): Transition(Status.DISCARD, "_stop_baseline_broke"),
-    (_B, Event.MEASURED): Transition(Status.KEEP, "_baseline_kept"),
-    (_R, Event.FAILED): Transition(None, "_repeat_failed"),
-    (_R, Event.BROKE_CONSTRAINT): Transition(Status.CRASH, "_repeat_failed"),
-    (_R, Event.MEASURED): Transition(Status.REPEAT, "_repeat_measured"),
-    **{(k, ev): t for k in (_C, _RB) for ev, t in _JUDGED.items()},
-    **{(k, Event.INTERRUPTED): Transition(Status.INTERRUPTED, "_nothing") for k in Kind},
-}
 
 
 def evaluation_status(res: EvalResult) -> Status | None:
@@ -144,7 +120,7 @@ class Judge:
             raise AssertionError(f"no transition for a {e.kind} on {event}")
         if not t.by_action:
             self.state.update(e, status=t.status or status, **fields)
-        getattr(self, t.action)(e, fields, **(then or {}))
+        t.action(self, e, fields, **(then or {}))
 
     def on_result(self, e: Experiment, res: EvalResult, fields: dict[str, Any]) -> None:
         """A finished evaluation: failed, broke a constraint, or measured."""
@@ -376,3 +352,27 @@ class Judge:
             return None
         return self.policy.estimate(self.state.sample(inc), self.context()).sigma
 
+
+# -- the table (after the class: its actions are the Judge's methods) -----------------------------
+_B, _C, _R, _RB = Kind.BASELINE, Kind.CANDIDATE, Kind.REPEAT, Kind.REBASE
+_JUDGED = {
+    Event.FAILED: Transition(None, Judge._tell_and_finish),
+    Event.BROKE_CONSTRAINT: Transition(Status.DISCARD, Judge._tell_and_finish),
+    Event.MEASURED: Transition(Status.PENDING, Judge._decide),
+    Event.KEEP: Transition(Status.KEEP, Judge._keep, by_action=True),
+    Event.KEEP_STALE: Transition(Status.REBASED, Judge._rebase, by_action=True),
+    Event.DISCARD: Transition(Status.DISCARD, Judge._tell_and_finish),
+    Event.MORE: Transition(Status.PENDING, Judge._measure_again),
+    Event.NO_VERDICT: Transition(Status.DISCARD, Judge._tell_and_finish),
+    Event.REPEAT_FAILED: Transition(Status.DISCARD, Judge._tell_and_finish),
+}
+TRANSITIONS: dict[tuple[Kind, Event], Transition] = {
+    (_B, Event.FAILED): Transition(None, Judge._stop_baseline_failed),
+    (_B, Event.BROKE_CONSTRAINT): Transition(Status.DISCARD, Judge._stop_baseline_broke),
+    (_B, Event.MEASURED): Transition(Status.KEEP, Judge._baseline_kept),
+    (_R, Event.FAILED): Transition(None, Judge._repeat_failed),
+    (_R, Event.BROKE_CONSTRAINT): Transition(Status.CRASH, Judge._repeat_failed),
+    (_R, Event.MEASURED): Transition(Status.REPEAT, Judge._repeat_measured),
+    **{(k, ev): t for k in (_C, _RB) for ev, t in _JUDGED.items()},
+    **{(k, Event.INTERRUPTED): Transition(Status.INTERRUPTED, Judge._nothing) for k in Kind},
+}
