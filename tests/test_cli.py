@@ -185,6 +185,11 @@ def test_export_writes_tsv_csv_and_jsonl(finished_run, tmp_path):
     assert [r["seq"] for r in recs] == [1, 2, 3, 4] and recs[1]["metrics"]["score"] == 4.0
 
 
+def test_a_limit_below_one_is_one_error(finished_run):
+    for cmd in (("log", "--limit", "0"), ("export", "--limit", "-3")):
+        assert "--limit must be at least 1" in _one_error(ar(finished_run, *cmd))
+
+
 def test_plot_writes_a_png(finished_run, tmp_path):
     out = tmp_path / "chart.png"
     ar(finished_run, "plot", "-o", str(out), check=True)

@@ -10,7 +10,13 @@ import pytest
 
 from autoresearch.config import TargetSpec
 from autoresearch.experiment import Status
-from autoresearch.export import export, memory_gb, results_tsv, write_results_tsv
+from autoresearch.export import (
+    append_results_tsv,
+    export,
+    memory_gb,
+    results_tsv,
+    write_results_tsv,
+)
 from autoresearch.ledger import Ledger
 from autoresearch.plot import plot_progress
 
@@ -96,3 +102,20 @@ def test_plot_progress_writes_a_png(ledger, tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 20_000
+
+
+def test_results_tsv_gets_one_line_appended_per_finished_experiment(ledger, tmp_path):
+    path = tmp_path / "results.tsv"
+    exps = ledger.experiments("t")
+    for e in reversed(exps):              # in the order they finish, header first
+        append_results_tsv(e, spec(), path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == results_tsv(ledger, "t", spec()).splitlines()[0]
+    assert sorted(lines[1:]) == sorted(results_tsv(ledger, "t", spec()).splitlines()[1:])
+    write_results_tsv(ledger, "t", spec(), path)   # a resume or the end of a run: seq order
+    assert path.read_text() == results_tsv(ledger, "t", spec())
+
+
+def test_export_limit_gives_the_last_rows(ledger):
+    text = export(ledger, "t", "jsonl", spec(), limit=2)
+    assert [json.loads(ln)["seq"] for ln in text.splitlines()] == [3, 4]

@@ -121,3 +121,31 @@ def test_runs_round_trip(ledger):
     assert ledger.get_run("t").setup_done is True
     assert ledger.get_run("nope") is None
     assert ledger.latest_tag() == "t"
+
+
+def test_add_experiment_returns_the_row_exactly_as_a_read_gives_it(ledger):
+    e = ledger.add_experiment("t", kind="candidate", status=Status.RUNNING, metric=1.5,
+                              metrics={"x": float("inf")}, params={"a": (1, 2)}, description="d")
+    assert e == ledger.get(e.id)    # the loop keeps the returned row and never reads it back
+
+
+def test_pages_are_cut_by_seq_in_sql(ledger):
+    for i in range(25):
+        ledger.add_experiment("t", kind="candidate", status=Status.DISCARD, metric=float(i))
+    ledger.add_experiment("other", kind="candidate", status=Status.DISCARD)
+    assert [e.seq for e in ledger.page("t", after_seq=20)] == [21, 22, 23, 24, 25]
+    assert [e.seq for e in ledger.page("t", after_seq=0, limit=3)] == [1, 2, 3]
+    assert [e.seq for e in ledger.tail("t", 4)] == [22, 23, 24, 25]
+    assert [e.seq for e in ledger.page_before("t", 10, 3)] == [7, 8, 9]
+    assert [e.seq for e in ledger.by_seqs("t", [25, 3, 99])] == [3, 25]
+    assert [e.seq for e in ledger.iter_experiments("t", chunk=7)] == list(range(1, 26))
+    assert ledger.totals("t")["counts"] == {"discard": 25}
+
+
+def test_replicate_groups_are_the_trees_measured_twice_or_more(ledger):
+    for tree, metric, status in [("a", 1.0, Status.KEEP), ("a", 1.2, Status.REPEAT),
+                                 ("b", 2.0, Status.DISCARD), ("c", 3.0, Status.PENDING),
+                                 ("c", 3.5, Status.REPEAT), ("c", None, Status.CRASH),
+                                 ("b", 9.0, Status.INVALID)]:
+        ledger.add_experiment("t", kind="candidate", tree_sha=tree, metric=metric, status=status)
+    assert ledger.replicate_groups("t") == [[1.0, 1.2], [3.0, 3.5]]

@@ -361,10 +361,16 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (got {limit})")
+
+
 def cmd_log(args) -> int:
     from .export import row
     from .ui import experiments_table
 
+    _check_limit(args.limit)
     target, ledger, tag = _open_run(args)
     exps = ledger.tail(tag, args.limit) if args.limit else ledger.experiments(tag)
     if args.json:
@@ -432,6 +438,7 @@ def cmd_show(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_lines
 
+    _check_limit(args.limit)
     target = _target(args)
     ledger = _ledger(target, readonly=True)
     tag = _tag(ledger, args) if args.tag or not args.all else None
