@@ -290,3 +290,10 @@ def test_memory_and_ledger_agree_after_every_transition(h):
     h.judge.on_result(h.driver.queue.pop(), measured(4.0), {})
     for e in h.state.rows.values():
         assert h.ledger.get(e.id) == e
+
+
+def test_a_job_the_executor_lost_is_a_crash_the_agent_hears_about(h):
+    c = h.candidate()
+    h.judge.on_fault(c, "executor error: NodeDied: gone")
+    assert h.row(c).status == Status.CRASH and h.row(c).reason.startswith("executor error")
+    assert h.told[-1].status == Status.CRASH and h.driver.done == [(c.seq, Status.CRASH)]

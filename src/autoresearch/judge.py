@@ -135,6 +135,10 @@ class Judge:
         else:
             self.apply(e, Event.MEASURED, metric=res.metric, reason="measured", **fields)
 
+    def on_fault(self, e: Experiment, reason: str) -> None:
+        """The executor lost the job (a worker died, a node vanished): a crash."""
+        self.apply(e, Event.FAILED, Status.CRASH, reason=reason, finished=time.time(), pid=None)
+
     def context(self) -> PolicyContext:
         return PolicyContext(self.spec.direction, self.spec.policy, self.state.replicate_groups())
 

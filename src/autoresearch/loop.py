@@ -33,11 +33,10 @@ import psutil
 
 from .agents import Agent
 from .config import Target
-from .evaluation import EvalResult
 from .executors import Executor
 from .experiment import Kind, Status
 from .export import append_results_tsv
-from .judge import Judge, RunStopped
+from .judge import Judge, RunStopped, evaluation_status
 from .ledger import Experiment, Ledger
 from .policies import Policy
 from .proposals import LineCounter, Proposals
@@ -205,8 +204,8 @@ class Loop:
             try:
                 res = fut.result()
             except Exception as exc:  # an executor fault: the worker died, the node vanished
-                res = EvalResult(Status.CRASH, f"executor error: {type(exc).__name__}: {exc}", None,
-                                 {}, 0.0, 0.0, None, self.session.job(e).log_path)
+                self.judge.on_fault(e, f"executor error: {type(exc).__name__}: {exc}")
+                continue
             fields = dict(wall_time=res.wall_time, peak_memory_mb=res.peak_memory_mb,
                           exit_code=res.exit_code, log_path=res.log_path, metrics=res.metrics,
                           curve=res.curve or None, started=res.started or e.started,
@@ -237,7 +236,7 @@ class Loop:
                 res = fut.result(timeout=30)
             except Exception:
                 res = None
-            reason = (res.reason if res is not None and res.status == Status.INTERRUPTED
+            reason = (res.reason if res is not None and evaluation_status(res) == Status.INTERRUPTED
                       else "the run stopped before this experiment was judged")
             assert self.state is not None
             self.state.update(e, status=Status.INTERRUPTED, reason=reason, finished=time.time(),
