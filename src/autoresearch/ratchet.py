@@ -83,6 +83,8 @@ class Ratchet:
         self._tree_cache: dict[str, dict[str, str]] = {}
         self._cat: subprocess.Popen | None = None   # `git cat-file --batch`, started on first use
         self._cat_lock = threading.Lock()
+        self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`, likewise
+        self._refs_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
@@ -148,20 +150,46 @@ class Ratchet:
 
     def set_branch(self, tag: str, commit: str, expect: str | None = None) -> None:
         """Point autoresearch/TAG at commit; with `expect`, only if it still points there."""
-        args = ["update-ref", "-m", "autoresearch", self.branch(tag), commit]
-        if expect is not None:
-            args.append(expect)
-        self.git(*args)
+        self.update_refs([(self.branch(tag), commit, expect)])
 
     def pin(self, tag: str, seq: int, commit: str) -> str:
         ref = self.exp_ref(tag, seq)
-        self.git("update-ref", ref, commit)
+        self.update_refs([(ref, commit, None)])
         return ref
 
     def pin_many(self, tag: str, commits: dict[int, str]) -> None:
-        """Pin several experiments in one git process (one transaction of ref updates)."""
-        lines = "".join(f"update {self.exp_ref(tag, seq)} {sha}\n" for seq, sha in commits.items())
-        self.git("update-ref", "--stdin", input=lines)
+        """Pin several experiments in one transaction."""
+        self.update_refs([(self.exp_ref(tag, seq), sha, None) for seq, sha in commits.items()])
+
+    def update_refs(self, updates: list[tuple[str, str, str | None]]) -> None:
+        """(ref, new, expected old or None) as one transaction of one long-lived
+        `git update-ref --stdin`: all of them or none, and no process started per update."""
+        lines = "".join(f"update {ref} {new}{' ' + old if old else ''}\n"
+                        for ref, new, old in updates)
+        with self._refs_lock:
+            if self._refs is None or self._refs.poll() is not None:
+                self._refs = subprocess.Popen(
+                    ["git", *_IDENTITY, "update-ref", "-m", "autoresearch", "--stdin"],
+                    cwd=self.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+            proc = self._refs
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(f"start\n{lines}commit\n")
+                proc.stdin.flush()
+                answers = [proc.stdout.readline(), proc.stdout.readline()]
+            except OSError:
+                answers = []
+            if answers == ["start: ok\n", "commit: ok\n"]:
+                return
+            err = ""
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
+                err = proc.stderr.read() if proc.stderr else ""
+            self._close_proc(proc)
+            self._refs = None
+            why = err.strip().splitlines()[-1] if err.strip() else "the update was refused"
+            raise GitError(f"git update-ref failed: {why}")
 
     def pins(self, tag: str) -> dict[int, str]:
         """seq -> commit of every pinned experiment of a run."""
@@ -240,18 +268,27 @@ class Ratchet:
 
     def _close_cat(self) -> None:
         if self._cat is not None:
-            with contextlib.suppress(OSError):
-                self._cat.kill()
-            self._cat.wait()
-            for fh in (self._cat.stdin, self._cat.stdout):
-                if fh is not None:
-                    fh.close()
+            self._close_proc(self._cat)
             self._cat = None
 
+    @staticmethod
+    def _close_proc(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        for fh in (proc.stdin, proc.stdout, proc.stderr):
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+
     def close(self) -> None:
-        """End the long-lived git process (it also ends with this process)."""
+        """End the long-lived git processes (they also end with this process)."""
         with self._cat_lock:
             self._close_cat()
+        with self._refs_lock:
+            if self._refs is not None:
+                self._close_proc(self._refs)
+                self._refs = None
 
     def read_files(self, commit: str, paths: Iterable[str]) -> dict[str, str]:
         files = self.list_files(commit)
