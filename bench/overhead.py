@@ -221,8 +221,16 @@ def main() -> int:
     ap.add_argument("--bare-runs", type=int, default=100)
     ap.add_argument("--large", action="store_true", help="also on a large repository")
     ap.add_argument("--profile", action="store_true", help="cProfile the loop even when it passes")
+    ap.add_argument("--stat-cache", action="store_true",
+                    help="evaluation's locked/tracked check through lockcheck's stat cache (what "
+                         "evaluation.locked_violations would do if it called it)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    if a.stat_cache:
+        import autoresearch.evaluation as evaluation
+        from autoresearch.lockcheck import PROCESS_HASHES
+        evaluation.locked_violations = PROCESS_HASHES.violations
+        print("evaluation's file checks: through the stat cache (lockcheck.PROCESS_HASHES)")
     ok = True
     with tempfile.TemporaryDirectory(prefix="ar-bench-") as tmp:
         root = Path(tmp) / "small" / "target"
