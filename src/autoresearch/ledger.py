@@ -3,6 +3,12 @@
 Only the driver process writes; other processes (`status`, `log`, the dashboard) read at the
 same time thanks to WAL mode. Each state change is one transaction, so a kill -9 leaves either
 the old or the new row, never half of one. results.tsv and `export` are views of this database.
+
+The connection is private: every query anyone needs is a method here. Writes return or take
+the row's values (`add_experiment` builds the new row in memory), so the loop never reads back
+what it wrote; listings are cut by seq in SQL (`page`, `page_before`, `tail`, `by_seqs`,
+`iter_experiments`), so their cost does not grow with the run. `dumps` is the one JSON encoder
+(columns, exports, `--json` output and the dashboard): inf and NaN become strings.
 """
 
 from __future__ import annotations
