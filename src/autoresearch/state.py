@@ -12,6 +12,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -36,7 +37,8 @@ class RunState:
         self._repeats: dict[int, list[Experiment]] = {}  # candidate id -> rows measured for it
         self._measured: dict[str, dict[int, float]] = {}  # tree -> {id: metric} of valid ones
         self._groups: dict[str, dict[int, float]] = {}    # the trees above with 2+ values
-        self._history: dict[int, HistoryEntry | None] = {}
+        self._history_ids: list[int] = []               # finished or pending, by id
+        self._history: list[HistoryEntry] = []          # their entries, the same order
         self.next_seq = 1
         self.cost = 0.0
         self.incumbent: Experiment | None = None        # the best; the judge moves it
@@ -91,8 +93,21 @@ class RunState:
         if e.status in (Status.CRASH, Status.TIMEOUT) and e.log_path and (
                 self.last_crash is None or e.id >= self.last_crash.id):
             self.last_crash = e
-        self._history[e.id] = (e.history_entry() if e.status.finished or e.status == Status.PENDING
-                               else None)
+        self._note_history(e)
+
+    def _note_history(self, e: Experiment) -> None:
+        """Keep the agents' history (finished and pending rows, by id) without a rebuild."""
+        i = bisect.bisect_left(self._history_ids, e.id)
+        listed = i < len(self._history_ids) and self._history_ids[i] == e.id
+        if e.status.finished or e.status == Status.PENDING:
+            if listed:
+                self._history[i] = e.history_entry()
+            else:
+                self._history_ids.insert(i, e.id)
+                self._history.insert(i, e.history_entry())
+        elif listed:   # back to running (a resumed run measures it again)
+            del self._history_ids[i]
+            del self._history[i]
 
     # -- reads (memory only) --------------------------------------------------------------------
     def get(self, exp_id: int) -> Experiment:
@@ -133,7 +148,7 @@ class RunState:
 
     def history(self) -> list[HistoryEntry]:
         """Finished and pending experiments, oldest first (what an agent may know)."""
-        return [h for h in self._history.values() if h is not None]
+        return list(self._history)
 
     def open_rows(self) -> list[Experiment]:
         """Rows a resumed run must measure again or judge: running, interrupted, pending, and
