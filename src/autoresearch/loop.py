@@ -546,6 +546,9 @@ class Loop:
         dup_of = self.trees.get(cr.tree)
         if dup_of is not None or not cr.changed:
             earlier = self.ledger.get(dup_of) if dup_of else base
+            if proposal.refused:
+                self._refused_duplicate(proposal, base, earlier)
+                return
             self.agent.observe(proposal, Outcome(None, earlier.status, earlier.metric,
                                                  reason="duplicate", duplicate_of=earlier.seq))
             if duplicates + 1 >= MAX_DUPLICATES:
@@ -586,6 +589,19 @@ class Loop:
         self.trees[cr.tree] = e.id
         self.proposals[e.id] = proposal
         self.queue.append(e.id)
+
+    def _refused_duplicate(self, proposal: Proposal, base: Experiment, earlier: Experiment) -> None:
+        """A proposal whose edits to locked files were dropped and whose rest repeats an earlier
+        experiment: refused, so it is an `invalid` row (not a silent duplicate)."""
+        reason = (f"edited file(s) that are not editable (dropped): {', '.join(proposal.refused)}; "
+                  f"the rest repeats experiment #{earlier.seq}")
+        self.consecutive_errors += 1
+        e = record_refused(self.ledger, self.tag, parent=base.commit_sha, agent=self.opt.agent_name,
+                           description=proposal.description, reason=reason, usage=proposal.usage,
+                           notes="; ".join(proposal.notes), log_path=proposal.agent_log)
+        self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
+        self._finished(e)
+        self._check_error_streak(reason)
 
     def _job_stub(self, e: Experiment | None = None, seed: int = 0) -> Job:
         assert self.run is not None
@@ -906,6 +922,18 @@ class Loop:
     def _write_results(self) -> None:
         from .export import write_results_tsv
         write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path)
+
+
+def record_refused(ledger: Ledger, tag: str, *, parent: str | None, agent: str, description: str,
+                   reason: str, usage: Usage | None = None, notes: str = "",
+                   log_path: str | None = None) -> Experiment:
+    """Every refused attempt is a ledger row: an `invalid` candidate that was never run."""
+    usage = usage or Usage()
+    return ledger.add_experiment(
+        tag, kind="candidate", parent=parent, agent=agent, description=description,
+        status=Status.INVALID, reason=reason, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, cost_usd=usage.cost_usd, notes=notes,
+        finished=time.time(), log_path=log_path)
 
 
 def _raise_interrupt(signum, frame):

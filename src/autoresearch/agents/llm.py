@@ -23,7 +23,7 @@ from typing import Any
 from ..config import AgentSettings
 from ..errors import AgentConfigError
 from ..experiment import Proposal, Usage
-from .base import Agent, AgentContext, AgentError
+from .base import Agent, AgentContext, AgentError, save_agent_log
 from .edits import FORMAT_INSTRUCTIONS, apply_edits, parse_reply, retry_message, summarize_change
 from .prompt import build_prompt
 
@@ -85,8 +85,7 @@ class _LLMAgent(Agent):
         prompt = build_prompt(context, max_chars=self.settings.context_chars,
                               history_rows=self.settings.history_rows)
         messages = [{"role": "user", "content": prompt}]
-        log = [f"# {self.name}, experiment #{context.experiment_seq}\n", f"## system\n{SYSTEM_PROMPT}",
-               f"## user\n{prompt}"]
+        log = [f"## system\n{SYSTEM_PROMPT}", f"## user\n{prompt}"]
         try:
             proposal = self._converse(context, messages, Usage(), log)
         except AgentError as e:
@@ -140,12 +139,7 @@ class _LLMAgent(Agent):
 
     def _save(self, context: AgentContext, log: list[str]) -> str | None:
         """Write the transcript to the context's log directory; its path, or None."""
-        if context.log_dir is None:
-            return None
-        context.log_dir.mkdir(parents=True, exist_ok=True)
-        path = context.log_dir / f"agent-{context.experiment_seq}.md"
-        path.write_text("\n".join(log), encoding="utf-8")
-        return str(path)
+        return save_agent_log(context, self.name, "\n".join(log), "md")
 
 
 def _failure_reason(result: Any, problems: list[str]) -> str:
