@@ -371,8 +371,6 @@ def cmd_try(args) -> int:
     if refused:
         ratchet.restore_in_checkout(refused, head)
         refused_reason = f"changes outside the editable files were refused and restored: {', '.join(refused)}"
-        if editable:
-            console.print(f"note: {refused_reason}", markup=False)
         target = _target(args)   # the spec may have been one of them: read the restored one
 
     def refuse(why: str) -> int:
@@ -408,6 +406,8 @@ def cmd_try(args) -> int:
     else:
         ratchet.restore_in_checkout(editable, ratchet.head())
     _print_verdict(ledger, tag, cand, target)
+    if refused:
+        console.print(f"  note: {refused_reason}", markup=False)
     if code:
         return code
     return {Status.KEEP: EXIT_KEEP, Status.DISCARD: EXIT_DISCARD, Status.INVALID: EXIT_INVALID,

@@ -305,6 +305,8 @@ class CodingAgentCLI(Agent):
         finally:
             with self._procs_lock:
                 self._procs.discard(proc)
+        if not killed and self._closed and proc.returncode and proc.returncode < 0:
+            killed = "closed"       # close() killed it between two polls
         for t in threads[:2]:
             t.join(timeout=KILL_GRACE)
         return _Run(None if killed else proc.returncode, "".join(out), "".join(err),
