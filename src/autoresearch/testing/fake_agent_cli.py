@@ -32,7 +32,8 @@ The connectivity check (the prompt starts with "autoresearch connectivity check"
 it answers with the step in `<script>.check.json` when that file exists (e.g. `{"api_error": 401}`
 or `{"retry_forever": true}`), else with OK.
 
-Each prompt received is saved to `<script>.prompts/<n>.txt`, its arguments to `<n>.argv.json`.
+Each prompt received is saved to `<script>.prompts/<n>.txt`, its arguments to `<n>.argv.json`,
+and `<n>.done` is written once its answer was printed.
 To stand in for `claude` or `codex`, put an executable of that name first on PATH that runs this
 module.
 """
@@ -189,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     text = step.get("stdout", "I made the change.")
     if step.get("description"):
         text += f"\n\nDescription: {step['description']}"
-    return _result(mode, step, text, prompt, n, errors)
+    code = _result(mode, step, text, prompt, n, errors)
+    (prompts / f"{n}.done").write_text(str(code))      # the answer was given (and paid for)
+    return code
 
 
 if __name__ == "__main__":
