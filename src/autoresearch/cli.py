@@ -490,7 +490,7 @@ def cmd_status(args) -> int:
         for sl in info["slots"]:
             running = sl["experiment"] is not None
             t.add_row(str(sl["slot"]), sl["gpu"] or "", f"#{sl['experiment']}" if running else "idle",
-                      f"{sl['running_for']:.0f}s" if running else "", (sl["description"] or "")[:60])
+                      f"{sl['running_for']:.0f}s" if running else "", Text((sl["description"] or "")[:60]))
         console.print(t)
     kept = [e for e in ledger.experiments(tag) if e.status == Status.KEEP]
     if kept:
