@@ -125,8 +125,8 @@ def progress_figure(exps: list[Experiment], metric: str, direction: str,
               f"{sum(e.status in (Status.CRASH, Status.TIMEOUT) for e in exps)} crashed")
     ax.set_title(counts, loc="right", fontsize=8, color="#555555", pad=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right" if direction == "minimize" else "lower right", fontsize=8,
-              framealpha=0.9)
+    # below the axes, so that it never hides a point
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=7, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
