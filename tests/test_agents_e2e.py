@@ -224,4 +224,8 @@ def test_aider_history_files_never_show_up_in_the_rows(tmp_path):
     rows = loop(target, f"command:{FAKE_AGENT_CLI} --script {script} --message {{prompt}}", 2)
     shown = run(["show", "2", "--tag", "e2e"], target).stdout
     assert rows[1]["description"] == "double the learning rate"
-    assert "notes" not in shown and "dropped edits" not in shown and ".aider.chat" not in shown
+    notes = next(line for line in shown.splitlines() if line.strip().startswith("notes"))
+    assert "dropped edits" not in shown and ".aider.chat" not in shown
+    # the only note: where the agent's transcript is (proposal 1, not experiment 2)
+    assert notes.split() == ["notes", "agent", "transcript:",
+                             str(target / ".autoresearch/logs/e2e/agent/proposal-0001.log")]

@@ -626,7 +626,9 @@ class Loop:
         added, removed = prepared.added, prepared.removed
         status = Status.INVALID if outside else Status.RUNNING
         reason = (f"changes file(s) outside the editable globs: {', '.join(outside)}" if outside else "")
-        notes = "; ".join(proposal.notes)
+        # log_path becomes the run's log once it runs: the notes keep where the transcript is
+        notes = "; ".join(proposal.notes + ([f"agent transcript: {proposal.agent_log}"]
+                                            if proposal.agent_log else []))
         e = self.ledger.add_experiment(
             self.tag, kind="candidate", parent=base.commit_sha, commit_sha=cr.sha, tree_sha=cr.tree,
             agent=self.opt.agent_name, description=proposal.description, status=status,
