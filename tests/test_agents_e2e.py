@@ -229,3 +229,24 @@ def test_aider_history_files_never_show_up_in_the_rows(tmp_path):
     # the only note: where the agent's transcript is (proposal 1, not experiment 2)
     assert notes.split() == ["notes", "agent", "transcript:",
                              str(target / ".autoresearch/logs/e2e/agent/proposal-0001.log")]
+
+
+def test_a_locked_edit_whose_rest_repeats_an_earlier_experiment_is_an_invalid_row(tmp_path):
+    original = (Path(templates.__file__).parent / "quickstart" / "train.py").read_text()
+    target = quickstart(tmp_path, "max_consecutive_errors = 3\n")
+    env, _ = fake_bin(tmp_path, "claude", [
+        EDIT_GOOD,                                                          # kept: #2
+        {"description": "undo it, and tamper", "write": {"train.py": original,
+                                                          "prepare.py": "# tampered\n"}},
+        EDIT_BAD])
+    # --ahead 0: the second proposal is asked against the kept #2, so undoing it repeats #1
+    r = run(["run", "--agent", "claude", "--max-experiments", "4", "--policy", "greedy", "--ahead",
+             "0", "--budget", "0.5", "--tag", "e2e", "-q"], target, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in
+            run(["export", "--format", "jsonl", "--tag", "e2e"], target).stdout.splitlines()]
+    assert statuses(rows) == ["keep", "keep", "invalid", "discard"]
+    assert rows[2]["description"] == "undo it, and tamper"
+    assert rows[2]["reason"] == ("edited file(s) that are not editable (dropped): prepare.py; "
+                                 "the rest repeats experiment #1")
+    assert "tampered" not in (target / "prepare.py").read_text()

@@ -150,15 +150,17 @@ def test_globs_are_checked_against_the_committed_files(tmp_path):
     assert ar(root, "run", "--tag", "t", "--max-experiments", "1", "--policy", "greedy").returncode == 0
 
 
-def test_init_refuses_a_glob_that_matches_nothing(tmp_path):
+def test_init_notes_a_glob_that_matches_nothing_and_run_refuses_it(tmp_path):
     root = tmp_path / "t"
     root.mkdir()
     git(root, "init", "-q")
     (root / "train.py").write_text("x = 1\n")
-    msg = _one_error(ar(root, "init", "--editable", "trainn.py", "--run", "python train.py",
-                        "--metric", "loss"))
-    assert "did you mean 'train.py'?" in msg
-    assert not (root / "autoresearch.toml").exists()
+    p = ar(root, "init", "--editable", "trainn.py", "--run", "python train.py", "--metric", "loss")
+    assert p.returncode == 0, p.stderr
+    assert "note: editable glob 'trainn.py' matches no file" in p.stdout
+    assert "did you mean 'train.py'?" in p.stdout
+    commit_all(root, "target")
+    assert "did you mean 'train.py'?" in _one_error(ar(root, "run", "--tag", "t"))
 
 
 def test_check_globs_directly(tmp_path):

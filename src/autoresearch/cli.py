@@ -144,7 +144,11 @@ def cmd_init(args) -> int:
     if args.timeout:
         data["timeout"] = args.timeout
     spec = parse_spec(data, cfg)
-    check_globs(spec, dest, cfg)
+    try:       # files may come after the toml: a note now, refused when a run starts
+        check_globs(spec, dest, cfg)
+        glob_note = None
+    except ConfigError as e:
+        glob_note = str(e).replace(f"{cfg}: ", "", 1)
     lines = ["# autoresearch target: see the README's autoresearch.toml reference for every key"]
     for key in ("editable", "locked", "run", "evaluate", "metric", "direction", "budget", "timeout"):
         if key in data:
@@ -154,6 +158,9 @@ def cmd_init(args) -> int:
     if not prog.exists() or args.force:
         prog.write_text(program_md(spec, dest.name))
     console.print(f"[green]✓[/] wrote {_e(cfg)} and {_e(prog)}")
+    if glob_note:
+        console.print(f"[yellow]note[/]: {_e(glob_note)} (a run refuses it until the file is "
+                      f"committed)")
     console.print(f"  next: commit them ([bold]git add {CONFIG_NAME} {PROGRAM_NAME} && git commit -m "
                   f"autoresearch[/]), then [bold]autoresearch run[/]")
     return 0
