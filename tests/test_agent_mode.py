@@ -103,6 +103,7 @@ def test_changes_to_other_tracked_files_are_refused_and_restored(started):
     refused = rows[-1]
     assert refused["description"] == "only the readme" and "README.md" in refused["reason"]
     assert refused["commit"] in (None, "")
+    assert (root / "results.tsv").read_text().splitlines()[-1].endswith("\tinvalid\tonly the readme")
 
     # with an editable change alongside, only the editable change is tried
     (root / "README.md").write_text("again\n")

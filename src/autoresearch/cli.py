@@ -381,8 +381,11 @@ def cmd_try(args) -> int:
         target = _target(args)   # the spec may have been one of them: read the restored one
 
     def refuse(why: str) -> int:
+        from .export import write_results_tsv
+
         e = record_refused(ledger, tag, parent=head, agent="coding-agent", description=args.message,
                            reason=refused_reason + why)
+        write_results_tsv(ledger, tag, target.spec, target.results_path)
         console.print(Text.assemble(("invalid", "magenta"), f" #{e.seq}: {e.reason}"))
         return EXIT_INVALID
 
