@@ -451,7 +451,7 @@ class Loop:
                         status=Status.AGENT_ERROR, reason=f"{why}; dropped ({detail})",
                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                         cost_usd=usage.cost_usd, finished=time.time(),
-                        log_path=getattr(error, "agent_log", None) or (
+                        log_path=(error.agent_log if isinstance(error, AgentError) else None) or (
                             prepared.proposal.agent_log if prepared else None))
             except AutoresearchError:
                 continue                 # a stopping run must not fail on its bookkeeping

@@ -138,6 +138,7 @@ class _LLMAgent(Agent):
                           f"max_tokens; the server said: {message}")
 
     example_model = "MODEL"
+    _client: Any = None       # the SDK client, set by each API's constructor
 
     def _complete(self, system: str, messages: list[dict[str, str]]) -> _Answer:
         raise NotImplementedError
@@ -215,9 +216,8 @@ class _LLMAgent(Agent):
 
     def close(self) -> None:
         """Close the HTTP client: a request still on its way ends at once (the run stopped)."""
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
+        if self._client is not None:
+            self._client.close()
 
     def _save(self, context: AgentContext, log: list[str]) -> str | None:
         """Write the transcript to the context's log directory; its path, or None."""
@@ -336,8 +336,7 @@ class OpenAIAgent(_LLMAgent):
             return None
         except self._sdk.OpenAIError as e:
             raise _transport_error(self._sdk, e, self._where, self.settings, self) from None
-        return _context_of(self.model, [m.model_dump() if hasattr(m, "model_dump") else dict(m)
-                                        for m in getattr(page, "data", [])])
+        return _context_of(self.model, [m.model_dump() for m in page.data])
 
     def _complete(self, system: str, messages: list[dict[str, str]]) -> _Answer:
         kwargs: dict[str, Any] = {}
@@ -397,8 +396,7 @@ class AnthropicAgent(_LLMAgent):
             return None
         except self._sdk.AnthropicError as e:
             raise _transport_error(self._sdk, e, self._where, self.settings, self) from None
-        return _context_of(self.model, [m.model_dump() if hasattr(m, "model_dump") else dict(m)
-                                        for m in getattr(page, "data", [])])
+        return _context_of(self.model, [m.model_dump() for m in page.data])
 
     def _complete(self, system: str, messages: list[dict[str, str]]) -> _Answer:
         kwargs: dict[str, Any] = {}
