@@ -39,12 +39,12 @@ from .export import append_results_tsv
 from .judge import Judge, RunStopped, evaluation_status
 from .ledger import Experiment, Ledger
 from .policies import Policy
-from .proposals import LineCounter, Proposals
+from .proposals import LineCounter, Proposals, record_refused
 from .ratchet import Ratchet
 from .session import Session
 from .state import RunState
 
-__all__ = ["Loop", "LoopOptions", "RunStopped"]
+__all__ = ["Loop", "LoopOptions", "RunStopped", "record_refused"]
 
 
 @dataclass
@@ -135,6 +135,8 @@ class Loop:
             finally:
                 if threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, old_term)
+                if self.proposals is not None:
+                    self.proposals.record_dropped()
                 self.ledger.clear_slots(self.tag)
         finally:
             self.executor.shutdown()
@@ -253,7 +255,9 @@ class Loop:
         return self.opt.max_experiments is None or self.state.count < self.opt.max_experiments
 
     def total_cost(self) -> float:
-        return self.state.cost if self.state is not None else 0.0
+        """What the agent has cost: every row, and proposals ready but not taken yet."""
+        ready = self.proposals.ready_cost() if self.proposals is not None else 0.0
+        return (self.state.cost if self.state is not None else 0.0) + ready
 
     def _check_limits(self) -> None:
         assert self.proposals is not None

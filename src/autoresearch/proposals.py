@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from .agents import Agent, AgentContext, AgentError, ProposalsExhausted
 from .errors import AutoresearchError, GitError
 from .experiment import Kind, Outcome, Proposal, Status, Usage
 from .judge import Judge, RunStopped
-from .ledger import Experiment
+from .ledger import Experiment, Ledger
 from .metrics import tail_lines
 from .ratchet import CommitResult, Ratchet
 from .session import Session
@@ -234,7 +234,11 @@ class Proposals:
             return
         dup_of = self.state.trees.get(cr.tree)
         if dup_of is not None or not cr.changed:
-            self._duplicate(proposal, base, self.state.get(dup_of) if dup_of else base, duplicates)
+            earlier = self.state.get(dup_of) if dup_of else base
+            if proposal.refused:
+                self._refused_duplicate(proposal, base, earlier)
+            else:
+                self._duplicate(proposal, base, earlier, duplicates)
             return
         outside = [p for p in cr.changed if not self.session.editable(p)]
         # an agent that only ever breaks the rules must stop too
@@ -247,7 +251,7 @@ class Proposals:
             params=proposal.params, seed=self.session.seed, diff_added=cr.added,
             diff_removed=cr.removed, code_lines=prepared.lines,
             input_tokens=proposal.usage.input_tokens, output_tokens=proposal.usage.output_tokens,
-            cost_usd=proposal.usage.cost_usd, notes="; ".join(proposal.notes),
+            cost_usd=proposal.usage.cost_usd, notes=_notes(proposal),
             log_path=proposal.agent_log, finished=time.time() if outside else None)
         self.ratchet.pin(self.tag, e.seq, cr.sha)
         if outside:
@@ -257,6 +261,76 @@ class Proposals:
             return
         self.judge.proposals[e.id] = proposal
         self.enqueue(e)
+
+    def _refused_duplicate(self, proposal: Proposal, base: Experiment,
+                           earlier: Experiment) -> None:
+        """A proposal whose edits to locked files were dropped and whose rest repeats an earlier
+        experiment: refused, so it is an `invalid` row (not a silent duplicate)."""
+        reason = (f"edited file(s) that are not editable (dropped): {', '.join(proposal.refused)}; "
+                  f"the rest repeats experiment #{earlier.seq}")
+        self.consecutive_errors += 1
+        e = self.state.add(**refused_row(parent=base.commit_sha, agent=self.session.agent_name,
+                                         description=proposal.description, reason=reason,
+                                         usage=proposal.usage, notes="; ".join(proposal.notes),
+                                         log_path=proposal.agent_log))
+        self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
+        self.finished(e)
+        self._check_error_streak(reason)
+
+    # -- proposals made ahead of time when the run stops --------------------------------------
+    def ready_cost(self) -> float:
+        """What proposals made ahead of time, ready but not taken yet, have cost."""
+        return sum(_usage_of(p).cost_usd for p in self.pending if p.future.done())
+
+    def record_dropped(self) -> None:
+        """Every paid proposal is counted: those made ahead of time and dropped when the run
+        stops become rows with their usage. A ready proposal with a commit is an `interrupted`
+        candidate (pinned; a resumed run measures it); one still being made is stopped (close)
+        and, when it cost something, recorded as an `agent-error` row."""
+        if not self.pending:
+            return
+        pending, self.pending = list(self.pending), deque()
+        if any(not p.future.done() for p in pending):
+            self.agent.close()           # a CLI agent's running call is killed, not orphaned
+            wait([p.future for p in pending], timeout=8)   # a killed CLI answers within its grace
+        for p in pending:
+            usage = _usage_of(p)
+            if not (usage.cost_usd or usage.input_tokens or usage.output_tokens):
+                continue                 # an offline agent's proposal cost nothing
+            prepared = p.future.result() if p.future.done() and not p.future.exception() else None
+            cr = prepared.commit if prepared else None
+            why = "proposed ahead of time; the run stopped before it was measured"
+            try:
+                if (prepared is not None and cr is not None and cr.changed
+                        and cr.tree not in self.state.trees
+                        and all(self.session.editable(f) for f in cr.changed)):
+                    e = self.state.add(
+                        kind=Kind.CANDIDATE, parent=p.base.commit_sha, commit_sha=cr.sha,
+                        tree_sha=cr.tree, agent=self.session.agent_name,
+                        description=prepared.proposal.description, status=Status.INTERRUPTED,
+                        reason=why + " (a resumed run measures it)",
+                        params=prepared.proposal.params, seed=self.session.seed,
+                        diff_added=cr.added, diff_removed=cr.removed, code_lines=prepared.lines,
+                        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                        cost_usd=usage.cost_usd, notes=_notes(prepared.proposal),
+                        log_path=prepared.proposal.agent_log, finished=time.time())
+                    self.ratchet.pin(self.tag, e.seq, cr.sha)
+                else:
+                    error = p.future.exception() if p.future.done() else None
+                    detail = (error.reason if isinstance(error, AgentError) else
+                              "still being made" if not p.future.done() else "not usable")
+                    e = self.state.add(
+                        kind=Kind.CANDIDATE, parent=p.base.commit_sha,
+                        agent=self.session.agent_name,
+                        description=prepared.proposal.description if prepared else "(no proposal)",
+                        status=Status.AGENT_ERROR, reason=f"{why}; dropped ({detail})",
+                        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                        cost_usd=usage.cost_usd, finished=time.time(),
+                        log_path=(error.agent_log if isinstance(error, AgentError) else None) or (
+                            prepared.proposal.agent_log if prepared else None))
+            except AutoresearchError:
+                continue                 # a stopping run must not fail on its bookkeeping
+            self.finished(e)
 
     def _duplicate(self, proposal: Proposal, base: Experiment, earlier: Experiment,
                    duplicates: int) -> None:
@@ -273,3 +347,35 @@ class Proposals:
         retry = self._ask()
         retry.future.exception()  # wait: a duplicate must not take a slot's turn
         self.take(duplicates + 1, retry)
+
+
+def _notes(proposal: Proposal) -> str:
+    # log_path becomes the run's log once it runs: the notes keep where the transcript is
+    return "; ".join(proposal.notes + ([f"agent transcript: {proposal.agent_log}"]
+                                       if proposal.agent_log else []))
+
+
+def _usage_of(pending: _Pending) -> Usage:
+    """What a proposal on its way has cost so far: its proposal's usage, or its error's."""
+    if not pending.future.done():
+        return Usage()
+    error = pending.future.exception()
+    if error is None:
+        return pending.future.result().proposal.usage
+    return error.usage if isinstance(error, AgentError) else Usage()
+
+
+def refused_row(*, parent: str | None, agent: str, description: str, reason: str,
+                usage: Usage | None = None, notes: str = "",
+                log_path: str | None = None) -> dict:
+    """The fields of a refused attempt's row: an `invalid` candidate that was never run."""
+    usage = usage or Usage()
+    return dict(kind=Kind.CANDIDATE, parent=parent, agent=agent, description=description,
+                status=Status.INVALID, reason=reason, input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens, cost_usd=usage.cost_usd, notes=notes,
+                finished=time.time(), log_path=log_path)
+
+
+def record_refused(ledger: Ledger, tag: str, **fields) -> Experiment:
+    """Every refused attempt is a ledger row (for `try`, outside a loop): see refused_row."""
+    return ledger.add_experiment(tag, **refused_row(**fields))

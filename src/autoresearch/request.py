@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agents import Agent
-from .config import Target
+from .config import Target, check_globs
 from .errors import ConfigError
 from .globs import matches
 from .ledger import Ledger
@@ -68,17 +68,20 @@ class RunRequest:
 
         self.check()   # flags first: bad input must not leave anything behind
         ratchet = Ratchet(target.root)
+        base = ratchet.branch_commit(self.tag) or ratchet.head()
+        check_globs(target.spec, target.root, target.config_path,
+                    files=list(ratchet.list_files(base)))
         ledger = Ledger(target.state_dir / "ledger.db")
         run = ledger.get_run(self.tag)
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
         name = agent_name or self.agent or (run.agent if run and run.agent else "optuna")
         if agent is None:
-            base = ratchet.branch_commit(self.tag) or ratchet.head()
             spec = target.spec
             editable = [p for p in ratchet.list_files(base)
                         if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
             agent = make_agent(name, target, files=ratchet.read_files(base, editable),
                                seed=self.seed)
+            agent.check()   # fail fast: an unreachable endpoint or a rejected key is one line
         gpus = [g.strip() for g in self.gpus.split(",")] if self.gpus else None
         if self.executor == "ray":
             try:
