@@ -50,12 +50,13 @@ class IsolationError(RuntimeError):
 
 
 def sandbox_argv(argv: list[str], *, chdir: str, readable: list[str] = (),
-                 writable: list[str] = (), env: dict[str, str] | None = None,
-                 mount_proc: bool = True) -> list[str] | None:
+                 writable: list[str] = (), hidden: list[str] = (),
+                 env: dict[str, str] | None = None, mount_proc: bool = True) -> list[str] | None:
     """A bubblewrap command line that runs `argv` sandboxed, or None without bubblewrap.
 
     The root is bound read-only; `readable` paths are bound read-only again after the private
-    `/tmp` is mounted (so paths under /tmp stay visible), `writable` ones read-write. The
+    `/tmp` is mounted (so paths under /tmp stay visible), `writable` ones read-write, and
+    `hidden` directories are covered by an empty tmpfs (the answers an evaluator keeps). The
     environment is cleared and set to `env`. `mount_proc=False` binds the current /proc instead
     of mounting a new one: needed inside another sandbox, whose /proc (with read-only parts
     mounted over it) the kernel refuses to mount again; processes outside that outer sandbox
@@ -71,6 +72,9 @@ def sandbox_argv(argv: list[str], *, chdir: str, readable: list[str] = (),
             "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv"]
     for node in sorted(Path("/dev").glob("nvidia*")):
         args += ["--dev-bind", str(node), str(node)]
+    for path in hidden:
+        if os.path.isdir(path):
+            args += ["--tmpfs", str(path)]
     for path in readable:
         args += ["--ro-bind", str(path), str(path)]
     for path in writable:
@@ -119,7 +123,8 @@ class ModelProcess:
     from an integer tensor of inputs to a float tensor of outputs.
 
     `loader` is "module:function", imported with `workdir` first on sys.path. `out_capacity` is
-    the most float32 values one call may return. Use as a context manager; `call(inputs)` returns
+    the most float32 values one call may return. `hidden` directories (say, where the evaluator
+    keeps its answers) are empty inside the sandbox. Use as a context manager; `call(inputs)` returns
     a read-only numpy view of the outputs valid until the next call.
     """
 
@@ -127,12 +132,14 @@ class ModelProcess:
                  out_capacity: int, options: dict[str, Any] | None = None,
                  log_path: Path | str | None = None, timeout: float = 1800.0,
                  sandbox: bool = True, env: dict[str, str] | None = None,
-                 readable: list[str] = (), python: str | None = None):
+                 readable: list[str] = (), hidden: list[str] = (),
+                 python: str | None = None):
         self.loader, self.workdir = loader, Path(workdir).resolve()
         self.device, self.out_capacity = device, int(out_capacity)
         self.options, self.timeout = dict(options or {}), timeout
         self.log_path = Path(log_path) if log_path else self.workdir / "isolate_host.log"
         self.sandbox, self.env, self.readable = sandbox, dict(env or {}), list(readable)
+        self.hidden = list(hidden)
         self.python = python or sys.executable
         self.proc: subprocess.Popen | None = None
         self.sandboxed = False
@@ -212,7 +219,7 @@ class ModelProcess:
         readable = [str(self.workdir), os.path.dirname(os.path.abspath(__file__)),
                     *self.readable]
         cmd = sandbox_argv(argv, chdir=str(self.workdir), readable=readable, env=env,
-                           mount_proc=mount_proc)
+                           hidden=self.hidden, mount_proc=mount_proc)
         if cmd is None:
             warnings.warn("bubblewrap (bwrap) is not installed: the model runs in a plain "
                           "isolated subprocess, which does not confine its filesystem; "

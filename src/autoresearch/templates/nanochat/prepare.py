@@ -928,7 +928,8 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
         env["OMP_NUM_THREADS"] = str(max(1, profile.threads // 2))
     hosts = [ModelProcess("prepare:isolated_model", workdir, device=profile.device,
                           out_capacity=B * T * vocab, log_path=workdir / TRAIN_LOG,
-                          sandbox=sandbox, env=env) for _ in range(2)]
+                          sandbox=sandbox, env=env, hidden=[str(cache_root())])
+             for _ in range(2)]
     chunks = [[q[k:k + B] for k in range(0, len(q), B)] for q in queues]
     try:
         for h in hosts:

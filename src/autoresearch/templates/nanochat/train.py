@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from prepare import (  # noqa: E402
-    DEVICE, MAX_SEQ_LEN, PROFILE, Tokenizer, make_dataloader, peak_memory_mb, time_budget,
+    DEVICE,
+    MAX_SEQ_LEN,
+    PROFILE,
+    Tokenizer,
+    make_dataloader,
+    peak_memory_mb,
+    time_budget,
 )
 
 # ---------------------------------------------------------------------------
