@@ -443,3 +443,38 @@ def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
     assert metrics[0] < 0.8 * uniform, (metrics, uniform)
     assert metrics[1] > 0.1 and metrics[1] != 0.001
     print(f"end-to-end run took {took:.0f}s; val_bpb {metrics}, uniform {uniform:.3f}")
+
+
+# --- compilation --------------------------------------------------------------------------------
+
+GRAPH_PROBE = """
+import json, torch, torch._dynamo as dynamo
+import train
+cfg = train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=4, n_head=2, n_kv_head=2,
+                      n_embd=64, window_pattern="SSSL")
+model = train.GPT(cfg)
+model.init_weights()
+x = torch.randint(0, 256, (2, 64))
+explained = dynamo.explain(model)(x)
+compiles = []
+def backend(gm, example_inputs):
+    compiles.append(len(gm.graph.nodes))
+    return gm.forward
+dynamo.reset()
+fwd = torch.compile(model, backend=backend, dynamic=False)
+for seed in range(4):  # warm-up, then new data of the same shape
+    fwd(torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(seed)))
+print(json.dumps({"graphs": explained.graph_count, "breaks": explained.graph_break_count,
+                  "reasons": [str(b.reason) for b in explained.break_reasons],
+                  "compiles": len(compiles), "windows": model.windows}))
+"""
+
+
+def test_compiled_forward_has_one_graph_no_breaks_and_no_recompiles(tmp_path):
+    work = _copy_template(tmp_path / "work")
+    r = _run(["-c", GRAPH_PROBE], work, _env(tmp_path / "cache"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["windows"] == [32, 32, 32, 64]  # three windowed layers and a full one
+    assert (got["graphs"], got["breaks"], got["reasons"]) == (1, 0, [])
+    assert got["compiles"] == 1
