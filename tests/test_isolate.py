@@ -93,7 +93,8 @@ def test_sandboxed_host_has_no_network_no_writes_and_cannot_see_hidden_dirs(work
                           hidden=[str(secret_dir)]) as host:
             assert host.sandboxed
             out = host.call(np.zeros((1, 1), dtype=np.int32)).ravel().tolist()
-        seen = dict(zip(sorted(["uid", "loopback", "answers", "host_tmp", "wrote"]), out))
+        keys = sorted(["uid", "loopback", "answers", "host_tmp", "wrote"])
+        seen = dict(zip(keys, out, strict=True))
         assert seen == {"uid": 65534, "loopback": 0, "answers": 0, "host_tmp": 1, "wrote": 0}
         assert not (workdir / "planted.py").exists()
     finally:
@@ -155,12 +156,12 @@ def test_sandbox_argv_drops_privileges_and_binds_gpu_nodes_present():
 def test_isolate_works_from_inside_another_unprivileged_sandbox(workdir):
     """The evaluate step may itself run under bubblewrap as nobody: the nested host starts."""
     src = Path(isolate.__file__).parent.parent
-    script = ("import sys, numpy as np; sys.path.insert(0, %r)\n"
-              "from autoresearch.isolate import ModelProcess\n"
-              "with ModelProcess('hostloader:load', %r, out_capacity=100,"
-              " log_path='/tmp/host.log') as h:\n"
-              "    print('sandboxed', h.sandboxed, h.call(np.ones((1, 2), dtype=np.int32))"
-              ".ravel().tolist())\n") % (str(src), str(workdir))
+    script = (f"import sys, numpy as np; sys.path.insert(0, {str(src)!r})\n"
+              f"from autoresearch.isolate import ModelProcess\n"
+              f"with ModelProcess('hostloader:load', {str(workdir)!r}, out_capacity=100,"
+              f" log_path='/tmp/host.log') as h:\n"
+              f"    print('sandboxed', h.sandboxed, h.call(np.ones((1, 2), dtype=np.int32))"
+              f".ravel().tolist())\n")
     outer = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
              "--tmpfs", "/tmp", "--ro-bind", str(workdir), str(workdir), "--unshare-all",
              "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",

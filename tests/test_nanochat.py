@@ -478,3 +478,28 @@ def test_compiled_forward_has_one_graph_no_breaks_and_no_recompiles(tmp_path):
     assert got["windows"] == [32, 32, 32, 64]  # three windowed layers and a full one
     assert (got["graphs"], got["breaks"], got["reasons"]) == (1, 0, [])
     assert got["compiles"] == 1
+
+
+# --- the GPU check's CPU dry run ----------------------------------------------------------------
+
+
+def test_gpu_check_dry_run_reports_every_figure(tmp_path):
+    script = Path(autoresearch.__file__).parents[2] / "bench" / "gpu_check.py"
+    if not script.exists():
+        pytest.skip("bench/ is not shipped with the installed package")
+    out = tmp_path / "dry.json"
+    r = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(out),
+                        "--workdir", str(tmp_path / "w")], capture_output=True, text=True,
+                       timeout=600, env=_env(tmp_path / "unused"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["mode"] == "dry-run" and result["data"] == "offline"
+    assert result["preflight"]["graph_breaks"] == 0 and result["preflight"]["profile"] == "cpu"
+    figures = {c["figure"]: c for c in result["checks"]}
+    assert set(figures) == {"tokens/s (steady)", "MFU %", "peak VRAM MB", "steps",
+                            "graph breaks", "evaluate wall s", "val_bpb"}
+    assert all(c["verdict"] == "INFO" for c in figures.values())  # no GPU: nothing judged
+    assert figures["val_bpb"]["value"] == result["evaluate"]["val_bpb"] > 0
+    assert result["train"]["num_steps"] > 10 and result["evaluate_wall_seconds"] > 0
+    assert "versions" in result and result["versions"]["torch"]
+    assert "PASS: figures written to" in r.stdout

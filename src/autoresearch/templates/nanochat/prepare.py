@@ -156,13 +156,18 @@ def make_profile(name: str) -> Profile:
                            _rows_for_memory(gib), 8, _peak_flops(dev), 0,
                            f"{where}: {dtype}, SDPA with precomputed window masks")
         rows = _rows_for_memory(gib)
+        # AUTORESEARCH_NANOCHAT_ATTENTION=sdpa: masked SDPA for the windows where flex fails
+        attn = os.environ.get("AUTORESEARCH_NANOCHAT_ATTENTION", "").strip().lower() or "flex"
+        if attn not in ("flex", "sdpa"):
+            sys.exit(f"AUTORESEARCH_NANOCHAT_ATTENTION={attn!r}: choose flex or sdpa")
+        how = ("flex attention for windows" if attn == "flex" else "SDPA with window masks")
         if name == "h100":
-            return Profile(name, scale, "cuda", "bfloat16", "flex", True, max(rows, 64), 32,
+            return Profile(name, scale, "cuda", "bfloat16", attn, True, max(rows, 64), 32,
                            _peak_flops(dev) or 989.5e12, 0,
-                           f"{where}: bf16, flex attention for windows, SDPA for full layers")
-        return Profile(name, scale, "cuda", "bfloat16", "flex", True, rows, 8, _peak_flops(dev),
-                       0, f"{where}: bf16, flex attention, {rows} rows per micro-step with "
-                          f"gradient accumulation")
+                           f"{where}: bf16, {how}, SDPA for full layers")
+        return Profile(name, scale, "cuda", "bfloat16", attn, True, rows, 8, _peak_flops(dev),
+                       0, f"{where}: bf16, {how}, {rows} rows per micro-step with gradient "
+                          f"accumulation")
     if name == "mps":
         return Profile(name, SCALES["mps"], "mps", "float32", "sdpa", False, 32, 16, 0.0, 0,
                        "Apple silicon: float32, SDPA, eager")
@@ -896,8 +901,11 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
     """Score `rows` through two isolated model hosts; returns the figures. `tables` are the
     bytes per token by the original's rule (the metric) and the true bytes."""
     import numpy as np
-
-    from autoresearch.isolate import IsolationError, ModelProcess
+    try:
+        from autoresearch.isolate import IsolationError, ModelProcess
+    except ImportError:
+        raise EvalFailure(f"autoresearch.isolate is not importable by {sys.executable}: "
+                          f"install autoresearch into it (or set PYTHONPATH to its src)") from None
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     n, T = rows.shape[0], rows.shape[1] - 1
     half = rng.permutation(n) % 2                            # host of each scored row
