@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -142,7 +142,15 @@ def _cpu_threads() -> tuple[int, str]:
 
 
 def make_profile(name: str) -> Profile:
-    """The profile called `name`, sized for this machine's device."""
+    """The profile called `name`, sized for this machine's device. With
+    AUTORESEARCH_NANOCHAT_COMPILE=0 nothing is compiled (the evaluator's model hosts)."""
+    profile = _make_profile(name)
+    if os.environ.get("AUTORESEARCH_NANOCHAT_COMPILE", "").strip() == "0":
+        profile = replace(profile, compile=False)
+    return profile
+
+
+def _make_profile(name: str) -> Profile:
     if name in ("h100", "consumer", "legacy"):
         props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
         gib = props.total_memory / 2**30 if props else 80.0
@@ -931,7 +939,9 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
     prints: dict = {}
     total_nats, total_bytes, total_raw = 0.0, 0, 0
     B = profile.eval_batch
-    env = {"AUTORESEARCH_NANOCHAT_PROFILE": profile.name}
+    # eager, with SDPA for the windows too: cheaper than compiling a fresh process's forward
+    env = {"AUTORESEARCH_NANOCHAT_PROFILE": profile.name, "AUTORESEARCH_NANOCHAT_COMPILE": "0",
+           "AUTORESEARCH_NANOCHAT_ATTENTION": "sdpa"}
     if profile.threads:
         env["OMP_NUM_THREADS"] = str(max(1, profile.threads // 2))
     hosts = [ModelProcess("prepare:isolated_model", workdir, device=profile.device,
@@ -966,16 +976,17 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
                     raise EvalFailure(f"model(idx) must return logits of shape (B, T, "
                                       f"{vocab}); got {tuple(out.shape)}")
                 lse = torch.logsumexp(logits, dim=-1)
+                batch = np.stack([rows[i] if i >= 0 else probes[-1 - i] for i in items])
+                y = torch.from_numpy(batch[:, 1:].astype(np.int64)).to(dev)
+                scored = torch.tensor([i >= 0 for i in items], device=dev)
+                nll = lse - logits.gather(-1, y[..., None]).squeeze(-1)
+                nb = table_d[y] * scored[:, None]
+                sums = torch.stack([(nll.double() * (nb > 0)).sum(), nb.sum().double(),
+                                    (raw_d[y] * scored[:, None]).sum().double()]).tolist()
+                total_nats += sums[0]
+                total_bytes += int(sums[1])
+                total_raw += int(sums[2])
                 for j, i in enumerate(items):
-                    row = torch.from_numpy((rows[i] if i >= 0 else probes[-1 - i])
-                                           .astype(np.int64)).to(dev)
-                    y = row[1:]
-                    if i >= 0:
-                        nll = lse[j] - logits[j].gather(-1, y[:, None]).squeeze(-1)
-                        nb = table_d[y]
-                        total_nats += float((nll.double() * (nb > 0)).sum())
-                        total_bytes += int(nb.sum())
-                        total_raw += int(raw_d[y].sum())
                     k = watched.get(i) if i >= 0 else -1 - i
                     if k is not None:
                         d = cuts[k]
@@ -985,6 +996,8 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
                                          secret.expand(d, -1)], 1)
                         fp = logits[j, :d].gather(-1, idx) - lse[j, :d, None]
                         prints.setdefault(k, {})["probe" if i < 0 else "source"] = fp.cpu()
+                if dev.type == "cuda":  # done reading the shared buffer before it is reused
+                    torch.cuda.synchronize()
                 pending[h] += 1
                 if pending[h] < len(chunks[h]):
                     submit(h)
