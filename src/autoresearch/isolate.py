@@ -150,7 +150,12 @@ class ModelProcess:
 
     def start(self) -> ModelProcess:
         nbytes = max(4, self.out_capacity * 4)
-        self._memfd = os.memfd_create("autoresearch-isolate", 0)
+        if hasattr(os, "memfd_create"):
+            self._memfd = os.memfd_create("autoresearch-isolate", 0)
+        else:  # macOS: an unlinked temporary file serves as the shared buffer
+            import tempfile
+            self._memfd, path = tempfile.mkstemp(prefix="autoresearch-isolate-")
+            os.unlink(path)
         os.ftruncate(self._memfd, nbytes)
         self._mm = mmap.mmap(self._memfd, nbytes)
         req_r, self._req_w = os.pipe()
