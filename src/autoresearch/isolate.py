@@ -125,18 +125,21 @@ class ModelProcess:
     `loader` is "module:function", imported with `workdir` first on sys.path. `out_capacity` is
     the most float32 values one call may return. `hidden` directories (say, where the evaluator
     keeps its answers) are empty inside the sandbox. Use as a context manager; `call(inputs)` returns
-    a read-only numpy view of the outputs valid until the next call.
+    a read-only numpy view of the outputs valid until the next call. `start_timeout` bounds the
+    start and the loader, `timeout` each call.
     """
 
     def __init__(self, loader: str, workdir: Path | str, *, device: str = "cpu",
                  out_capacity: int, options: dict[str, Any] | None = None,
                  log_path: Path | str | None = None, timeout: float = 1800.0,
+                 start_timeout: float = 600.0,
                  sandbox: bool = True, env: dict[str, str] | None = None,
                  readable: list[str] = (), hidden: list[str] = (),
                  python: str | None = None):
         self.loader, self.workdir = loader, Path(workdir).resolve()
         self.device, self.out_capacity = device, int(out_capacity)
         self.options, self.timeout = dict(options or {}), timeout
+        self.start_timeout = start_timeout
         self.log_path = Path(log_path) if log_path else self.workdir / "isolate_host.log"
         self.sandbox, self.env, self.readable = sandbox, dict(env or {}), list(readable)
         self.hidden = list(hidden)
@@ -180,7 +183,7 @@ class ModelProcess:
                                          start_new_session=cmd is None)
             # the host says hello before anything else; bubblewrap fails before that. Our copy
             # of the host's write end stays open for a retry, so watch the process as well.
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + self.start_timeout
             while (self.proc.poll() is None and time.monotonic() < deadline
                    and not select.select([self._resp_r], [], [], 0.05)[0]):
                 pass
@@ -210,7 +213,7 @@ class ModelProcess:
         if ipc is not None:
             init["cuda_ipc"] = ipc
         self._send(init)
-        header = self._receive()
+        header = self._receive(self.start_timeout)
         if header.get("transport") == "cuda" and ipc is not None:
             self.transport = "cuda"
         else:
@@ -295,12 +298,13 @@ class ModelProcess:
         except OSError as e:
             raise self._failure(f"cannot send to the model process ({e})") from None
 
-    def _receive(self) -> dict:
+    def _receive(self, timeout: float | None = None) -> dict:
+        timeout = self.timeout if timeout is None else timeout
         try:
-            header, _ = _read_msg(self._resp_r, time.monotonic() + self.timeout)
+            header, _ = _read_msg(self._resp_r, time.monotonic() + timeout)
         except TimeoutError:
             self.proc.kill()
-            raise self._failure(f"no answer within {self.timeout:g}s") from None
+            raise self._failure(f"no answer within {timeout:g}s") from None
         except (EOFError, OSError):
             raise self._failure("the model process exited") from None
         except ValueError as e:
