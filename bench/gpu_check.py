@@ -162,6 +162,9 @@ def main() -> int:
                AUTORESEARCH_BUDGET_SECONDS=str(budget),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                          env.get("PYTHONPATH")])))
+    if data == "climbmix":  # only the shards already there: nothing to download
+        shards = list((cache / "nanochat" / "data" / "climbmix").glob("shard_0*.parquet"))
+        env["AUTORESEARCH_NUM_SHARDS"] = str(max(1, len(shards) - 1))
     for key in ("AUTORESEARCH_NANOCHAT_PROFILE", "AUTORESEARCH_NANOCHAT_ATTENTION",
                 "AUTORESEARCH_CPU_THREADS", "AUTORESEARCH_ISOLATE", "AUTORESEARCH_BPE_CHARS"):
         if os.environ.get(key):
