@@ -166,7 +166,8 @@ def main() -> int:
         shards = list((cache / "nanochat" / "data" / "climbmix").glob("shard_0*.parquet"))
         env["AUTORESEARCH_NUM_SHARDS"] = str(max(1, len(shards) - 1))
     for key in ("AUTORESEARCH_NANOCHAT_PROFILE", "AUTORESEARCH_NANOCHAT_ATTENTION",
-                "AUTORESEARCH_CPU_THREADS", "AUTORESEARCH_ISOLATE", "AUTORESEARCH_BPE_CHARS"):
+                "AUTORESEARCH_CPU_THREADS", "AUTORESEARCH_ISOLATE", "AUTORESEARCH_BPE_CHARS",
+                "AUTORESEARCH_ISOLATE_CUDA_IPC"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     if args.dry_run:
@@ -220,6 +221,16 @@ def main() -> int:
     # 4. the locked evaluation, timed as the harness's evaluate step
     code, out, took = run_step("evaluate", ["prepare.py", "--evaluate"], work, env, 1200,
                                show=lambda s: s.startswith(("eval_error", "val_bpb", "causal")))
+    if (code != 0 and not args.dry_run and "model failed" in out
+            and env.get("AUTORESEARCH_ISOLATE_CUDA_IPC") != "0"):
+        note = ("the evaluation's model hosts failed; retrying without CUDA IPC (outputs "
+                "through host memory, slower): AUTORESEARCH_ISOLATE_CUDA_IPC=0")
+        log("NOTE: " + note)
+        result["notes"].append(note)
+        env["AUTORESEARCH_ISOLATE_CUDA_IPC"] = "0"
+        code, out, took = run_step("evaluate", ["prepare.py", "--evaluate"], work, env, 1200,
+                                   show=lambda s: s.startswith(("eval_error", "val_bpb",
+                                                                "causal")))
     result["evaluate_wall_seconds"] = round(took, 1)
     result["evaluate"] = ev = figures(out)
     if code != 0 or "val_bpb" not in ev:

@@ -238,8 +238,10 @@ class ModelProcess:
     def _cuda_ipc_offer(self) -> str | None:
         """On CUDA, a GPU output buffer shared by IPC (base64 of the rebuild arguments): the
         outputs then never leave the GPU. The host falls back to shared host memory when it
-        cannot open it (for example inside a PID namespace)."""
-        if not self.device.startswith("cuda"):
+        cannot open it (for example inside a PID namespace); AUTORESEARCH_ISOLATE_CUDA_IPC=0
+        turns it off."""
+        if not self.device.startswith("cuda") or os.environ.get(
+                "AUTORESEARCH_ISOLATE_CUDA_IPC", "").strip() == "0":
             return None
         try:
             import base64
