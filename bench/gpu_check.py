@@ -98,9 +98,21 @@ def versions() -> dict:
     return info
 
 
+CHECKPOINT: dict = {}
+
+
+def save(result: dict) -> None:
+    """Write what is known so far, so a run killed from outside still leaves its figures."""
+    out = CHECKPOINT.get("out")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "ok": None, "partial": True}, indent=1))
+
+
 def run_step(name: str, args: list[str], cwd: Path, env: dict, timeout: float,
              show=lambda line: False) -> tuple[int, str, float]:
     """Run `python args` and stream its output to a log; lines `show` accepts are printed."""
+    save(CHECKPOINT.get("result", {}))
     log(f"{name}: python {' '.join(args)}")
     t = time.time()
     lines = []
@@ -174,6 +186,7 @@ def main() -> int:
         env.update(AUTORESEARCH_NANOCHAT_PROFILE="cpu")
     result: dict = {"mode": "dry-run" if args.dry_run else "gpu", "budget_seconds": budget,
                     "data": data, "workdir": str(work), "notes": []}
+    CHECKPOINT.update(out=args.out, result=result)
     log(f"nanochat GPU check: {result['mode']}, budget {budget:g}s, data {data}, "
         f"cache {cache}, work {work}")
     result["versions"] = v = versions()
