@@ -547,7 +547,8 @@ class Loop:
         if dup_of is not None or not cr.changed:
             earlier = self.ledger.get(dup_of) if dup_of else base
             self.agent.observe(proposal, Outcome(None, earlier.status, earlier.metric,
-                                                 reason="duplicate", duplicate_of=earlier.seq))
+                                                 reason="duplicate", duplicate_of=earlier.seq,
+                                                 metrics=earlier.metrics or {}))
             if duplicates + 1 >= MAX_DUPLICATES:
                 self._record_agent_error(base, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
                                          f"experiments", proposal.usage, proposal.agent_log)
@@ -896,7 +897,8 @@ class Loop:
             return
         values = self._sample(e).values
         metric = sum(values) / len(values) if values else e.metric
-        self.agent.observe(proposal, Outcome(e.id, e.status, metric, e.reason))
+        self.agent.observe(proposal, Outcome(e.id, e.status, metric, e.reason,
+                                             metrics=e.metrics or {}))
 
     def _finished(self, e: Experiment) -> None:
         self._write_results()
