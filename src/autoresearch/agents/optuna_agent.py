@@ -29,8 +29,15 @@ from ..config import Constraint, SearchParam, TargetSpec
 from ..errors import ConfigError
 from ..experiment import HistoryEntry, Outcome, Proposal, Status
 from .base import Agent, AgentContext, AgentError
-from .params import (Constant, LocateError, Param, auto_params, find_constants, format_number,
-                     resolve)
+from .params import (
+    Constant,
+    LocateError,
+    Param,
+    auto_params,
+    find_constants,
+    format_number,
+    resolve,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -197,10 +197,10 @@ class PyDotted(_PyLiteral):
         if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
             a = scope.args
             positional = a.posonlyargs + a.args
-            for arg, default in zip(positional[len(positional) - len(a.defaults):], a.defaults):
+            for arg, default in zip(positional[len(positional) - len(a.defaults):], a.defaults, strict=True):
                 if arg.arg == last:
                     return default
-            for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+            for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True):
                 if arg.arg == last and default is not None:
                     return default
             raise LocateError(f"{'.'.join(self.parts[:-1])}() in {self.path} has no argument "
