@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
     def flush() -> None:
         np.add(flush_buf, 1.0, out=flush_buf)
 
-    shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shm_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None   # RAM, not disk
     with tempfile.TemporaryDirectory(prefix="ar-kernel-", dir=shm_dir) as tmp:
         path = os.path.join(tmp, "buffers")
         bufs = np.memmap(path, dtype=np.float64, mode="w+", shape=(2, N, N))
