@@ -154,7 +154,7 @@ def load_spec_text(tmp_path: Path, text: str):
 # -- the offline loops ---------------------------------------------------------------------------
 def test_sql_loop_finds_a_faster_plan_with_the_same_answer(tmp_path):
     root = make(tmp_path, "sql")
-    base, kept, rows = run_loop(root, 6)
+    base, kept, rows = run_loop(root, 4)
     assert min(kept) <= base / 3, (base, kept)
     best = min((e for e in rows if e.status.value == "keep"), key=lambda e: e.metric)
     assert "INDEXES" in (best.params or {})
@@ -194,7 +194,7 @@ def _evaluate(root: Path, files: dict[str, str], cache: Path, *args: str,
 
 def test_kernel_loop_finds_a_faster_kernel(tmp_path):
     root = make(tmp_path, "kernel")
-    base, kept, rows = run_loop(root, 6)
+    base, kept, rows = run_loop(root, 4)
     assert min(kept) <= base / 1.5, (base, kept)
     best = min((e for e in rows if e.status.value == "keep"), key=lambda e: e.metric)
     assert best.params["USE_ROLL"] == 0
@@ -205,7 +205,7 @@ def test_config_loop_finds_faster_compiler_flags(tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc")
     root = make(tmp_path, "config")
-    base, kept, rows = run_loop(root, 6)
+    base, kept, rows = run_loop(root, 4)
     assert min(kept) <= base / 2, (base, kept)
     best = min((e for e in rows if e.status.value == "keep"), key=lambda e: e.metric)
     assert best.params["opt"] != "-O0"
@@ -225,7 +225,7 @@ def test_config_gate_refuses_flags_that_change_the_program(tmp_path):
 
 def test_latency_loop_lowers_p99(tmp_path):
     root = make(tmp_path, "latency")
-    base, kept, rows = run_loop(root, 6)
+    base, kept, rows = run_loop(root, 4)
     assert min(kept) <= base / 2, (base, kept)
 
 

@@ -74,7 +74,7 @@ def memcpy_gbps(nbytes: int, flush) -> float:
     best = 0.0
     with ThreadPoolExecutor(workers) as pool:
         for threads in (1, workers):
-            for _ in range(5):
+            for _ in range(3):
                 flush()
                 t0 = time.perf_counter()
                 if threads == 1:
@@ -167,7 +167,7 @@ def run(child, inp, out, flush, check_only: bool) -> int:
         return fail(hello or "the kernel worker died while importing kernel.py (see the log)")
     rng_seed = np.random.SeedSequence(int.from_bytes(os.urandom(16), "little"))
     budget = float(os.environ.get("AUTORESEARCH_BUDGET_SECONDS", "10"))
-    calls = 3 if check_only else WARMUP + MAX_RUNS
+    calls = 2 if check_only else WARMUP + MAX_RUNS
     times: list[float] = []
     inside = outside = 0.0
     last_cpu = cpu_seconds(child.pid)
