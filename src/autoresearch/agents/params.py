@@ -428,8 +428,11 @@ class KeyPath(Locator):
             import tomlkit
             return tomlkit.dumps(doc)
         from ruamel.yaml import YAML
+        from ruamel.yaml.util import load_yaml_guess_indent
+        _, indent, seq_offset = load_yaml_guess_indent(source)
         yaml = YAML(typ="rt")
         yaml.preserve_quotes = True
+        yaml.indent(mapping=indent or 2, sequence=indent or 2, offset=seq_offset or 0)
         buf = io.StringIO()
         yaml.dump(doc, buf)
         return buf.getvalue()
@@ -456,6 +459,16 @@ def _error(name: str, message: str) -> ConfigError:
     return ConfigError(f"autoresearch.toml: [search] {name}: {message}")
 
 
+def _what(name: str, entry: SearchParam) -> str:
+    if entry.regex is not None:
+        return f"regex {entry.regex!r}"
+    if entry.marker:
+        return f"marker 'ar: {name}'"
+    if entry.key is not None:
+        return f"key {entry.key!r}"
+    return f"{name!r}"
+
+
 def _locate_in(name: str, entry: SearchParam, files: dict[str, str], make) -> Param:
     """Try `make(path)` on the entry's file, or on every editable file when none is given."""
     if entry.file is not None:
@@ -477,7 +490,12 @@ def _locate_in(name: str, entry: SearchParam, files: dict[str, str], make) -> Pa
     if len(found) == 1:
         return found[0]
     if not found:
-        why = problems[0] if len(problems) == 1 else "found in no editable file"
+        # a problem where the locator matched something says more than "0 times" everywhere
+        telling = [p for p in problems if " 0 times" not in p]
+        if telling or len(problems) == 1:
+            why = (telling or problems)[0]
+        else:
+            why = f"{_what(name, entry)} matches in no editable file"
         raise _error(name, f"{why} — fix the locator or the file")
     raise _error(name, f"found in {', '.join(p.path for p in found)} — add file = \"...\" to say "
                        f"which")
