@@ -42,23 +42,7 @@ from .params import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-__all__ = ["OptunaAgent", "constraint_values", "default_range", "distribution", "find_constants",
-           "format_value", "rewrite"]
-
-format_value = format_number
-
-
-def rewrite(source: str, constants: list[Constant], values: dict[str, Any]) -> str:
-    """Set top-level constants found by `find_constants` to new values, literal by literal."""
-    lines = source.splitlines(keepends=True)
-    for c in sorted(constants, key=lambda c: (c.line, c.col), reverse=True):
-        if c.name not in values:
-            continue
-        raw = lines[c.line - 1].encode("utf-8")  # ast offsets are in bytes
-        new = format_number(values[c.name], c.is_int).encode()
-        lines[c.line - 1] = (raw[: c.col] + new + raw[c.end_col:]).decode("utf-8")
-    return "".join(lines)
-
+__all__ = ["OptunaAgent", "constraint_values", "default_range", "distribution", "find_constants"]
 
 def default_range(c: Constant | int | float) -> SearchParam:
     """A search range around the current value when the toml gives none."""
@@ -158,11 +142,6 @@ class OptunaAgent(Agent):
             raise ConfigError(f"autoresearch.toml: [search] {name}: its value is {value!r}, not a "
                               f"number — give choices = [...]")
         return default_range(value)
-
-    # compatibility: the constants the agent tunes, by name
-    @property
-    def constants(self) -> dict[str, Param]:
-        return self.params
 
     def _in_range(self, name: str, value: Any) -> bool:
         try:
