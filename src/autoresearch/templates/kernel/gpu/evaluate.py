@@ -36,10 +36,16 @@ MAX_RUNS = 200
 BOUND_MARGIN = 1.25
 L2_FLUSH_BYTES = 256 * 2**20
 
-_Event = torch._C._CudaEventBase               # a C type: its methods cannot be patched
-_record, _elapsed, _ev_sync = _Event.record, _Event.elapsed_time, _Event.synchronize
-_sync = torch.cuda.synchronize
-_clock = time.perf_counter_ns
+_clock = time.perf_counter_ns                  # captured before kernel.py is imported
+_Event = _record = _elapsed = _ev_sync = _sync = None
+
+
+def capture_clocks() -> None:
+    """CUDA events of torch's C type (its methods cannot be patched), taken before the import."""
+    global _Event, _record, _elapsed, _ev_sync, _sync
+    _Event = torch._C._CudaEventBase
+    _record, _elapsed, _ev_sync = _Event.record, _Event.elapsed_time, _Event.synchronize
+    _sync = torch.cuda.synchronize
 
 
 def fail(message: str) -> int:
@@ -83,6 +89,7 @@ def main(argv: list[str]) -> int:
     if not torch.cuda.is_available():
         return fail("no CUDA device: use the CPU variant (the template's top-level files)")
     check_only = "--check" in argv
+    capture_clocks()
     flush_buf = torch.empty(L2_FLUSH_BYTES // 4, device="cuda")
 
     def flush() -> None:
