@@ -264,3 +264,25 @@ def _real(x: np.ndarray, out: np.ndarray) -> None:
     assert cheat_row.status.value == "crash"
     assert "wrong output" in cheat_row.reason
     assert [e.seq for e in rows if e.status.value == "keep"] == [1]
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU with torch and triton")
+def test_the_gpu_harness_blocks_the_same_cheats_and_the_triton_kernel_beats_torch():
+    # bench/kernel_gpu.py runs the GPU variant's cheats (pointer cache, output reuse, patched
+    # timers, a thread at import time, float16, the bound) and the baseline-vs-Triton comparison;
+    # it exits non-zero when any cheat gets through or Triton is not 2x faster
+    bench = Path(__file__).resolve().parents[2] / "bench" / "kernel_gpu.py"
+    p = subprocess.run([sys.executable, str(bench), "--n", "4096"], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("PASS") >= 7
