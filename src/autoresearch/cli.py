@@ -22,7 +22,15 @@ from rich.text import Text
 
 from . import __version__
 from .agents import Agent, ProposalsExhausted
-from .config import CONFIG_NAME, PROGRAM_NAME, Target, check_globs, load_target, parse_spec
+from .config import (
+    CONFIG_NAME,
+    PROGRAM_NAME,
+    Constraint,
+    Target,
+    check_globs,
+    load_target,
+    parse_spec,
+)
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger, dumps
@@ -126,10 +134,26 @@ def cmd_init(args) -> int:
         raise ConfigError("init needs --metric NAME: the number the run prints as 'NAME: value'")
     data = {"editable": args.editable, "locked": args.locked or [], "run": args.run,
             "metric": args.metric, "direction": args.direction, "budget": args.budget}
+    if args.setup:
+        data["setup"] = args.setup
     if args.evaluate:
         data["evaluate"] = args.evaluate
     if args.timeout:
         data["timeout"] = args.timeout
+    if args.constraint:
+        for c in args.constraint:
+            try:
+                Constraint.parse(c)
+            except ValueError as e:
+                raise ConfigError(f"--constraint: {e}") from None
+        data["constraints"] = args.constraint
+    if args.artifact:
+        bad = next((a for a in args.artifact if not a.strip() or Path(a).is_absolute()
+                    or ".." in Path(a).parts), None)
+        if bad is not None:
+            raise ConfigError(f"--artifact {bad!r}: give a path inside the target, relative to it "
+                              f"(e.g. --artifact model.pt)")
+        data["artifacts"] = args.artifact
     spec = parse_spec(data, cfg)
     try:       # files may come after the toml: a note now, refused when a run starts
         check_globs(spec, dest, cfg)
@@ -137,9 +161,10 @@ def cmd_init(args) -> int:
     except ConfigError as e:
         glob_note = str(e).replace(f"{cfg}: ", "", 1)
     lines = ["# autoresearch target: see the README's autoresearch.toml reference for every key"]
-    for key in ("editable", "locked", "run", "evaluate", "metric", "direction", "budget", "timeout"):
+    for key in ("editable", "locked", "setup", "run", "evaluate", "metric", "direction", "budget",
+                "timeout", "constraints", "artifacts"):
         if key in data:
-            lines.append(f"{key} = {json.dumps(data[key])}")
+            lines.append(f"{key} = {json.dumps(data[key], ensure_ascii=False)}")
     cfg.write_text("\n".join(lines) + "\n")
     prog = dest / PROGRAM_NAME
     if not prog.exists() or args.force:
@@ -616,11 +641,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write autoresearch.toml and program.md (or a whole template)")
     p.add_argument("init_dir", nargs="?", metavar="DIR")
-    p.add_argument("--template", help="quickstart or nanochat")
+    p.add_argument("--template", help="quickstart, nanochat, sql, kernel, prompt, config or latency")
     p.add_argument("--editable", action="append", metavar="GLOB")
     p.add_argument("--locked", action="append", metavar="GLOB")
+    p.add_argument("--setup", metavar="CMD", help="run once per run before the baseline")
     p.add_argument("--run", metavar="CMD")
     p.add_argument("--evaluate", metavar="CMD")
+    p.add_argument("--constraint", action="append", metavar="EXPR",
+                   help="e.g. 'peak_vram_mb <= 60000' (repeatable)")
+    p.add_argument("--artifact", action="append", metavar="PATH",
+                   help="a file the run step writes for the evaluator (repeatable)")
     p.add_argument("--metric", metavar="NAME")
     p.add_argument("--direction", choices=["minimize", "maximize"], default="minimize")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS")

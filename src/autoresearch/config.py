@@ -69,7 +69,12 @@ class _Strict(BaseModel):
 
 
 class SearchParam(_Strict):
-    """A range for one tunable constant, used by the optuna agent."""
+    """One parameter of the optuna agent: where it lives (a locator) and what it may take.
+
+    Without a locator the entry's name is a Python constant (`LR`, `_THRESHOLD`) or a dotted
+    keyword default / class attribute (`detect.threshold`, `Config.WIDTH`) of an editable file.
+    Without `low`/`high`/`choices` the range is chosen around the current value.
+    """
 
     low: float | None = None
     high: float | None = None
@@ -77,15 +82,34 @@ class SearchParam(_Strict):
     int_: bool = Field(False, alias="int")
     step: float | None = None
     choices: list[Any] | None = None
+    file: str | None = None            # the editable file the locator reads; default: every one
+    regex: str | None = None           # a regex whose one group is the value
+    marker: bool = False               # a `# ar: NAME` marker (also `--`, `//`, `;`, `/*`)
+    key: str | None = None             # a dotted key path in a TOML, YAML or JSON file
 
     @model_validator(mode="after")
     def _check(self) -> SearchParam:
+        located = [k for k in ("regex", "marker", "key") if getattr(self, k) not in (None, False)]
+        if len(located) > 1:
+            raise ValueError(f"give one locator, not {' and '.join(located)}")
+        if self.key is not None and self.file is None:
+            raise ValueError("'key' needs 'file' (the TOML, YAML or JSON file that holds it)")
+        if self.regex is not None:
+            try:
+                groups = re.compile(self.regex).groups
+            except re.error as e:
+                raise ValueError(f"'regex' does not compile ({e}) — fix the pattern") from None
+            if groups != 1:
+                raise ValueError(f"'regex' must have exactly one group around the value (it has "
+                                 f"{groups}) — use (?:...) for the others")
         if self.choices is not None:
             if not self.choices:
                 raise ValueError("'choices' must not be empty")
             return self
+        if self.low is None and self.high is None:
+            return self     # a range around the current value
         if self.low is None or self.high is None:
-            raise ValueError("needs 'low' and 'high' (or 'choices')")
+            raise ValueError("needs both 'low' and 'high' (or 'choices', or neither)")
         if not self.low < self.high:
             raise ValueError(f"'low' ({self.low:g}) must be below 'high' ({self.high:g})")
         if self.log and self.low <= 0:
@@ -160,6 +184,8 @@ class TargetSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     sandbox: bool = False                             # run steps under bubblewrap, read-only but the worktree
     sandbox_writable: list[str] = Field(default_factory=list)  # more writable paths in the sandbox
+    artifacts: list[str] = Field(default_factory=list)  # files the run step writes for the evaluator
+    network: bool = False                             # steps may reach the network (issue 10)
     search: dict[str, SearchParam] = Field(default_factory=dict)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     prune: PruneSettings = Field(default_factory=PruneSettings)

@@ -118,6 +118,7 @@ class Outcome:
     metric: float | None
     reason: str = ""
     duplicate_of: int | None = None   # the proposal repeated this earlier experiment's files
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric it recorded (constraints)
 
 
 @dataclass

@@ -347,7 +347,7 @@ class Judge:
             return
         values = self.state.sample(e).values
         metric = sum(values) / len(values) if values else e.metric
-        self.observe(proposal, Outcome(e.id, e.status, metric, e.reason))
+        self.observe(proposal, Outcome(e.id, e.status, metric, e.reason, metrics=e.metrics or {}))
 
     def noise(self) -> float | None:
         """The policy's noise sd of one run of the best (for the pruner)."""

@@ -335,7 +335,8 @@ class Proposals:
     def _duplicate(self, proposal: Proposal, base: Experiment, earlier: Experiment,
                    duplicates: int) -> None:
         self.agent.observe(proposal, Outcome(None, earlier.status, earlier.metric,
-                                             reason="duplicate", duplicate_of=earlier.seq))
+                                             reason="duplicate", duplicate_of=earlier.seq,
+                                             metrics=earlier.metrics or {}))
         if duplicates + 1 >= MAX_DUPLICATES:
             self._agent_error(base, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
                               f"experiments", proposal.usage, proposal.agent_log)

@@ -18,25 +18,33 @@ and with `context_length=N` gives it vLLM's `max_model_len`; a request whose pro
 characters a token) plus `max_tokens` exceeds N is then refused with vLLM's 400 "maximum context
 length" error. `models=False` serves no model list (404), as some gateways do.
 
+Instead of a script, a `responder` (a function of the request body that returns a step) can
+answer every request: a stand-in model for offline runs of an evaluator that calls an LLM (the
+`prompt` template's toy_model.py is one). An exception in it is a 500 answer.
+
 Requests are recorded (`server.requests`) so tests can assert what was sent. From the shell:
 
     python -m autoresearch.testing.fake_llm --openai --script steps.json --port 8000
+    python -m autoresearch.testing.fake_llm --openai --responder toy_model:respond --port 8000
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=x autoresearch run --agent openai:fake
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 Step = str | dict[str, Any]
+Responder = Callable[[dict[str, Any]], Step]
 
 _OPENAI_ERRORS = {400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
                   404: ("invalid_request_error", "model_not_found"),
@@ -75,11 +83,12 @@ class _FakeServer:
 
     def __init__(self, script: list[Step], *, port: int = 0, api_key: str | None = None,
                  loop: bool = False, context_length: int | None = None, model: str = "fake",
-                 models: bool = True):
+                 models: bool = True, responder: Responder | None = None):
         self.context_length = context_length
         self.model = model
         self.models = models
         self.script = list(script)
+        self.responder = responder
         self.loop = loop
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
@@ -202,7 +211,14 @@ class _FakeServer:
                 if body.get("stream"):
                     self._send(400, server._error(400, "this fake server does not stream; send stream=false"))
                     return
-                step = server._take()
+                if server.responder is not None:
+                    try:
+                        step = server.responder(body)
+                    except Exception as e:
+                        self._send(500, server._error(500, f"responder failed: {type(e).__name__}: {e}"))
+                        return
+                else:
+                    step = server._take()
                 if step is None:
                     self._send(400, server._error(
                         400, f"the fake server's script is exhausted after {len(server.script)} steps"))
@@ -331,15 +347,28 @@ def main(argv: list[str] | None = None) -> int:
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--openai", action="store_true", help="OpenAI Chat Completions (/v1/chat/completions)")
     which.add_argument("--anthropic", action="store_true", help="Anthropic Messages (/v1/messages)")
-    ap.add_argument("--script", required=True, help="JSON list or JSON Lines of steps")
+    ap.add_argument("--script", help="JSON list or JSON Lines of steps")
+    ap.add_argument("--responder", metavar="MODULE:FUNCTION",
+                    help="answer every request with FUNCTION(body) instead of a script")
     ap.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ap.add_argument("--api-key", default=None, help="require this key (default: accept any)")
     ap.add_argument("--loop", action="store_true", help="start the script again when it runs out")
     ap.add_argument("--context-length", type=int, help="the model's context, tokens (vLLM-style)")
     args = ap.parse_args(argv)
+    if (args.script is None) == (args.responder is None):
+        ap.error("give exactly one of --script and --responder")
+    responder = None
+    if args.responder:
+        module, _, func = args.responder.partition(":")
+        sys.path.insert(0, str(Path.cwd()))
+        try:
+            responder = getattr(importlib.import_module(module), func or "respond")
+        except (ImportError, AttributeError) as e:
+            ap.error(f"--responder {args.responder}: {e}")
     cls = FakeOpenAIServer if args.openai else FakeAnthropicServer
-    server = cls(load_script(args.script), port=args.port, api_key=args.api_key, loop=args.loop,
-                 context_length=args.context_length)
+    server = cls(load_script(args.script) if args.script else [], port=args.port,
+                 api_key=args.api_key, loop=args.loop, context_length=args.context_length,
+                 responder=responder)
     server.start()
     for k, v in server.env().items():
         print(f"export {k}={v}", flush=True)
