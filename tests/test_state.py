@@ -40,3 +40,10 @@ def test_a_reloaded_state_equals_the_one_written_through(tmp_path):
     assert again.trees == s.trees == {"t0": base.id}    # an invalid tree is not a duplicate
     assert again.cost == s.cost == 0.25 and again.next_seq == s.next_seq == 4
     assert again.incumbent == base and [r.id for r in again.repeats_of(base.id)] == [rep.id]
+
+
+def test_a_measurement_of_zero_is_a_measurement(tmp_path):
+    s = _state(tmp_path)
+    e = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t")
+    s.update(e, status=Status.PENDING, metric=0.0)
+    assert s.sample(e).values == [0.0]

@@ -140,7 +140,8 @@ class RunState:
 
     def sample(self, e: Experiment) -> Sample:
         """Every finite measurement of e's code, and how many of them selected it as the best."""
-        ms = [m for m in self.measurements(e.tree_sha) if math.isfinite(m.metric or math.nan)]
+        ms = [m for m in self.measurements(e.tree_sha)
+              if m.metric is not None and math.isfinite(m.metric)]
         selection = 0
         if e.status == Status.KEEP and e.kind != Kind.BASELINE:
             selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
