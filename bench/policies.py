@@ -1,14 +1,21 @@
-"""Benchmark: greedy against noise-aware on synthetic targets whose truth is known.
+"""Benchmark: greedy, noise-aware-v1 and the default noise-aware on synthetic targets whose truth is known.
 
-    python bench/policies.py                 # the table in docs/policies.md
-    python bench/policies.py --reps 100      # quicker, noisier
+    python bench/policies.py                 # the table in the README
+    python bench/policies.py --reps 20       # quicker, noisier
+    python bench/policies.py --real 0        # skip the check against real quickstart runs
 
-Streams (a measurement = true value + Gaussian noise of sd SIGMA; 200 evaluation runs each):
-- pure noise: every proposal has no true effect;
-- mixed: 50% worse by U(0.5, 3) sd, 30% no effect, 20% better by 1, 2 or 3 sd (equal shares).
-Pruning: the best's 3 runs leave curves; candidates that end worse by log-U(1, 30) sd, and
-better ones (1 to 3 sd) that start slower, are watched against them.
-Every policy call goes through the same driver as the loop's (bench/_synthetic.py).
+Every policy call goes through the same driver as the loop's (bench/_synthetic.py): seeds as the
+loop sets them, noise that follows the metric's level, line counts, drift. Effects are in noise
+sds at the incumbent's level (positive = better). Streams:
+- pure noise: every proposal has no effect;
+- mixed: 50% worse by U(0.5, 3) sd, 30% no effect, 20% better by 1, 2 or 3 sd (equal shares);
+- sparse: 5% better by 1, 2 or 3 sd, 35% no effect, 60% worse by U(0.5, 3) sd;
+- slightly worse: 60% worse by U(0.1, 1) sd, 20% no effect, 20% better by 1, 2 or 3 sd;
+- simpler but worse: 80% one line shorter and 0.5 sd worse, 20% better by 1, 2 or 3 sd;
+- all simpler but worse: every proposal one line shorter and 0.5 sd worse;
+- drift: the mixed stream, and halfway through every run looks 5 sd better (a faster machine).
+Milestones: evaluation runs (repeats and re-measurements counted) until the best's true gain
+first reaches 5, 10, 20 and 40 sd; the median over the simulated runs.
 """
 
 from __future__ import annotations
@@ -16,67 +23,96 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _synthetic import PROGRESS, SIGMA, curve, run_stream  # noqa: E402
+from _synthetic import PROGRESS, SIGMA, Noise, curve, run_stream  # noqa: E402
 
 from autoresearch.config import PolicySettings, PruneSettings  # noqa: E402
 from autoresearch.policies import make_policy  # noqa: E402
 from autoresearch.pruning import make_pruner  # noqa: E402
 
-EXPERIMENTS = 200  # evaluation runs per simulated research run
+EXPERIMENTS = 200      # evaluation runs per research run (false keeps, drift)
+LONG = 600             # evaluation runs per research run for the milestones
+MILESTONES = (5, 10, 20, 40)
+POLICIES = ("greedy", "noise-aware-v1", "noise-aware")
+#: the settings each policy runs with: its defaults (noise-aware-v1 as it shipped)
+SETTINGS = {"greedy": PolicySettings(), "noise-aware-v1": PolicySettings(alpha=0.05),
+            "noise-aware": PolicySettings()}
+NOISE = Noise(level_power=1.0, seed_corr=0.2)   # see the sim-vs-real check for the real values
+GOOD = (1.0, 2.0, 3.0)
 
 
-def mixed_effects(rng: np.random.Generator):
+def _stream(worse: float, null: float, worse_range: tuple[float, float],
+            rng: np.random.Generator) -> Callable[[], float]:
     def draw() -> float:
         u = rng.random()
-        if u < 0.5:
-            return -float(rng.uniform(0.5, 3.0))
-        if u < 0.8:
+        if u < worse:
+            return -float(rng.uniform(*worse_range))
+        if u < worse + null:
             return 0.0
-        return float(rng.choice([1.0, 2.0, 3.0]))
+        return float(rng.choice(GOOD))
     return draw
 
 
-def bench_policy(name: str, reps: int, seed: int) -> dict[str, float]:
-    settings = PolicySettings()
-    rng = np.random.default_rng(seed)
-    null_keeps, drift, cost_noise = [], [], []
+def effects(name: str, rng: np.random.Generator) -> Callable[[], float]:
+    if name in ("noise",):
+        return lambda: 0.0
+    if name in ("mixed", "drift"):
+        return _stream(0.5, 0.3, (0.5, 3.0), rng)
+    if name == "sparse":
+        return _stream(0.60, 0.35, (0.5, 3.0), rng)
+    if name == "slightly-worse":
+        return _stream(0.6, 0.2, (0.1, 1.0), rng)
+    if name == "simpler-worse":
+        return _stream(0.8, 0.0, (0.5, 0.5), rng)
+    if name == "all-simpler-worse":
+        return lambda: -0.5
+    raise ValueError(name)
+
+
+def simulate(policy: str, stream: str, reps: int, seed: int, experiments: int) -> dict:
+    rng = np.random.default_rng([seed, zlib.crc32(stream.encode())])
+    noise = NOISE
+    if stream == "drift":
+        half = experiments // 2
+        noise = Noise(NOISE.level_power, NOISE.seed_corr, lambda n: -5.0 if n >= half else 0.0)
+    draw = effects(stream, rng)
+    shorter = stream in ("simpler-worse", "all-simpler-worse")
+    null_keeps, worse_keeps, errors, gains, reach = [], [], [], [], []
     for _ in range(reps):
-        res = run_stream(make_policy(name), settings, lambda: 0.0, rng, EXPERIMENTS)
-        null_keeps += [p.kept for p in res.proposals if p.decided]
-        drift.append(res.drift)
-        cost_noise.append(res.experiments / len(res.proposals))
-    by_effect: dict[float, list[bool]] = {}
-    cost_mixed, worse_keeps, gain = [], [], []
-    for _ in range(reps):
-        res = run_stream(make_policy(name), settings, mixed_effects(rng), rng, EXPERIMENTS)
+        # in the simpler-but-worse streams the worse proposals are the shorter ones
+        last: list[float] = [0.0]
+
+        def eff() -> float:
+            last[0] = draw()
+            return last[0]
+
+        res = run_stream(make_policy(policy), SETTINGS[policy], eff, rng, experiments, noise,
+                         lines=(lambda: -1 if last[0] < 0 else 1) if shorter else (lambda: 0))
         for p in res.proposals:
             if not p.decided:
                 continue
-            if p.effect < 0:
+            if p.effect == 0:
+                null_keeps.append(p.kept)
+            elif p.effect < 0:
                 worse_keeps.append(p.kept)
-            else:
-                by_effect.setdefault(p.effect, []).append(p.kept)
-        cost_mixed.append(res.experiments / len(res.proposals))
-        gain.append(res.truth_gain)
-    return {
-        "false_keep_noise": float(np.mean(null_keeps)),
-        "false_keep_mixed": float(np.mean(by_effect[0.0])),
-        "worse_kept": float(np.mean(worse_keeps)),
-        "drift": float(np.mean(drift)),
-        "drift_se": float(np.std(drift, ddof=1) / np.sqrt(reps)),
-        "kept_1": float(np.mean(by_effect[1.0])),
-        "kept_2": float(np.mean(by_effect[2.0])),
-        "kept_3": float(np.mean(by_effect[3.0])),
-        "cost_noise": float(np.mean(cost_noise)),
-        "cost_mixed": float(np.mean(cost_mixed)),
-        "gain": float(np.mean(gain)),
-    }
+        errors.append(res.drift)
+        gains.append(res.truth_gain)
+        path = np.asarray(res.gain_path)
+        reach.append([int(np.argmax(path >= m)) + 1 if (path >= m).any() else np.inf
+                      for m in MILESTONES])
+    r = np.asarray(reach, dtype=float)
+    return {"null_kept": float(np.mean(null_keeps)) if null_keeps else float("nan"),
+            "worse_kept": float(np.mean(worse_keeps)) if worse_keeps else float("nan"),
+            "error": float(np.mean(errors)), "error_se": float(np.std(errors, ddof=1) / np.sqrt(reps)),
+            "gain": float(np.mean(gains)),
+            "milestones": [float(np.median(r[:, i])) for i in range(len(MILESTONES))]}
 
 
 def bench_prune(reps: int, seed: int, direction: str = "minimize") -> dict[str, float]:

@@ -97,7 +97,7 @@ class PolicySettings(_Strict):
     """[policy]: settings of the acceptance policies (see policies/)."""
 
     baseline_runs: int = Field(3, ge=1, le=50)        # noise-aware: evaluations of the baseline
-    alpha: float = Field(0.05, gt=0, lt=0.5)          # noise-aware: false-keep error rate
+    alpha: float = Field(0.01, gt=0, lt=0.5)          # noise-aware: false-keep error rate
     power_beta: float = Field(0.1, gt=0, lt=0.5)      # noise-aware: chance to miss a real improvement
     max_runs: int = Field(6, ge=1, le=100)            # noise-aware: cap on runs per candidate
     min_effect: float = Field(0.0, ge=0)              # in the metric's units
@@ -106,7 +106,9 @@ class PolicySettings(_Strict):
     screen_z: float = Field(0.75)                     # noise-aware: first run must look this good (z)
     design_sigmas: float = Field(2.5, gt=0)           # noise-aware: improvement the test is tuned to, in noise sd
     confirm_runs: int = Field(2, ge=1, le=100)        # noise-aware: runs of a candidate before a keep
-    refresh_runs: int = Field(3, ge=0, le=50)         # noise-aware: fresh runs of a new best before it is judged by them
+    refresh_runs: int = Field(3, ge=0, le=50)         # noise-aware-v1: fresh runs of a new best before it is judged by them
+    remeasure_every: int = Field(20, ge=0)            # noise-aware: re-measure the best after this many experiments without a run of it (0: only on resume)
+    drift_alpha: float = Field(1e-3, gt=0, lt=0.5)    # noise-aware: level of the test for a change of measuring conditions
 
 
 class PruneSettings(_Strict):

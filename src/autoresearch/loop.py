@@ -362,7 +362,7 @@ class Loop:
             return True
         needed = self.policy.baseline_runs(self.spec.policy)
         valid, pending, failed = self._baseline_counts()
-        if valid >= needed:
+        if valid >= needed or self._baseline_complete():
             return True
         # flaky re-measurements get one more try each; past that, go on with what there is
         return pending == 0 and (valid + failed >= 2 * needed or not self._room())
@@ -372,13 +372,33 @@ class Loop:
         base = self.incumbent
         if base is None or base.kind != "baseline":
             return
+        if self._baseline_complete():
+            return
         needed = self.policy.baseline_runs(self.spec.policy)
         valid, pending, failed = self._baseline_counts()
-        for _ in range(needed - valid - pending):
+        # one run per slot at a time: a deterministic metric stops after two that agree
+        for _ in range(min(needed - valid, self.executor.slots) - pending):
             if valid + pending + failed >= 2 * needed or not self._room():
                 break
             self._add_repeat(base, base, "re-measure the baseline (noise estimate)")
             pending += 1
+
+    def _baseline_complete(self) -> bool:
+        assert self.incumbent is not None
+        return self.policy.baseline_complete(self._sample(self.incumbent).values, self.spec.policy)
+
+    def _remeasure_best(self, resumed: bool = False) -> None:
+        """Measure the best again when the policy asks (drift watch: at intervals, on resume)."""
+        inc = self.incumbent
+        if inc is None or not self._room() or (inc.kind == "baseline" and not self._baseline_ready()):
+            return
+        ids = {exp_id for _, exp_id in self.in_flight.values()} | set(self.queue)
+        if any(self.ledger.get(i).tree_sha == inc.tree_sha for i in ids):
+            return
+        if self.policy.remeasure_best(self._sample(inc), self.ledger.count(self.tag) + 1,
+                                      self.spec.policy, resumed=resumed):
+            why = "on resume" if resumed else "at its interval"
+            self._add_repeat(inc, inc, f"re-measure best #{inc.seq} {why} (drift watch)")
 
     def _room(self) -> bool:
         return self.opt.max_experiments is None or self.ledger.count(self.tag) < self.opt.max_experiments
@@ -409,6 +429,9 @@ class Loop:
         while self.free_slots and self.queue:
             self._submit(self.queue.popleft())
         if self._want_new():
+            self._remeasure_best()
+            while self.free_slots and self.queue:
+                self._submit(self.queue.popleft())
             self._keep_proposals_coming()
             while self.free_slots and not self.queue and self.pending_proposals \
                     and self.pending_proposals[0].future.done() and self._want_new():
@@ -779,6 +802,7 @@ class Loop:
         if cand.kind == "baseline":
             if self.incumbent and self.incumbent.id == cand.id:
                 self.incumbent = self.ledger.get(cand.id)
+                self._top_up_baseline()
             return
         if cand.status == Status.PENDING and not self._repeats_in_flight(cand):
             self._decide(cand)
@@ -789,6 +813,8 @@ class Loop:
 
     def _resume_pending_decisions(self) -> None:
         self._top_up_baseline()
+        if self.ledger.count(self.tag) > 1:
+            self._remeasure_best(resumed=True)
         for e in self.ledger.experiments(self.tag):
             if e.status == Status.PENDING and not self._repeats_in_flight(e):
                 self._decide(e)

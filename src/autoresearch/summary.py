@@ -35,7 +35,8 @@ def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
     if e.status == Status.KEEP and e.kind != "baseline":
         # the runs that won it the keep: its own and the repeats made for it
         selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
-    return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
+    return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
+                  at=[m.seq for m in ms])
 
 
 def replicate_groups(ledger: Ledger, tag: str) -> list[list[float]]:
