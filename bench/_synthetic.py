@@ -93,7 +93,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
         sample.values.append(truth + SIGMA * noise.drift(res.experiments) + sd * z)
         sample.at.append(res.experiments)
         res.experiments += 1
-        res.gain_path.append((phi0 - noise.potential(inc_truth)))
+        res.gain_path.append(phi0 - noise.potential(inc_truth))
 
     def groups() -> list[list[float]]:
         return [v for v in commits if len(v) >= 2]

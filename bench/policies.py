@@ -89,12 +89,15 @@ def simulate(policy: str, stream: str, reps: int, seed: int, experiments: int) -
         # in the simpler-but-worse streams the worse proposals are the shorter ones
         last: list[float] = [0.0]
 
-        def eff() -> float:
+        def eff(last: list[float] = last) -> float:
             last[0] = draw()
             return last[0]
 
+        def size(last: list[float] = last) -> int:
+            return (-1 if last[0] < 0 else 1) if shorter else 0
+
         res = run_stream(make_policy(policy), SETTINGS[policy], eff, rng, experiments, noise,
-                         lines=(lambda: -1 if last[0] < 0 else 1) if shorter else (lambda: 0))
+                         lines=size)
         for p in res.proposals:
             if not p.decided:
                 continue
@@ -154,55 +157,98 @@ def bench_prune(reps: int, seed: int, direction: str = "minimize") -> dict[str, 
             "lost_good": float(np.mean(good_lost)), "n_bad": len(saved), "n_good": len(good_lost)}
 
 
+def real_check(seeds: int, level_power: float, seed_corr: float) -> tuple[list[tuple], bool]:
+    """Rows comparing the simulation's noise model with real runs of the quickstart target."""
+    from _quickstart_noise import measure, noise_structure
+
+    real = noise_structure(measure(seeds=seeds))
+    lo, hi = real["tuned_level"], real["baseline_level"]
+    k_real = float(np.log(real["baseline_sd"] / real["tuned_sd"]) / np.log(hi / lo))
+    rows = [
+        ("real quickstart: sd across seeds at val_loss "
+         f"{hi:.3f} / {lo:.3f}", f"{real['baseline_sd']:.4f} / {real['tuned_sd']:.4f}", "", "", "", ""),
+        ("  noise grows with the level as level**k: k", f"real {k_real:.2f}", "",
+         f"sim {level_power:g}", "k > 0 (noise is not constant)", "yes" if k_real > 0.5 else "NO"),
+        ("  share of the noise that follows the seed", f"real {real['seed_corr']:+.2f}", "",
+         f"sim {seed_corr:g}", "|real - sim| <= 0.5", "yes" if abs(real['seed_corr'] - seed_corr) <= 0.5
+         else "NO"),
+        ("  a same-seed repeat moves by (sd, at the two levels)",
+         f"{real['baseline_repeat_sd']:.4f} / {real['tuned_repeat_sd']:.4f}", "", "drift stream",
+         "> 0: machine drift is real", "yes" if real["tuned_repeat_sd"] > 0 else "NO"),
+    ]
+    return rows, k_real > 0.5
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=400, help="simulated research runs per stream")
+    ap.add_argument("--reps", type=int, default=200, help="simulated research runs per stream")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--real", type=int, default=4,
+                    help="seeds per code point for the check against real quickstart runs (0: skip)")
     args = ap.parse_args(argv)
     t0 = time.time()
-    g = bench_policy("greedy", args.reps, args.seed)
-    n = bench_policy("noise-aware", args.reps, args.seed)
+    sims: dict[tuple[str, str], dict] = {}
+    for stream, n in (("noise", EXPERIMENTS), ("mixed", LONG), ("sparse", 2 * LONG),
+                      ("slightly-worse", LONG), ("simpler-worse", LONG),
+                      ("all-simpler-worse", EXPERIMENTS), ("drift", EXPERIMENTS)):
+        for pol in POLICIES:
+            sims[stream, pol] = simulate(pol, stream, args.reps, args.seed, n)
     pr = bench_prune(args.reps * 5, args.seed)
 
     def pct(x: float) -> str:
         return f"{100 * x:.1f}%"
 
-    def sd(x: float, se: float) -> str:
-        return f"{x:+.2f} ± {se:.2f} sd"
+    def sd(x: dict) -> str:
+        return f"{x['error']:+.2f} ± {x['error_se']:.2f} sd"
 
     ok = {True: "yes", False: "NO"}
-    rows = [
-        ("false keeps, pure noise (per no-effect proposal)", pct(g["false_keep_noise"]),
-         pct(n["false_keep_noise"]), "<= 5%", ok[n["false_keep_noise"] <= 0.05]),
-        ("false keeps, no-effect proposals in mixed stream", pct(g["false_keep_mixed"]),
-         pct(n["false_keep_mixed"]), "<= 5%", ok[n["false_keep_mixed"] <= 0.05]),
-        ("worse proposals kept, mixed stream", pct(g["worse_kept"]), pct(n["worse_kept"]), "", ""),
-        (f"drift of reported best below truth, pure noise, {EXPERIMENTS} runs",
-         sd(g["drift"], g["drift_se"]), sd(n["drift"], n["drift_se"]), "<= 0.58 (sem of 3 runs)",
-         ok[n["drift"] <= 1 / np.sqrt(3)]),
-        ("real improvements kept: 1 sd", pct(g["kept_1"]), pct(n["kept_1"]), "", ""),
-        ("real improvements kept: 2 sd", pct(g["kept_2"]), pct(n["kept_2"]), "", ""),
-        ("real improvements kept: 3 sd", pct(g["kept_3"]), pct(n["kept_3"]), ">= 90%",
-         ok[n["kept_3"] >= 0.90]),
-        ("true gain of the final best, mixed stream", f"{g['gain']:.1f} sd", f"{n['gain']:.1f} sd",
-         "", ""),
-        ("evaluation runs per proposal, pure noise", f"{g['cost_noise']:.2f}",
-         f"{n['cost_noise']:.2f}", "<= 2x greedy", ok[n["cost_noise"] <= 2 * g["cost_noise"]]),
-        ("evaluation runs per proposal, mixed stream", f"{g['cost_mixed']:.2f}",
-         f"{n['cost_mixed']:.2f}", "<= 2x greedy", ok[n["cost_mixed"] <= 2 * g["cost_mixed"]]),
-        ("--prune: run time saved on bad candidates", pct(pr["saved_bad"]), pct(pr["saved_bad"]),
+    rows: list[tuple] = []
+
+    def row(label: str, key: Callable[[dict], str], stream: str, target: str = "",
+            met: Callable[[dict], bool] | None = None) -> None:
+        cells = [key(sims[stream, p]) for p in POLICIES]
+        rows.append((label, *cells, target, ok[met(sims[stream, "noise-aware"])] if met else ""))
+
+    row("false keeps, pure noise (per no-effect proposal)", lambda r: pct(r["null_kept"]), "noise",
+        "<= 1%", lambda r: r["null_kept"] <= 0.01)
+    row("false keeps, no-effect proposals in mixed stream", lambda r: pct(r["null_kept"]), "mixed",
+        "<= 1%", lambda r: r["null_kept"] <= 0.01)
+    row("false keeps, drift stream (everything looks 5 sd better halfway)",
+        lambda r: pct(r["null_kept"]), "drift", "<= 1%", lambda r: r["null_kept"] <= 0.01)
+    row("worse proposals kept, mixed stream", lambda r: pct(r["worse_kept"]), "mixed")
+    row("one line shorter, 0.5 sd worse: kept", lambda r: pct(r["worse_kept"]), "all-simpler-worse",
+        "<= 1%", lambda r: r["worse_kept"] <= 0.01)
+    row(f"one line shorter, 0.5 sd worse: true drift over {EXPERIMENTS} runs",
+        lambda r: f"{r['gain']:+.2f} sd", "all-simpler-worse", ">= -0.5 sd",
+        lambda r: r["gain"] >= -0.5)
+    for stream in ("mixed", "drift"):
+        row(f"reported best minus its true value, {stream} stream", sd, stream, "within 1 sd",
+            lambda r: abs(r["error"]) <= 1.0)
+    for stream in ("mixed", "sparse", "slightly-worse", "simpler-worse"):
+        greedy = sims[stream, "greedy"]["milestones"]
+        for i, m in enumerate(MILESTONES):
+            def cell(r: dict, i: int = i) -> str:
+                v = r["milestones"][i]
+                return f"{v:.0f}" if np.isfinite(v) else "never"
+            mine = sims[stream, "noise-aware"]["milestones"][i]
+            rows.append((f"runs to {m} sd of true gain, {stream}",
+                         *[cell(sims[stream, p]) for p in POLICIES], "<= 1.2x greedy",
+                         ok[bool(mine <= 1.2 * greedy[i])] if np.isfinite(greedy[i]) else ""))
+    rows += [
+        ("--prune: run time saved on bad candidates", pct(pr["saved_bad"]), "", pct(pr["saved_bad"]),
          ">= 30%", ok[pr["saved_bad"] >= 0.30]),
-        ("--prune: real improvements stopped", pct(pr["stopped_good"]), pct(pr["stopped_good"]),
-         "", ""),
-        ("--prune: ... of which would have ended better (lost)", pct(pr["lost_good"]),
-         pct(pr["lost_good"]), "0%", ok[pr["lost_good"] == 0.0]),
+        ("--prune: real improvements lost", pct(pr["lost_good"]), "", pct(pr["lost_good"]), "0%",
+         ok[pr["lost_good"] == 0.0]),
     ]
-    head = ("figure", "greedy", "noise-aware", "target", "met")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
+    if args.real:
+        real_rows, _ = real_check(args.real, NOISE.level_power, NOISE.seed_corr)
+        rows += real_rows
+    head = ("figure", *POLICIES, "target (noise-aware)", "met")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"
-    print(f"python bench/policies.py --reps {args.reps} --seed {args.seed}   "
-          f"({args.reps} runs of {EXPERIMENTS} experiments per stream and policy; "
-          f"{pr['n_bad']} bad and {pr['n_good']} good pruning cases)\n")
+    print(f"python bench/policies.py --reps {args.reps} --seed {args.seed} --real {args.real}   "
+          f"({args.reps} simulated runs per stream and policy: {EXPERIMENTS} evaluation runs each, "
+          f"{LONG} for the milestones, {2 * LONG} on the sparse stream)\n")
     print(line)
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:

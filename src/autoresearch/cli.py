@@ -23,7 +23,6 @@ from .config import CONFIG_NAME, PROGRAM_NAME, Target, load_target, parse_spec
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger
-from .summary import best_of
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -241,13 +240,13 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
     exps = ledger.experiments(tag)
     if not exps:
         return
+    from .summary import best_text, reported_best
+
     kept = [e for e in exps if e.status == Status.KEEP]
-    base = exps[0].metric
-    best = best_of(exps)
-    if best and best.metric is not None and base is not None:
-        console.print(f"best [bold]{target.spec.metric} {best.metric:.6f}[/] (#{best.seq}) vs baseline "
-                      f"{base:.6f} ({best.metric - base:+.6f}); {len(exps)} experiments, {len(kept)} kept; "
-                      f"results: {target.results_path}")
+    rep = reported_best(ledger, tag, target.spec.policy)
+    if rep is not None and rep["value"] is not None:
+        console.print(f"best {target.spec.metric} {best_text(rep)}; {len(exps)} experiments, "
+                      f"{len(kept)} kept; results: {target.results_path}", markup=False)
 
 
 # == agent-driven mode =========================================================================
@@ -361,14 +360,15 @@ def cmd_try(args) -> int:
 
 def _print_verdict(ledger: Ledger, tag: str, cand, target: Target, new) -> None:
     from .metrics import tail_lines
+    from .summary import best_text, reported_best
 
-    best = best_of(ledger.experiments(tag))
+    rep = reported_best(ledger, tag, target.spec.policy)
     m = target.spec.metric
     color = {"keep": "green", "discard": "yellow"}.get(cand.status.value, "red")
     runs = len(new)
     line = f"[{color}]{cand.status.value}[/] #{cand.seq}: {m} = {cand.metric}"
-    if best is not None:
-        line += f"; best {best.metric} (#{best.seq})"
+    if rep is not None:
+        line += f"; best {best_text(rep)}"
     line += f"; {runs} run(s); log {cand.log_path}"
     console.print(line)
     if cand.reason:
@@ -403,11 +403,10 @@ def cmd_status(args) -> int:
     if base is not None:
         console.print(f"  baseline {base:.6f} (mean of {info['baseline_runs']} run(s))")
     if best and best["metric"] is not None and base is not None:
-        est = best["estimate"] or {}
-        value = est.get("mean") if est.get("mean") is not None else best["metric"]
-        extra = f" ± {est['sem']:.6f} (n={est['n']})" if est.get("sem") else ""
-        console.print(f"  best     [bold green]{value:.6f}[/]{extra} (#{best['seq']}, "
-                      f"{value - base:+.6f}): {best['description']}")
+        from .summary import best_text
+
+        console.print(f"  best     {best_text(best['reported'])}: {best['description']}",
+                      markup=False)
     if info["cost_usd"]:
         per = (f", ${info['cost_per_improvement']:.4f} per kept improvement"
                if info["cost_per_improvement"] is not None else "")

@@ -38,7 +38,7 @@ from .metrics import tail_lines
 from .policies import Policy, PolicyContext, Sample, Verdict
 from .ratchet import CommitResult, Ratchet
 from .runner import kill_tree, run_command
-from .summary import best_of, replicate_groups, sample_of
+from .summary import best_of, format_best, replicate_groups, reported_best, sample_of
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
 
@@ -855,7 +855,8 @@ class Loop:
         value = est.get("mean", cand.metric)
         delta = value - (self.policy.estimate(self._sample(inc), self._policy_context()).get("mean")
                          or 0.0)
-        message = (f"{self.spec.metric} {value:.6f} ({delta:+.6f}): {cand.description}\n\n"
+        shown = format_best(value, est.get("sem"), est.get("n"))
+        message = (f"{self.spec.metric} {shown} ({delta:+.6f}): {cand.description}\n\n"
                    f"autoresearch {self.tag} experiment #{cand.seq}, proposed by {cand.agent}")
         # the kept commit says what was tried and what it scored; same tree and parent
         kept = self.ratchet.git("commit-tree", self.ratchet.tree_of(cand.commit_sha), "-p",
@@ -927,7 +928,8 @@ class Loop:
     def _finished(self, e: Experiment) -> None:
         self._write_results()
         if self.reporter:
-            self.reporter.finished(e, self.incumbent)
+            self.reporter.finished(e, self.incumbent,
+                                   reported=reported_best(self.ledger, self.tag, self.spec.policy))
 
     def _write_results(self) -> None:
         from .export import write_results_tsv

@@ -48,17 +48,98 @@ def replicate_groups(ledger: Ledger, tag: str) -> list[list[float]]:
     return [g for g in groups.values() if len(g) >= 2]
 
 
-def best_estimate(ledger: Ledger, tag: str, best: Experiment, policy_name: str | None,
-                  settings: PolicySettings | None = None) -> dict[str, Any]:
-    """The best's value as the run's policy reports it: mean, n, and its uncertainty."""
+def _context(ledger: Ledger, tag: str, settings: PolicySettings | None) -> tuple[Any, PolicyContext]:
     run = ledger.get_run(tag)
-    policy = make_policy(policy_name or (run.policy if run and run.policy else "greedy"))
+    policy = make_policy(run.policy if run and run.policy else "greedy")
     ctx = PolicyContext(run.direction if run else "minimize", settings or PolicySettings(),
                         replicate_groups(ledger, tag))
+    return policy, ctx
+
+
+def best_estimate(ledger: Ledger, tag: str, best: Experiment, policy_name: str | None = None,
+                  settings: PolicySettings | None = None) -> dict[str, Any]:
+    """The best's value as the run's policy reports it: mean, n, and its uncertainty."""
+    policy, ctx = _context(ledger, tag, settings)
+    if policy_name:
+        policy = make_policy(policy_name)
     sample = sample_of(ledger, tag, best)
     if not sample.values:
         return {"mean": best.metric, "n": 0, "sem": None}
     return policy.estimate(sample, ctx)
+
+
+def reported_best(ledger: Ledger, tag: str, settings: PolicySettings | None = None
+                  ) -> dict[str, Any] | None:
+    """THE best of a run, as every view reports it (live line, final line, `status`, the `try`
+    verdict, the commit message, results.tsv, the plot and the dashboard).
+
+    value: the mean of the best's runs made under the latest measuring conditions (the policy's
+    `estimate`; greedy: all its runs); sem: its standard error where the noise is known;
+    gain: value minus the baseline's mean, both taken from runs of the same conditions (the
+    latest epoch in which both were measured), so a machine that got faster is not a gain.
+    """
+    exps = ledger.experiments(tag)
+    best = best_of(exps)
+    if best is None:
+        return None
+    policy, ctx = _context(ledger, tag, settings)
+    sample = sample_of(ledger, tag, best)
+    if not sample.values:
+        return {"seq": best.seq, "value": best.metric, "sem": None, "n": 0, "gain": None,
+                "gain_sem": None, "same_conditions": None}
+    est = policy.estimate(sample, ctx)
+    base = exps[0]
+    gain, gain_sem, same = None, None, None
+    if base.id == best.id:
+        gain, gain_sem, same = 0.0, 0.0, True
+    else:
+        values, at = list(sample.values), list(sample.at)
+        bs = sample_of(ledger, tag, base)
+        while values:
+            cur_v, cur_at = policy.current(Sample(values, sample.lines, at=at), ctx)
+            since = min(cur_at) if cur_at else 0
+            base_now = [v for v, a in zip(bs.values, bs.at, strict=True) if a >= since]
+            older = [(v, a) for v, a in zip(values, at, strict=True) if a < since]
+            if base_now or not older:
+                ref = base_now or bs.values
+                if ref:
+                    gain = sum(cur_v) / len(cur_v) - sum(ref) / len(ref)
+                    same = bool(base_now) or len(cur_v) == len(values)
+                    sigma = est.get("sigma")
+                    if sigma is not None:
+                        gain_sem = sigma * math.sqrt(1 / len(cur_v) + 1 / len(ref))
+                break
+            values, at = [v for v, _ in older], [a for _, a in older]
+    return {"seq": best.seq, "value": est.get("mean"), "sem": est.get("sem"), "n": est.get("n"),
+            "since": est.get("since"), "gain": gain, "gain_sem": gain_sem,
+            "same_conditions": same, "description": best.description,
+            "commit": best.commit_sha}
+
+
+def best_text(rep: dict[str, Any] | None) -> str:
+    """`0.116488 ± 0.001200 (n=3) (#13), -0.756671 vs baseline`: the reported best in one line."""
+    if rep is None or rep.get("value") is None:
+        return "—"
+    text = f"{format_best(rep['value'], rep.get('sem'), rep.get('n'))} (#{rep['seq']})"
+    if rep.get("gain") is not None and rep["gain"] != 0:
+        text += f", {rep['gain']:+.6f}"
+        if rep.get("gain_sem"):
+            text += f" ± {rep['gain_sem']:.6f}"
+        text += " vs baseline" + ("" if rep.get("same_conditions") else
+                                  " (measured under other conditions)")
+    return text
+
+
+def format_best(value: float | None, sem: float | None = None, n: int | None = None) -> str:
+    """How the best is written everywhere: `0.123456 ± 0.000800 (n=3)`."""
+    if value is None:
+        return "—"
+    text = f"{value:.6f}"
+    if sem:
+        text += f" ± {sem:.6f}"
+    if n and n > 1:
+        text += f" (n={n})"
+    return text
 
 
 def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None) -> dict[str, Any]:
@@ -89,7 +170,8 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
     if best is not None:
         est = best_estimate(ledger, tag, best, run.policy, settings)
         best_info = {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
-                     "description": best.description, "estimate": est}
+                     "description": best.description, "estimate": est,
+                     "reported": reported_best(ledger, tag, settings)}
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
         "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": len(exps),

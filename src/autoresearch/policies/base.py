@@ -84,6 +84,10 @@ class Policy(ABC):
     def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
         """Judge a candidate against the incumbent."""
 
+    def current(self, incumbent: Sample, ctx: PolicyContext) -> tuple[list[float], list[int]]:
+        """The best's runs made under the conditions of now (values, at); by default all."""
+        return list(incumbent.values), list(incumbent.at)
+
     def estimate(self, incumbent: Sample, ctx: PolicyContext) -> dict[str, Any]:
         """The best's value as reported: mean and uncertainty (not the luckiest draw)."""
         n = incumbent.n
