@@ -407,6 +407,14 @@ def cmd_status(args) -> int:
 
         console.print(f"  best     {best_text(best['reported'])}: {best['description']}",
                       markup=False)
+    hold = info["holdout"]
+    if hold["baseline"] is not None or hold["alarms"]:
+        console.print(f"  holdout  baseline {hold['baseline']}, best {hold['best']}", markup=False)
+    for a in hold["alarms"]:
+        console.print(f"  HOLDOUT DIVERGENCE at #{a['seq']} ({a['status']}): {info['metric']} "
+                      f"{a['validation_change']:+.6g} while the holdout went {a['holdout_change']:+.6g} "
+                      f"against #{a['against']} (noise threshold {a['threshold']:.3g})",
+                      style="bold red", markup=False)
     if info["cost_usd"]:
         per = (f", ${info['cost_per_improvement']:.4f} per kept improvement"
                if info["cost_per_improvement"] is not None else "")

@@ -150,6 +150,10 @@ class TargetSpec(_Strict):
     evaluate: str | None = None
     metric: str
     direction: Literal["minimize", "maximize"] = "minimize"
+    holdout: str | None = None                        # locked command: a second metric the agent never sees
+    holdout_metric: str | None = None                 # the name the holdout prints; default: metric
+    holdout_every: int = Field(1, ge=1)               # run the holdout on every Nth candidate (and the baseline)
+    on_divergence: Literal["warn", "stop", "revert"] = "warn"   # when validation improves but the holdout worsens
     budget: float = Field(300, gt=0)                  # seconds of training per experiment
     timeout: float | None = Field(None, gt=0)         # hard limit; default 2 * budget + 60
     setup_timeout: float = Field(3600, gt=0)
@@ -179,7 +183,7 @@ class TargetSpec(_Strict):
             raise ValueError(f"metric name {v!r} must be a word such as 'val_bpb'")
         return v
 
-    @field_validator("run", "setup", "evaluate")
+    @field_validator("run", "setup", "evaluate", "holdout")
     @classmethod
     def _command(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():

@@ -426,18 +426,24 @@ function renderStatus(s) {
   $("base").textContent = fmt(base);
   $("base-sub").textContent = isNum(base) ? "#1 · the unmodified target" : "not measured yet";
   if (b) {
-    const est = b.estimate || {};
+    const est = b.reported ? { mean: b.reported.value, sem: b.reported.sem, n: b.reported.n } : (b.estimate || {});
     const mean = isNum(est.mean) ? est.mean : b.metric;
     const best = $("best"); best.replaceChildren(fmt(mean));
     if (isNum(est.sem)) best.append(el("span", { class: "muted", style: "font-size:15px" }, " ± " + fmt(est.sem)));
     const sub = $("best-sub"); sub.replaceChildren();
+    const gain = b.reported && isNum(b.reported.gain) ? b.reported.gain : null;
     if (isNum(mean) && isNum(base) && b.seq !== 1) {
-      const d = mean - base;
+      const d = gain !== null ? gain : mean - base;
       sub.append(el("span", { class: d === 0 ? "" : better(d) ? "better" : "worse" },
         fmtDelta(d) + (base !== 0 ? " (" + (100 * d / Math.abs(base)).toFixed(2) + "%)" : "")), " vs baseline · ");
     }
     sub.append("#" + b.seq + (est.n ? " · n=" + est.n : "") + " · " + (b.description || ""));
     sub.title = b.description || "";
+    for (const a of ((s.holdout || {}).alarms || [])) {
+      sub.append(el("div", { class: "worse" }, "holdout divergence at #" + a.seq + " (" + a.status + "): " +
+        s.metric + " " + fmtDelta(a.validation_change) + ", holdout " + fmtDelta(a.holdout_change) +
+        " against #" + a.against));
+    }
   } else { $("best").textContent = "–"; $("best-sub").textContent = "no kept experiment yet"; }
 
   $("total").textContent = s.experiments;

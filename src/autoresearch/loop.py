@@ -120,6 +120,7 @@ class Loop:
         self._agent_lock = threading.Lock()
         self._pid_updates: list[tuple[int, int]] = []   # (experiment id, pid) from slot threads
         self._lines_by_blob: dict[str, int] = {}          # blob id -> non-blank lines
+        self._holdout: dict[int, float] = {}              # experiment id -> holdout metric (until judged)
 
     # == setup and resume ===================================================================
     def editable(self, rel: str) -> bool:
@@ -638,6 +639,9 @@ class Loop:
         slot = self.free_slots.pop(0)
         seed = self.opt.seed + self._n_measurements(e.tree_sha, before=e.id)
         job = self._job_stub(e, seed)
+        if self.spec.holdout and (e.kind == "baseline" or (
+                e.kind in ("candidate", "rebase") and e.seq % self.spec.holdout_every == 0)):
+            job.holdout, job.holdout_metric = self.spec.holdout, self.spec.holdout_metric
         Path(job.log_path).unlink(missing_ok=True)   # a re-evaluation starts a fresh log
         info = self.executor.slot_info(slot)
         self.ledger.update(exp_id, status=Status.RUNNING, started=time.time(), slot=slot,
@@ -698,6 +702,8 @@ class Loop:
             self.ledger.update(exp_id, pid=pid, pid_started=created)
 
     def _on_result(self, e: Experiment, res: EvalResult) -> None:
+        if res.holdout is not None:
+            self._holdout[e.id] = res.holdout
         fields: dict[str, Any] = dict(
             wall_time=res.wall_time, peak_memory_mb=res.peak_memory_mb, exit_code=res.exit_code,
             log_path=res.log_path, metrics=res.metrics, curve=res.curve or None,
@@ -779,8 +785,10 @@ class Loop:
 
     def _baseline_measured(self, e: Experiment) -> None:
         if e.status != Status.KEEP:
-            self.ledger.update(e.id, status=Status.KEEP, reason="baseline",
-                               decision={"verdict": "keep", "reason": "baseline", "at": time.time()})
+            decision = {"verdict": "keep", "reason": "baseline", "at": time.time()}
+            if e.id in self._holdout:
+                decision["holdout"] = self._holdout.pop(e.id)
+            self.ledger.update(e.id, status=Status.KEEP, reason="baseline", decision=decision)
             e = self.ledger.get(e.id)
             self.incumbent = e
             self._finished(e)
@@ -825,6 +833,10 @@ class Loop:
         decision = self.policy.decide(self._sample(cand), self._sample(inc), self._policy_context())
         record = {"verdict": decision.verdict.value, "reason": decision.reason,
                   "evidence": decision.evidence, "at": time.time(), "against": inc.seq}
+        if cand.id in self._holdout:
+            record["holdout"] = self._holdout[cand.id]
+        elif (cand.decision or {}).get("holdout") is not None:
+            record["holdout"] = cand.decision["holdout"]
         if decision.verdict == Verdict.MORE:
             who = inc if decision.rerun == "incumbent" else cand
             n_repeats = self.ledger.db.execute(
@@ -867,7 +879,37 @@ class Loop:
         self.ratchet.set_branch(self.tag, kept, expect=inc.commit_sha)
         self.incumbent = self.ledger.get(cand.id)
         self._tell(self.incumbent)
+        if self.spec.holdout and self._watch_holdout(self.incumbent, inc):
+            return
         self._finished(self.incumbent)
+
+    def _watch_holdout(self, kept: Experiment, previous: Experiment) -> bool:
+        """The Goodhart guard: after a keep, compare the holdout metric along the kept chain.
+        Returns True when the keep was reverted (the experiment is then finished)."""
+        from .summary import holdout_divergence
+
+        alarm = holdout_divergence(self.ledger, self.tag, self.spec, kept)
+        if alarm is None:
+            return False
+        record = dict(kept.decision or {})
+        record["holdout_alarm"] = alarm
+        text = (f"holdout divergence at #{kept.seq}: {self.spec.metric} improved by "
+                f"{alarm['validation_change']:+.6g} while the holdout worsened by "
+                f"{alarm['holdout_change']:+.6g} (beyond its noise, {alarm['threshold']:.3g}) "
+                f"against #{alarm['against']}; on_divergence = {self.spec.on_divergence}")
+        if self.reporter:
+            self.reporter.message(text)
+        if self.spec.on_divergence == "revert":
+            self.ledger.update(kept.id, status=Status.DISCARD, decision=record,
+                               reason=f"reverted: {text}")
+            self.ratchet.set_branch(self.tag, previous.commit_sha or "", expect=kept.commit_sha)
+            self.incumbent = self.ledger.get(previous.id)
+            self._finished(self.ledger.get(kept.id))
+            return True
+        self.ledger.update(kept.id, decision=record)
+        if self.spec.on_divergence == "stop":
+            self.stopping = text
+        return False
 
     def _rebase(self, cand: Experiment, inc: Experiment, record: dict) -> None:
         """A winner proposed against an older best: replay it onto the new best and measure again."""

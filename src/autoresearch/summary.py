@@ -142,6 +142,60 @@ def format_best(value: float | None, sem: float | None = None, n: int | None = N
     return text
 
 
+def _holdout_of(e: Experiment) -> float | None:
+    h = (e.decision or {}).get("holdout")
+    return float(h) if isinstance(h, (int, float)) and math.isfinite(h) else None
+
+
+def holdout_divergence(ledger: Ledger, tag: str, spec: Any, kept: Experiment
+                       ) -> dict[str, Any] | None:
+    """The Goodhart alarm for a newly kept experiment, or None.
+
+    It fires when the validation metric improved against an earlier point of the kept chain
+    (the previous keep with a holdout value, and the baseline) while the holdout metric got
+    worse by more than its noise: 3 * sqrt(2) holdout sds, the holdout sd taken to be the
+    validation noise at the best's level scaled to the holdout's magnitude (the same relative
+    noise), or the holdout's printed precision for a deterministic metric.
+    """
+    from .policies.noise import printed_resolution
+
+    h = _holdout_of(kept)
+    if h is None:
+        return None
+    sign = 1.0 if spec.direction == "maximize" else -1.0
+    exps = ledger.experiments(tag)
+    chain = sorted((e for e in exps if e.status == Status.KEEP and e.id != kept.id
+                    and _holdout_of(e) is not None), key=kept_order)
+    refs = ([chain[-1]] if chain else []) + [e for e in chain[:1] if e.kind == "baseline"]
+    policy, ctx = _context(ledger, tag, spec.policy)
+    mine = sample_of(ledger, tag, kept)
+    if not mine.values:
+        return None
+    v = sum(mine.values) / mine.n
+    sigma = policy.estimate(mine, ctx).get("sigma") or 0.0
+    for ref in refs:
+        rs = sample_of(ledger, tag, ref)
+        h_ref = _holdout_of(ref)
+        if not rs.values or h_ref is None:
+            continue
+        v_ref = sum(rs.values) / rs.n
+        dv, dh = sign * (v - v_ref), sign * (h - h_ref)
+        noise = sigma * abs(h_ref) / abs(v_ref) if v_ref else 0.0
+        threshold = (3 * math.sqrt(2) * noise if noise > 0
+                     else max(printed_resolution(h), printed_resolution(h_ref)))
+        if dv > 0 and -dh > threshold:
+            return {"seq": kept.seq, "against": ref.seq, "validation_change": v - v_ref,
+                    "holdout_change": h - h_ref, "holdout": h, "holdout_against": h_ref,
+                    "threshold": threshold}
+    return None
+
+
+def holdout_alarms(exps: list[Experiment]) -> list[dict[str, Any]]:
+    """Every divergence alarm of a run, oldest first."""
+    return [dict((e.decision or {})["holdout_alarm"], status=e.status.value) for e in exps
+            if (e.decision or {}).get("holdout_alarm")]
+
+
 def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None) -> dict[str, Any]:
     run = ledger.get_run(tag)
     assert run is not None
@@ -182,6 +236,9 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
         "tokens": {"input": sum(e.input_tokens for e in exps),
                    "output": sum(e.output_tokens for e in exps)},
         "slots": slots,
+        "holdout": {"baseline": _holdout_of(base) if base else None,
+                    "best": _holdout_of(best) if best else None,
+                    "alarms": holdout_alarms(exps)},
         "running": [e.seq for e in exps if e.status == Status.RUNNING],
         "updated": now,
     }
