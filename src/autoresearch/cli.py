@@ -174,7 +174,8 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
         tag=tag, agent_name=agent_name, max_experiments=getattr(args, "max_experiments", None),
         max_time=getattr(args, "max_time", None), budget=getattr(args, "budget", None),
         prune=getattr(args, "prune", False), max_cost=getattr(args, "max_cost", None),
-        seed=getattr(args, "seed", 0) or 0, ahead=getattr(args, "ahead", None))
+        seed=getattr(args, "seed", 0) or 0, ahead=getattr(args, "ahead", None),
+        results_format=getattr(args, "results_format", None) or "native")
     return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
 
 
@@ -580,7 +581,7 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
     p.add_argument("--max-experiments", type=int, help="stop after N experiments (the baseline and repeats count)")
     p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")
-    p.add_argument("--policy", help="noise-aware (default) or greedy")
+    p.add_argument("--policy", help="noise-aware (default), greedy or noise-aware-v1")
     p.add_argument("--prune", action="store_true", help="stop runs whose progress curve is clearly worse")
     p.add_argument("--max-cost", type=float, help="stop when the agent has cost USD")
     p.add_argument("--workers", type=int, default=1, help="experiments at once (one worktree each)")
@@ -589,6 +590,9 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--ahead", type=int, help="proposals kept ready ahead of time (default: slots for slow agents)")
     p.add_argument("--seed", type=int, default=0, help="base value of AUTORESEARCH_SEED")
+    p.add_argument("--results-format", choices=["native", "original"], default="native",
+                   help="results.tsv: native (every experiment) or original (one row per candidate, "
+                        "repeats folded into its mean, keep/discard/crash: the original's analysis.ipynb)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
 
 
@@ -666,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-format", choices=["native", "original"], default="native",
+                   help="results.tsv format (see 'run --help')")
     p.set_defaults(func=cmd_demo)
     return parser
 

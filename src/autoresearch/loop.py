@@ -58,6 +58,7 @@ class LoopOptions:
     max_cost: float | None = None       # USD
     seed: int = 0
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
+    results_format: str = "native"      # results.tsv: "native" or "original" (export.results_tsv)
 
 
 @dataclass
@@ -975,7 +976,8 @@ class Loop:
 
     def _write_results(self) -> None:
         from .export import write_results_tsv
-        write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path)
+        write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path,
+                          original=self.opt.results_format == "original")
 
 
 def _raise_interrupt(signum, frame):
