@@ -42,7 +42,7 @@ LONG = 600             # evaluation runs per research run for the milestones
 MILESTONES = (5, 10, 20, 40)
 POLICIES = ("greedy", "noise-aware-v1", "noise-aware")
 #: the settings each policy runs with: its defaults (noise-aware-v1 as it shipped)
-SETTINGS = {"greedy": PolicySettings(), "noise-aware-v1": PolicySettings(alpha=0.05),
+SETTINGS = {"greedy": PolicySettings(), "noise-aware-v1": PolicySettings(alpha=0.05, max_runs=6),
             "noise-aware": PolicySettings()}
 NOISE = Noise(level_power=1.0, seed_corr=0.2)   # see the sim-vs-real check for the real values
 GOOD = (1.0, 2.0, 3.0)

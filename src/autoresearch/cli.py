@@ -521,8 +521,10 @@ def cmd_plot(args) -> int:
 
     target, ledger, tag = _open_run(args)
     out = Path(args.output or target.root / "progress.png")
+    from .summary import reported_values
+
     plot_progress(ledger.experiments(tag), target.spec.metric, target.spec.direction, out,
-                  title=f"autoresearch {tag}")
+                  title=f"autoresearch {tag}", values=reported_values(ledger, tag))
     console.print(f"wrote {out}")
     return 0
 
@@ -565,8 +567,11 @@ def cmd_demo(args) -> int:
     base = exps[0].metric if exps else None
     console.print(experiments_table(exps, target.spec.metric, f"demo: {len(exps)} experiments "
                                     f"in {time.time() - t0:.0f}s", base))
+    from .summary import reported_values
+
     png = plot_progress(exps, target.spec.metric, target.spec.direction, dest / "progress.png",
-                        title="autoresearch demo (quickstart)")
+                        title="autoresearch demo (quickstart)",
+                        values=reported_values(loop.ledger, args.tag, exps))
     _print_summary(loop.ledger, args.tag, target)
     console.print(f"  target     {dest}\n  results    {target.results_path}\n  plot       {png}\n"
                   f"  ledger     {target.state_dir / 'ledger.db'}\n  logs       {loop.log_dir}\n"

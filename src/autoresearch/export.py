@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import TargetSpec
 from .experiment import Status
 from .ledger import Experiment, Ledger
+from .summary import reported_values
 
 TSV_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
 
@@ -39,24 +40,6 @@ ORIGINAL_STATUS = {Status.KEEP: "keep", Status.DISCARD: "discard", Status.REBASE
                    Status.INVALID: "crash", Status.AGENT_ERROR: "crash"}
 
 
-def _values(ledger: Ledger, tag: str, exps: list[Experiment]) -> dict[int, float]:
-    """Each measured experiment's value as the run reports it: the policy's estimate (the mean of
-    its commit's runs) for the best and the candidates, its own measurement for a repeat."""
-    from .summary import _context, sample_of
-
-    policy, ctx = _context(ledger, tag, None)
-    out: dict[int, float] = {}
-    for e in exps:
-        if e.metric is None or e.kind == "repeat":
-            continue
-        sample = sample_of(ledger, tag, e)
-        if sample.values:
-            mean = policy.estimate(sample, ctx).get("mean")
-            if mean is not None:
-                out[e.id] = mean
-    return out
-
-
 def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, original: bool = False) -> str:
     """results.tsv. Native: one row per experiment (repeats and every status included); a kept
     row shows the best's reported value. `original`: the original's format, one row per
@@ -64,7 +47,7 @@ def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, original: bool = Fal
     the original's analysis.ipynb reads it unmodified."""
     lines = ["\t".join(c.format(metric=spec.metric) for c in TSV_COLUMNS)]
     exps = ledger.experiments(tag)
-    values = _values(ledger, tag, exps)
+    values = reported_values(ledger, tag, exps)
     for e in exps:
         status = e.status.value
         value = e.metric

@@ -12,7 +12,14 @@ from .summary import kept_order
 
 
 def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Path,
-                  title: str | None = None) -> Path:
+                  title: str | None = None, values: dict[int, float] | None = None) -> Path:
+    """`values` (summary.reported_values) places kept experiments and the running best at the
+    value every other view reports (the mean of their runs), not at their first draw."""
+    shown = values or {}
+
+    def y(e: Experiment) -> float:
+        return shown.get(e.id, e.metric) if e.status == Status.KEEP else e.metric
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +31,7 @@ def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Pat
     kept = [e for e in measured if e.status == Status.KEEP]
     ax.scatter([e.seq for e in other], [e.metric for e in other], s=18, color="#b0b0b0",
                label="discarded / repeat", zorder=2)
-    ax.scatter([e.seq for e in kept], [e.metric for e in kept], s=46, color="#2ca02c",
+    ax.scatter([e.seq for e in kept], [y(e) for e in kept], s=46, color="#2ca02c",
                edgecolor="black", linewidth=0.6, label="kept", zorder=4)
     failed = [e for e in exps if e.status in (Status.CRASH, Status.TIMEOUT, Status.PRUNED)]
     if failed and measured:
@@ -35,7 +42,7 @@ def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Pat
     xs, ys = [], []
     best = None
     for e in sorted(kept, key=kept_order):
-        best = e.metric
+        best = y(e)
         xs.append(e.seq)
         ys.append(best)
     if xs:
@@ -43,7 +50,7 @@ def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Pat
         ax.step(xs + [last], ys + [ys[-1]], where="post", color="#2ca02c", linewidth=1.8,
                 label="best so far", zorder=3)
         for e in kept:
-            ax.annotate(e.description[:48], (e.seq, e.metric), textcoords="offset points",
+            ax.annotate(e.description[:48], (e.seq, y(e)), textcoords="offset points",
                         xytext=(4, 6), fontsize=7, rotation=18, color="#1a5e1a")
     ax.set_xlabel("experiment")
     ax.set_ylabel(metric + (" (lower is better)" if direction == "minimize" else " (higher is better)"))

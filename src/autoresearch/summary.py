@@ -130,6 +130,23 @@ def best_text(rep: dict[str, Any] | None) -> str:
     return text
 
 
+def reported_values(ledger: Ledger, tag: str, exps: list[Experiment] | None = None
+                    ) -> dict[int, float]:
+    """experiment id -> its value as the run reports it: the policy's estimate over its commit's
+    runs (for the best, `reported_best`'s value) for every measured experiment but repeats."""
+    policy, ctx = _context(ledger, tag, None)
+    out: dict[int, float] = {}
+    for e in exps if exps is not None else ledger.experiments(tag):
+        if e.metric is None or e.kind == "repeat":
+            continue
+        sample = sample_of(ledger, tag, e)
+        if sample.values:
+            mean = policy.estimate(sample, ctx).get("mean")
+            if mean is not None:
+                out[e.id] = mean
+    return out
+
+
 def format_best(value: float | None, sem: float | None = None, n: int | None = None) -> str:
     """How the best is written everywhere: `0.123456 ± 0.000800 (n=3)`."""
     if value is None:
