@@ -131,6 +131,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
             runs += 1
         res.proposals.append(Proposal(effect, kept, runs, decided, rule, dl))
         if kept:
+            cand.selection = cand.n          # the runs that selected it (the ledger knows them)
             inc, inc_truth = cand, truth
             if res.gain_path:
                 res.gain_path[-1] = phi0 - noise.potential(inc_truth)

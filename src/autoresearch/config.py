@@ -97,7 +97,7 @@ class PolicySettings(_Strict):
     """[policy]: settings of the acceptance policies (see policies/)."""
 
     baseline_runs: int = Field(3, ge=1, le=50)        # noise-aware: evaluations of the baseline
-    alpha: float = Field(0.02, gt=0, lt=0.5)          # noise-aware: level of the keep test, per look
+    alpha: float = Field(0.01, gt=0, lt=0.5)          # noise-aware: false-keep rate per no-effect proposal (union bound over its looks)
     power_beta: float = Field(0.1, gt=0, lt=0.5)      # noise-aware: chance to miss a real improvement
     max_runs: int = Field(4, ge=1, le=100)            # noise-aware: cap on runs per candidate
     min_effect: float = Field(0.0, ge=0)              # in the metric's units

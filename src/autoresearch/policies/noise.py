@@ -34,11 +34,15 @@ def printed_resolution(x: float) -> float:
 
 
 def agree(values: Sequence[float]) -> bool:
-    """True when the values are equal to the coarsest printed precision among them."""
+    """True when the values are equal as printed: exactly, or apart by one unit of a last digit
+    that is at least the fourth significant one (a rounding flip, not noise)."""
     if len(values) < 2:
         return False
-    tol = max(printed_resolution(v) for v in values)
-    return max(values) - min(values) <= tol * (1 + 1e-9)
+    spread = max(values) - min(values)
+    if spread <= 1e-12 * max(1.0, max(abs(v) for v in values)):
+        return True
+    unit = min(printed_resolution(v) for v in values)
+    return spread <= unit * (1 + 1e-9) and unit <= 1e-3 * max(abs(v) for v in values)
 
 
 def deterministic(groups: Sequence[Sequence[float]]) -> bool:

@@ -18,11 +18,12 @@ The rule, in order (d = candidate mean - best mean, signed so that d > 0 is bett
    candidate must be shown no worse than the negligible effect the user declared, at the same
    confidence, so no rule ever keeps code that is worse at the policy's confidence.
 5. Sequence. After the candidate's first run, t < `screen_z` discards it: most proposals cost
-   one run. Later, t < 0 discards it. A candidate still in the race is kept when p is at most
-   alpha / `max_runs` (Bonferroni over its looks: the false-keep rate per no-effect proposal
-   stays under alpha); otherwise the side with fewer runs is measured again (the best on a tie:
-   its runs serve every later comparison too). At `max_runs` runs of the candidate it is
-   discarded as "not confirmed".
+   one run. Later, t < 0 discards it. A candidate still in the race is looked at once per run of
+   its own (the first look after the best's run beside it) and kept when p <= alpha / max_runs:
+   by the union bound over its looks, a candidate with no effect is kept with probability at
+   most alpha (the benchmark measures the realized rate). Between looks the side with fewer runs
+   is measured again (the best on a tie: its runs serve every later comparison too). At
+   `max_runs` runs of the candidate it is discarded as "not confirmed".
 6. Reported best. The mean of the best's runs of the latest epoch, with sem = sigma / sqrt(n)
    from the local noise; the keep's own runs are part of it (their selection bias is small at a
    keep that needs p <= alpha / max_runs, and fresh runs dilute it).
@@ -161,7 +162,10 @@ class SequentialPolicy(Policy):
         se = sigma * math.sqrt(1.0 / n_c + 1.0 / n_b)
         t = (d - margin) / se
         p = float(stats.t.sf(t, df)) if math.isfinite(df) else float(stats.norm.sf(t))
-        level = s.alpha
+        # Bonferroni over the looks a judgement can take: with times known, one look per run
+        # of the candidate (the first after the best's run beside it); otherwise one per call
+        timed = bool(candidate.at and incumbent.at)
+        level = s.alpha / (s.max_runs if timed else 2 * s.max_runs - 1)
         ev.update(se=se, statistic=t, p_value=p, threshold=level, screen_z=s.screen_z,
                   fresh_best_runs=len(fresh))
         if n_c == 1 and t < s.screen_z:
@@ -172,7 +176,10 @@ class SequentialPolicy(Policy):
         if candidate.at and incumbent.at and not fresh:
             return done(Verdict.MORE, "conditions", "looks better; measuring the best again "
                         "beside it, under the same conditions", "incumbent")
-        if p <= level:
+        look = (not timed or max(candidate.at) > max(fresh)
+                or (n_c == 1 and len(fresh) == 1))
+        ev["look"] = look
+        if look and p <= level:
             return keep("test", f"better (p={p:.3g} <= {level:.3g})")
         if n_c >= s.max_runs:
             return done(Verdict.DISCARD, "cap", f"not confirmed in {n_c} runs (p={p:.3g} > "
