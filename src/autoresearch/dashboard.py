@@ -526,7 +526,8 @@ function renderChart() {
     .sort((a, b) => ((a.decision || {}).at || 0) - ((b.decision || {}).at || 0) || a.seq - b.seq);
   if (kept.length) {
     let d = "";
-    kept.forEach((r, i) => { d += i ? ` H${x(r.seq)} V${y(r.metric)}` : `M${x(r.seq)} ${y(r.metric)}`; });
+    const kv = (r) => { const v = (s.kept_values || {})[r.seq]; return isNum(v) ? v : r.metric; };
+    kept.forEach((r, i) => { d += i ? ` H${x(r.seq)} V${y(kv(r))}` : `M${x(r.seq)} ${y(kv(r))}`; });
     d += ` H${x(maxSeq + 0.5)}`;
     g.append(svg("path", { d, fill: "none", stroke: "#2da44e", "stroke-width": 2 }));
   }

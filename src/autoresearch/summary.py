@@ -253,6 +253,9 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
         "tokens": {"input": sum(e.input_tokens for e in exps),
                    "output": sum(e.output_tokens for e in exps)},
         "slots": slots,
+        # kept experiments at their reported value (the plot's and the dashboard's best line)
+        "kept_values": {str(e.seq): v for e in exps if e.status == Status.KEEP
+                        for v in [reported_values(ledger, tag, [e]).get(e.id)] if v is not None},
         "holdout": {"baseline": _holdout_of(base) if base else None,
                     "best": _holdout_of(best) if best else None,
                     "alarms": holdout_alarms(exps)},
