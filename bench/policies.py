@@ -44,7 +44,9 @@ POLICIES = ("greedy", "noise-aware-v1", "noise-aware")
 #: the settings each policy runs with: its defaults (noise-aware-v1 as it shipped)
 SETTINGS = {"greedy": PolicySettings(), "noise-aware-v1": PolicySettings(alpha=0.05, max_runs=6),
             "noise-aware": PolicySettings()}
-NOISE = Noise(level_power=1.0, seed_corr=0.2)   # see the sim-vs-real check for the real values
+#: fitted to real quickstart runs on a quiet machine (sd 0.076 at val_loss 0.84, 0.0022 at 0.15:
+#: k = 2.0; the seed explains little of the spread): see the sim-vs-real rows of the table
+NOISE = Noise(level_power=2.0, seed_corr=0.2)
 GOOD = (1.0, 2.0, 3.0)
 
 
@@ -157,26 +159,25 @@ def bench_prune(reps: int, seed: int, direction: str = "minimize") -> dict[str, 
             "lost_good": float(np.mean(good_lost)), "n_bad": len(saved), "n_good": len(good_lost)}
 
 
-def real_check(seeds: int, level_power: float, seed_corr: float) -> tuple[list[tuple], bool]:
+def real_check(seeds: int, level_power: float, seed_corr: float,
+               budget: float = 4.0) -> list[tuple]:
     """Rows comparing the simulation's noise model with real runs of the quickstart target."""
     from _quickstart_noise import measure, noise_structure
 
-    real = noise_structure(measure(seeds=seeds))
+    real = noise_structure(measure(seeds=seeds, budget=budget))
     lo, hi = real["tuned_level"], real["baseline_level"]
     k_real = float(np.log(real["baseline_sd"] / real["tuned_sd"]) / np.log(hi / lo))
-    rows = [
-        ("real quickstart: sd across seeds at val_loss "
+    return [
+        (f"real quickstart ({seeds} seeds x 2, budget {budget:g} s): sd across seeds at val_loss "
          f"{hi:.3f} / {lo:.3f}", f"{real['baseline_sd']:.4f} / {real['tuned_sd']:.4f}", "", "", "", ""),
         ("  noise grows with the level as level**k: k", f"real {k_real:.2f}", "",
-         f"sim {level_power:g}", "k > 0 (noise is not constant)", "yes" if k_real > 0.5 else "NO"),
-        ("  share of the noise that follows the seed", f"real {real['seed_corr']:+.2f}", "",
-         f"sim {seed_corr:g}", "|real - sim| <= 0.5", "yes" if abs(real['seed_corr'] - seed_corr) <= 0.5
-         else "NO"),
+         f"sim {level_power:g}", "|real - sim| <= 1", "yes" if abs(k_real - level_power) <= 1 else "NO"),
+        ("  correlation of two commits' runs at one seed", f"real {real['seed_corr']:+.2f}", "",
+         f"sim {seed_corr:g}", "", ""),
         ("  a same-seed repeat moves by (sd, at the two levels)",
          f"{real['baseline_repeat_sd']:.4f} / {real['tuned_repeat_sd']:.4f}", "", "drift stream",
-         "> 0: machine drift is real", "yes" if real["tuned_repeat_sd"] > 0 else "NO"),
+         "> 0: the machine moves the metric", "yes" if real["tuned_repeat_sd"] > 0 else "NO"),
     ]
-    return rows, k_real > 0.5
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,8 +242,7 @@ def main(argv: list[str] | None = None) -> None:
          ok[pr["lost_good"] == 0.0]),
     ]
     if args.real:
-        real_rows, _ = real_check(args.real, NOISE.level_power, NOISE.seed_corr)
-        rows += real_rows
+        rows += real_check(args.real, NOISE.level_power, NOISE.seed_corr)
     head = ("figure", *POLICIES, "target (noise-aware)", "met")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"

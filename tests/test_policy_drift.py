@@ -44,7 +44,11 @@ def test_a_metric_that_shifts_30_percent_halfway_gives_no_false_keep_and_an_hone
     assert rep["same_conditions"] is True
     # +2.0 on 10 measured under one set of conditions, not +2.0 * 1.3 + 3.0 across the shift
     assert abs(rep["gain"] - 2.0) < 0.5, rep
-    assert f"{rep['value']:.6f}" in ar(root, "status", check=True).stdout
+    # one reported best: the run's final line, `status` and results.tsv say the same number
+    shown = f"{rep['value']:.6f}"
+    assert f"best score {shown}" in p.stdout
+    assert shown in ar(root, "status", check=True).stdout
+    assert shown in (root / "results.tsv").read_text()
 
 
 def test_a_deterministic_metric_costs_no_repeats(tmp_path):
