@@ -1,0 +1,233 @@
+"""The hub's HTTP API (FastAPI) and its live page.
+
+Every endpoint that reads anything private or changes anything checks the caller's API key
+(`Authorization: Bearer KEY`, looked up by its SHA-256) and role on every request; the
+leaderboard, the page and /api/info are public. Every body is a pydantic model; a refused request
+gets one JSON line `{"detail": "..."}` with the status that says why (401 no or unknown key,
+403 wrong role or someone else's claim, 404, 409 replay or expired lease, 411/413 size, 422 bad
+input or out of scope, 429 rate limit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import Target
+from ..errors import AutoresearchError
+from .models import ClaimIn, LeaseIn, ReportIn, UserIn
+from .service import Hub, HubError, HubSettings, hash_key, new_key
+from .store import HubStore, User, open_store
+
+ROLE_SETS = {"contribute": ("contributor", "admin"), "verify": ("verifier", "admin"),
+             "admin": ("admin",), "any": ("contributor", "verifier", "admin")}
+
+
+def page_html() -> str:
+    return (resources.files(__package__) / "page.html").read_text(encoding="utf-8")
+
+
+def create_app(hub: Hub) -> Any:
+    """The FastAPI app of one hub."""
+    try:
+        from fastapi import Depends, FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import HTMLResponse, Response
+    except ImportError:
+        raise AutoresearchError("the hub needs FastAPI: pip install 'autoresearch[hub]'") from None
+
+    app = FastAPI(title="autoresearch hub", docs_url=None, redoc_url=None, openapi_url=None)
+    store = hub.store
+    page = page_html()
+    max_body = hub.settings.max_bundle_bytes * 4 // 3 + 2**20
+
+    def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return Response(json.dumps(data, default=str), status_code=status,
+                        media_type="application/json",
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+    @app.exception_handler(HubError)
+    def _hub_error(request: Request, exc: HubError) -> Response:
+        return _json({"detail": str(exc)}, exc.status, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+        return _json({"detail": f"{where}: {first.get('msg')} — fix the request "
+                                f"({len(errs)} problem(s))"}, 422)
+
+    @app.middleware("http")
+    async def _size_cap(request: Request, call_next):
+        if request.method in ("POST", "PUT"):
+            length = request.headers.get("content-length")
+            if length is None:
+                return _json({"detail": "send a Content-Length header"}, 411)
+            if not length.isdigit() or int(length) > max_body:
+                return _json({"detail": f"the request is over {max_body} bytes — the bundle "
+                                        f"cap is {hub.settings.max_bundle_bytes} bytes"}, 413)
+        return await call_next(request)
+
+    def caller(request: Request) -> User:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer ") or not auth[7:].strip():
+            raise HubError(401, "no API key — send 'Authorization: Bearer KEY' (an admin makes "
+                                "one with 'autoresearch hub add-user NAME')",
+                           {"WWW-Authenticate": "Bearer"})
+        user = store.user_by_key_hash(hash_key(auth[7:].strip()))
+        if user is None:
+            raise HubError(401, "unknown API key — check --key", {"WWW-Authenticate": "Bearer"})
+        return user
+
+    def role(kind: str):
+        def check(user: User = Depends(caller)) -> User:
+            if user.role not in ROLE_SETS[kind]:
+                raise HubError(403, f"role '{user.role}' may not do this — it needs "
+                                    f"{' or '.join(ROLE_SETS[kind])}")
+            return user
+        return check
+
+    # -- public ---------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/info")
+    def info() -> Response:
+        return _json(hub.info())
+
+    @app.get("/api/leaderboard")
+    def leaderboard(hardware: str | None = None) -> Response:
+        return _json(hub.leaderboard(hardware))
+
+    @app.get("/api/health")
+    def health() -> Response:
+        return _json({"ok": True})
+
+    # -- contributors ---------------------------------------------------------------------------
+    @app.get("/api/best")
+    def best(hardware: str, user: User = Depends(role("any"))) -> Response:
+        LeaseIn(hardware=hardware)   # the same validation as everywhere
+        b = hub.best(hardware)
+        return _json(dataclasses.asdict(b))
+
+    @app.get("/api/git/bundle")
+    def bundle(want: str, request: Request, user: User = Depends(role("any"))) -> Response:
+        haves = request.query_params.getlist("have")
+        if len(want) != 40 or len(haves) > 64:
+            raise HubError(422, "want must be a full commit id, with at most 64 have=")
+        allowed = want == hub.base or want in {b.commit_sha for b in store.bests()} \
+            or want in set(store.chain_commits())
+        if not allowed:
+            c = store.claim_by_commit(want)
+            if c is None:
+                raise HubError(404, f"no commit {want[:12]} on the hub")
+            if c.user_id != user.id and user.role == "contributor":
+                raise HubError(403, f"commit {want[:12]} is another user's claim")
+        return Response(hub.repo.bundle(want, haves), media_type="application/octet-stream")
+
+    @app.post("/api/claims", status_code=201)
+    def submit(body: ClaimIn, user: User = Depends(role("contribute"))) -> Response:
+        return _json(hub.claim_view(hub.submit(user, body)), 201)
+
+    @app.get("/api/claims")
+    def claims(user: User = Depends(role("any")), limit: int = 100) -> Response:
+        limit = max(1, min(limit, 1000))
+        mine = store.claims(user_id=user.id, limit=limit) if user.role == "contributor" \
+            else store.claims(limit=limit)
+        return _json([hub.claim_view(c) for c in mine])
+
+    @app.get("/api/claims/{claim_id}")
+    def claim(claim_id: int, user: User = Depends(role("any"))) -> Response:
+        c = store.claim(claim_id)
+        if c is None:
+            raise HubError(404, f"no claim #{claim_id}")
+        if c.user_id != user.id and user.role == "contributor":
+            raise HubError(403, f"claim #{claim_id} is another user's")
+        view = hub.claim_view(c, with_diff=True)
+        view["verifications"] = [
+            {"id": v.id, "status": v.status, "outcome": v.outcome, "reason": v.reason,
+             "candidate_runs": v.candidate_runs, "best_runs": v.best_runs,
+             "verifier": (u.name if (u := store.user(v.verifier_id)) else None)}
+            for v in store.verifications(c.id)]
+        return _json(view)
+
+    # -- verifiers ------------------------------------------------------------------------------
+    @app.post("/api/leases")
+    def lease(body: LeaseIn, user: User = Depends(role("verify"))) -> Response:
+        got = hub.lease(user, body.hardware)
+        if got is None:
+            return Response(status_code=204)
+        return _json(dataclasses.asdict(got))
+
+    @app.post("/api/leases/{vid}/renew")
+    def renew(vid: int, user: User = Depends(role("verify"))) -> Response:
+        return _json({"expires": hub.renew(user, vid)})
+
+    @app.post("/api/leases/{vid}/report")
+    def report(vid: int, body: ReportIn, user: User = Depends(role("verify"))) -> Response:
+        return _json(hub.claim_view(hub.report(user, vid, body)))
+
+    # -- admin ----------------------------------------------------------------------------------
+    @app.post("/api/users", status_code=201)
+    def add_user(body: UserIn, user: User = Depends(role("admin"))) -> Response:
+        key = new_key()
+        try:
+            store.add_user(body.name, body.role, hash_key(key))
+        except AutoresearchError as e:
+            raise HubError(409, str(e)) from None
+        return _json({"name": body.name, "role": body.role, "key": key}, 201)
+
+    return app
+
+
+def data_dir_for(target: Target, data: str | None) -> Path:
+    return Path(data).resolve() if data else target.state_dir / "hub"
+
+
+def open_hub(target: Target, data: str | None, db: str | None,
+             settings: HubSettings | None = None) -> Hub:
+    d = data_dir_for(target, data)
+    d.mkdir(parents=True, exist_ok=True)
+    store = open_store(db or _saved_db(d), d)
+    if db:
+        (d / "db-url").write_text(db + "\n")
+    return Hub.open(target, store, d, settings)
+
+
+def _saved_db(d: Path) -> str | None:
+    """The --db a hub was started with, so add-user on the same --data finds that database."""
+    f = d / "db-url"
+    return f.read_text().strip() if f.exists() else None
+
+
+def open_users_store(target_dir: Path | None, data: str | None, db: str | None) -> HubStore:
+    if data is None:
+        from ..config import load_target
+        d = load_target(target_dir).state_dir / "hub"
+    else:
+        d = Path(data).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    return open_store(db or _saved_db(d), d)
+
+
+def serve(hub: Hub, host: str, port: int, ready=None) -> None:
+    """Serve until Ctrl-C or SIGTERM (blocking)."""
+    import uvicorn
+
+    from ..dashboard import _listen
+
+    sock = _listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), log_level="warning",
+                                           access_log=False, lifespan="off",
+                                           timeout_keep_alive=30, backlog=2048))
+    if ready is not None:
+        ready(sock.getsockname()[1])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
