@@ -8,7 +8,8 @@ gets one JSON line `{"detail": "..."}` with the status that says why (401 no or 
 input or out of scope, 429 rate limit).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations` here: FastAPI reads the annotations of the endpoints
+# defined inside create_app, which name classes imported there
 
 import dataclasses
 import json
@@ -33,7 +34,7 @@ def page_html() -> str:
 def create_app(hub: Hub) -> Any:
     """The FastAPI app of one hub."""
     try:
-        from fastapi import Depends, FastAPI, Request
+        from fastapi import Depends, FastAPI, Query, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import HTMLResponse, Response
     except ImportError:
@@ -116,8 +117,9 @@ def create_app(hub: Hub) -> Any:
         return _json(dataclasses.asdict(b))
 
     @app.get("/api/git/bundle")
-    def bundle(want: str, request: Request, user: User = Depends(role("any"))) -> Response:
-        haves = request.query_params.getlist("have")
+    def bundle(want: str, have: list[str] = Query(default=[]),  # noqa: B006 - FastAPI's way
+               user: User = Depends(role("any"))) -> Response:
+        haves = have
         if len(want) != 40 or len(haves) > 64:
             raise HubError(422, "want must be a full commit id, with at most 64 have=")
         allowed = want == hub.base or want in {b.commit_sha for b in store.bests()} \
