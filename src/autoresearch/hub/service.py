@@ -8,8 +8,9 @@
                not measured; a claim made against an older best is first rebased onto the
                current one (or refused on a conflict). Leases expire (default 2x the target's
                timeout) unless renewed, and the claim goes to another verifier.
-    decide     when `needed` verifiers reported: their verdicts disagree -> one more verifier
-               (up to `max_verifiers`); else the pooled fresh-seed runs decide with a one-sided
+    decide     when `needed` verifiers reported: their verdicts disagree with no majority of at
+               least the quorum -> one more verifier (up to `max_verifiers`); else the majority
+               must see a gain and the pooled fresh-seed runs decide with a one-sided
                Welch t-test: verified iff p < alpha and the mean gain >= min_effect.
     chain      a verified claim moves the best of its class by compare-and-swap; if the best
                moved meanwhile, the claim is rebased onto it and verified again, or rejected
@@ -305,6 +306,7 @@ class Hub:
         flags: list[str] = []
         priority = 0
         with self.store.atomic():
+            user = self.store.user(user.id) or user   # the streak as it is now
             best = self.best(body.hardware)
             dup = self.store.claim_by_tree(tree, body.hardware)
             near = self._near_duplicate(body.hardware, sig)
@@ -361,28 +363,33 @@ class Hub:
         with self.store.atomic():
             self.store.expire_leases(now)
             best = self.best(hardware)
-            for claim in self.store.open_candidates(hardware):
-                if claim.user_id == verifier.id:
-                    continue   # nobody verifies their own claims
-                parent_claim = self.store.claim_by_commit(claim.parent)
-                if parent_claim is not None and parent_claim.status in OPEN:
-                    continue   # its parent is still being verified: decide that first
-                if claim.parent != best.commit_sha:
-                    self._rebase(claim, best, "it was made against an older best")
-                    continue
-                vs = self.store.verifications(claim.id)
-                if any(v.verifier_id == verifier.id and v.status in ("leased", "done") for v in vs):
-                    continue   # one result per verifier per claim
-                busy = sum(1 for v in vs if v.status in ("leased", "done"))
-                if busy >= claim.needed:
-                    continue
-                v = self.store.add_verification(
-                    claim_id=claim.id, verifier_id=verifier.id, against=best.commit_sha,
-                    status="leased", expires=now + self.lease_seconds)
-                self.store.update_claim(claim.id, status="verifying")
-                return Lease(v.id, claim.id, claim.commit_sha, best.commit_sha, hardware,
-                             self.settings.runs, v.expires, self.lease_seconds, self.spec.metric,
-                             self.spec.direction)
+            for _pass in range(4):   # a pass that rebased claims makes new ones: look again
+                rebased = False
+                for claim in self.store.open_candidates(hardware):
+                    if claim.user_id == verifier.id:
+                        continue   # nobody verifies their own claims
+                    parent_claim = self.store.claim_by_commit(claim.parent)
+                    if parent_claim is not None and parent_claim.status in OPEN:
+                        continue   # its parent is still being verified: decide that first
+                    if claim.parent != best.commit_sha:
+                        self._rebase(claim, best, "it was made against an older best")
+                        rebased = True
+                        continue
+                    vs = self.store.verifications(claim.id)
+                    if any(v.verifier_id == verifier.id and v.status in ("leased", "done")
+                           for v in vs):
+                        continue   # one result per verifier per claim
+                    if sum(1 for v in vs if v.status in ("leased", "done")) >= claim.needed:
+                        continue
+                    v = self.store.add_verification(
+                        claim_id=claim.id, verifier_id=verifier.id, against=best.commit_sha,
+                        status="leased", expires=now + self.lease_seconds)
+                    self.store.update_claim(claim.id, status="verifying")
+                    return Lease(v.id, claim.id, claim.commit_sha, best.commit_sha, hardware,
+                                 self.settings.runs, v.expires, self.lease_seconds,
+                                 self.spec.metric, self.spec.direction)
+                if not rebased:
+                    break
         return None
 
     def _own_lease(self, verifier: User, vid: int):
@@ -444,7 +451,9 @@ class Hub:
             return
         verdicts = [v.outcome == "measured" and self._passes(v.candidate_runs, v.best_runs)
                     for v in done]
-        if len(set(verdicts)) > 1 and claim.needed < s.max_verifiers:
+        top = max(sum(verdicts), len(verdicts) - sum(verdicts))
+        settled = top * 2 > len(verdicts) and top >= min(s.quorum, claim.needed)
+        if len(set(verdicts)) > 1 and not settled and claim.needed < s.max_verifiers:
             flags = [*claim.flags, f"verifiers disagree ({sum(verdicts)} of {len(verdicts)} saw "
                                    f"a gain): one more verifier"]
             self.store.update_claim(claim.id, needed=claim.needed + 1, flags=flags,

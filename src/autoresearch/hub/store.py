@@ -75,6 +75,10 @@ OPEN = ("queued", "verifying")
 FINAL = ("verified", "rejected", "duplicate", "rebased", "conflict")
 
 
+class Conflict(AutoresearchError):
+    """A write broke a uniqueness rule (the same commit claimed twice, a user name taken)."""
+
+
 @dataclass
 class User:
     id: int
@@ -215,7 +219,10 @@ class _SQLite(_Backend):
         self.db.row_factory = sqlite3.Row
 
     def run(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        cur = self.db.execute(sql, args)
+        try:
+            cur = self.db.execute(sql, args)
+        except sqlite3.IntegrityError as e:
+            raise Conflict(str(e)) from None
         return [dict(r) for r in cur.fetchall()] if cur.description else []
 
     def begin(self) -> None:
@@ -244,7 +251,12 @@ class _Postgres(_Backend):
                                     f"{str(e).strip().splitlines()[0]} — check --db") from None
 
     def run(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        cur = self.db.execute(sql.replace("?", "%s"), args)
+        import psycopg
+
+        try:
+            cur = self.db.execute(sql.replace("?", "%s"), args)
+        except psycopg.errors.IntegrityError as e:
+            raise Conflict(str(e).strip().splitlines()[0]) from None
         return list(cur.fetchall()) if cur.description else []
 
     def begin(self) -> None:
