@@ -183,7 +183,7 @@ class HubRepo(Ratchet):
             raise IntakeError(422, f"the bundle needs commit {missing[0][:12]}, which the hub does "
                                    f"not have — bundle your commit against its hub parent")
         qroot = self.repo.parent / "quarantine"
-        q = qroot / uuid.uuid4().hex
+        q = qroot / f"{os.getpid()}-{uuid.uuid4().hex}"
         try:
             _bare_skeleton(q, alternate=self.repo / "objects")
             path = q / "claim.bundle"
@@ -212,6 +212,16 @@ class HubRepo(Ratchet):
             yield Received(head, parents, tree, q)
         finally:
             shutil.rmtree(q, ignore_errors=True)
+
+    def clean_quarantine(self) -> None:
+        """Remove what intakes of dead hub processes left (a kill -9 in the middle of one)."""
+        import psutil
+
+        qroot = self.repo.parent / "quarantine"
+        for q in qroot.glob("*") if qroot.is_dir() else []:
+            pid = q.name.split("-", 1)[0]
+            if not pid.isdigit() or not psutil.pid_exists(int(pid)) or int(pid) == os.getpid():
+                shutil.rmtree(q, ignore_errors=True)
 
     def is_ancestor(self, a: str, b: str) -> bool:
         return self.git("merge-base", "--is-ancestor", a, b, check=False).returncode == 0

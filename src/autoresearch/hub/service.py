@@ -190,6 +190,7 @@ class Hub:
 
     def repair(self) -> None:
         """After a kill -9: refs follow the store (the store wins); orphans are dropped."""
+        self.repo.clean_quarantine()
         known = set(self.store.claim_commits())
         for ref, sha in self.repo.refs("refs/claims/").items():
             if sha not in known:
@@ -312,7 +313,7 @@ class Hub:
             near = self._near_duplicate(body.hardware, sig)
             if near:
                 flags.append(f"near-duplicate of #{near[0]} (similarity {near[1]:.2f})")
-            gain = self._relative_gain(body.metric, best)
+            gain = self._relative_gain(body.metric, body.parent, best)
             if gain is not None and gain > s.implausible_gain:
                 flags.append(f"implausible claimed gain {gain:.0%} in one step: verified first")
                 priority = 1
@@ -351,11 +352,23 @@ class Hub:
                 best = (cid, sim)
         return best
 
-    def _relative_gain(self, claimed: float, best: Best) -> float | None:
-        if best.metric is None or best.metric == 0:
-            return None
-        gain = (best.metric - claimed) if self.spec.direction == "minimize" else (claimed - best.metric)
-        return gain / abs(best.metric)
+    def _relative_gain(self, claimed: float, parent: str, best: Best) -> float | None:
+        """The claimed gain over the known value of its parent (or the best, whichever is
+        larger), relative; None when neither value is known yet."""
+        refs = [best.metric]
+        for link in self.store.chain(best.hardware, limit=50):
+            if link.commit_sha == parent:
+                refs.append(link.metric)
+        if parent == self.base:
+            value = self.store.get_meta(f"base_metric:{best.hardware}")
+            refs.append(float(value) if value is not None else None)
+        gains = []
+        for ref in refs:
+            if ref is None or ref == 0:
+                continue
+            gain = (ref - claimed) if self.spec.direction == "minimize" else (claimed - ref)
+            gains.append(gain / abs(ref))
+        return max(gains) if gains else None
 
     # == leases ==================================================================================
     def lease(self, verifier: User, hardware: str) -> Lease | None:
@@ -428,6 +441,12 @@ class Hub:
                     best_runs=body.best_runs, seeds=body.seeds, reason=body.reason, finished=now)
             claim = self.store.claim(v.claim_id)
             assert claim is not None
+            if body.outcome == "measured":   # the base's value, for the sanity check of gains
+                mean = sum(body.best_runs) / len(body.best_runs)
+                self.store.measure_best(claim.hardware, v.against, mean)
+                key = f"base_metric:{claim.hardware}"
+                if v.against == self.base and self.store.get_meta(key) is None:
+                    self.store.set_meta(key, repr(mean))
             if claim.status in OPEN:
                 self._decide(claim)
             claim = self.store.claim(v.claim_id)

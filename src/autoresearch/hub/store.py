@@ -501,6 +501,11 @@ class HubStore:
                                                    expect_version))
         return bool(rows)
 
+    def measure_best(self, hardware: str, commit: str, metric: float) -> None:
+        """Record a first measured value of a best that has none (the base); not a move."""
+        self._all("UPDATE best SET metric = ?, updated = ? WHERE hardware = ? AND commit_sha = ? "
+                  "AND metric IS NULL", (metric, time.time(), hardware, commit))
+
     def add_link(self, **fields: Any) -> None:
         fields.setdefault("at", time.time())
         self._insert("chain", fields)
