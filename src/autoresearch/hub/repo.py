@@ -55,6 +55,8 @@ class Received:
     parents: list[str]
     tree: str
     quarantine: Path
+    changes: list[Change]      # against its first parent
+    diff: str                  # the patch against its first parent (repository paths)
 
 
 def _git(args: list[str], cwd: Path | None = None, input: bytes | None = None,
@@ -170,15 +172,18 @@ class HubRepo(Ratchet):
 
     # -- intake --------------------------------------------------------------------------------
     @contextmanager
-    def quarantine(self, bundle: bytes, max_bytes: int) -> Iterator[Received]:
-        """Unpack a bundle into a throwaway repository; yields what it holds. Removed on exit."""
+    def quarantine(self, bundle: bytes, max_bytes: int, known: Iterable[str] | None = None
+                   ) -> Iterator[Received]:
+        """Unpack a bundle into a throwaway repository; yields what it holds. Removed on exit.
+
+        `known`: commits the caller knows the hub has (no git call to check them)."""
         heads, prerequisites = parse_bundle_header(bundle)
         if len(set(heads)) != 1:
             raise IntakeError(400, f"the bundle must hold exactly one commit head, it holds "
                                    f"{len(set(heads))} — make it with 'git bundle create FILE "
                                    f"COMMIT ^PARENT'")
         head = heads[0]
-        missing = [p for p in prerequisites if not self.has_object(p)]
+        missing = [p for p in prerequisites if p not in (known or ()) and not self.has_object(p)]
         if missing:
             raise IntakeError(422, f"the bundle needs commit {missing[0][:12]}, which the hub does "
                                    f"not have — bundle your commit against its hub parent")
@@ -204,12 +209,7 @@ class HubRepo(Ratchet):
                 err = p.stderr.decode(errors="replace").strip().splitlines()
                 raise IntakeError(400, f"git fsck refused the bundle's objects "
                                        f"({err[-1] if err else 'fsck failed'})")
-            qrepo = HubRepo(q, self.subdir)
-            try:
-                tree, parents = qrepo.commit_info(head)
-            except GitError:
-                raise IntakeError(400, "the bundle's head is not a commit") from None
-            yield Received(head, parents, tree, q)
+            yield self._read_commit(q, head)
         finally:
             shutil.rmtree(q, ignore_errors=True)
 
@@ -225,6 +225,32 @@ class HubRepo(Ratchet):
 
     def is_ancestor(self, a: str, b: str) -> bool:
         return self.git("merge-base", "--is-ancestor", a, b, check=False).returncode == 0
+
+    def _read_commit(self, q: Path, head: str) -> Received:
+        """The commit's tree, parents, changed paths (with modes) and patch, in one git call."""
+        p = _git(["diff-tree", "-r", "--always", "--no-renames", "--raw", "-p", "--pretty=raw", "--no-color",
+                  "--no-ext-diff", "--no-textconv", head], cwd=q, check=False)
+        if p.returncode != 0:
+            raise IntakeError(400, "the bundle's head is not a commit")
+        text = p.stdout.decode("utf-8", errors="replace")
+        header, _, body = text.partition("\n\n")
+        tree, parents = "", []
+        for line in header.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "tree":
+                tree = value.strip()
+            elif key == "parent":
+                parents.append(value.strip())
+        if not tree:
+            raise IntakeError(400, "the bundle's head is not a commit")
+        changes, diff_at = [], body.find("\ndiff --git ")
+        for line in (body if diff_at < 0 else body[:diff_at]).splitlines():
+            if line.startswith(":") and "\t" in line:
+                meta, path = line[1:].split("\t", 1)
+                old_mode, new_mode, _old, _new, kind = meta.split()
+                changes.append(Change(self._target_rel(path), old_mode, new_mode, kind))
+        diff = body[diff_at + 1:] if diff_at >= 0 else ""
+        return Received(head, parents, tree, q, changes, diff)
 
     def has_object(self, sha: str) -> bool:
         return self.git("cat-file", "-e", sha, check=False).returncode == 0

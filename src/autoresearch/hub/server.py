@@ -13,6 +13,7 @@ input or out of scope, 429 rate limit).
 
 import dataclasses
 import json
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .models import ClaimIn, LeaseIn, ReportIn, UserIn
 from .service import Hub, HubError, HubSettings, hash_key, new_key
 from .store import HubStore, User, open_store
 
+USER_CACHE_SECONDS = 5.0   # how long a looked-up key is trusted without asking the store again
 ROLE_SETS = {"contribute": ("contributor", "admin"), "verify": ("verifier", "admin"),
              "admin": ("admin",), "any": ("contributor", "verifier", "admin")}
 
@@ -43,6 +45,7 @@ def create_app(hub: Hub) -> Any:
     app = FastAPI(title="autoresearch hub", docs_url=None, redoc_url=None, openapi_url=None)
     store = hub.store
     page = page_html()
+    users: dict[str, tuple[User, float]] = {}   # key hash -> (user, valid until): polls are cheap
     max_body = hub.settings.max_bundle_bytes * 4 // 3 + 2**20
 
     def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -79,9 +82,16 @@ def create_app(hub: Hub) -> Any:
             raise HubError(401, "no API key — send 'Authorization: Bearer KEY' (an admin makes "
                                 "one with 'autoresearch hub add-user NAME')",
                            {"WWW-Authenticate": "Bearer"})
-        user = store.user_by_key_hash(hash_key(auth[7:].strip()))
+        key_hash = hash_key(auth[7:].strip())
+        hit = users.get(key_hash)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        user = store.user_by_key_hash(key_hash)
         if user is None:
             raise HubError(401, "unknown API key — check --key", {"WWW-Authenticate": "Bearer"})
+        if len(users) > 10_000:
+            users.clear()
+        users[key_hash] = (user, time.monotonic() + USER_CACHE_SECONDS)
         return user
 
     def role(kind: str):

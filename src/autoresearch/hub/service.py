@@ -37,7 +37,7 @@ from ..config import Target
 from ..globs import matches
 from ..ratchet import Ratchet
 from .models import ClaimIn, ReportIn
-from .repo import HubRepo, IntakeError
+from .repo import Change, HubRepo, IntakeError
 from .store import OPEN, Best, Claim, HubStore, User
 
 NEVER_EDITABLE = (".gitattributes", ".gitmodules")   # could steer git on a verifier's checkout
@@ -163,6 +163,7 @@ class Hub:
         self._limiter = _Limiter()
         self._intake = threading.Lock()
         self._cache: dict[Any, Any] = {}
+        self._trees: dict[str, str] = {}
         self._rng = random.Random()
 
     # == setup ===================================================================================
@@ -215,7 +216,8 @@ class Hub:
                 "hardware": [b.hardware for b in self.store.bests()]}
 
     def best(self, hardware: str) -> Best:
-        return self.store.init_best(hardware, self.base)
+        """The best of a class; a new class starts at the base commit."""
+        return self.store.best(hardware) or self.store.init_best(hardware, self.base)
 
     # == intake ==================================================================================
     def submit(self, user: User, body: ClaimIn) -> Claim:
@@ -242,7 +244,7 @@ class Hub:
             raise HubError(422, f"parent {body.parent[:12]} is not on the hub — claim against "
                                 f"the hub's best (GET /api/best) or one of your own claims")
         try:
-            with self.repo.quarantine(data, s.max_unpacked_bytes) as rec:
+            with self.repo.quarantine(data, s.max_unpacked_bytes, known=[body.parent]) as rec:
                 if self.store.claim_by_commit(rec.commit):
                     old = self.store.claim_by_commit(rec.commit)
                     raise HubError(409, f"commit {rec.commit[:12]} was already claimed as #"
@@ -252,8 +254,7 @@ class Hub:
                                         f"{', '.join(p[:12] for p in rec.parents) or 'none'}, "
                                         f"not the claimed parent {body.parent[:12]} — one commit "
                                         f"on top of its hub parent")
-                qrepo = HubRepo(rec.quarantine, self.repo.subdir)
-                diff, sig, added, removed = self._check_scope(qrepo, body.parent, rec.commit)
+                diff, sig, added, removed = self._check_scope(rec.changes, rec.diff)
                 with self._intake:
                     if self.store.claim_by_commit(rec.commit):
                         raise HubError(409, f"commit {rec.commit[:12]} was already claimed")
@@ -272,9 +273,7 @@ class Hub:
         c = self.store.claim_by_commit(parent)
         return c is not None and c.user_id == user.id and c.status in (*OPEN, "verified")
 
-    def _check_scope(self, qrepo: HubRepo, parent: str, commit: str
-                     ) -> tuple[str, list[str], int, int]:
-        changes = qrepo.changes(parent, commit)
+    def _check_scope(self, changes: list[Change], diff: str) -> tuple[str, list[str], int, int]:
         if not changes:
             raise HubError(422, "the claim changes nothing against its parent — a claim must "
                                 "change an editable file (same code, same score)")
@@ -292,7 +291,6 @@ class Hub:
         if odd:
             raise HubError(422, f"{', '.join(odd[:5])}: only regular files may be claimed (no "
                                 f"symlinks or submodules)")
-        diff = qrepo.diff(parent, commit)
         added = sum(1 for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
         removed = sum(1 for ln in diff.splitlines()
                       if ln.startswith("-") and not ln.startswith("---"))
@@ -334,9 +332,16 @@ class Hub:
                     **fields, status="duplicate", duplicate_of=dup.id,
                     reason=f"same code as claim #{dup.id} ({dup.status}); linked to it, not run "
                            f"again")
-            if tree == self.repo.tree_of(best.commit_sha):
+            if tree == self._tree(best.commit_sha):
                 raise HubError(409, "the claim's code is the current best's — nothing to verify")
             return self.store.add_claim(**fields, status="queued")
+
+    def _tree(self, commit: str) -> str:
+        """The tree of a commit (cached: commits never change)."""
+        tree = self._trees.get(commit)
+        if tree is None:
+            tree = self._trees[commit] = self.repo.tree_of(commit)
+        return tree
 
     def _near_duplicate(self, hardware: str, sig: list[str]) -> tuple[int, float] | None:
         if not sig:

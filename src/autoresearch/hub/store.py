@@ -50,6 +50,7 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS claims_user ON claims (user_id, created)",
     "CREATE INDEX IF NOT EXISTS claims_tree ON claims (tree_sha)",
     "CREATE INDEX IF NOT EXISTS claims_hw ON claims (hardware, id)",
+    "CREATE INDEX IF NOT EXISTS claims_updated ON claims (updated)",
     """CREATE TABLE IF NOT EXISTS verifications (
         id {pk}, claim_id INTEGER NOT NULL, verifier_id INTEGER NOT NULL, against TEXT NOT NULL,
         status TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL,
