@@ -29,6 +29,32 @@ ROLE_SETS = {"contribute": ("contributor", "admin"), "verify": ("verifier", "adm
              "admin": ("admin",), "any": ("contributor", "verifier", "admin")}
 
 
+class _SizeCap:
+    """A plain ASGI middleware (cheap on the poll path): a POST must say its length, and a
+    length over the cap is refused before a byte of the body is read."""
+
+    def __init__(self, app, max_body: int, cap: int):
+        self.app, self.max_body, self.cap = app, max_body, cap
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is None:
+                return await self._refuse(send, 411, "send a Content-Length header")
+            if not length.isdigit() or int(length) > self.max_body:
+                return await self._refuse(send, 413, f"the request is over {self.max_body} bytes "
+                                                     f"— the bundle cap is {self.cap} bytes")
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def page_html() -> str:
     return (resources.files(__package__) / "page.html").read_text(encoding="utf-8")
 
@@ -65,18 +91,10 @@ def create_app(hub: Hub) -> Any:
         return _json({"detail": f"{where}: {first.get('msg')} — fix the request "
                                 f"({len(errs)} problem(s))"}, 422)
 
-    @app.middleware("http")
-    async def _size_cap(request: Request, call_next):
-        if request.method in ("POST", "PUT"):
-            length = request.headers.get("content-length")
-            if length is None:
-                return _json({"detail": "send a Content-Length header"}, 411)
-            if not length.isdigit() or int(length) > max_body:
-                return _json({"detail": f"the request is over {max_body} bytes — the bundle "
-                                        f"cap is {hub.settings.max_bundle_bytes} bytes"}, 413)
-        return await call_next(request)
+    app.add_middleware(_SizeCap, max_body=max_body,
+                       cap=hub.settings.max_bundle_bytes)
 
-    def caller(request: Request) -> User:
+    async def caller(request: Request) -> User:   # async: the poll path skips the threadpool
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer ") or not auth[7:].strip():
             raise HubError(401, "no API key — send 'Authorization: Bearer KEY' (an admin makes "
@@ -95,7 +113,7 @@ def create_app(hub: Hub) -> Any:
         return user
 
     def role(kind: str):
-        def check(user: User = Depends(caller)) -> User:
+        async def check(user: User = Depends(caller)) -> User:
             if user.role not in ROLE_SETS[kind]:
                 raise HubError(403, f"role '{user.role}' may not do this — it needs "
                                     f"{' or '.join(ROLE_SETS[kind])}")
@@ -108,7 +126,7 @@ def create_app(hub: Hub) -> Any:
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/info")
-    def info() -> Response:
+    async def info() -> Response:
         return _json(hub.info())
 
     @app.get("/api/leaderboard")
@@ -116,14 +134,18 @@ def create_app(hub: Hub) -> Any:
         return _json(hub.leaderboard(hardware))
 
     @app.get("/api/health")
-    def health() -> Response:
+    async def health() -> Response:
         return _json({"ok": True})
 
     # -- contributors ---------------------------------------------------------------------------
     @app.get("/api/best")
-    def best(hardware: str, user: User = Depends(role("any"))) -> Response:
-        LeaseIn(hardware=hardware)   # the same validation as everywhere
-        b = hub.best(hardware)
+    async def best(hardware: str, user: User = Depends(role("any"))) -> Response:
+        try:
+            LeaseIn(hardware=hardware)   # the same validation as everywhere
+        except ValueError:
+            raise HubError(422, f"hardware {hardware[:80]!r} is not a hardware class name "
+                                f"(letters, digits, . _ + -)") from None
+        b = hub.best_for_polling(hardware)
         return _json(dataclasses.asdict(b))
 
     @app.get("/api/git/bundle")

@@ -43,6 +43,7 @@ from .store import OPEN, Best, Claim, HubStore, User
 NEVER_EDITABLE = (".gitattributes", ".gitmodules")   # could steer git on a verifier's checkout
 _MODES = ("100644", "100755")
 _HOUR = 3600.0
+BEST_POLL_SECONDS = 1.0   # how stale a polled best may be when another hub process moved it
 
 
 class HubError(Exception):
@@ -164,6 +165,8 @@ class Hub:
         self._intake = threading.Lock()
         self._cache: dict[Any, Any] = {}
         self._trees: dict[str, str] = {}
+        self._polled: dict[str, tuple[Best, float, int]] = {}
+        self._moves = 0   # bests moved by this process (invalidates best_for_polling)
         self._rng = random.Random()
 
     # == setup ===================================================================================
@@ -218,6 +221,17 @@ class Hub:
     def best(self, hardware: str) -> Best:
         """The best of a class; a new class starts at the base commit."""
         return self.store.best(hardware) or self.store.init_best(hardware, self.base)
+
+    def best_for_polling(self, hardware: str) -> Best:
+        """The best as contributors poll it: read from the store at most once a second per class
+        (another hub process sharing a PostgreSQL store may move it), at once after a move here."""
+        hit = self._polled.get(hardware)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now and hit[2] == self._moves:
+            return hit[0]
+        best = self.best(hardware)
+        self._polled[hardware] = (best, now + BEST_POLL_SECONDS, self._moves)
+        return best
 
     # == intake ==================================================================================
     def submit(self, user: User, body: ClaimIn) -> Claim:
@@ -506,6 +520,7 @@ class Hub:
             self._rebase(self.store.claim(claim.id) or claim, self.best(claim.hardware),
                          f"it was verified (p = {p:.3g}) but the best moved meanwhile")
             return
+        self._moves += 1
         names = [u.name for v in done if (u := self.store.user(v.verifier_id))]
         self.store.update_claim(claim.id, status="verified", verified_metric=mc, best_metric=mb,
                                 p_value=p, reason=f"verified: {m} {_fmt(mc)} vs {_fmt(mb)}, "
