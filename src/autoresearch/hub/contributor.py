@@ -16,9 +16,9 @@ Network trouble never stops the loop: requests retry with backoff, and claims wa
 from __future__ import annotations
 
 import base64
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,8 @@ class HubContributor:
         self.say = say or (lambda text: None)
         self.best_commit: str | None = None
         self._adopted: set[str] = set()
-        self._queue: queue.Queue = queue.Queue()
+        self._pending: deque[dict[str, Any]] = deque()   # claims to send, parents first
+        self._wake = threading.Event()
         self._news = HubNews()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -64,16 +65,24 @@ class HubContributor:
         self._fetch(best)
         self.best_commit = best
         self._adopted.add(best)
-        self._thread = threading.Thread(target=self._work, name="hub", daemon=True)
-        self._thread.start()
+        self._start()
         return best
+
+    def _start(self) -> None:
+        """The background sender (also for a resumed run, which never calls open)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="hub", daemon=True)
+            self._thread.start()
 
     def kept(self, commit: str, parent: str, metric: float | None, runs: list[float],
              description: str) -> None:
-        self._queue.put({"commit": commit, "parent": parent, "metric": metric, "runs": runs,
-                         "description": description})
+        self._pending.append({"commit": commit, "parent": parent, "metric": metric,
+                              "runs": runs, "description": description})
+        self._start()
+        self._wake.set()
 
     def sync(self, incumbent: str | None) -> HubNews:
+        self._start()
         with self._lock:
             news, self._news = self._news, HubNews()
         if news.best is not None and incumbent is not None and (
@@ -84,9 +93,10 @@ class HubContributor:
     def close(self, timeout: float = 60.0) -> None:
         """Send what is still queued (bounded in time), then stop the background thread."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline and self._alive():
+        while self._pending and time.monotonic() < deadline and self._alive():
             time.sleep(0.05)
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
 
@@ -103,22 +113,24 @@ class HubContributor:
 
     def _work(self) -> None:
         next_sync = time.monotonic() + self.sync_every
+        backoff = 1.0
         while not self._stop.is_set():
+            self._wake.wait(max(0.0, min(0.5, next_sync - time.monotonic())))
+            self._wake.clear()
             try:
-                item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                item = None
-            try:
-                if item is not None:
-                    self._submit(item)
-                if time.monotonic() >= next_sync or (item is None and self._stop.is_set()):
+                while self._pending and not self._stop.is_set():
+                    self._submit(self._pending[0])
+                    self._pending.popleft()   # sent (or refused for good): the next one
+                if time.monotonic() >= next_sync:
                     self._sync()
                     next_sync = time.monotonic() + self.sync_every
-            except AutoresearchError as e:   # the hub is away for long: say so, keep going
+                backoff = 1.0
+            except AutoresearchError as e:
+                # the hub is away for long (the client already retried): the claim stays first
+                # in line, and we try again later
                 self.say(f"hub: {e}")
-            finally:
-                if item is not None:
-                    self._queue.task_done()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
 
     def _submit(self, item: dict[str, Any]) -> None:
         bundle = self.repo.bundle(item["commit"], [item["parent"]])

@@ -13,6 +13,7 @@ input or out of scope, 429 rate limit).
 
 import dataclasses
 import json
+import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ from .models import ClaimIn, LeaseIn, ReportIn, UserIn
 from .service import Hub, HubError, HubSettings, hash_key, new_key
 from .store import HubStore, User, open_store
 
+_SHA = re.compile(r"[0-9a-f]{40}")
 USER_CACHE_SECONDS = 5.0   # how long a looked-up key is trusted without asking the store again
 ROLE_SETS = {"contribute": ("contributor", "admin"), "verify": ("verifier", "admin"),
              "admin": ("admin",), "any": ("contributor", "verifier", "admin")}
@@ -152,8 +154,9 @@ def create_app(hub: Hub) -> Any:
     def bundle(want: str, have: list[str] = Query(default=[]),  # noqa: B006 - FastAPI's way
                user: User = Depends(role("any"))) -> Response:
         haves = have
-        if len(want) != 40 or len(haves) > 64:
-            raise HubError(422, "want must be a full commit id, with at most 64 have=")
+        if not all(_SHA.fullmatch(x) for x in (want, *haves)) or len(haves) > 64:
+            raise HubError(422, "want and have must be full commit ids (40 hex digits), with at "
+                                "most 64 have=")
         allowed = want == hub.base or want in {b.commit_sha for b in store.bests()} \
             or want in set(store.chain_commits())
         if not allowed:
