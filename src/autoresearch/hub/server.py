@@ -21,11 +21,12 @@ from typing import Any
 
 from ..config import Target
 from ..errors import AutoresearchError
-from .models import ClaimIn, LeaseIn, ReportIn, UserIn
+from .models import HARDWARE_PATTERN, ClaimIn, LeaseIn, ReportIn, UserIn
 from .service import Hub, HubError, HubSettings, hash_key, new_key
 from .store import HubStore, User, open_store
 
 _SHA = re.compile(r"[0-9a-f]{40}")
+_HARDWARE = re.compile(HARDWARE_PATTERN)
 USER_CACHE_SECONDS = 5.0   # how long a looked-up key is trusted without asking the store again
 ROLE_SETS = {"contribute": ("contributor", "admin"), "verify": ("verifier", "admin"),
              "admin": ("admin",), "any": ("contributor", "verifier", "admin")}
@@ -74,6 +75,7 @@ def create_app(hub: Hub) -> Any:
     store = hub.store
     page = page_html()
     users: dict[str, tuple[User, float]] = {}   # key hash -> (user, valid until): polls are cheap
+    polled: dict[Any, bytes] = {}                # a best -> its JSON
     max_body = hub.settings.max_bundle_bytes * 4 // 3 + 2**20
 
     def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -142,13 +144,17 @@ def create_app(hub: Hub) -> Any:
     # -- contributors ---------------------------------------------------------------------------
     @app.get("/api/best")
     async def best(hardware: str, user: User = Depends(role("any"))) -> Response:
-        try:
-            LeaseIn(hardware=hardware)   # the same validation as everywhere
-        except ValueError:
+        if not _HARDWARE.fullmatch(hardware):   # the pattern LeaseIn and ClaimIn use
             raise HubError(422, f"hardware {hardware[:80]!r} is not a hardware class name "
-                                f"(letters, digits, . _ + -)") from None
+                                f"(letters, digits, . _ + -)")
         b = hub.best_for_polling(hardware)
-        return _json(dataclasses.asdict(b))
+        key = (b.hardware, b.version, b.commit_sha, b.metric, b.updated)
+        body = polled.get(key)
+        if body is None:
+            if len(polled) > 256:
+                polled.clear()
+            body = polled[key] = json.dumps(dataclasses.asdict(b)).encode()
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/git/bundle")
     def bundle(want: str, have: list[str] = Query(default=[]),  # noqa: B006 - FastAPI's way
