@@ -416,7 +416,7 @@ def main() -> None:
         base = Path(tmp)
         bench_intake(base, 50 if args.quick else 200)
         bench_verifiers(base, [1, 2] if args.quick else [1, 2, 4], 2 if args.quick else 3,
-                        budget=0.5)
+                        budget=1.0)
         bench_cost(base, 1_000 if args.quick else 10_000, 50)
         bench_pollers(base, 200 if args.quick else 1_000, 3, 1.0)
     print(f"\ntotal {time.time() - t0:.0f}s")
