@@ -138,34 +138,6 @@ class HubRepo(Ratchet):
         p = self.git("cat-file", "-e", f"{sha}^{{commit}}", check=False)
         return p.returncode == 0
 
-    def commit_info(self, sha: str) -> tuple[str, list[str]]:
-        """(tree, parents) of a commit."""
-        out = self.git("cat-file", "commit", sha)
-        tree, parents = "", []
-        for line in out.splitlines():
-            if not line:
-                break
-            key, _, value = line.partition(" ")
-            if key == "tree":
-                tree = value
-            elif key == "parent":
-                parents.append(value)
-        return tree, parents
-
-    def changes(self, a: str, b: str) -> list[Change]:
-        """Every changed path from a to b, with modes (a symlink or submodule shows as such)."""
-        out = self.git("diff-tree", "-r", "--no-commit-id", "--raw", "-z", "--no-renames", a, b)
-        parts = [p for p in out.split("\0")]
-        changes, i = [], 0
-        while i + 1 < len(parts):
-            meta, path = parts[i], parts[i + 1]
-            i += 2
-            if not meta.startswith(":"):
-                continue
-            old_mode, new_mode, _old, _new, kind = meta[1:].split()
-            changes.append(Change(self._target_rel(path), old_mode, new_mode, kind))
-        return changes
-
     def numstat(self, a: str, b: str) -> tuple[int, int]:
         _, added, removed = self._numstat(a, b)
         return added, removed
