@@ -196,6 +196,27 @@ def test_disagreement_brings_another_verifier_and_no_gain_is_rejected(db_url, tm
     assert hub.store.chain("cpu-test") == [] and c.id == claim.id
 
 
+def test_a_disagreement_no_new_verifier_comes_for_is_decided_after_a_lease_period(db_url,
+                                                                                  tmp_path):
+    from hubkit import wait_for
+
+    hub, root = _hub(tmp_path, db_url, lease_seconds=0.3)
+    alice = hub.store.add_user("alice", "contributor", "1" * 64)
+    v1 = hub.store.add_user("v1", "verifier", "2" * 64)
+    v2 = hub.store.add_user("v2", "verifier", "3" * 64)
+    c = _submit(hub, alice, root, hub.base, 5.0)
+    hub.report(v1, hub.lease(v1, "cpu-test").verification_id,
+               _measured([9.0, 9.2, 9.1], [10.0, 10.1, 9.9]))
+    claim = hub.report(v2, hub.lease(v2, "cpu-test").verification_id,
+                       _measured([10.3, 10.2, 10.4], [10.0, 10.1, 9.9]))
+    assert claim.status == "queued" and claim.needed == 3
+    # only v1 and v2 exist; each lease attempt looks for stalled claims
+    wait_for(lambda: hub.lease(v1, "cpu-test") is None and
+             hub.store.claim(c.id).status not in ("queued", "verifying"), 10,
+             "the stalled claim to be decided")
+    assert hub.store.claim(c.id).status == "rejected"   # a 1-1 split is no majority for a gain
+
+
 def test_a_claim_against_an_older_best_is_rebased_or_refused_on_conflict(db_url, tmp_path):
     hub, root = _hub(tmp_path, db_url, quorum=1)
     alice = hub.store.add_user("alice", "contributor", "1" * 64)
@@ -233,6 +254,10 @@ def test_the_best_moving_during_verification_rebases_the_winner(db_url, tmp_path
     la, lb = hub.lease(v1, "cpu-test"), hub.lease(v2, "cpu-test")
     assert {la.claim_id, lb.claim_id} == {a.id, b.id}
     hub.report(v1, la.verification_id, _measured([8.0, 8.01, 7.99], [10.0, 10.01, 9.99]))
+    # b is being verified against its parent: a lease now leaves it alone (no rebase yet)
+    v3 = hub.store.add_user("v3", "verifier", "5" * 64)
+    assert hub.lease(v3, "cpu-test") is None
+    assert hub.store.claim(b.id).status == "verifying"
     claim = hub.report(v2, lb.verification_id, _measured([9.0, 9.01, 8.99], [10.0, 10.01, 9.99]))
     assert claim.status == "rebased" and "best moved" in claim.reason
     assert hub.best("cpu-test").commit_sha == a.commit_sha   # the CAS let exactly one in

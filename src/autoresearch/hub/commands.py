@@ -32,7 +32,7 @@ def cmd_hub_serve(args) -> int:
         raise ConfigError("--runs must be at least 2 (a t-test needs two runs of each side)")
     target = load_target(Path(args.target))
     settings = HubSettings()
-    for name in ("quorum", "runs", "rate_limit", "trust_after", "alpha"):
+    for name in ("quorum", "runs", "rate_limit", "trust_after", "alpha", "max_verifiers"):
         if getattr(args, name, None) is not None:
             setattr(settings, name, getattr(args, name))
     if args.lease is not None:
@@ -159,6 +159,8 @@ def add_commands(sub) -> None:
     s.add_argument("--trust-after", type=int, help="verified claims in a row before a quorum of 1 "
                                                    "(default 5)")
     s.add_argument("--alpha", type=float, help="significance level (default 0.01)")
+    s.add_argument("--max-verifiers", type=int, help="verifiers a disagreement may bring in "
+                                                     "(default 5)")
     s.set_defaults(func=cmd_hub_serve)
 
     s = hs.add_parser("add-user", help="create a user and print its API key once")

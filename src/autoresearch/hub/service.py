@@ -8,9 +8,11 @@
                not measured; a claim made against an older best is first rebased onto the
                current one (or refused on a conflict). Leases expire (default 2x the target's
                timeout) unless renewed, and the claim goes to another verifier.
-    decide     when `needed` verifiers reported: their verdicts disagree with no majority of at
-               least the quorum -> one more verifier (up to `max_verifiers`); else the majority
-               must see a gain and the pooled fresh-seed runs decide with a one-sided
+    decide     when `needed` verifiers reported: each verifier's verdict is whether its own runs
+               show a gain (p < REPORT_ALPHA); verdicts that disagree with no majority of at
+               least the quorum -> one more verifier (up to `max_verifiers`; none coming within
+               a lease period -> decided with what there is); else the majority must see a gain
+               and the pooled fresh-seed runs decide with a one-sided
                Welch t-test: verified iff p < alpha and the mean gain >= min_effect.
     chain      a verified claim moves the best of its class by compare-and-swap; if the best
                moved meanwhile, the claim is rebased onto it and verified again, or rejected
@@ -43,6 +45,7 @@ from .store import OPEN, Best, Claim, HubStore, User
 NEVER_EDITABLE = (".gitattributes", ".gitmodules")   # could steer git on a verifier's checkout
 _MODES = ("100644", "100755")
 _HOUR = 3600.0
+REPORT_ALPHA = 0.05        # one verifier's own runs "see a gain" below this p (for disagreement)
 BEST_POLL_SECONDS = 1.0   # how stale a polled best may be when another hub process moved it
 
 
@@ -394,6 +397,7 @@ class Hub:
         now = time.time()
         with self.store.atomic():
             self.store.expire_leases(now)
+            self._settle_stalled(hardware, now)
             best = self.best(hardware)
             for _pass in range(4):   # a pass that rebased claims makes new ones: look again
                 rebased = False
@@ -403,26 +407,39 @@ class Hub:
                     parent_claim = self.store.claim_by_commit(claim.parent)
                     if parent_claim is not None and parent_claim.status in OPEN:
                         continue   # its parent is still being verified: decide that first
-                    if claim.parent != best.commit_sha:
+                    vs = self.store.verifications(claim.id)
+                    started = any(v.status in ("leased", "done") for v in vs)
+                    if claim.parent != best.commit_sha and not started:
                         self._rebase(claim, best, "it was made against an older best")
                         rebased = True
                         continue
-                    vs = self.store.verifications(claim.id)
+                    # a claim already being verified is finished against its own parent, so
+                    # its verifiers' runs compare; if it wins, the best moved, and it is rebased
                     if any(v.verifier_id == verifier.id and v.status in ("leased", "done")
                            for v in vs):
                         continue   # one result per verifier per claim
                     if sum(1 for v in vs if v.status in ("leased", "done")) >= claim.needed:
                         continue
                     v = self.store.add_verification(
-                        claim_id=claim.id, verifier_id=verifier.id, against=best.commit_sha,
+                        claim_id=claim.id, verifier_id=verifier.id, against=claim.parent,
                         status="leased", expires=now + self.lease_seconds)
                     self.store.update_claim(claim.id, status="verifying")
-                    return Lease(v.id, claim.id, claim.commit_sha, best.commit_sha, hardware,
+                    return Lease(v.id, claim.id, claim.commit_sha, claim.parent, hardware,
                                  self.settings.runs, v.expires, self.lease_seconds,
                                  self.spec.metric, self.spec.direction)
                 if not rebased:
                     break
         return None
+
+    def _settle_stalled(self, hardware: str, now: float) -> None:
+        """A claim that asked for one more verifier (a disagreement) and found none within a
+        lease period is decided with the reports it has: a small pool must not stall it."""
+        for claim in self.store.open_candidates(hardware):
+            if claim.status != "queued" or claim.updated > now - self.lease_seconds:
+                continue
+            done = self.store.verifications(claim.id, ("done",))
+            if len(done) >= min(self.settings.quorum, claim.needed) and len(done) < claim.needed:
+                self._decide(claim, force=True)
 
     def _own_lease(self, verifier: User, vid: int):
         v = self.store.verification(vid)
@@ -480,18 +497,25 @@ class Hub:
         gain = (mb - mc) if self.spec.direction == "minimize" else (mc - mb)
         return gain >= self.spec.policy.min_effect and gain > 0
 
-    def _decide(self, claim: Claim) -> None:
+    def _sees_gain(self, cand: list[float], best: list[float]) -> bool:
+        """One verifier's verdict: its own runs show a gain at REPORT_ALPHA (a looser level
+        than the decision's, which pools every verifier's runs)."""
+        return self._passes(cand, best) and welch_p(
+            cand, best, self.spec.direction, self.spec.policy.min_effect) < REPORT_ALPHA
+
+    def _decide(self, claim: Claim, force: bool = False) -> None:
         s = self.settings
         done = self.store.verifications(claim.id, ("done",))
         active = self.store.verifications(claim.id, ("leased",))
-        if len(done) < claim.needed:
+        if len(done) < claim.needed and not force:
             self.store.update_claim(claim.id, status="verifying" if active else "queued")
             return
-        verdicts = [v.outcome == "measured" and self._passes(v.candidate_runs, v.best_runs)
+        verdicts = [v.outcome == "measured" and self._sees_gain(v.candidate_runs, v.best_runs)
                     for v in done]
         top = max(sum(verdicts), len(verdicts) - sum(verdicts))
         settled = top * 2 > len(verdicts) and top >= min(s.quorum, claim.needed)
-        if len(set(verdicts)) > 1 and not settled and claim.needed < s.max_verifiers:
+        if len(set(verdicts)) > 1 and not settled and claim.needed < s.max_verifiers \
+                and not force:
             flags = [*claim.flags, f"verifiers disagree ({sum(verdicts)} of {len(verdicts)} saw "
                                    f"a gain): one more verifier"]
             self.store.update_claim(claim.id, needed=claim.needed + 1, flags=flags,
