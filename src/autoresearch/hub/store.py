@@ -316,7 +316,9 @@ class HubStore:
                 b.commit()
 
     def _all(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        with self.atomic():
+        """One statement: inside an open transaction it joins it; alone it is atomic by itself
+        (autocommit), so a read takes no write lock."""
+        with self.b.lock:
             return self.b.run(sql, args)
 
     def _one(self, sql: str, args: tuple = ()) -> dict[str, Any] | None:
