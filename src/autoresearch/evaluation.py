@@ -243,9 +243,9 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
 
     value = metrics.get(job.metric)
     if value is None:
+        from .metrics import missing_metric_reason
         src = "evaluate" if job.evaluate else "run"
-        return finish(Status.CRASH, f"no '{job.metric}: <number>' line in the {src} step's output",
-                      None, metrics)
+        return finish(Status.CRASH, missing_metric_reason(job.metric, metrics, src), None, metrics)
     if not math.isfinite(value):
         return finish(Status.CRASH, f"metric {job.metric} is {value}", None, metrics)
     return finish(Status.RUNNING, "measured", value, metrics)

@@ -66,6 +66,7 @@ class Proposal:
     params: dict[str, Any] | None = None      # sampled values, for samplers such as Optuna
     usage: Usage = field(default_factory=Usage)
     notes: list[str] = field(default_factory=list)  # e.g. edits outside the editable files, dropped
+    refused: list[str] = field(default_factory=list)  # paths it edited that are not editable (dropped)
     agent_log: str | None = None              # path of the agent's saved transcript
 
 
