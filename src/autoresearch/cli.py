@@ -281,6 +281,7 @@ def cmd_run(args) -> int:
     _warn_uncommitted(target)
     reporter = Reporter(console, target.spec.metric, quiet=args.quiet)
     loop = build_loop(target, args, tag, reporter=reporter)
+    _hub_contributor(loop, args, reporter)
     console.print(f"[bold]autoresearch[/] run [cyan]{_e(tag)}[/] on {_e(target.root)} — agent "
                   f"[bold]{_e(loop.opt.agent_name)}[/], policy [bold]{_e(loop.policy.name)}[/], "
                   f"{loop.executor.slots} slot(s), budget {loop.budget:g}s, branch autoresearch/{tag}")
@@ -734,6 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the loop (resumes an existing tag)")
     _run_flags(p)
+    _hub_run_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("start", help="agent-driven mode: create the branch and measure the baseline")
@@ -789,7 +791,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-format", choices=["native", "original"], default="native",
                    help="results.tsv format (see 'run --help')")
     p.set_defaults(func=cmd_demo)
+    _hub_commands(sub)
     return parser
+
+
+# == distributed runs (hub/): `hub serve|add-user|leaderboard`, `verify`, `run --hub` ==========
+def _hub_commands(sub) -> None:
+    from .hub.commands import add_commands
+    add_commands(sub)
+
+
+def _hub_run_flags(p: argparse.ArgumentParser) -> None:
+    from .hub.commands import add_run_flags
+    add_run_flags(p)
+
+
+def _hub_contributor(loop, args, reporter) -> None:
+    from .hub.commands import attach_contributor
+    attach_contributor(loop, args, say=reporter.message if reporter else None)
 
 
 def main(argv: list[str] | None = None) -> int:

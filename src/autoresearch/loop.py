@@ -122,6 +122,7 @@ class Loop:
         self._pid_updates: list[tuple[int, int]] = []   # (experiment id, pid) from slot threads
         self._lines_by_blob: dict[str, int] = {}          # blob id -> non-blank lines
         self._holdout: dict[int, float] = {}              # experiment id -> holdout metric (until judged)
+        self.hub: Any = None   # contributor mode: a hub.contributor.HubContributor (set by the CLI)
 
     # == setup and resume ===================================================================
     def editable(self, rel: str) -> bool:
@@ -155,7 +156,8 @@ class Loop:
         self.ratchet.ensure_ignored()
         run = self.ledger.get_run(self.tag)
         if run is None:
-            base = self.ratchet.branch_commit(self.tag) or self.ratchet.head()
+            base = self.ratchet.branch_commit(self.tag) or (
+                self.hub.open() if self.hub else self.ratchet.head())
             files = self.ratchet.list_files(base)
             locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
@@ -319,6 +321,8 @@ class Loop:
                 self.ledger.clear_slots(self.tag)
         finally:
             self.executor.shutdown()
+            if self.hub is not None:
+                self.hub.close()
             lock = getattr(self, "_lock_file", None)
             if lock is not None:
                 lock.close()
@@ -763,8 +767,31 @@ class Loop:
                 res = EvalResult(Status.CRASH, f"executor error: {type(e).__name__}: {e}", None, {},
                                  0.0, 0.0, None, self._job_stub(self.ledger.get(exp_id)).log_path)
             self._on_result(self.ledger.get(exp_id), res)
+        if self.hub is not None:
+            self._hub_sync()
         if self.reporter:
             self.reporter.tick(self)
+
+    def _hub_sync(self) -> None:
+        """Contributor mode: the hub's verdicts reach the agent; a new hub best is adopted."""
+        if self.run is None:
+            return
+        news = self.hub.sync(self.incumbent.commit_sha if self.incumbent else None)
+        self.feedback.extend(news.feedback)
+        if news.best is None:
+            return
+        tree = self.ratchet.tree_of(news.best)
+        if tree in self.trees:
+            return
+        # measured here like a baseline; when measured it is the best, and candidates proposed
+        # against the old best are rebased onto it (see _decide)
+        e = self.ledger.add_experiment(
+            self.tag, kind="baseline", parent=None, commit_sha=news.best, tree_sha=tree,
+            agent="hub", description=news.description, status=Status.RUNNING,
+            seed=self.opt.seed, code_lines=self._code_lines(news.best))
+        self.ratchet.pin(self.tag, e.seq, news.best)
+        self.trees[tree] = e.id
+        self.queue.append(e.id)
 
     def _flush_pids(self) -> None:
         import psutil
@@ -866,6 +893,8 @@ class Loop:
             self.ledger.update(e.id, status=Status.KEEP, reason="baseline", decision=decision)
             e = self.ledger.get(e.id)
             self.incumbent = e
+            if e.commit_sha and self.ratchet.branch_commit(self.tag) != e.commit_sha:
+                self.ratchet.set_branch(self.tag, e.commit_sha)   # a hub best, adopted
             self._finished(e)
         self._top_up_baseline()
 
@@ -957,6 +986,9 @@ class Loop:
         if self.spec.holdout and self._watch_holdout(self.incumbent, inc):
             return
         self._finished(self.incumbent)
+        if self.hub is not None:
+            self.hub.kept(kept, inc.commit_sha, value, self._sample(self.incumbent).values,
+                          cand.description)
 
     def _watch_holdout(self, kept: Experiment, previous: Experiment) -> bool:
         """The Goodhart guard: after a keep, compare the holdout metric along the kept chain.
