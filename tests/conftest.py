@@ -174,3 +174,16 @@ def processes_with(marker: str) -> list[psutil.Process]:
 def marker() -> str:
     """A unique word to put in a target's command line and find its processes by."""
     return f"armark{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for the whole session (skips where it cannot start)."""
+    from pgcluster import Cluster
+
+    cluster = Cluster()
+    if cluster.start() is None:
+        cluster.stop()
+        pytest.skip(f"no PostgreSQL for the hub's database tests: {cluster.why}")
+    yield cluster
+    cluster.stop()

@@ -5,6 +5,10 @@
               rewrote the evaluator is `invalid`
     evaluate  the locked evaluator in a fresh process; when present it is the only source of the
               primary metric, so the agent's code cannot print its own score
+    holdout   (when the job asks) the locked holdout command, after a successful evaluate: a
+              second metric on data the agent never sees. Its output goes to a log of its own
+              (LOG.holdout), never into the experiment's metrics or log, and its failure is
+              recorded as "no holdout value", not as a crash of the experiment
 
 Executors decide where and on which GPU; this module decides what happens and what it means.
 """
@@ -51,6 +55,8 @@ class Job:
     sandbox: bool = False                 # run both steps under bubblewrap (see sandboxed())
     sandbox_writable: list[str] = field(default_factory=list)
     sandbox_cache: str | None = None      # a writable directory for compiler caches
+    holdout: str | None = None            # the holdout command, when this job computes it
+    holdout_metric: str | None = None     # the name it prints
 
 
 @dataclass
@@ -67,6 +73,7 @@ class EvalResult:
     started: float = 0.0
     finished: float = 0.0
     host: str | None = None
+    holdout: float | None = None     # the holdout metric, when the job computed it
 
 
 def command_env(job: Job) -> dict[str, str]:
@@ -248,4 +255,23 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
         return finish(Status.CRASH, missing_metric_reason(job.metric, metrics, src), None, metrics)
     if not math.isfinite(value):
         return finish(Status.CRASH, f"metric {job.metric} is {value}", None, metrics)
-    return finish(Status.RUNNING, "measured", value, metrics)
+    result = finish(Status.RUNNING, "measured", value, metrics)
+    if job.holdout:
+        result.holdout = _holdout(target_dir, job, eval_env, stop_event)
+        result.finished = time.time()
+    return result
+
+
+def _holdout(target_dir: Path, job: Job, env: dict[str, str],
+             stop_event: threading.Event | None) -> float | None:
+    """The holdout step: its metric, or None when it fails. Its output stays in its own log."""
+    assert job.holdout
+    command = job.holdout
+    step_env = dict(env)
+    if job.sandbox:
+        command = sandboxed(command, target_dir, job, step_env)
+    r = run_command(command, cwd=target_dir, env=step_env, log_path=Path(job.log_path + ".holdout"),
+                    timeout=job.timeout, log_cap_bytes=job.log_cap_bytes, stop_event=stop_event,
+                    header=f"$ {command}   # holdout step", run_token=job.token)
+    value = r.metrics.get(job.holdout_metric or job.metric) if r.ok else None
+    return value if value is not None and math.isfinite(value) else None

@@ -3,6 +3,12 @@
 results.tsv during a run gets one line appended per experiment as it finishes (constant cost
 per experiment); it is rewritten whole, every row in seq order, only when a run opens or
 resumes (repair) and when it stops. Exports read the ledger in pages, never all at once.
+
+results.tsv comes in two formats. Native: one row per experiment (repeats and every status
+included); a kept row shows the best's reported value (summary.reported_values). `original`
+(`--results-format original`): the original's format, one row per candidate with its repeats
+folded into its reported mean and statuses keep / discard / crash only, so the original's
+analysis.ipynb reads it unmodified.
 """
 
 from __future__ import annotations
@@ -14,9 +20,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .config import TargetSpec
+from .experiment import Kind, Status
 from .ledger import Experiment, Ledger, dumps
 
 TSV_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
+
+#: how the original's analysis.ipynb reads statuses: keep, discard, crash and nothing else
+ORIGINAL_STATUS = {Status.KEEP: "keep", Status.DISCARD: "discard", Status.REBASED: "discard",
+                   Status.PRUNED: "discard", Status.CRASH: "crash", Status.TIMEOUT: "crash",
+                   Status.INVALID: "crash", Status.AGENT_ERROR: "crash"}
 
 
 def memory_gb(e: Experiment, spec: TargetSpec | None) -> float:
@@ -41,35 +53,61 @@ def tsv_header(spec: TargetSpec) -> str:
     return "\t".join(c.format(metric=spec.metric) for c in TSV_COLUMNS) + "\n"
 
 
-def tsv_line(e: Experiment, spec: TargetSpec) -> str:
+def tsv_line(e: Experiment, spec: TargetSpec, value: float | None = None,
+             original: bool = False) -> str:
+    """e's results.tsv line ("" when the original format has no row for it). `value`: its
+    reported value (summary.reported_values), shown for a kept row and in the original format."""
+    status, metric = e.status.value, e.metric
+    if value is not None and (original or e.status == Status.KEEP):
+        metric = value
+    if original:
+        if e.kind == Kind.REPEAT or e.status not in ORIGINAL_STATUS:
+            return ""          # folded into its candidate, or not decided yet
+        status = ORIGINAL_STATUS[e.status]
+        if status == "crash":
+            metric = None
     commit = (e.commit_sha or "-------")[:7]
-    metric = f"{e.metric:.6f}" if e.metric is not None else "0.000000"
-    return "\t".join([commit, metric, f"{memory_gb(e, spec):.1f}", e.status.value,
+    shown = f"{metric:.6f}" if metric is not None else "0.000000"
+    return "\t".join([commit, shown, f"{memory_gb(e, spec):.1f}", status,
                       _clean(e.description)]) + "\n"
 
 
-def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec) -> str:
-    return tsv_header(spec) + "".join(tsv_line(e, spec) for e in ledger.iter_experiments(tag))
+def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, original: bool = False) -> str:
+    """results.tsv as the ledger has it (kept rows at their reported values)."""
+    from .summary import reported_values
+
+    exps = list(ledger.iter_experiments(tag))
+    values = reported_values(ledger, tag, exps if original else None)
+    return tsv_header(spec) + "".join(tsv_line(e, spec, values.get(e.id), original)
+                                      for e in exps)
 
 
 def write_results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, path: Path,
-                      rows: Iterable[Experiment] | None = None) -> None:
+                      rows: Iterable[Experiment] | None = None,
+                      values: dict[int, float] | None = None, original: bool = False) -> None:
     """Atomically rewrite results.tsv (a reader never sees half a file); `rows` defaults to
-    the run's rows in the ledger."""
+    the run's rows in the ledger, `values` (reported values by id) to the ledger's."""
+    if values is None:
+        from .summary import reported_values
+
+        values = reported_values(ledger, tag, None if not original else
+                                 list(ledger.iter_experiments(tag)))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         fh.write(tsv_header(spec))
         for e in (ledger.iter_experiments(tag) if rows is None else rows):
-            fh.write(tsv_line(e, spec))
+            fh.write(tsv_line(e, spec, values.get(e.id), original))
     os.replace(tmp, path)
 
 
-def append_results_tsv(e: Experiment, spec: TargetSpec, path: Path) -> None:
+def append_results_tsv(e: Experiment, spec: TargetSpec, path: Path, value: float | None = None,
+                       original: bool = False) -> None:
     """Add one finished experiment's line (the header first, when the file is new)."""
+    line = tsv_line(e, spec, value, original)
     with open(path, "a") as fh:
         if fh.tell() == 0:
             fh.write(tsv_header(spec))
-        fh.write(tsv_line(e, spec))
+        fh.write(line)
 
 
 EXPORT_FIELDS = ("tag", "seq", "id", "kind", "status", "reason", "metric", "description", "commit",

@@ -4,6 +4,8 @@
     baseline             failed            (as run)      stop the run: the baseline must run
     baseline             broke-constraint  discard       stop the run: relax the constraint
     baseline             measured          keep          schedule the baseline's re-measurements
+                                                         (one per slot at a time); a best adopted
+                                                         from a hub moves the branch to it
     candidate, rebase    failed            (as run)      tell the agent
     candidate, rebase    broke-constraint  discard       tell the agent
     candidate, rebase    measured          pending       ask the policy (-> one of the verdicts)
@@ -11,7 +13,9 @@
     repeat               broke-constraint  crash         its candidate: repeat-failed
     repeat               measured          repeat        its candidate: ask the policy again once
                                                          none of its repeats is still running
-    candidate, rebase    keep              keep          commit onto the best, move the branch
+    candidate, rebase    keep              keep          commit onto the best, move the branch;
+                                                         with a holdout, watch it (-> diverged);
+                                                         a hub contributor claims it
     candidate, rebase    keep-stale        rebased       replay onto the newer best as a `rebase`
                                                          row (discard if it conflicts, repeats an
                                                          earlier tree, or the run is out of room)
@@ -19,10 +23,18 @@
     candidate, rebase    more              pending       add a `repeat` row (of it or of the best)
     candidate, rebase    no-verdict        discard       tell the agent (twice max_runs repeats)
     candidate, rebase    repeat-failed     discard       tell the agent (only while pending)
+    candidate, rebase    diverged          discard       a keep whose holdout worsened beyond its
+                                                         noise, with on_divergence = "revert":
+                                                         the branch and the best go back
     any                  interrupted       interrupted   nothing: a resumed run measures it again
 
 `TRANSITIONS` (at the end of this module) is that table as data; `Judge.apply` is the only place a judged status is
 written. The status a finished evaluation reports is read in one function, `evaluation_status`.
+
+Besides the table: `remeasure_best` measures the best again when the policy asks (drift watch:
+at intervals, and once on resume); `adopt` adds a hub's best as a `baseline`-kind row; the
+holdout value an evaluation computed is written into the row's decision record with its
+measurement, and carried into the verdict's record.
 
 Order is crash safety: a kept commit is pinned and its row written before the branch moves; a
 repeat's or rebase's row is written (and pinned) before it is queued.
@@ -35,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import TargetSpec
 from .errors import AutoresearchError
@@ -45,6 +57,11 @@ from .ledger import Experiment
 from .metrics import tail_lines
 from .policies import Policy, PolicyContext, Verdict
 from .state import RunState
+from .summary import ReportedBest, divergence, format_best, holdout_of, holdout_refs, report_best
+
+if TYPE_CHECKING:
+    from .hub.contributor import HubContributor
+    from .pruning import Pruner
 
 
 class RunStopped(AutoresearchError):
@@ -61,6 +78,7 @@ class Event(str, enum.Enum):
     MORE = "more"
     NO_VERDICT = "no-verdict"                # MORE once too often
     REPEAT_FAILED = "repeat-failed"          # one of its repeats failed
+    DIVERGED = "diverged"                    # kept, then reverted: the holdout got worse
     INTERRUPTED = "interrupted"
 
 
@@ -98,7 +116,8 @@ class Driver(Protocol):
 
 class Judge:
     def __init__(self, state: RunState, policy: Policy, spec: TargetSpec, git: Git,
-                 driver: Driver, observe: Callable[[Proposal, Outcome], None], seed: int = 0):
+                 driver: Driver, observe: Callable[[Proposal, Outcome], None], seed: int = 0,
+                 slots: int = 1, say: Callable[[str], None] | None = None):
         self.state = state
         self.policy = policy
         self.spec = spec
@@ -106,7 +125,11 @@ class Judge:
         self.driver = driver
         self.observe = observe
         self.seed = seed
+        self.slots = slots                            # the executor's (baseline runs at once)
+        self.say = say or (lambda text: None)         # a line for the user (the reporter)
         self.tag = state.tag
+        self.hub: HubContributor | None = None        # contributor mode: kept rows are claims
+        self.stop_reason: str | None = None           # on_divergence = "stop" fired
         self.proposals: dict[int, Proposal] = {}      # experiment id -> proposal, until told
         self.feedback: list[str] = []                 # for the agent's next context
 
@@ -132,6 +155,9 @@ class Judge:
         elif violation := next((r for c in self.spec.parsed_constraints
                                 if (r := c.check(res.metrics))), None):
             self.apply(e, Event.BROKE_CONSTRAINT, reason=violation, metric=res.metric, **fields)
+        elif res.holdout is not None:   # recorded with the measurement; the verdict carries it
+            self.apply(e, Event.MEASURED, metric=res.metric, reason="measured",
+                       decision={"holdout": res.holdout}, **fields)
         else:
             self.apply(e, Event.MEASURED, metric=res.metric, reason="measured", **fields)
 
@@ -149,6 +175,8 @@ class Judge:
         d = self.policy.decide(self.state.sample(cand), self.state.sample(inc), self.context())
         record = {"verdict": d.verdict.value, "reason": d.reason, "evidence": d.evidence,
                   "at": time.time(), "against": inc.seq}
+        if (h := holdout_of(cand)) is not None:
+            record["holdout"] = h
         if d.verdict == Verdict.MORE:
             if len(self.state.repeats_of(cand.id)) >= 2 * max(1, self.spec.policy.max_runs):
                 self.apply(cand, Event.NO_VERDICT, reason="no verdict within the run cap",
@@ -186,9 +214,13 @@ class Judge:
                          f"autoresearch.toml or fix the target")
 
     def _baseline_kept(self, e: Experiment, fields: dict[str, Any]) -> None:
-        self.state.update(e, reason="baseline", decision={"verdict": "keep", "reason": "baseline",
-                                                          "at": time.time()})
+        record: dict[str, Any] = {"verdict": "keep", "reason": "baseline", "at": time.time()}
+        if (h := holdout_of(e)) is not None:
+            record["holdout"] = h
+        self.state.update(e, reason="baseline", decision=record)
         self.state.incumbent = e
+        if e is not self.state.baseline and e.commit_sha:
+            self.git.set_branch(self.tag, e.commit_sha)   # a hub best, adopted
         self.driver.finished(e)
         self.top_up_baseline()
 
@@ -207,8 +239,10 @@ class Judge:
         if e.candidate_of is None:
             return
         cand = self.state.get(e.candidate_of)
-        if cand.kind != Kind.BASELINE and cand.status == Status.PENDING \
-                and not self.repeats_running(cand):
+        if cand.kind == Kind.BASELINE:
+            if cand is self.state.incumbent:
+                self.top_up_baseline()   # a deterministic metric stops after two that agree
+        elif cand.status == Status.PENDING and not self.repeats_running(cand):
             self.decide(cand)
 
     def _measure_again(self, cand: Experiment, fields: dict[str, Any], who: Experiment) -> None:
@@ -224,10 +258,12 @@ class Judge:
         assert inc is not None and cand.commit_sha and inc.commit_sha and cand.tree_sha
         record = fields["decision"]
         ctx = self.context()
-        est = self.policy.estimate(self.state.sample(cand), ctx)
+        sample = self.state.sample(cand)
+        est = self.policy.estimate(sample, ctx)
         record["estimate"] = est.to_dict()
         delta = est.mean - self.policy.estimate(self.state.sample(inc), ctx).mean
-        message = (f"{self.spec.metric} {est.mean:.6f} ({delta:+.6f}): {cand.description}\n\n"
+        message = (f"{self.spec.metric} {format_best(est.mean, est.sem, est.n)} ({delta:+.6f}): "
+                   f"{cand.description}\n\n"
                    f"autoresearch {self.tag} experiment #{cand.seq}, proposed by {cand.agent}")
         # the kept commit says what was tried and what it scored; same tree and parent
         kept = self.git.commit_tree(cand.tree_sha, inc.commit_sha, message)
@@ -236,7 +272,41 @@ class Judge:
                           commit_sha=kept)
         self.git.set_branch(self.tag, kept, expect=inc.commit_sha)
         self.state.incumbent = cand
+        if self.spec.holdout and self._watch_holdout(cand, inc):
+            return
         self._tell_and_finish(cand, fields)
+        if self.hub is not None:
+            self.hub.kept(kept, inc.commit_sha, est.mean, sample.values, cand.description)
+
+    def _watch_holdout(self, kept: Experiment, previous: Experiment) -> bool:
+        """The Goodhart guard after a keep: the holdout along the kept chain. True when the
+        keep was reverted (a `diverged` transition, which finishes it)."""
+        chain = [e for e in self.state.kept_chain() if e.id != kept.id]
+        refs = [(r, self.state.sample(r)) for r in holdout_refs(chain)]
+        alarm = divergence(self.policy, self.context(), kept, self.state.sample(kept), refs)
+        if alarm is None:
+            return False
+        record = dict(kept.decision or {}, holdout_alarm=alarm)
+        text = (f"holdout divergence at #{kept.seq}: {self.spec.metric} improved by "
+                f"{alarm['validation_change']:+.6g} while the holdout worsened by "
+                f"{alarm['holdout_change']:+.6g} (beyond its noise, {alarm['threshold']:.3g}) "
+                f"against #{alarm['against']}; on_divergence = {self.spec.on_divergence}")
+        self.say(text)
+        if self.spec.on_divergence == "revert":
+            self.apply(kept, Event.DIVERGED, reason=f"reverted: {text}", decision=record,
+                       then={"previous": previous})
+            return True
+        self.state.update(kept, decision=record)
+        if self.spec.on_divergence == "stop":
+            self.stop_reason = text
+        return False
+
+    def _revert(self, kept: Experiment, fields: dict[str, Any], previous: Experiment) -> None:
+        """The row says discard (written first); then the branch and the best go back."""
+        assert previous.commit_sha and kept.commit_sha
+        self.git.set_branch(self.tag, previous.commit_sha, expect=kept.commit_sha)
+        self.state.incumbent = previous
+        self._tell_and_finish(kept, fields)
 
     def _rebase(self, cand: Experiment, fields: dict[str, Any]) -> None:
         """A winner proposed against an older best: replay it onto the new best, measure again."""
@@ -314,7 +384,7 @@ class Judge:
             return True
         needed = self.policy.baseline_runs(self.spec.policy)
         valid, running, failed = self.baseline_counts()
-        if valid >= needed:
+        if valid >= needed or self.baseline_complete():
             return True
         # flaky re-measurements get one more try each; past that, go on with what there is
         return running == 0 and (valid + failed >= 2 * needed or not self.driver.room())
@@ -322,19 +392,85 @@ class Judge:
     def top_up_baseline(self) -> None:
         """Schedule the baseline measurements still missing (also after a restart)."""
         base = self.state.incumbent
-        if base is None or base.kind != Kind.BASELINE:
+        if base is None or base.kind != Kind.BASELINE or self.baseline_complete():
             return
         needed = self.policy.baseline_runs(self.spec.policy)
         valid, running, failed = self.baseline_counts()
-        for _ in range(needed - valid - running):
+        # one run per slot at a time: a deterministic metric stops after two that agree
+        for _ in range(min(needed - valid, self.slots) - running):
             if valid + running + failed >= 2 * needed or not self.driver.room():
                 break
             self.add_repeat(base, base, "re-measure the baseline (noise estimate)")
             running += 1
 
-    def resume_pending(self) -> None:
-        """After a restart: schedule missing baseline runs, judge what was left pending."""
+    def baseline_complete(self) -> bool:
+        """Do the baseline's runs so far suffice (the policy says; a deterministic metric
+        needs two that agree)?"""
+        assert self.state.incumbent is not None
+        return self.policy.baseline_complete(self.state.sample(self.state.incumbent).values,
+                                             self.spec.policy)
+
+    def remeasure_best(self, resumed: bool = False) -> None:
+        """Measure the best again when the policy asks (drift watch: at intervals, on resume),
+        unless a run of its code is already queued or running."""
+        inc = self.state.incumbent
+        if inc is None or not self.driver.room() or self.state.busy(inc.tree_sha) or (
+                inc.kind == Kind.BASELINE and not self.baseline_ready()):
+            return
+        if self.policy.remeasure_best(self.state.sample(inc), self.state.next_seq,
+                                      self.spec.policy, resumed=resumed):
+            why = "on resume" if resumed else "at its interval"
+            self.add_repeat(inc, inc, f"re-measure best #{inc.seq} {why} (drift watch)")
+
+    def sync_hub(self, hub: HubContributor) -> None:
+        """Contributor mode, after each wait: the hub's verdicts become the agent's feedback; a
+        new hub best is adopted (`adopt`)."""
+        inc = self.state.incumbent
+        news = hub.sync(inc.commit_sha if inc else None)
+        self.feedback.extend(news.feedback)
+        if news.best is not None:
+            self.adopt(news.best, news.description)
+
+    def adopt(self, commit: str, description: str) -> None:
+        """A hub's best this run lacks is measured here as a `baseline`-kind row; once measured
+        it is the best (candidates proposed against the old one are rebased onto it when they
+        win)."""
+        tree = self.git.tree_of(commit)
+        if tree in self.state.trees:
+            return
+        e = self.state.add(kind=Kind.BASELINE, parent=None, commit_sha=commit, tree_sha=tree,
+                           agent="hub", description=description, status=Status.RUNNING,
+                           seed=self.seed, code_lines=self.driver.code_lines(commit))
+        self.git.pin(self.tag, e.seq, commit)
+        self.driver.enqueue(e)
+
+    def reported(self) -> ReportedBest | None:
+        """The run's one reported best (summary.ReportedBest), from memory."""
+        inc, base = self.state.incumbent, self.state.baseline
+        if inc is None or base is None:
+            return None
+        return report_best(self.policy, self.context(), inc, self.state.sample(inc), base,
+                           self.state.sample(base))
+
+    def value_of(self, e: Experiment) -> float | None:
+        """An experiment's value as the run reports it: the policy's estimate over its code's
+        runs (results.tsv's kept rows, and every row of the original format)."""
+        sample = self.state.sample(e)
+        return self.policy.estimate(sample, self.context()).mean if sample.values else None
+
+    def values(self, original: bool) -> dict[int, float]:
+        """Reported values by id for results.tsv: of kept rows (of every row but repeats in
+        the original format)."""
+        return {e.id: v for e in self.state.rows.values()
+                if (e.status == Status.KEEP or (original and e.kind != Kind.REPEAT))
+                and e.metric is not None and (v := self.value_of(e)) is not None}
+
+    def resume_pending(self, resumed: bool = False) -> None:
+        """After a restart: schedule missing baseline runs, re-measure the best (`resumed`:
+        the run had rows before this process), judge what was left pending."""
         self.top_up_baseline()
+        if resumed:
+            self.remeasure_best(resumed=True)
         for e in [e for e in self.state.open_rows() if e.status == Status.PENDING]:
             if not self.repeats_running(e):
                 self.decide(e)
@@ -348,6 +484,17 @@ class Judge:
         values = self.state.sample(e).values
         metric = sum(values) / len(values) if values else e.metric
         self.observe(proposal, Outcome(e.id, e.status, metric, e.reason, metrics=e.metrics or {}))
+
+    def pruning_hook(self, pruner: Pruner | None,
+                     e: Experiment) -> Callable[[float, float], str | None] | None:
+        """What stops e early (--prune): its curve against the best's curves, or None."""
+        inc = self.state.incumbent
+        if pruner is None or e.kind not in (Kind.CANDIDATE, Kind.REBASE) or inc is None:
+            return None
+        refs = [m.curve for m in self.state.measurements(inc.tree_sha) if m.curve]
+        if not refs:
+            return None
+        return pruner.watch([[(p, v) for p, v in c] for c in refs], self.noise()).report
 
     def noise(self) -> float | None:
         """The policy's noise sd of one run of the best (for the pruner)."""
@@ -369,6 +516,7 @@ _JUDGED = {
     Event.MORE: Transition(Status.PENDING, Judge._measure_again),
     Event.NO_VERDICT: Transition(Status.DISCARD, Judge._tell_and_finish),
     Event.REPEAT_FAILED: Transition(Status.DISCARD, Judge._tell_and_finish),
+    Event.DIVERGED: Transition(Status.DISCARD, Judge._revert),
 }
 TRANSITIONS: dict[tuple[Kind, Event], Transition] = {
     (_B, Event.FAILED): Transition(None, Judge._stop_baseline_failed),

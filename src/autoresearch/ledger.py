@@ -428,6 +428,12 @@ class Ledger:
         marks = ",".join("?" * len(statuses))
         return self._select(f"tag = ? AND status IN ({marks})", (tag, *[s.value for s in statuses]))
 
+    def with_decision_key(self, tag: str, key: str) -> list[Experiment]:
+        """Rows whose decision record has `key` (a word), oldest first."""
+        if not key.isidentifier():
+            raise ValueError(f"decision key {key!r} must be a word")
+        return self._select(f"tag = ? AND json_extract(decision, '$.{key}') IS NOT NULL", (tag,))
+
     def repeats_of(self, exp_id: int) -> list[Experiment]:
         """The rows measured for a candidate (its repeats and its rebased version)."""
         return self._select("candidate_of = ?", (exp_id,), order="id")

@@ -9,7 +9,9 @@ One driver thread owns the run. Around it:
 - `judge.py` turns results and the policy's verdicts into statuses (one table of transitions).
 
 This module is the loop itself, top to bottom: open, then until a stop condition: fill the free
-slots (queued measurements first, then new proposals), wait, hand each result to the judge.
+slots (queued measurements first, the best's drift-watch re-measurement, then new proposals),
+wait, hand each result to the judge; in contributor mode (`hub`) sync with the hub after each
+wait (its verdicts become the agent's feedback, its new best is adopted).
 
 Crash safety is a matter of order: a proposal is committed and pinned under refs/autoresearch
 before it is queued; a verdict is written to the ledger before the branch moves; on start the
@@ -23,18 +25,15 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from .agents import Agent
 from .config import Target
 from .executors import Executor
-from .experiment import Kind, Status
+from .experiment import Status
 from .export import append_results_tsv
 from .judge import Judge, RunStopped, evaluation_status
 from .ledger import Experiment, Ledger
@@ -43,6 +42,9 @@ from .proposals import LineCounter, Proposals, record_refused
 from .ratchet import Ratchet
 from .session import Session
 from .state import RunState
+
+if TYPE_CHECKING:
+    from .hub.contributor import HubContributor
 
 __all__ = ["Loop", "LoopOptions", "RunStopped", "record_refused"]
 
@@ -58,6 +60,7 @@ class LoopOptions:
     max_cost: float | None = None       # USD
     seed: int = 0
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
+    results_format: str = "native"      # results.tsv: "native" or "original" (export.py)
 
 
 class Loop:
@@ -75,7 +78,8 @@ class Loop:
         self.tag = options.tag
         self.reporter = reporter
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
-                               policy_name=policy.name, budget=options.budget, seed=options.seed)
+                               policy_name=policy.name, budget=options.budget, seed=options.seed,
+                               results_format=options.results_format)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)
@@ -91,15 +95,20 @@ class Loop:
             from .pruning import make_pruner
             self.pruner = make_pruner(self.spec.prune, self.spec.direction)
         self._pid_updates: list[tuple[Experiment, int]] = []   # from the slot threads
+        self.hub: HubContributor | None = None   # contributor mode (set by the CLI)
 
     # == open ===================================================================================
     def open(self) -> RunState:
         """Create or resume the run; the judge and the proposals work on its state."""
         self.session.agent_name = self.opt.agent_name
-        state, queue = self.session.open(self.agent.baseline_params, self.lines.count)
+        state, queue = self.session.open(self.agent.baseline_params, self.lines.count,
+                                         self.hub.open if self.hub else None)
         self.state, self.queue = state, deque(queue)
         self.judge = Judge(state, self.policy, self.spec, self.ratchet, self, self.agent.observe,
-                           seed=self.opt.seed)
+                           seed=self.opt.seed, slots=self.executor.slots,
+                           say=self.reporter.message if self.reporter else None)
+        self.judge.hub = self.hub
+        self.session.write_results(state, self.judge.values(self.session.original))
         self.proposals = Proposals(self.session, state, self.ratchet, self.agent, self.judge,
                                    self.lines, self.executor.slots, self.opt.ahead,
                                    enqueue=self.enqueue, finished=self.finished)
@@ -119,7 +128,7 @@ class Loop:
                 signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
                 assert self.judge is not None
-                self.judge.resume_pending()
+                self.judge.resume_pending(self.session.resumed)
                 while True:
                     self._dispatch()
                     if not self.in_flight and not self.queue and not self._want_new():
@@ -140,7 +149,10 @@ class Loop:
                 self.ledger.clear_slots(self.tag)
         finally:
             self.executor.shutdown()
-            self.session.close(self.state)
+            if self.hub is not None:
+                self.hub.close()
+            self.session.close(self.state, self.judge.values(self.session.original)
+                               if self.judge else None)
             self.ratchet.close()
         return self.stopping or "done"
 
@@ -150,6 +162,9 @@ class Loop:
         self._submit_queued()
         if not self._want_new():
             return
+        assert self.judge is not None
+        self.judge.remeasure_best()
+        self._submit_queued()
         self.proposals.keep_coming(self._needed())
         while self.executor.free_slots() and not self.queue and self.proposals.ready() \
                 and self._want_new():
@@ -166,7 +181,7 @@ class Loop:
             self._submit(self.queue.popleft(), free.pop(0))
 
     def _submit(self, e: Experiment, slot: int) -> None:
-        assert self.state is not None
+        assert self.state is not None and self.judge is not None
         seed = self.opt.seed + self.state.runs_before(e.tree_sha, e.id)
         job = self.session.job(e, seed)
         Path(job.log_path).unlink(missing_ok=True)   # a re-evaluation starts a fresh log
@@ -174,32 +189,22 @@ class Loop:
         self.state.update(e, status=Status.RUNNING, started=time.time(), slot=slot,
                           gpu=info.gpu, seed=seed, log_path=job.log_path)
         self.ledger.set_slot(self.tag, slot, e.id, info.gpu, info.host)
-        fut = self.executor.submit(job, slot=slot, should_stop=self._pruning_hook(e),
+        fut = self.executor.submit(job, slot=slot, should_stop=self.judge.pruning_hook(self.pruner, e),
                                    on_start=lambda pid: self._pid_updates.append((e, pid)))
         self.in_flight[slot] = (e, fut)
         if self.reporter:
             self.reporter.started(e, slot, self.budget)
 
-    def _pruning_hook(self, e: Experiment) -> Callable[[float, float], str | None] | None:
-        assert self.state is not None and self.judge is not None
-        inc = self.state.incumbent
-        if self.pruner is None or e.kind not in (Kind.CANDIDATE, Kind.REBASE) or inc is None:
-            return None
-        refs = [m.curve for m in self.state.measurements(inc.tree_sha) if m.curve]
-        if not refs:
-            return None
-        return self.pruner.watch([[(p, v) for p, v in c] for c in refs], self.judge.noise()).report
-
     def _wait(self, timeout: float) -> None:
         """Wait for a result or a proposal (at most timeout), then judge every finished job."""
-        assert self.proposals is not None and self.judge is not None
+        assert self.proposals is not None and self.judge is not None and self.state is not None
         # proposals already made wait for a slot: waiting on them again would spin
         waitables = self.executor.running() + self.proposals.waiting()
         if waitables:
             wait(waitables, timeout=timeout, return_when=FIRST_COMPLETED)
         else:
             time.sleep(timeout)
-        self._flush_pids()
+        self.session.record_pids(self.state, self._pid_updates)
         for slot, fut in self.executor.collect():
             e, _ = self.in_flight.pop(slot)
             self.ledger.set_slot(self.tag, slot, None, self.executor.slot_info(slot).gpu)
@@ -213,19 +218,10 @@ class Loop:
                           curve=res.curve or None, started=res.started or e.started,
                           finished=res.finished or time.time(), pid=None)
             self.judge.on_result(e, res, fields)
+        if self.hub is not None:
+            self.judge.sync_hub(self.hub)
         if self.reporter:
             self.reporter.tick(self)
-
-    def _flush_pids(self) -> None:
-        assert self.state is not None
-        while self._pid_updates:
-            e, pid = self._pid_updates.pop()
-            try:
-                created = psutil.Process(pid).create_time()
-            except psutil.Error:
-                created = None
-            if e.status == Status.RUNNING:
-                self.state.update(e, pid=pid, pid_started=created)
 
     def _waiting_on_agent(self) -> bool:
         assert self.proposals is not None
@@ -263,7 +259,9 @@ class Loop:
         assert self.proposals is not None
         if self.stopping:
             return
-        if not self.room():
+        if self.judge is not None and self.judge.stop_reason:
+            self.stopping = self.judge.stop_reason
+        elif not self.room():
             self.stopping = f"reached --max-experiments {self.opt.max_experiments}"
         elif self.opt.max_time is not None and time.time() - self.started >= self.opt.max_time:
             self.stopping = f"reached --max-time {self.opt.max_time:g}s"
@@ -286,10 +284,11 @@ class Loop:
 
     def finished(self, e: Experiment) -> None:
         """An experiment reached its final status: its line in results.tsv, the reporter."""
-        assert self.state is not None
-        append_results_tsv(e, self.spec, self.target.results_path)
+        assert self.state is not None and self.judge is not None
+        value = self.judge.value_of(e) if self.session.original or e.status == Status.KEEP else None
+        append_results_tsv(e, self.spec, self.target.results_path, value, self.session.original)
         if self.reporter:
-            self.reporter.finished(e, self.state.incumbent)
+            self.reporter.finished(e, self.state.incumbent, reported=self.judge.reported())
 
     def code_lines(self, commit: str) -> int:
         return self.lines.count(commit)

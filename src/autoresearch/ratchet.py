@@ -402,7 +402,10 @@ class Ratchet:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self.git("read-tree", new_base, env=env)
             if diff:
-                p = self.git("apply", "--cached", "-", input=diff, env=env, check=False, binary=True)
+                # --3way: a change next to (not on) the new base's lines still merges, as
+                # merge-tree would; overlapping changes still fail
+                p = self.git("apply", "--cached", "--3way", "-", input=diff, env=env, check=False,
+                             binary=True)
                 if p.returncode != 0:
                     return None
             return self.git("write-tree", env=env)

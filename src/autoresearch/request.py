@@ -35,6 +35,7 @@ class RunRequest:
     address: str | None = None
     ahead: int | None = None
     seed: int = 0
+    results_format: str = "native"      # results.tsv: native or original (export.py)
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -96,5 +97,6 @@ class RunRequest:
         options = LoopOptions(
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
-            max_cost=self.max_cost, seed=self.seed, ahead=self.ahead)
+            max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
+            results_format=self.results_format)
         return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)

@@ -9,7 +9,12 @@ Guarantees:
   if a process of it survived, reset to `running` and queued again, in its own row.
 - The toml this process read and the locked files at the branch are the ones hashed when the
   run began, or the run does not start.
-- results.tsv is rewritten whole here (open) and on close; in between the loop appends.
+- results.tsv is rewritten whole when the loop has opened the run and on close (kept rows, and
+  every row of the original format, at their reported values); in between the loop appends.
+- A new run starts from the branch if it exists, else from `start()` when given (a hub's best,
+  contributor mode), else from HEAD.
+- A job computes the holdout (when the toml has one) for the baseline and for every
+  `holdout_every`-th candidate or rebase; never for a repeat.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from typing import IO
+
+import psutil
 
 from .config import CONFIG_NAME, Target
 from .evaluation import Job, command_env
@@ -38,7 +45,8 @@ from .state import RunState
 
 class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
-                 agent_name: str, policy_name: str, budget: float | None, seed: int):
+                 agent_name: str, policy_name: str, budget: float | None, seed: int,
+                 results_format: str = "native"):
         self.target = target
         self.spec = target.spec
         self.ledger = ledger
@@ -47,6 +55,8 @@ class Session:
         self.agent_name = agent_name
         self.policy_name = policy_name
         self.seed = seed
+        self.original = results_format == "original"    # results.tsv in the original's format
+        self.resumed = False     # set by open: the run had experiments beyond its baseline
         self.budget = budget if budget is not None else self.spec.budget
         self.timeout = self.spec.timeout if self.spec.timeout is not None else 2 * self.budget + 60
         self.log_dir = target.state_dir / "logs" / tag
@@ -78,10 +88,11 @@ class Session:
         fh.flush()
         self._lock_file = fh   # held until this process ends; the OS releases it on kill -9
 
-    def close(self, state: RunState | None) -> None:
-        """Rewrite results.tsv in seq order and release the driver lock."""
+    def close(self, state: RunState | None, values: dict[int, float] | None = None) -> None:
+        """Rewrite results.tsv in seq order (`values`: reported values by experiment id) and
+        release the driver lock."""
         if state is not None:
-            self.write_results(state)
+            self.write_results(state, values or {})
         self.hashes.save()
         if self._lock_file is not None:
             self._lock_file.close()
@@ -89,14 +100,16 @@ class Session:
 
     # -- open, resume, repair ---------------------------------------------------------------
     def open(self, baseline_params: Callable[[], dict | None],
-             code_lines: Callable[[str], int]) -> tuple[RunState, list[Experiment]]:
+             code_lines: Callable[[str], int],
+             start: Callable[[], str] | None = None) -> tuple[RunState, list[Experiment]]:
         """Create the run for this tag, or resume it; returns the run state and the rows to
-        measure (again), oldest first."""
+        measure (again), oldest first. `start`: the commit a new run starts from (a hub's)."""
         self._take_lock()
         self.ratchet.ensure_ignored()
         run = self.ledger.get_run(self.tag)
         if run is None:
-            base = self.ratchet.branch_commit(self.tag) or self.ratchet.head()
+            base = self.ratchet.branch_commit(self.tag) or (start() if start else
+                                                            self.ratchet.head())
             files = self.ratchet.list_files(base)
             locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
@@ -109,13 +122,15 @@ class Session:
             self._check_sandbox()
         self._check_locked_unchanged()
         state = RunState.load(self.ledger, run)
+        self.resumed = state.count > 1
         queue = []
         for e in state.open_rows():
             if e.status == Status.PENDING:
                 continue
             # leftovers of a kill -9: the recorded tree, and anything carrying its token
             kill_tree(e.pid or 0, create_time=e.pid_started, run_token=self.token(e.id))
-            state.update(e, status=Status.RUNNING, reason="", pid=None, metric=None)
+            state.update(e, status=Status.RUNNING, reason="", pid=None, metric=None,
+                         decision=None)
             queue.append(e)
         self._repin(state)
         best = state.incumbent.commit_sha if state.incumbent else run.base_commit
@@ -123,7 +138,6 @@ class Session:
             self.ratchet.set_branch(self.tag, best)
         if not state.rows:
             queue.append(self._add_baseline(state, baseline_params, code_lines))
-        self.write_results(state)
         return state, queue
 
     def _repin(self, state: RunState) -> None:
@@ -207,7 +221,9 @@ class Session:
         env = dict(self.spec.env)
         env["AUTORESEARCH_CACHE"] = str(self.cache_dir)
         env["AUTORESEARCH_TAG"] = self.tag
+        holdout = self.spec.holdout if e is not None and self._holdout_of(e) else None
         return Job(
+            holdout=holdout, holdout_metric=self.spec.holdout_metric if holdout else None,
             experiment_id=e.id if e else 0, seq=e.seq if e else 0,
             commit=(e.commit_sha if e else self.run.base_commit) or "", run=self.spec.run,
             evaluate=self.spec.evaluate, metric=self.spec.metric, budget=self.budget,
@@ -219,11 +235,30 @@ class Session:
             sandbox=self.spec.sandbox, sandbox_writable=list(self.spec.sandbox_writable),
             sandbox_cache=str(self.target.state_dir / "sandbox-cache"))
 
+    def _holdout_of(self, e: Experiment) -> bool:
+        """Does e's job compute the holdout? The baseline's (a hub best adopted too) and every
+        `holdout_every`-th candidate's or rebase's."""
+        return e.kind == Kind.BASELINE or (e.kind in (Kind.CANDIDATE, Kind.REBASE)
+                                           and e.seq % self.spec.holdout_every == 0)
+
+    def record_pids(self, state: RunState, updates: list[tuple[Experiment, int]]) -> None:
+        """Write the process ids the slot threads reported (with their start times, so a
+        resumed run kills only these processes, never a recycled id); drains `updates`."""
+        while updates:
+            e, pid = updates.pop()
+            try:
+                created = psutil.Process(pid).create_time()
+            except psutil.Error:
+                created = None
+            if e.status == Status.RUNNING:
+                state.update(e, pid=pid, pid_started=created)
+
     def token(self, exp_id: int) -> str:
         """Stable per experiment, so a resumed run can find processes that escaped with setsid."""
         where = hashlib.sha1(str(self.target.root).encode()).hexdigest()[:10]
         return f"autoresearch-{where}-{self.tag}-{exp_id}"
 
-    def write_results(self, state: RunState) -> None:
+    def write_results(self, state: RunState, values: dict[int, float]) -> None:
+        """results.tsv, whole, from memory; `values`: reported values by experiment id."""
         write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path,
-                          rows=list(state.rows.values()))
+                          rows=list(state.rows.values()), values=values, original=self.original)

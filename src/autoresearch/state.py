@@ -20,7 +20,7 @@ from typing import Any
 from .experiment import HistoryEntry, Kind, Status
 from .ledger import MEASURED, Experiment, Ledger, Run, as_stored
 from .policies import Sample
-from .summary import best_of
+from .summary import best_of, kept_order
 
 #: statuses that do not count as a run of their tree (the seed of a re-measurement skips them)
 _NOT_RUN = (Status.INVALID, Status.AGENT_ERROR)
@@ -41,6 +41,7 @@ class RunState:
         self._history: list[HistoryEntry] = []          # their entries, the same order
         self.next_seq = 1
         self.cost = 0.0
+        self._kept: dict[int, Experiment] = {}          # id -> row, of every kept experiment
         self.incumbent: Experiment | None = None        # the best; the judge moves it
         self.last_crash: Experiment | None = None       # the latest crash or timeout with a log
         for e in rows:
@@ -68,6 +69,7 @@ class RunState:
 
     def _unindex(self, e: Experiment) -> None:
         self.cost -= e.cost_usd
+        self._kept.pop(e.id, None)
         if e.tree_sha and e.id in self._measured.get(e.tree_sha, {}):
             values = self._measured[e.tree_sha]
             del values[e.id]
@@ -76,6 +78,8 @@ class RunState:
 
     def _index(self, e: Experiment, new: bool) -> None:
         self.cost += e.cost_usd
+        if e.status == Status.KEEP:
+            self._kept[e.id] = e
         if new:
             self.rows[e.id] = e
             self.next_seq = max(self.next_seq, e.seq + 1)
@@ -139,13 +143,28 @@ class RunState:
         return [list(v.values()) for v in self._groups.values()]
 
     def sample(self, e: Experiment) -> Sample:
-        """Every finite measurement of e's code, and how many of them selected it as the best."""
+        """Every finite measurement of e's code (with when each was made, as experiment
+        numbers), and how many of them selected it as the best."""
         ms = [m for m in self.measurements(e.tree_sha)
               if m.metric is not None and math.isfinite(m.metric)]
         selection = 0
         if e.status == Status.KEEP and e.kind != Kind.BASELINE:
             selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
-        return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
+        return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
+                      at=[m.seq for m in ms])
+
+    @property
+    def baseline(self) -> Experiment | None:
+        """The run's first experiment (the unmodified target)."""
+        return next(iter(self.rows.values()), None)
+
+    def kept_chain(self) -> list[Experiment]:
+        """Every kept experiment in the order it was kept (the last one is the best)."""
+        return sorted(self._kept.values(), key=kept_order)
+
+    def busy(self, tree: str | None) -> bool:
+        """Is a row of this tree queued or running?"""
+        return any(r.status == Status.RUNNING for r in self._by_tree.get(tree or "", ()))
 
     def history(self) -> list[HistoryEntry]:
         """Finished and pending experiments, oldest first (what an agent may know)."""

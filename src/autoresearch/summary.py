@@ -1,21 +1,29 @@
 """What a run amounts to: the best (as an estimate with its uncertainty), counts, cost, slots.
 
-Shared by `autoresearch status` and the dashboard, so both report the same numbers (the loop
-asks the same questions of its in-memory run state, `state.py`). Every function here reads a
-bounded number of rows through the ledger's indexed queries, however long the run.
+Shared by `autoresearch status`, the CLI's final lines, results.tsv, the plot and the dashboard,
+so all report the same numbers. The loop asks the same questions of its in-memory run state
+(`state.py`) through the pure functions here (`report_best`, `divergence`), which take samples,
+not a ledger. The ledger views read a bounded number of rows through the ledger's indexed
+queries (per kept experiment at most), however long the run.
+
+There is ONE reported best (`ReportedBest`): the policy's estimate of the best over its runs
+made under the latest measuring conditions, with its gain against the baseline taken from runs
+of the same conditions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import PolicySettings
+from .config import PolicySettings, TargetSpec
 from .experiment import Kind, Status
 from .ledger import Experiment, Ledger
-from .policies import Estimate, PolicyContext, Sample, make_policy
+from .policies import Estimate, Policy, PolicyContext, Sample, make_policy
 
 
 def kept_order(e: Experiment) -> tuple[float, int]:
@@ -37,20 +45,205 @@ def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
     if e.status == Status.KEEP and e.kind != Kind.BASELINE:
         # the runs that won it the keep: its own and the repeats made for it
         selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
-    return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection)
+    return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
+                  at=[m.seq for m in ms])
 
 
-def best_estimate(ledger: Ledger, tag: str, best: Experiment, policy_name: str | None,
-                  settings: PolicySettings | None = None) -> Estimate:
-    """The best's value as the run's policy reports it: mean, n, and its uncertainty."""
+def _context(ledger: Ledger, tag: str, settings: PolicySettings | None,
+             policy_name: str | None = None) -> tuple[Policy, PolicyContext]:
     run = ledger.get_run(tag)
     policy = make_policy(policy_name or (run.policy if run and run.policy else "greedy"))
     ctx = PolicyContext(run.direction if run else "minimize", settings or PolicySettings(),
                         ledger.replicate_groups(tag))
+    return policy, ctx
+
+
+def best_estimate(ledger: Ledger, tag: str, best: Experiment, policy_name: str | None = None,
+                  settings: PolicySettings | None = None) -> Estimate:
+    """The best's value as the run's policy reports it: mean, n, and its uncertainty."""
+    policy, ctx = _context(ledger, tag, settings, policy_name)
     sample = sample_of(ledger, tag, best)
     if not sample.values:
         return Estimate(best.metric if best.metric is not None else math.nan, 0)
     return policy.estimate(sample, ctx)
+
+
+@dataclass
+class ReportedBest:
+    """THE best of a run, as every view reports it (live line, final line, `status`, the `try`
+    verdict, the commit message, results.tsv, the plot and the dashboard).
+
+    value: the mean of the best's runs made under the latest measuring conditions (the policy's
+    `estimate`; greedy: all its runs); sem: its standard error where the noise is known; gain:
+    value minus the baseline's mean, both taken from runs of the same conditions (the latest
+    epoch in which both were measured), so a machine that got faster is not a gain.
+    """
+
+    seq: int
+    value: float | None
+    sem: float | None = None
+    n: int = 0
+    since: int | None = None
+    gain: float | None = None
+    gain_sem: float | None = None
+    same_conditions: bool | None = None
+    description: str = ""
+    commit: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def report_best(policy: Policy, ctx: PolicyContext, best: Experiment, sample: Sample,
+                base: Experiment, base_sample: Sample) -> ReportedBest:
+    """The reported best from the samples of the best and of the baseline (no ledger: the
+    loop passes its in-memory samples, the views the ledger's)."""
+    if not sample.values:
+        return ReportedBest(best.seq, best.metric, description=best.description,
+                            commit=best.commit_sha)
+    est = policy.estimate(sample, ctx)
+    gain, gain_sem, same = None, None, None
+    if base.id == best.id:
+        gain, gain_sem, same = 0.0, 0.0, True
+    else:
+        values, at = list(sample.values), list(sample.at)
+        while values:
+            cur_v, cur_at = policy.current(Sample(values, sample.lines, at=at), ctx)
+            since = min(cur_at) if cur_at else 0
+            base_now = [v for v, a in zip(base_sample.values, base_sample.at, strict=True) if a >= since]
+            older = [(v, a) for v, a in zip(values, at, strict=True) if a < since]
+            if base_now or not older:
+                ref = base_now or base_sample.values
+                if ref:
+                    gain = sum(cur_v) / len(cur_v) - sum(ref) / len(ref)
+                    same = bool(base_now) or len(cur_v) == len(values)
+                    if est.sigma is not None:
+                        gain_sem = est.sigma * math.sqrt(1 / len(cur_v) + 1 / len(ref))
+                break
+            values, at = [v for v, _ in older], [a for _, a in older]
+    return ReportedBest(best.seq, est.mean, est.sem, est.n, est.since, gain, gain_sem, same,
+                        best.description, best.commit_sha)
+
+
+def reported_best(ledger: Ledger, tag: str, settings: PolicySettings | None = None
+                  ) -> ReportedBest | None:
+    """The run's reported best, read from the ledger (see ReportedBest)."""
+    best = best_of(ledger.with_status(tag, Status.KEEP))
+    base = ledger.by_seq(tag, 1)
+    if best is None or base is None:
+        return None
+    policy, ctx = _context(ledger, tag, settings)
+    return report_best(policy, ctx, best, sample_of(ledger, tag, best), base,
+                       sample_of(ledger, tag, base))
+
+
+def best_text(rep: ReportedBest | None) -> str:
+    """`0.116488 ± 0.001200 (n=3) (#13), -0.756671 vs baseline`: the reported best in one line."""
+    if rep is None or rep.value is None:
+        return "—"
+    text = f"{format_best(rep.value, rep.sem, rep.n)} (#{rep.seq})"
+    if rep.gain is not None and rep.gain != 0:
+        text += f", {rep.gain:+.6f}"
+        if rep.gain_sem:
+            text += f" ± {rep.gain_sem:.6f}"
+        text += " vs baseline" + ("" if rep.same_conditions else
+                                  " (measured under other conditions)")
+    return text
+
+
+def value_of(policy: Policy, ctx: PolicyContext, sample: Sample) -> float | None:
+    """An experiment's value as the run reports it: the policy's estimate over its code's runs."""
+    return policy.estimate(sample, ctx).mean if sample.values else None
+
+
+def reported_values(ledger: Ledger, tag: str, exps: list[Experiment] | None = None
+                    ) -> dict[int, float]:
+    """experiment id -> its value as the run reports it (`value_of`) for every measured
+    experiment but repeats; `exps` defaults to the run's kept experiments."""
+    policy, ctx = _context(ledger, tag, None)
+    out: dict[int, float] = {}
+    for e in exps if exps is not None else ledger.with_status(tag, Status.KEEP):
+        if e.metric is None or e.kind == Kind.REPEAT:
+            continue
+        v = value_of(policy, ctx, sample_of(ledger, tag, e))
+        if v is not None:
+            out[e.id] = v
+    return out
+
+
+def format_best(value: float | None, sem: float | None = None, n: int | None = None) -> str:
+    """How the best is written everywhere: `0.123456 ± 0.000800 (n=3)`."""
+    if value is None:
+        return "—"
+    text = f"{value:.6f}"
+    if sem:
+        text += f" ± {sem:.6f}"
+    if n and n > 1:
+        text += f" (n={n})"
+    return text
+
+
+def holdout_of(e: Experiment) -> float | None:
+    """The holdout metric recorded in an experiment's decision, if any."""
+    h = (e.decision or {}).get("holdout")
+    return float(h) if isinstance(h, (int, float)) and math.isfinite(h) else None
+
+
+def divergence(policy: Policy, ctx: PolicyContext, kept: Experiment, mine: Sample,
+               refs: list[tuple[Experiment, Sample]]) -> dict[str, Any] | None:
+    """The Goodhart alarm for a newly kept experiment, or None (pure: samples given).
+
+    It fires when the validation metric improved against an earlier point of the kept chain
+    (`refs`: the previous keep with a holdout value, and the baseline) while the holdout metric
+    got worse by more than its noise: 3 * sqrt(2) holdout sds, the holdout sd taken to be the
+    validation noise at the best's level scaled to the holdout's magnitude (the same relative
+    noise), or the holdout's printed precision for a deterministic metric.
+    """
+    from .policies.noise import printed_resolution
+
+    h = holdout_of(kept)
+    if h is None or not mine.values:
+        return None
+    sign = 1.0 if ctx.direction == "maximize" else -1.0
+    v = sum(mine.values) / mine.n
+    sigma = policy.estimate(mine, ctx).sigma or 0.0
+    for ref, rs in refs:
+        h_ref = holdout_of(ref)
+        if not rs.values or h_ref is None:
+            continue
+        v_ref = sum(rs.values) / rs.n
+        dv, dh = sign * (v - v_ref), sign * (h - h_ref)
+        noise = sigma * abs(h_ref) / abs(v_ref) if v_ref else 0.0
+        threshold = (3 * math.sqrt(2) * noise if noise > 0
+                     else max(printed_resolution(h), printed_resolution(h_ref)))
+        if dv > 0 and -dh > threshold:
+            return {"seq": kept.seq, "against": ref.seq, "validation_change": v - v_ref,
+                    "holdout_change": h - h_ref, "holdout": h, "holdout_against": h_ref,
+                    "threshold": threshold}
+    return None
+
+
+def holdout_refs(chain: list[Experiment]) -> list[Experiment]:
+    """What a new keep's holdout is compared with: the latest earlier keep with a holdout value
+    and the baseline (`chain`: the earlier keeps, in kept order)."""
+    with_h = [e for e in chain if holdout_of(e) is not None]
+    return ([with_h[-1]] if with_h else []) + [e for e in with_h[:1] if e.kind == Kind.BASELINE]
+
+
+def holdout_divergence(ledger: Ledger, tag: str, spec: TargetSpec, kept: Experiment
+                       ) -> dict[str, Any] | None:
+    """`divergence` for a kept experiment, read from the ledger."""
+    chain = sorted((e for e in ledger.with_status(tag, Status.KEEP) if e.id != kept.id),
+                   key=kept_order)
+    policy, ctx = _context(ledger, tag, spec.policy)
+    return divergence(policy, ctx, kept, sample_of(ledger, tag, kept),
+                      [(r, sample_of(ledger, tag, r)) for r in holdout_refs(chain)])
+
+
+def holdout_alarms(exps: list[Experiment]) -> list[dict[str, Any]]:
+    """Every divergence alarm among `exps`, oldest first."""
+    return [dict((e.decision or {})["holdout_alarm"], status=e.status.value) for e in exps
+            if (e.decision or {}).get("holdout_alarm")]
 
 
 def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None) -> dict[str, Any]:
@@ -58,7 +251,9 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
     run = ledger.get_run(tag)
     assert run is not None
     totals = ledger.totals(tag)
-    best = best_of(ledger.with_status(tag, Status.KEEP))
+    kept = ledger.with_status(tag, Status.KEEP)
+    kept_values = reported_values(ledger, tag, kept)
+    best = best_of(kept)
     base = ledger.by_seq(tag, 1)
     cost, improvements = totals["cost_usd"], totals["improvements"]
     now = time.time()
@@ -79,8 +274,10 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
     best_info = None
     if best is not None:
         est = best_estimate(ledger, tag, best, run.policy, settings)
+        rep = reported_best(ledger, tag, settings)
         best_info = {"seq": best.seq, "metric": best.metric, "commit": best.commit_sha,
-                     "description": best.description, "estimate": est.to_dict()}
+                     "description": best.description, "estimate": est.to_dict(),
+                     "reported": rep.to_dict() if rep else None}
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
         "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
@@ -91,6 +288,11 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
         "tokens": {"input": totals["input_tokens"], "output": totals["output_tokens"]},
         "slots": slots,
         "running": ledger.running_seqs(tag),
+        # kept experiments at their reported value (the plot's and the dashboard's best line)
+        "kept_values": {str(e.seq): kept_values[e.id] for e in kept if e.id in kept_values},
+        "holdout": {"baseline": holdout_of(base) if base else None,
+                    "best": holdout_of(best) if best else None,
+                    "alarms": holdout_alarms(ledger.with_decision_key(tag, "holdout_alarm"))},
         "updated": now,
     }
 
