@@ -80,11 +80,20 @@ class Ratchet:
         rel = self.target_root.relative_to(self.repo).as_posix()
         self.subdir = "" if rel == "." else rel
         self.worktrees_dir = self.target_root / STATE_DIR / "worktrees"
+        self._init_helpers()
+
+    def _init_helpers(self) -> None:
+        """The caches and the long-lived git processes (each started on first use)."""
         self._tree_cache: dict[str, dict[str, str]] = {}
-        self._cat: subprocess.Popen | None = None   # `git cat-file --batch`, started on first use
+        self._cat: subprocess.Popen | None = None   # `git cat-file --batch`
         self._cat_lock = threading.Lock()
-        self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`, likewise
+        self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`
         self._refs_lock = threading.Lock()
+
+    def _spawn(self, *args: str, text: bool, stderr: int) -> subprocess.Popen:
+        """A long-lived git process in this repository, talked to through pipes."""
+        return subprocess.Popen(["git", *_IDENTITY, *args], cwd=self.repo, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, text=text)
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
@@ -168,10 +177,8 @@ class Ratchet:
                         for ref, new, old in updates)
         with self._refs_lock:
             if self._refs is None or self._refs.poll() is not None:
-                self._refs = subprocess.Popen(
-                    ["git", *_IDENTITY, "update-ref", "-m", "autoresearch", "--stdin"],
-                    cwd=self.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True)
+                self._refs = self._spawn("update-ref", "-m", "autoresearch", "--stdin",
+                                         text=True, stderr=subprocess.PIPE)
             proc = self._refs
             assert proc.stdin is not None and proc.stdout is not None
             try:
@@ -249,9 +256,7 @@ class Ratchet:
 
     def _cat_file(self, oids: list[str]) -> dict[str, bytes]:
         if self._cat is None or self._cat.poll() is not None:
-            self._cat = subprocess.Popen(["git", *_IDENTITY, "cat-file", "--batch"], cwd=self.repo,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL)
+            self._cat = self._spawn("cat-file", "--batch", text=False, stderr=subprocess.DEVNULL)
         proc = self._cat
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(("\n".join(oids) + "\n").encode())

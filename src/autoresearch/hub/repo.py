@@ -115,12 +115,19 @@ class HubRepo(Ratchet):
         self.common_dir = self.repo
         self.subdir = subdir
         self.worktrees_dir = self.repo / "worktrees-unused"
-        self._tree_cache = {}
+        self._init_helpers()
 
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
             env: dict[str, str] | None = None, check: bool = True, binary: bool = False):
         return super().git(*_SAFE, *args, cwd=cwd, input=input, env={**_CLEAN_ENV, **(env or {})},
                            check=check, binary=binary)
+
+    def _spawn(self, *args: str, text: bool, stderr: int) -> subprocess.Popen:
+        # the long-lived helpers run as safely as every other git call here
+        return subprocess.Popen(["git", *_IDENTITY, *_SAFE, *args], cwd=self.repo,
+                                stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, text=text,
+                                env={**os.environ, **_CLEAN_ENV})
 
     # -- setup ---------------------------------------------------------------------------------
     @classmethod
