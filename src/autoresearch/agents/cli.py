@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import AgentSettings
+from ..config import STATE_DIR, AgentSettings
 from ..errors import AgentConfigError
 from ..experiment import Proposal, Usage
 from .base import Agent, AgentContext, AgentError
@@ -38,6 +38,7 @@ from .prompt import build_prompt
 
 SKIP_DIRS = {".git", ".autoresearch", "__pycache__", ".pytest_cache", "node_modules", ".venv"}
 KILL_GRACE = 5.0          # seconds between SIGTERM and SIGKILL
+AGENT_WRITABLE_ENV = "AUTORESEARCH_AGENT_WRITABLE"  # more paths the agent may write (os.pathsep list)
 OUTPUT_TAIL = 2000        # characters of output quoted in an error
 
 CLI_INSTRUCTIONS = """\
@@ -74,6 +75,17 @@ class _Run:
     seconds: float
 
 
+def agent_sandbox(workspace: Path, writable: list[str]):  # noqa: ANN201 - an AgentSandbox
+    """The coding agent's bubblewrap sandbox for a scratch checkout under the state directory
+    (which it does not see): network on, only the checkout and a private HOME copy writable."""
+    from ..sandbox import AgentSandbox
+
+    state = next((p for p in Path(workspace).parents if p.name == STATE_DIR), None)
+    extra = [p for p in os.environ.get(AGENT_WRITABLE_ENV, "").split(os.pathsep) if os.path.isabs(p)]
+    return AgentSandbox(Path(workspace), dict(os.environ), state_dir=state,
+                        writable=tuple(Path(p) for p in [*writable, *extra]))
+
+
 def _snapshot(root: Path) -> dict[str, str]:
     """Path -> content hash of every file under root, outside tool and cache directories."""
     out = {}
@@ -102,6 +114,7 @@ class CodingAgentCLI(Agent):
         self.command = command          # a list: argv, prompt on stdin; a str: a shell command
         self.settings = settings
         self.json_output = json_output
+        self.writable: list[str] = []   # absolute paths the agent may write besides its checkout
 
     @classmethod
     def preset(cls, name: str, settings: AgentSettings) -> CodingAgentCLI:
@@ -131,7 +144,7 @@ class CodingAgentCLI(Agent):
                             history_rows=self.settings.history_rows)
         return body + "\n" + tail
 
-    def _run(self, cwd: Path, prompt: str, prompt_file: Path) -> _Run:
+    def _run(self, cwd: Path, prompt: str, prompt_file: Path, sandbox: bool = False) -> _Run:
         if isinstance(self.command, list):
             argv, shell, stdin = self.command, False, prompt
         else:
@@ -139,9 +152,18 @@ class CodingAgentCLI(Agent):
             cmd = (self.command.replace("{prompt_file}", shlex.quote(str(prompt_file)))
                    .replace("{prompt}", shlex.quote(prompt)))
             argv, shell, stdin = cmd, True, (None if uses_arg else prompt)
+        if not sandbox:
+            return self._spawn(argv, shell, stdin, cwd, None)
+        with agent_sandbox(cwd, self.writable) as sb:   # only the scratch checkout persists
+            return self._spawn(sb.argv(["/bin/bash", "-c", argv] if shell else argv), False,
+                               stdin, cwd, sb.env)
+
+    def _spawn(self, argv: str | list[str], shell: bool, stdin: str | None, cwd: Path,
+               env: dict[str, str] | None) -> _Run:
         start = time.monotonic()
         try:
             proc = subprocess.Popen(argv, shell=shell, cwd=cwd, text=True, start_new_session=True,
+                                    env=env,
                                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as e:
@@ -190,12 +212,13 @@ class CodingAgentCLI(Agent):
         if context.workspace is None:
             raise AgentError(f"{self.name}: the harness gave no workspace to edit")
         root = Path(context.workspace())
+        self.writable = [p for p in context.spec.sandbox_writable if os.path.isabs(p)]
         prompt = self._prompt(context)
         before = _snapshot(root)
         with tempfile.TemporaryDirectory(prefix="ar-prompt-") as tmp:
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(prompt, encoding="utf-8")
-            run = self._run(root, prompt, prompt_file)
+            run = self._run(root, prompt, prompt_file, sandbox=context.spec.sandbox)
         text, usage = self._parse_output(run.stdout)
         log = (f"# {self.name}, experiment #{context.experiment_seq}\n## command\n{self.command}\n"
                f"## prompt\n{prompt}\n## exit\n"
