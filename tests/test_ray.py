@@ -133,7 +133,7 @@ def _job(tmp_path: Path, seq: int, run: str = "python train.py") -> Job:
     return Job(experiment_id=seq, seq=seq, commit="c", run=run,
                evaluate="python evaluate.py", metric="score", budget=1, timeout=20, seed=0,
                log_path=str(tmp_path / "driver" / f"{seq}.log"),
-               env={"AUTORESEARCH_CACHE": "/nonexistent/driver/cache"})
+               env={"AUTORESEARCH_CACHE": "/nonexistent/driver/cache"}, artifacts=["out.txt"])
 
 
 def test_setup_runs_once_per_node_and_points_the_cache_there(make_target, tmp_path):
