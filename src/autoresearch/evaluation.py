@@ -138,12 +138,15 @@ _STARTUP_VARS = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE", 
                  "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "ENV", "PERL5OPT", "NODE_OPTIONS")
 
 
-def evaluator_env(env: dict[str, str], job: Job, pycache: Path) -> dict[str, str]:
-    """The evaluate step's environment: the same variables, minus every startup hook."""
+def evaluator_env(env: dict[str, str], job: Job) -> dict[str, str]:
+    """The evaluate step's environment: the same variables, minus every startup hook (those set
+    in autoresearch.toml's `env` are the target's own and kept). Its bytecode cache is the
+    fresh directory's own __pycache__, made after the run step; installed packages' caches are
+    read-only in the sandbox (a PYTHONPYCACHEPREFIX would recompile the whole standard library
+    and torch at every evaluation)."""
     out = {k: v for k, v in env.items() if k not in _STARTUP_VARS or k in job.env}
     out["PYTHONNOUSERSITE"] = "1"
-    out["PYTHONPYCACHEPREFIX"] = str(pycache)
-    out.pop("PYTHONDONTWRITEBYTECODE", None)
+    out.pop("PYTHONPYCACHEPREFIX", None)
     return out
 
 
@@ -564,10 +567,8 @@ def _evaluate_step(run_dir: Path, work: Path, job: Job, env: dict[str, str], log
         return Outcome.INVALID, f"the evaluator's copy of locked file(s) differs: {', '.join(bad)}"
     if why := copy_artifacts(run_dir, eval_dir, job.artifacts, job.artifacts_max_bytes):
         return Outcome.CRASH, why
-    pycache = work / "pycache"      # made after the run step: nothing in it was planted
-    pycache.mkdir()
-    eval_env = evaluator_env(env, job, pycache)
-    writable = [eval_dir, pycache, *_compiler_cache(job, "evaluate", eval_env)]
+    eval_env = evaluator_env(env, job)
+    writable = [eval_dir, *_compiler_cache(job, "evaluate", eval_env)]
     r = _step("evaluate", job.evaluate or "", eval_dir, eval_env, writable, job, log,
               stop_event=stop_event, on_start=on_start)
     results.append(r)

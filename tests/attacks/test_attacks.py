@@ -1,9 +1,13 @@
 """The attack suite: every trust promise, attacked (autoresearch.testing.attacks).
 
-Each attack runs with the default sandbox, and without it where its family is defended without
-bubblewrap; one attack per family also runs with the harness as an unprivileged user (a user
-namespace mapped to nobody, no capabilities). Each asserts: no fake keep, no persisted write
-outside the worktree, no surviving process.
+Every attack runs with the default sandbox, and without it where its family is defended without
+bubblewrap; the sandbox's own families also run with the harness as an unprivileged user (a user
+namespace mapped to nobody, uid 65534, no capabilities). Each test asserts, for its attack: no
+fake keep, no persisted write outside the worktree, no surviving process.
+
+The attacks of one family run as consecutive proposals of one `autoresearch run` (one fresh
+target per family and mode), so the suite costs one run per family, not one per attack; each is
+still judged on its own experiment, victims and processes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import subprocess
 
 import pytest
 
-from autoresearch.testing.attacks import ATTACKS, run_attack
+from autoresearch.testing.attacks import ATTACKS, Attack, AttackResult, run_attacks
 
 
 def _bwrap_works() -> bool:
@@ -33,7 +37,31 @@ def _userns_works() -> bool:
 needs_bwrap = pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap is not usable here")
 needs_userns = pytest.mark.skipif(not _userns_works(), reason="cannot create a user namespace")
 
-_FIRST_OF_FAMILY = list({a.family: a for a in reversed(ATTACKS)}.values())
+# families the sandbox alone defends: also attacked with an unprivileged harness
+UNPRIVILEGED = ("interpreter startup hooks", "git internals", "escaping the sandbox",
+                "escaping the process tree", "the coding agent planting files")
+
+
+@pytest.fixture(scope="session")
+def outcomes(tmp_path_factory: pytest.TempPathFactory):
+    """outcomes(attack, sandbox, user) -> its AttackResult; each family's batch runs once."""
+    done: dict[tuple[str, bool, str], dict[str, AttackResult]] = {}
+
+    def get(attack: Attack, sandbox: bool, user: str = "root") -> AttackResult:
+        key = (attack.family, sandbox, user)
+        if key not in done:
+            batch = [a for a in ATTACKS if a.family == attack.family
+                     and (sandbox or a.without_sandbox)]
+            workdir = tmp_path_factory.mktemp("attacks")
+            done[key] = run_attacks(batch, workdir, sandbox=sandbox, user=user)
+        return done[key][attack.id]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _no_extra_agent_rights(monkeypatch):
+    monkeypatch.delenv("AUTORESEARCH_AGENT_WRITABLE", raising=False)
 
 
 def test_the_suite_covers_every_family_with_at_least_30_attacks():
@@ -48,23 +76,21 @@ def test_the_suite_covers_every_family_with_at_least_30_attacks():
 
 @needs_bwrap
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.id)
-def test_attack_is_blocked_with_the_sandbox(attack, tmp_path, monkeypatch):
-    monkeypatch.delenv("AUTORESEARCH_AGENT_WRITABLE", raising=False)
-    result = run_attack(attack, tmp_path, sandbox=True)
+def test_attack_is_blocked_with_the_sandbox(attack, outcomes):
+    result = outcomes(attack, True)
     assert result.blocked, result.summary()
 
 
 @pytest.mark.parametrize("attack", [a for a in ATTACKS if a.without_sandbox], ids=lambda a: a.id)
-def test_attack_is_blocked_without_the_sandbox(attack, tmp_path, monkeypatch):
-    monkeypatch.delenv("AUTORESEARCH_AGENT_WRITABLE", raising=False)
-    result = run_attack(attack, tmp_path, sandbox=False)
+def test_attack_is_blocked_without_the_sandbox(attack, outcomes):
+    result = outcomes(attack, False)
     assert result.blocked, result.summary()
 
 
 @needs_bwrap
 @needs_userns
-@pytest.mark.parametrize("attack", _FIRST_OF_FAMILY, ids=lambda a: a.id)
-def test_attack_is_blocked_for_an_unprivileged_harness(attack, tmp_path, monkeypatch):
-    monkeypatch.delenv("AUTORESEARCH_AGENT_WRITABLE", raising=False)
-    result = run_attack(attack, tmp_path, sandbox=True, user="nobody")
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a.family in UNPRIVILEGED],
+                         ids=lambda a: a.id)
+def test_attack_is_blocked_for_an_unprivileged_harness(attack, outcomes):
+    result = outcomes(attack, True, "nobody")
     assert result.blocked, result.summary()
