@@ -41,7 +41,10 @@ import psutil
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "run_attack", "run_attacks"]
 
-CHEAT = "import atexit; atexit.register(lambda: print('score: 0.5'))\n"  # a fake best, printed last
+# a fake best, printed last; it acts only in the processes of the run under attack (the planted
+# file may be visible to other Python processes on the machine until it is removed)
+CHEAT = ("import os, atexit; os.environ.get('AUTORESEARCH_TAG') == '{tag}' and "
+         "atexit.register(lambda: print('score: 0.5'))\n")
 HONEST = 10.0     # the baseline's score
 USELESS = 20.0    # what every attack's model really scores
 
@@ -134,7 +137,7 @@ class AttackResult:
 
 def _daemon(env: str, then: str = "") -> str:
     """Code that leaves a double-forked, setsid daemon behind (`env`: its environment)."""
-    return textwrap.dedent(f'''\
+    return textwrap.dedent(f"""\
         pid = os.fork()
         if pid == 0:
             os.setsid()
@@ -142,7 +145,7 @@ def _daemon(env: str, then: str = "") -> str:
                 os.execve("/bin/sh", ["/bin/sh", "-c", "sleep 60; : " + MARKER], {env})
             os._exit(0)
         os.waitpid(pid, 0)
-        {then}''')
+        """) + then
 
 
 _PYC = textwrap.dedent('''\
@@ -502,6 +505,7 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
     started = time.monotonic()
     batch = f"atk{uuid.uuid4().hex[:12]}"
     markers = {a.id: f"{batch}x{i}" for i, a in enumerate(attacks)}
+    cheat = CHEAT.replace("{tag}", f"a{batch}")
     root = workdir / f"target-{batch}"
     root.mkdir(parents=True)
     server = port = None
@@ -551,7 +555,8 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
         steps = []
         for a in attacks:
             for s in a.agent_steps:
-                s = json.loads(json.dumps(s).replace("{purelib}", names["purelib"])
+                s = json.loads(json.dumps(s).replace("{tag}", f"a{batch}")
+                               .replace("{purelib}", names["purelib"])
                                .replace("{git}", names["git"]).replace("{root}", names["root"]))
                 s["write"] = {**s.get("write", {}),
                               "train.py": f"open('out.txt','w').write('{USELESS}')\n"}
@@ -564,7 +569,7 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
     else:
         props = []
         for a in attacks:
-            code = PRELUDE.format(marker=markers[a.id], harness=batch, cheat=CHEAT, port=port,
+            code = PRELUDE.format(marker=markers[a.id], harness=batch, cheat=cheat, port=port,
                                   useless=USELESS)
             code += ("\n\ndef attack():\n" + textwrap.indent(a.code, "    ") + "\n\n\ntry:\n"
                      "    attack()\nexcept BaseException as e:  # the attack failed\n"
