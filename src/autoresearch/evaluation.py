@@ -305,8 +305,9 @@ class _Guard:
         changed = []
         with self._lock:
             now = {path: self._read(path) for root in self.roots for path in self._walk(*root)}
-            for path in sorted(set(now) | {p for p in self._baseline
-                                           if any(p.startswith(r) for r, _ in self.roots)}):
+            mine = {p for p in self._baseline
+                    if any(p == r or p.startswith(r.rstrip(os.sep) + os.sep) for r, _ in self.roots)}
+            for path in sorted(set(now) | mine):
                 before, after = self._baseline.get(path), now.get(path)
                 if before == after:
                     continue

@@ -26,7 +26,8 @@ def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Pat
                label="discarded / repeat", zorder=2)
     ax.scatter([e.seq for e in kept], [e.metric for e in kept], s=46, color="#2ca02c",
                edgecolor="black", linewidth=0.6, label="kept", zorder=4)
-    failed = [e for e in exps if e.status in (Status.CRASH, Status.TIMEOUT, Status.PRUNED)]
+    failed = [e for e in exps if e.status in (Status.CRASH, Status.TIMEOUT, Status.OVER_BUDGET,
+                                              Status.PRUNED)]
     if failed and measured:
         top = max(e.metric for e in measured) if direction == "minimize" else min(e.metric for e in measured)
         ax.scatter([e.seq for e in failed], [top] * len(failed), marker="x", color="#d62728", s=24,

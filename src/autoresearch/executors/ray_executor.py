@@ -192,6 +192,9 @@ def evaluate_on_node(archive: bytes, job: Job, *,
         log = work / "experiment.log"
         job = replace(job, log_path=str(log), env=dict(job.env))
         if not on_driver_node:
+            # the driver's pin describes the driver's cache; this node's copy is read-only to
+            # sandboxed steps but not pinned (README: trust)
+            job.cache_pin = None
             failed = _setup_node(target_dir, job, node_cache)
             if failed:
                 return failed, log.read_bytes() if log.exists() else b""
