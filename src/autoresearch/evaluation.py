@@ -575,5 +575,9 @@ def _evaluate_step(run_dir: Path, work: Path, job: Job, env: dict[str, str], log
     results.append(r)
     metrics.update(r.metrics)
     if failed := _failure("evaluate", r, job, log):
+        if failed[0] == Outcome.CRASH and not job.artifacts:
+            failed = (failed[0], failed[1] + " — the evaluator sees only the commit's files and "
+                      "the declared artifacts: list what the run step writes for it in "
+                      "autoresearch.toml, e.g. artifacts = [\"model.pt\"]")
         return failed
     return None

@@ -11,7 +11,9 @@ Presets (flags from the tools' documentation, see docs/agents.md):
     codex    codex exec --sandbox workspace-write --skip-git-repo-check -   (prompt on stdin)
 
 The binaries are looked up on PATH; AUTORESEARCH_CLAUDE_BIN / AUTORESEARCH_CODEX_BIN override.
-Each call is killed (with its process group) after `[agent] timeout` seconds.
+Each call is killed (with its process group) after `[agent] timeout` seconds. With `sandbox`
+(the default on Linux) the CLI runs under bubblewrap (sandbox.AgentSandbox): network kept, only
+its scratch checkout and a private copy of its configuration in HOME writable.
 """
 
 from __future__ import annotations
