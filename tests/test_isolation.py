@@ -228,3 +228,21 @@ def test_the_sandbox_is_on_by_default_on_linux(tmp_path, make_target):
 
     root = make_target(tmp_path)
     assert load_spec(root / "autoresearch.toml").sandbox is (os.uname().sysname == "Linux")
+
+
+def test_a_ledger_forged_without_the_sandbox_stops_the_run_and_blocks_resume(tmp_path, make_target):
+    forge = ("import sqlite3, pathlib\n"
+             "db = [d for d in pathlib.Path.cwd().parents if d.name == '.autoresearch'][0]\n"
+             "c = sqlite3.connect(db / 'ledger.db')\n"
+             "c.execute(\"UPDATE experiments SET metric = 0.5\"); c.commit()\n")
+    root = make_target(tmp_path, sandbox=False)
+    (tmp_path / "s.jsonl").write_text(json.dumps(
+        {"description": "forge", "files": {"train.py": train_source(20.0, 0.0, forge)}}) + "\n")
+    p = ar(root, "run", "--tag", "t", "--policy", "greedy", "--agent", f"script:{tmp_path / 's.jsonl'}",
+           "--max-experiments", "3")
+    assert p.returncode == 1 and "written by another process while experiment #2 ran" in p.stderr
+    branch = subprocess.run(["git", "rev-parse", "autoresearch/t", "main"], cwd=root,
+                            capture_output=True, text=True).stdout.split()
+    assert branch[0] == branch[1]                       # the forged best was never acted on
+    again = ar(root, "run", "--tag", "t", "--max-experiments", "3")
+    assert again.returncode == 1 and "is not resumed" in again.stderr

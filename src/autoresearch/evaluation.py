@@ -435,7 +435,9 @@ def _last_words(log: Path) -> str:
 
 
 def _step(name: str, command: str, cwd: Path, env: dict[str, str], writable: list[Path],
-          job: Job, log: Path, *, on_line=None, stop_event=None, on_start=None) -> RunResult:  # noqa: ANN001
+          job: Job, log: Path, *, on_line: Callable[[str], str | None] | None = None,
+          stop_event: threading.Event | None = None,
+          on_start: Callable[[int], None] | None = None) -> RunResult:
     """One step, sandboxed when the job says so; its private TMPDIR is gone when it returns."""
     header = f"$ {command}   # {name} step" + (", sandboxed" if job.sandbox else "")
     common = dict(log_path=log, timeout=job.timeout, log_cap_bytes=job.log_cap_bytes,

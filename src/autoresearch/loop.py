@@ -127,6 +127,7 @@ class Loop:
         self._pid_updates: list[tuple[int, int]] = []   # (experiment id, pid) from slot threads
         self._lines_by_blob: dict[str, int] = {}          # blob id -> non-blank lines
         self.cache_pin: dict[str, list] | None = None
+        self._ledger_version: int | None = None
 
     # == setup and resume ===================================================================
     def editable(self, rel: str) -> bool:
@@ -182,15 +183,41 @@ class Loop:
                 self.ledger.update(e.id, status=Status.RUNNING, reason="", pid=None, metric=None)
                 self.queue.append(e.id)
         self._repin(exps)
+        self._check_not_tampered()
         self.incumbent = self._find_incumbent()
         best = self.incumbent.commit_sha if self.incumbent else run.base_commit
         if self.ratchet.branch_commit(self.tag) != best:
             self.ratchet.set_branch(self.tag, best)
         if not exps:
             self._add_baseline()
+        self._ledger_version = self._data_version()
         # every row, running and pending ones included: a replayed script must not repeat them
         self.agent.resume([e.history_entry() for e in self.ledger.experiments(self.tag)])
         return run
+
+    # -- the ledger is written by this process alone -----------------------------------------
+    def _data_version(self) -> int:
+        return self.ledger.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _tamper_mark(self) -> Path:
+        return self.target.state_dir / f"TAMPERED-{self.tag}"
+
+    def _check_not_tampered(self) -> None:
+        if self._tamper_mark().exists():
+            why = self._tamper_mark().read_text().strip()
+            raise RunStopped(f"run '{self.tag}' is not resumed: {why} — check "
+                             f"{self.ledger.path} (its results may be forged), then delete "
+                             f"{self._tamper_mark()} to resume, or start a new --tag")
+
+    def _check_ledger_untouched(self, e: Experiment) -> None:
+        """A write to the ledger by another process while e ran came from its code (possible
+        with sandbox = false): stop, and refuse to resume until the user has looked."""
+        now = self._data_version()
+        if self._ledger_version is not None and now != self._ledger_version:
+            self._tamper_mark().write_text(f"the ledger was written by another process while "
+                                           f"experiment #{e.seq} ran\n")
+            self._check_not_tampered()
+        self._ledger_version = now
 
     def _repin(self, exps: list[Experiment]) -> None:
         """A kill between a ledger write and its pin leaves the ref behind: the ledger wins."""
@@ -690,6 +717,7 @@ class Loop:
             self.ledger.update(exp_id, pid=pid, pid_started=created)
 
     def _on_result(self, e: Experiment, res: EvalResult) -> None:
+        self._check_ledger_untouched(e)
         fields: dict[str, Any] = dict(
             wall_time=res.wall_time, peak_memory_mb=res.peak_memory_mb, exit_code=res.exit_code,
             log_path=res.log_path, metrics=res.metrics, curve=res.curve or None,

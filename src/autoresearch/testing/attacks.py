@@ -438,12 +438,21 @@ def _watched(root: Path, victims: list[Path]) -> list[Path]:
 
 
 def _marker_files(marker: str) -> list[Path]:
+    """Files named after the marker in /tmp, /dev/shm, and the harness's own temp directories
+    there (a private TMPDIR that outlived its step)."""
     found = []
     for d in ("/tmp", "/dev/shm"):
         try:
-            found += [Path(d) / n for n in os.listdir(d) if marker in n]
+            names = os.listdir(d)
         except OSError:
             continue
+        found += [Path(d) / n for n in names if marker in n]
+        for n in names:
+            if n.startswith("ar-") and os.path.isdir(os.path.join(d, n)):
+                try:
+                    found += [Path(d, n, m) for m in os.listdir(os.path.join(d, n)) if marker in m]
+                except OSError:
+                    continue
     return found
 
 
@@ -617,8 +626,8 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
         mine = [e for e in rows if e.description == f"attack {a.id}"]
         fake = common + forged + [f"#{e.seq} kept with {e.metric}" for e in mine
                                   if str(e.status) == "keep"]
-        persisted = shared_changed + [str(p) for p in own[a.id].changed()] + \
-            [str(p) for p in _marker_files(markers[a.id])]
+        persisted = list(dict.fromkeys(shared_changed + [str(p) for p in own[a.id].changed()] +
+                                       [str(p) for p in _marker_files(markers[a.id])]))
         alive = _survivors(markers[a.id])
         results[a.id] = AttackResult(
             a, sandbox, user, fake, persisted,
