@@ -300,16 +300,27 @@ class _Guard:
         except OSError:
             return None
 
+    def _root_of(self, path: str) -> bool | None:
+        """True under a protected root, False under a site directory, None elsewhere."""
+        for root, all_entries in self.roots:
+            if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+                return all_entries
+        return None
+
     def restore(self) -> list[str]:
-        """Undo every change under the protected roots; the paths that had changed."""
+        """Undo every change under the protected roots (a startup hook that was removed is
+        not re-created); the paths that had changed."""
         changed = []
         with self._lock:
             now = {path: self._read(path) for root in self.roots for path in self._walk(*root)}
-            mine = {p for p in self._baseline
-                    if any(p == r or p.startswith(r.rstrip(os.sep) + os.sep) for r, _ in self.roots)}
+            mine = {p for p in self._baseline if self._root_of(p) is not None}
             for path in sorted(set(now) | mine):
                 before, after = self._baseline.get(path), now.get(path)
                 if before == after:
+                    continue
+                if after is None and self._root_of(path) is False:
+                    # a startup hook that went away is not put back: site directories are
+                    # shared with other processes, and this baseline may hold their plant
                     continue
                 changed.append(path)
                 _put_back(path, before)
