@@ -163,9 +163,9 @@ def test_a_run_past_budget_and_allowance_is_over_budget_and_never_kept(tmp_path,
 
 def test_a_reported_training_time_past_the_budget_is_over_budget(tmp_path, make_target):
     root = make_target(tmp_path, sandbox=False, files={
-        "train.py": train_source(5.0, 0.0, "print('training_seconds: 9.0')\n")})
+        "train.py": train_source(5.0, 0.0, "print('training_seconds: 99.0')\n")})
     rows = _run(root, 1)
-    assert rows[0]["status"] == "over-budget" and "training_seconds = 9" in rows[0]["reason"], rows
+    assert rows[0]["status"] == "over-budget" and "training_seconds = 99" in rows[0]["reason"], rows
 
 
 # == setup outputs =================================================================================

@@ -43,8 +43,6 @@ from .ratchet import git_blob_hash
 from .runner import RunResult, run_command
 from .sandbox import Sandbox, SandboxPolicy, remove_tree
 
-TRAINING_SECONDS_TOLERANCE = 0.05   # a reported training time may pass the budget by 5% (>= 1 s)
-
 
 class Outcome(str, enum.Enum):
     """What evaluating one commit came to. MEASURED: the policy decides what it becomes."""
@@ -554,9 +552,10 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
     if not math.isfinite(value):
         return finish(Outcome.CRASH, f"metric {job.metric} is {value}")
     trained = metrics.get(job.training_seconds_metric or "")
-    if trained is not None and trained > job.budget + max(1.0, TRAINING_SECONDS_TOLERANCE * job.budget):
+    if trained is not None and trained > limit:
         return finish(Outcome.OVER_BUDGET, f"the target reports {job.training_seconds_metric} = "
-                      f"{trained:g}, past the budget of {job.budget:g}s")
+                      f"{trained:g}, past the budget of {job.budget:g}s plus the allowance of "
+                      f"{allowance(job):g}s")
     return finish(Outcome.MEASURED, "measured", value)
 
 
