@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import AutoresearchError
@@ -169,8 +169,6 @@ class Sandbox:
         self.tmpdir.chmod(0o700)
         for path in self._base.writable:
             Path(path).mkdir(parents=True, exist_ok=True)
-        from dataclasses import replace
-
         self.policy = replace(self._base, tmpdir=self.tmpdir)
         for var in ("TMPDIR", "TMP", "TEMP"):
             self.env[var] = str(self.tmpdir)
