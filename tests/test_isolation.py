@@ -109,6 +109,8 @@ def test_a_sandboxed_step_is_nobody_sees_no_host_process_and_leaves_no_temp_dir(
     assert rows[0]["status"] == "keep", rows
     assert rows[0]["metrics"]["uid"] == 65534
     assert rows[0]["metrics"]["visible_pids"] <= 4          # bwrap's init, bash, python
+    scratch = root / ".autoresearch" / "scratch"   # private TMPDIRs and evaluator dirs go here
+    assert scratch.is_dir() and list(scratch.iterdir()) == [], list(scratch.iterdir())
     assert list(tmp.iterdir()) == [] and not Path("/dev/shm/ar-probe").exists()
 
 

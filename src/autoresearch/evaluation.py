@@ -91,6 +91,7 @@ class Job:
     training_seconds_metric: str | None = "training_seconds"
     cache_pin: dict[str, list] | None = None  # pin_cache() of $AUTORESEARCH_CACHE after setup
     protected: list[str] = field(default_factory=list)  # files/dirs a step must not change
+    scratch: str | None = None    # where private temp dirs go (emptied on resume); None: /tmp
 
 
 @dataclass
@@ -454,7 +455,7 @@ def _step(name: str, command: str, cwd: Path, env: dict[str, str], writable: lis
                   run_token=job.token)
     if not job.sandbox:
         return run_command(command, cwd=cwd, env=env, **common)
-    with Sandbox(_policy(job, cwd, writable, env), env) as sb:
+    with Sandbox(_policy(job, cwd, writable, env), env, tmp_root=_scratch(job)) as sb:
         return run_command(command, cwd=cwd, env=sb.env, wrap=sb.argv, **common)
 
 
@@ -535,7 +536,7 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
 
     # -- evaluate -------------------------------------------------------------------------------
     if job.evaluate:
-        work = Path(tempfile.mkdtemp(prefix="ar-eval-"))
+        work = Path(tempfile.mkdtemp(prefix="ar-eval-", dir=_scratch(job)))
         try:
             failed = _evaluate_step(target_dir, work, job, env, log, results, metrics,
                                     stop_event=stop_event, on_start=on_start,
@@ -557,6 +558,13 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
                       f"{trained:g}, past the budget of {job.budget:g}s plus the allowance of "
                       f"{allowance(job):g}s")
     return finish(Outcome.MEASURED, "measured", value)
+
+
+def _scratch(job: Job) -> str | None:
+    if job.scratch is None:
+        return None
+    os.makedirs(job.scratch, exist_ok=True)
+    return job.scratch
 
 
 def _extra_writable(job: Job, target_dir: Path) -> list[Path]:

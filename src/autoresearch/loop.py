@@ -170,6 +170,9 @@ class Loop:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        from .sandbox import remove_tree
+        if (self.target.state_dir / "scratch").exists():   # temp dirs a kill -9 left behind
+            remove_tree(self.target.state_dir / "scratch")
         self._check_sandbox()
         self._check_locked_unchanged()
         exps = self.ledger.experiments(self.tag)
@@ -644,7 +647,8 @@ class Loop:
             artifacts_max_bytes=int(self.spec.artifacts_max_mb * 2**20),
             budget_allowance=self.spec.budget_allowance,
             training_seconds_metric=self.spec.training_seconds_metric, cache_pin=self.cache_pin,
-            protected=[str(self.ratchet.common_dir / n) for n in ("config", "hooks", "info")])
+            protected=[str(self.ratchet.common_dir / n) for n in ("config", "hooks", "info")],
+            scratch=str(self.target.state_dir / "scratch"))
 
     def _token(self, exp_id: int) -> str:
         """Stable per experiment, so a resumed run can find processes that escaped with setsid."""
