@@ -94,7 +94,9 @@ def test_anthropic_backend_retries_a_non_matching_block_and_refuses_locked_edits
         rows = loop(target, "anthropic:fake", 5, server.env())
     assert statuses(rows) == ["keep", "keep", "discard", "agent-error", "agent-error"]
     assert rows[2]["description"] == "one hidden unit"
-    retry = server.requests[2]["body"]["messages"][-1]["content"]
+    get, *posts = server.requests                   # the connectivity check, then the proposals
+    assert get["method"] == "GET"
+    retry = posts[2]["body"]["messages"][-1]["content"]
     assert f"Did you mean these lines from train.py?\n```\n{HIDDEN_OLD}" in retry
     assert "not editable were refused: evaluate.py" in rows[3]["reason"]
     assert "no answer within 1 s" in rows[4]["reason"]
@@ -135,7 +137,8 @@ def test_codex_backend_records_an_agent_that_changed_nothing(tmp_path):
     assert statuses(rows) == ["keep", "keep", "agent-error", "discard"]
     assert rows[2]["reason"] == "the agent changed no editable file"
     argv = json.loads((script.parent / "codex.jsonl.prompts" / "0.argv.json").read_text())
-    assert argv[-5:] == ["exec", "--sandbox", "workspace-write", "--skip-git-repo-check", "-"]
+    assert argv[-7:] == ["exec", "--json", "--ephemeral", "--sandbox", "workspace-write",
+                         "--skip-git-repo-check", "-"]
 
 
 def test_command_backend_with_prompt_argument(tmp_path):
@@ -147,3 +150,103 @@ def test_command_backend_with_prompt_argument(tmp_path):
     assert rows[2]["description"] == f"train.py: {HIDDEN_OLD} -> {HIDDEN_BAD}"
     prompt = (tmp_path / "agent.jsonl.prompts" / "0.txt").read_text()
     assert "| 1 | keep |" in prompt and "baseline" in prompt    # the history reached the agent
+
+
+# == the first hour with a real-world setup ====================================================
+def _paid_steps(n: int, cost: float) -> list[dict]:
+    from conftest import train_source
+    return [{"description": f"value {v}", "write": {"train.py": train_source(float(v), sleep=1.0)},
+             "cost_usd": cost} for v in range(20, 20 + n)]
+
+
+def test_proposals_made_ahead_and_dropped_at_the_stop_are_counted_in_the_cost(tmp_path):
+    from conftest import build_target
+
+    target = build_target(tmp_path, sleep=1.0)
+    env, script = fake_bin(tmp_path, "claude", _paid_steps(8, 0.01))
+    r = run(["run", "--agent", "claude", "--max-experiments", "3", "--policy", "greedy",
+             "--ahead", "2", "--tag", "t", "-q"], target, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in
+            run(["export", "--format", "jsonl", "--tag", "t"], target).stdout.splitlines()]
+    answered = len(list((script.parent / "claude.jsonl.prompts").glob("*.done")))
+    assert sum(row["cost_usd"] for row in rows) == pytest.approx(0.01 * answered)
+    dropped = [row for row in rows if row["status"] == "interrupted"]
+    assert dropped and all(row["cost_usd"] == pytest.approx(0.01) for row in dropped)
+    assert all("the run stopped before it was measured" in row["reason"] for row in dropped)
+    status = json.loads(run(["status", "--json", "--tag", "t"], target).stdout)
+    assert status["cost_usd"] == pytest.approx(0.01 * answered)
+
+    # a resumed run measures what was paid for instead of asking again
+    r = run(["run", "--agent", "claude", "--max-experiments", str(len(rows) + 1), "--policy",
+             "greedy", "--ahead", "0", "--tag", "t", "-q"], target, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = {row["seq"]: row for row in (json.loads(line) for line in run(
+        ["export", "--format", "jsonl", "--tag", "t"], target).stdout.splitlines())}
+    assert all(again[row["seq"]]["status"] in ("keep", "discard") for row in dropped)
+
+
+def test_max_cost_counts_proposals_that_are_ready_but_not_taken(tmp_path):
+    from conftest import build_target
+
+    target = build_target(tmp_path, sleep=1.0)
+    env, script = fake_bin(tmp_path, "claude", _paid_steps(12, 0.01))
+    r = run(["run", "--agent", "claude", "--max-cost", "0.025", "--policy", "greedy",
+             "--ahead", "2", "--tag", "t", "-q"], target, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "reached --max-cost $0.025" in r.stdout
+    rows = [json.loads(line) for line in
+            run(["export", "--format", "jsonl", "--tag", "t"], target).stdout.splitlines()]
+    answered = len(list((script.parent / "claude.jsonl.prompts").glob("*.done")))
+    assert sum(row["cost_usd"] for row in rows) == pytest.approx(0.01 * answered)
+    # it stops asking once what was paid reaches the cap: at most the proposals already asked for
+    assert answered <= 3 + 2
+
+
+def test_a_rejected_key_stops_a_cli_agent_run_before_it_starts(tmp_path):
+    target = quickstart(tmp_path, "")
+    env, script = fake_bin(tmp_path, "claude", [EDIT_GOOD])
+    (script.parent / "claude.jsonl.check.json").write_text(
+        json.dumps({"api_error": 401, "message": "invalid API key"}))
+    r = run(["run", "--agent", "claude", "--max-experiments", "3", "--tag", "e2e"], target, env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: --agent claude: the connectivity check failed: API Error: 401 invalid API key "
+        "(api_error_status 401) — check the endpoint and the key the tool uses (see the README's "
+        "agents section), or set [agent] check = false"]
+    assert not (target / ".autoresearch" / "logs" / "e2e").exists()   # no baseline was measured
+
+
+def test_aider_history_files_never_show_up_in_the_rows(tmp_path):
+    target = quickstart(tmp_path, "")
+    script = tmp_path / "aider.jsonl"
+    script.write_text(json.dumps({**EDIT_GOOD, "aider_files": True}) + "\n")
+    rows = loop(target, f"command:{FAKE_AGENT_CLI} --script {script} --message {{prompt}}", 2)
+    shown = run(["show", "2", "--tag", "e2e"], target).stdout
+    assert rows[1]["description"] == "double the learning rate"
+    notes = next(line for line in shown.splitlines() if line.strip().startswith("notes"))
+    assert "dropped edits" not in shown and ".aider.chat" not in shown
+    # the only note: where the agent's transcript is (proposal 1, not experiment 2)
+    assert notes.split() == ["notes", "agent", "transcript:",
+                             str(target / ".autoresearch/logs/e2e/agent/proposal-0001.log")]
+
+
+def test_a_locked_edit_whose_rest_repeats_an_earlier_experiment_is_an_invalid_row(tmp_path):
+    original = (Path(templates.__file__).parent / "quickstart" / "train.py").read_text()
+    target = quickstart(tmp_path, "max_consecutive_errors = 3\n")
+    env, _ = fake_bin(tmp_path, "claude", [
+        EDIT_GOOD,                                                          # kept: #2
+        {"description": "undo it, and tamper", "write": {"train.py": original,
+                                                          "prepare.py": "# tampered\n"}},
+        EDIT_BAD])
+    # --ahead 0: the second proposal is asked against the kept #2, so undoing it repeats #1
+    r = run(["run", "--agent", "claude", "--max-experiments", "4", "--policy", "greedy", "--ahead",
+             "0", "--budget", "0.5", "--tag", "e2e", "-q"], target, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in
+            run(["export", "--format", "jsonl", "--tag", "e2e"], target).stdout.splitlines()]
+    assert statuses(rows) == ["keep", "keep", "invalid", "discard"]
+    assert rows[2]["description"] == "undo it, and tamper"
+    assert rows[2]["reason"] == ("edited file(s) that are not editable (dropped): prepare.py; "
+                                 "the rest repeats experiment #1")
+    assert "tampered" not in (target / "prepare.py").read_text()

@@ -50,8 +50,8 @@ def test_good_answer_becomes_a_proposal_with_usage_and_cost(server_cls, agent_cl
     assert sent["model"] == "fake-model"
     text = "\n".join(str(m["content"]) for m in sent["messages"]) + str(sent.get("system", ""))
     assert "Lower the loss." in text and TRAIN in text and "<<<<<<< SEARCH" in text
-    assert p.agent_log == str(tmp_path / "agent-1.md")
-    assert "LEARNING_RATE = 0.02" in (tmp_path / "agent-1.md").read_text()
+    assert p.agent_log == str(tmp_path / "proposal-0001.md")
+    assert "LEARNING_RATE = 0.02" in (tmp_path / "proposal-0001.md").read_text()
 
 
 @pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
@@ -124,8 +124,15 @@ def test_edit_to_locked_file_is_refused(server_cls, agent_cls):
 @pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
 def test_answer_cut_at_max_tokens_says_so(server_cls, agent_cls):
     with server_cls([{"reply": "Description: x\n\ntrain.py\n<<<<<<< SEARCH\nLEARN", "finish_reason": "length"}]) as s:
-        with pytest.raises(AgentError, match="cut off at max_tokens"):
-            agent(s, agent_cls).propose(context())
+        with pytest.raises(AgentError, match="cut off at max_tokens=1000"):
+            agent(s, agent_cls, max_tokens=1000).propose(context())
+
+
+def test_answer_cut_without_a_max_tokens_blames_the_servers_limit():
+    with FakeOpenAIServer([{"reply": "Description: x\n\ntrain.py\n<<<<<<< SEARCH\nLEARN",
+                            "finish_reason": "length"}]) as s:
+        with pytest.raises(AgentError, match="cut off at the server's output limit"):
+            agent(s, OpenAIAgent).propose(context())
 
 
 @pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
@@ -155,3 +162,79 @@ def test_price_falls_back_to_the_longest_prefix():
     s = settings(prices={"claude": Price(input=1, output=1), "claude-sonnet": Price(input=3, output=15)})
     assert price_usage("claude-sonnet-4-5", 1_000_000, 0, s).cost_usd == pytest.approx(3.0)
     assert price_usage("unknown-model", 1_000_000, 0, s).cost_usd == 0.0
+
+
+# == the connectivity check and the server's context ==========================================
+@pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
+def test_check_reads_the_context_and_max_tokens_fits_it(server_cls, agent_cls, tmp_path):
+    with server_cls([GOOD], api_key="test-key", context_length=8192, model="fake-model") as server:
+        a = agent(server, agent_cls)
+        a.check()
+        assert a.context_tokens == 8192 and a.max_tokens == 2048
+        p = a.propose(context(tmp_path))
+    assert p.description == "double the learning rate"
+    get, post = server.requests
+    assert get["method"] == "GET" and get["path"].split("?")[0].endswith("/models")
+    assert post["body"]["max_tokens"] == 2048
+
+
+def test_without_a_known_context_no_max_tokens_is_sent_to_a_local_server():
+    with FakeOpenAIServer([GOOD]) as server:
+        a = agent(server, OpenAIAgent)
+        a.check()
+        assert a.context_tokens is None
+        a.propose(context())
+    body = server.requests[-1]["body"]
+    assert "max_tokens" not in body and "max_completion_tokens" not in body
+
+
+@pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
+def test_max_tokens_that_fills_the_context_is_refused_at_the_check(server_cls, agent_cls):
+    with server_cls([GOOD], context_length=8192, model="fake-model") as server:
+        with pytest.raises(AgentConfigError, match=r"max_tokens = 8192 leaves no room for the prompt "
+                                                   r"in fake-model's context of 8192 tokens"):
+            agent(server, agent_cls, max_tokens=8192).check()
+
+
+@pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
+def test_a_request_too_long_for_the_context_names_the_real_limit(server_cls, agent_cls):
+    # the check is skipped, so the agent does not know the context and the server refuses
+    with server_cls([GOOD], context_length=4096, model="fake-model") as server:
+        with pytest.raises(AgentError, match=r"do not fit the model's context of 4096 tokens .*"
+                                             r"lower \[agent\] context_chars"):
+            agent(server, agent_cls, max_tokens=4000).propose(context())
+
+
+@pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
+def test_check_with_a_wrong_key_fails_fast_with_the_servers_message(server_cls, agent_cls):
+    with server_cls([GOOD], api_key="right-key") as server:
+        a = agent_cls("fake-model", settings(), base_url=server.base_url, api_key="wrong-key")
+        start = time.monotonic()
+        with pytest.raises(AgentConfigError, match=r"the connectivity check failed: .*401.*invalid API key"):
+            a.check()
+    assert time.monotonic() - start < 5
+    assert server.remaining == 1          # no proposal was spent
+
+
+@pytest.mark.parametrize("agent_cls", [OpenAIAgent, AnthropicAgent], ids=IDS)
+def test_check_against_a_dead_endpoint_fails_fast(agent_cls):
+    import socket
+
+    with socket.socket() as sock:          # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}" + ("/v1" if agent_cls is OpenAIAgent else "")
+    a = agent_cls("fake-model", settings(), base_url=base, api_key="k")
+    start = time.monotonic()
+    with pytest.raises(AgentConfigError, match=r"the connectivity check failed: .*cannot connect"):
+        a.check()
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
+def test_check_falls_back_to_a_one_token_request_without_a_model_list(server_cls, agent_cls):
+    with server_cls(["OK", GOOD], models=False) as server:
+        a = agent(server, agent_cls)
+        a.check()
+        assert a.context_tokens is None
+        assert server.requests[-1]["body"]["max_tokens"] == 1

@@ -23,7 +23,6 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("tiktoken")
-pytest.importorskip("rustbpe")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -35,8 +34,9 @@ TEMPLATE = Path(autoresearch.__file__).parent / "templates" / "nanochat"
 
 def _env(cache: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_PROFILE="cpu",
-               AUTORESEARCH_DATA="offline", AUTORESEARCH_SEED="0", **extra)
+    env.update(AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_NANOCHAT_PROFILE="cpu",
+               AUTORESEARCH_DATA="offline", AUTORESEARCH_SEED="0", AUTORESEARCH_CPU_THREADS="1",
+               **extra)
     return env
 
 
@@ -84,10 +84,11 @@ def trained(cache, tmp_path_factory) -> tuple[Path, dict[str, float]]:
 @pytest.fixture(scope="module")
 def prepare_mod(cache):
     """The template's prepare.py imported in this process (CPU profile, the prepared cache)."""
-    saved = {k: os.environ.get(k) for k in ("AUTORESEARCH_PROFILE", "AUTORESEARCH_CACHE",
-                                            "AUTORESEARCH_DATA")}
-    os.environ.update(AUTORESEARCH_PROFILE="cpu", AUTORESEARCH_CACHE=str(cache),
-                      AUTORESEARCH_DATA="offline")
+    keys = ("AUTORESEARCH_NANOCHAT_PROFILE", "AUTORESEARCH_CACHE", "AUTORESEARCH_DATA",
+            "AUTORESEARCH_CPU_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(AUTORESEARCH_NANOCHAT_PROFILE="cpu", AUTORESEARCH_CACHE=str(cache),
+                      AUTORESEARCH_DATA="offline", AUTORESEARCH_CPU_THREADS="1")
     spec = importlib.util.spec_from_file_location("nanochat_prepare", TEMPLATE / "prepare.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
@@ -198,25 +199,59 @@ def test_offline_corpus_is_deterministic_and_split(prepare_mod):
 # --- tokenizer and dataloader -----------------------------------------------------------------
 
 
-def test_tokenizer_round_trips_and_token_bytes_count_utf8_bytes(prepare_mod):
+def _original_token_bytes(enc, special: set[str]) -> list[int]:
+    """The original prepare.py's rule, written independently: decode each id to a string
+    (tiktoken replaces partial UTF-8), special tokens 0, else the UTF-8 length of the string."""
+    out = []
+    for i in range(enc.n_vocab):
+        s = enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
+        out.append(0 if s in special else len(s.encode("utf-8")))
+    return out
+
+
+def test_tokenizer_round_trips_and_token_bytes_follow_the_original_rule(prepare_mod):
     tok = prepare_mod.Tokenizer.from_directory()
-    assert tok.get_vocab_size() == prepare_mod.PROFILES["cpu"].vocab_size
+    assert tok.get_vocab_size() == prepare_mod.SCALES["cpu"].vocab_size
     token_bytes = prepare_mod.get_token_bytes()
-    assert token_bytes.shape == (tok.get_vocab_size(),)
+    assert token_bytes.tolist() == _original_token_bytes(tok.enc, set(prepare_mod.SPECIAL_TOKENS))
     for text in ["def f(x):\n    return x ** 2\n", "Unicode: \u4f60\u597d, caf\u00e9 \u2603", ""]:
-        ids = tok.encode(text)
-        assert tok.decode(ids) == text
-        assert int(token_bytes[ids].sum()) == len(text.encode("utf-8"))
+        assert tok.decode(tok.encode(text)) == text
+    ascii_text = "def f(x):\n    return x ** 2\n"
+    assert int(token_bytes[tok.encode(ascii_text)].sum()) == len(ascii_text)
     bos = tok.get_bos_token_id()
     assert int(token_bytes[bos]) == 0
     assert tok.encode("x", prepend=bos)[0] == bos
+
+
+def test_partial_utf8_tokens_count_as_replacement_characters(prepare_mod):
+    """On a vocabulary with partial-UTF-8 tokens the original counts U+FFFD (3 bytes) per
+    invalid piece; the true-byte table counts the raw bytes. Both against independent code."""
+    import tiktoken
+    ranks = {bytes([b]): b for b in range(256)}
+    for extra in ("\u4f60".encode()[:2], "\u00e9".encode(), b"ab"):
+        ranks[extra] = len(ranks)
+    special = {name: len(ranks) + i for i, name in enumerate(prepare_mod.SPECIAL_TOKENS)}
+    enc = tiktoken.Encoding(name="t", pat_str=prepare_mod.SPLIT_PATTERN, mergeable_ranks=ranks,
+                            special_tokens=special)
+    tok = prepare_mod.Tokenizer(enc)
+    table = prepare_mod.token_bytes_table(tok)
+    raw = prepare_mod.token_raw_bytes_table(tok)
+    assert table.tolist() == _original_token_bytes(enc, set(special))
+    assert table[0xE4] == 3 and raw[0xE4] == 1           # a lead byte alone: U+FFFD
+    assert table[ranks["\u4f60".encode()[:2]]] == 3       # two of three bytes: one U+FFFD
+    assert table[ranks["\u00e9".encode()]] == 2           # a whole character: its bytes
+    text = "\u4f60\u597d caf\u00e9 \u2603 ab"
+    ids = enc.encode_ordinary(text)
+    assert int(raw[ids].sum()) == len(text.encode())
+    assert int(table[ids].sum()) > len(text.encode())
 
 
 def test_pack_rows_are_bos_aligned_full_and_best_fit(prepare_mod):
     bos = 0
     lengths = [5, 9, 3, 17, 2, 8, 30, 4, 6, 11] * 4
     docs = [[bos] + [i + 1] * (n - 1) for i, n in enumerate(lengths)]
-    rows = [r for r, _ in prepare_mod.pack_rows(iter((d, 1) for d in docs), 2, 15, buffer_size=8)]
+    batches = iter([(docs[k:k + 3], 1) for k in range(0, len(docs), 3)])
+    rows = [r for r, _ in prepare_mod.pack_rows(batches, 2, 15, buffer_size=8)]
     assert rows
     for batch in rows:
         assert batch.shape == (2, 16)
@@ -224,8 +259,9 @@ def test_pack_rows_are_bos_aligned_full_and_best_fit(prepare_mod):
         for row in batch.tolist():
             # each token belongs to some document: no padding anywhere
             assert all(t == bos or 1 <= t <= len(docs) for t in row)
-    # best fit: the longest buffered document that fits (9 of 16), then the longest that fits
-    # the 7 left (6), then the shortest document cropped to the last slot
+    # the buffer is topped up a batch at a time to at least 8 (here 9 documents, 0..8); best
+    # fit: the longest that fits 16 (9), the longest that fits the 7 left (6), then the
+    # shortest cropped to the last slot
     assert rows[0][0].tolist() == docs[1] + docs[8] + docs[4][:1]
 
 
@@ -248,6 +284,7 @@ def test_evaluation_of_trained_model_beats_uniform(trained):
     assert math.isfinite(m["val_bpb"])
     assert m["val_bpb"] < 0.8 * m["uniform_bpb"]
     assert m["num_steps"] > 10 and m["peak_vram_mb"] > 0
+    assert m["eval_sandboxed"] == (1 if shutil.which("bwrap") else 0)
 
 
 def test_causality_check_rejects_model_that_sees_future_tokens(trained, cache, tmp_path):
@@ -279,15 +316,88 @@ def test_train_py_printing_val_bpb_cannot_change_the_evaluated_metric(trained, c
     assert "0.001" not in r.stdout
 
 
-def test_evaluation_refuses_a_changed_validation_set(trained, cache, tmp_path):
+def test_evaluation_refuses_changed_pinned_rows(trained, cache, tmp_path):
     src, _ = trained
     bad_cache = shutil.copytree(cache, tmp_path / "cache")
-    val = bad_cache / "nanochat" / "data" / "offline" / "val.parquet"
-    texts = pq.read_table(val).column("text").to_pylist()
-    pq.write_table(pa.table({"text": [t.upper() for t in texts]}), val)
+    rows_file = next((bad_cache / "nanochat" / "eval").glob("*/eval_rows.npy"))
+    import numpy as np
+    rows = np.load(rows_file)
+    rows[:, 1:] = rows[:, :1]  # every target becomes BOS... if the pin were not checked
+    np.save(rows_file, rows)
     r = _run(["prepare.py", "--evaluate"], src, _env(bad_cache))
     assert r.returncode == 1
-    assert "differs from the one pinned" in r.stdout
+    assert "eval_rows.npy differs from the one pinned" in r.stdout
+    assert "val_bpb" not in _metrics(r.stdout)
+
+
+def _original_eval_rows(val_path: Path, tok, n_rows: int, T: int) -> list[list[int]]:
+    """The original's validation loader, written independently: row groups in batches of 128
+    documents, endless; the buffer refilled (a batch at a time) while under 1000 documents;
+    the longest document that fits, else the shortest cropped."""
+    bos = tok.get_bos_token_id()
+
+    def batches():
+        while True:
+            pf = pq.ParquetFile(val_path)
+            for g in range(pf.num_row_groups):
+                texts = pf.read_row_group(g).column("text").to_pylist()
+                for i in range(0, len(texts), 128):
+                    yield [[bos] + ids for ids in tok.enc.encode_ordinary_batch(texts[i:i + 128])]
+
+    it, buf, out = batches(), [], []
+    for _ in range(n_rows):
+        row = []
+        while len(row) < T + 1:
+            while len(buf) < 1000:
+                buf.extend(next(it))
+            room = T + 1 - len(row)
+            fits = [i for i, d in enumerate(buf) if len(d) <= room]
+            if fits:
+                i = max(fits, key=lambda i: (len(buf[i]), -i))
+                row += buf.pop(i)
+            else:
+                i = min(range(len(buf)), key=lambda i: (len(buf[i]), i))
+                row += buf.pop(i)[:room]
+        out.append(row)
+    return out
+
+
+def test_val_bpb_is_the_original_metric_by_an_independent_computation(trained, cache,
+                                                                       prepare_mod):
+    """Rows packed by the original's rule, logits of the saved model computed here, bytes by
+    the original's rule: the evaluator's val_bpb agrees."""
+    import numpy as np
+    import torch
+    work, m = trained
+    tok = prepare_mod.Tokenizer.from_directory()
+    scale = prepare_mod.SCALES["cpu"]
+    _, val_path = prepare_mod.split_files("offline")
+    rows = _original_eval_rows(val_path, tok, scale.eval_tokens // scale.seq_len, scale.seq_len)
+    pinned = np.load(next((cache / "nanochat" / "eval").glob("*/eval_rows.npy")))
+    assert pinned.tolist() == rows
+    nbytes = torch.tensor(_original_token_bytes(tok.enc, set(prepare_mod.SPECIAL_TOKENS)))
+    sys.path.insert(0, str(work))
+    try:
+        import train
+        info = json.loads((work / "model.json").read_text())
+        model = train.GPT(train.GPTConfig(**info["config"]))
+        model.load_state_dict(torch.load(work / "model.pt", weights_only=True))
+        model.eval()
+        nats, total = 0.0, 0
+        with torch.no_grad():
+            r = torch.tensor(rows)
+            logits = model(r[:, :-1]).double()
+            y = r[:, 1:]
+            nll = torch.logsumexp(logits, -1) - logits.gather(-1, y[..., None])[..., 0]
+            nats = float((nll * (nbytes[y] > 0)).sum())
+            total = int(nbytes[y].sum())
+    finally:
+        sys.path.remove(str(work))
+        sys.modules.pop("train", None)
+        sys.modules.pop("prepare", None)
+    expected = nats / (math.log(2) * total)
+    assert abs(m["val_bpb"] - expected) < 2e-6, (m["val_bpb"], expected)
+    assert m["causal_probes"] >= 4 and m["causal_max_diff"] <= 1e-3
 
 
 # --- end to end through the CLI ---------------------------------------------------------------
@@ -333,3 +443,63 @@ def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
     assert metrics[0] < 0.8 * uniform, (metrics, uniform)
     assert metrics[1] > 0.1 and metrics[1] != 0.001
     print(f"end-to-end run took {took:.0f}s; val_bpb {metrics}, uniform {uniform:.3f}")
+
+
+# --- compilation --------------------------------------------------------------------------------
+
+GRAPH_PROBE = """
+import json, torch, torch._dynamo as dynamo
+import train
+cfg = train.GPTConfig(sequence_len=64, vocab_size=256, n_layer=4, n_head=2, n_kv_head=2,
+                      n_embd=64, window_pattern="SSSL")
+model = train.GPT(cfg)
+model.init_weights()
+x = torch.randint(0, 256, (2, 64))
+explained = dynamo.explain(model)(x)
+compiles = []
+def backend(gm, example_inputs):
+    compiles.append(len(gm.graph.nodes))
+    return gm.forward
+dynamo.reset()
+fwd = torch.compile(model, backend=backend, dynamic=False)
+for seed in range(4):  # warm-up, then new data of the same shape
+    fwd(torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(seed)))
+print(json.dumps({"graphs": explained.graph_count, "breaks": explained.graph_break_count,
+                  "reasons": [str(b.reason) for b in explained.break_reasons],
+                  "compiles": len(compiles), "windows": model.windows}))
+"""
+
+
+def test_compiled_forward_has_one_graph_no_breaks_and_no_recompiles(tmp_path):
+    work = _copy_template(tmp_path / "work")
+    r = _run(["-c", GRAPH_PROBE], work, _env(tmp_path / "cache"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["windows"] == [32, 32, 32, 64]  # three windowed layers and a full one
+    assert (got["graphs"], got["breaks"], got["reasons"]) == (1, 0, [])
+    assert got["compiles"] == 1
+
+
+# --- the GPU check's CPU dry run ----------------------------------------------------------------
+
+
+def test_gpu_check_dry_run_reports_every_figure(tmp_path):
+    script = Path(autoresearch.__file__).parents[2] / "bench" / "gpu_check.py"
+    if not script.exists():
+        pytest.skip("bench/ is not shipped with the installed package")
+    out = tmp_path / "dry.json"
+    r = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(out),
+                        "--workdir", str(tmp_path / "w")], capture_output=True, text=True,
+                       timeout=600, env=_env(tmp_path / "unused"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["mode"] == "dry-run" and result["data"] == "offline"
+    assert result["preflight"]["graph_breaks"] == 0 and result["preflight"]["profile"] == "cpu"
+    figures = {c["figure"]: c for c in result["checks"]}
+    assert set(figures) == {"tokens/s (steady)", "MFU %", "peak VRAM MB", "steps",
+                            "graph breaks", "evaluate wall s", "val_bpb"}
+    assert all(c["verdict"] == "INFO" for c in figures.values())  # no GPU: nothing judged
+    assert figures["val_bpb"]["value"] == result["evaluate"]["val_bpb"] > 0
+    assert result["train"]["num_steps"] > 10 and result["evaluate_wall_seconds"] > 0
+    assert "versions" in result and result["versions"]["torch"]
+    assert "PASS: figures written to" in r.stdout

@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from autoresearch.agents.base import AgentContext
-from autoresearch.agents.optuna_agent import OptunaAgent, default_range, find_constants, rewrite
+from autoresearch.agents.optuna_agent import OptunaAgent, default_range, find_constants
+from autoresearch.agents.params import PyName
 from autoresearch.config import TargetSpec
 from autoresearch.errors import ConfigError
 from autoresearch.experiment import HistoryEntry, Outcome, Status
@@ -43,6 +44,15 @@ def context(agent_spec: TargetSpec, files: dict[str, str], history=()) -> AgentC
                         spec=agent_spec, base_commit="0" * 40, experiment_seq=len(history) + 1)
 
 
+def rewrite(source: str, values: dict[str, object]) -> str:
+    """Set constants the way the agent does: each literal in place, read back after writing."""
+    for name, value in values.items():
+        loc = PyName(name, "train.py")
+        loc.is_int = isinstance(loc.read(source), int)
+        source = loc.write(source, value)
+    return source
+
+
 def values_in(source: str) -> dict[str, object]:
     return {c.name: c.value for c in find_constants("train.py", source)}
 
@@ -58,8 +68,7 @@ def test_find_constants_of_a_file_that_does_not_parse_is_empty():
 
 
 def test_rewrite_touches_only_the_literals():
-    consts = find_constants("train.py", SOURCE)
-    out = rewrite(SOURCE, consts, {"LR": 0.001, "N_LAYER": 7, "WD": -0.25})
+    out = rewrite(SOURCE, {"LR": 0.001, "N_LAYER": 7, "WD": -0.25})
     expected = (SOURCE.replace("LR = 3e-4  #", "LR = 0.001  #")
                 .replace("N_LAYER: int = 4", "N_LAYER: int = 7")
                 .replace("WD = -0.5", "WD = -0.25"))
@@ -68,8 +77,7 @@ def test_rewrite_touches_only_the_literals():
 
 
 def test_rewrite_keeps_ints_ints_and_floats_floats():
-    consts = find_constants("train.py", SOURCE)
-    out = rewrite(SOURCE, consts, {"N_LAYER": 6.7, "MOMENTUM": 1})
+    out = rewrite(SOURCE, {"N_LAYER": 6.7, "MOMENTUM": 1})
     assert values_in(out)["N_LAYER"] == 7
     assert "MOMENTUM = 1\n" in out or "MOMENTUM = 1.0\n" in out
     assert isinstance(values_in(out)["MOMENTUM"], (int, float))

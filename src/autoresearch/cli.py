@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,9 +18,19 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from . import __version__
-from .config import CONFIG_NAME, PROGRAM_NAME, Target, load_target, parse_spec
+from .config import (
+    CONFIG_NAME,
+    PROGRAM_NAME,
+    Constraint,
+    Target,
+    check_globs,
+    load_target,
+    parse_spec,
+)
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger
@@ -31,8 +42,36 @@ if not console.is_terminal:
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # one error, one line
 
 
+# `try` exit codes, one per verdict, so that an agent's shell can branch on them (README)
+EXIT_KEEP, EXIT_ERROR, EXIT_DISCARD, EXIT_CRASH, EXIT_INVALID, EXIT_NOTHING = 0, 1, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130
+
+# a tag names a branch (autoresearch/TAG), a ref prefix (refs/autoresearch/TAG/) and a directory:
+# one path segment that git accepts, so `nov/23` (which would block a later `nov`) is refused
+_TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _e(value: object) -> str:
+    """User text (paths, descriptions, reasons) inside a markup string: printed verbatim."""
+    return escape(str(value))
+
+
 def default_tag() -> str:
     return _dt.date.today().strftime("%b%d").lower()
+
+
+def check_tag(tag: str) -> str:
+    """The tag, if it is safe as one git ref component and one directory name; else one error."""
+    why = None
+    if not _TAG_RE.fullmatch(tag):
+        why = ("use letters, digits, '.', '_' and '-', starting with a letter or digit, at most "
+               "100 characters (no '/': a tag is one branch name and one directory)")
+    elif ".." in tag or tag.endswith((".", ".lock")):
+        why = "git refuses '..' in a ref and a ref ending in '.' or '.lock'"
+    if why:
+        raise ConfigError(f"--tag {tag!r} is not a valid tag: {why} — e.g. "
+                          f"{re.sub(r'[^A-Za-z0-9_-]+', '-', tag).strip('-.') or 'nov23'!r}")
+    return tag
 
 
 # == helpers ===================================================================================
@@ -86,8 +125,9 @@ def cmd_init(args) -> int:
         if not (dest / PROGRAM_NAME).exists():
             (dest / PROGRAM_NAME).write_text(program_md(target.spec, args.template))
         _git_init_commit(dest, f"autoresearch: the {args.template} target")
-        console.print(f"[green]✓[/] wrote the [bold]{args.template}[/] target to {dest} and committed it")
-        console.print(f"  next: [bold]cd {dest} && autoresearch run[/]")
+        console.print(f"[green]✓[/] wrote the [bold]{_e(args.template)}[/] target to {_e(dest)} and "
+                      f"committed it")
+        console.print(f"  next: [bold]cd {_e(dest)} && autoresearch run[/]")
         return 0
 
     if not dest.is_dir():
@@ -107,20 +147,45 @@ def cmd_init(args) -> int:
         raise ConfigError("init needs --metric NAME: the number the run prints as 'NAME: value'")
     data = {"editable": args.editable, "locked": args.locked or [], "run": args.run,
             "metric": args.metric, "direction": args.direction, "budget": args.budget}
+    if args.setup:
+        data["setup"] = args.setup
     if args.evaluate:
         data["evaluate"] = args.evaluate
     if args.timeout:
         data["timeout"] = args.timeout
+    if args.constraint:
+        for c in args.constraint:
+            try:
+                Constraint.parse(c)
+            except ValueError as e:
+                raise ConfigError(f"--constraint: {e}") from None
+        data["constraints"] = args.constraint
+    if args.artifact:
+        bad = next((a for a in args.artifact if not a.strip() or Path(a).is_absolute()
+                    or ".." in Path(a).parts), None)
+        if bad is not None:
+            raise ConfigError(f"--artifact {bad!r}: give a path inside the target, relative to it "
+                              f"(e.g. --artifact model.pt)")
+        data["artifacts"] = args.artifact
     spec = parse_spec(data, cfg)
+    try:       # files may come after the toml: a note now, refused when a run starts
+        check_globs(spec, dest, cfg)
+        glob_note = None
+    except ConfigError as e:
+        glob_note = str(e).replace(f"{cfg}: ", "", 1)
     lines = ["# autoresearch target: see the README's autoresearch.toml reference for every key"]
-    for key in ("editable", "locked", "run", "evaluate", "metric", "direction", "budget", "timeout"):
+    for key in ("editable", "locked", "setup", "run", "evaluate", "metric", "direction", "budget",
+                "timeout", "constraints", "artifacts"):
         if key in data:
-            lines.append(f"{key} = {json.dumps(data[key])}")
+            lines.append(f"{key} = {json.dumps(data[key], ensure_ascii=False)}")
     cfg.write_text("\n".join(lines) + "\n")
     prog = dest / PROGRAM_NAME
     if not prog.exists() or args.force:
         prog.write_text(program_md(spec, dest.name))
-    console.print(f"[green]✓[/] wrote {cfg} and {prog}")
+    console.print(f"[green]✓[/] wrote {_e(cfg)} and {_e(prog)}")
+    if glob_note:
+        console.print(f"[yellow]note[/]: {_e(glob_note)} (a run refuses it until the file is "
+                      f"committed)")
     console.print(f"  next: commit them ([bold]git add {CONFIG_NAME} {PROGRAM_NAME} && git commit -m "
                   f"autoresearch[/]), then [bold]autoresearch run[/]")
     return 0
@@ -145,6 +210,8 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
         if value is not None and (value < low or (low == 0 and value <= 0)):
             raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} (got {value:g})")
     ratchet = Ratchet(target.root)
+    base = ratchet.branch_commit(tag) or ratchet.head()
+    check_globs(target.spec, target.root, target.config_path, files=list(ratchet.list_files(base)))
     ledger = _ledger(target)
     policy_name = getattr(args, "policy", None)
     run = ledger.get_run(tag)
@@ -153,11 +220,11 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
         policy_name = run.policy if run and run.policy else DEFAULT_POLICY
     policy = make_policy(policy_name)
     agent_name = getattr(args, "agent", None) or (run.agent if run and run.agent else "optuna")
-    base = ratchet.branch_commit(tag) or ratchet.head()
     if agent is None:
         files = ratchet.read_files(base, [p for p in ratchet.list_files(base)
                                           if _editable(target, p)])
         agent = make_agent(agent_name, target, files=files, seed=getattr(args, "seed", 0) or 0)
+        agent.check()     # fail fast: an unreachable endpoint or a rejected key is one error line
     gpus = [g.strip() for g in args.gpus.split(",")] if getattr(args, "gpus", None) else None
     executor_name = getattr(args, "executor", "local") or "local"
     if executor_name == "ray":
@@ -184,7 +251,7 @@ def _editable(target: Target, rel: str) -> bool:
     return matches(rel, target.spec.editable) and not matches(rel, target.spec.locked_globs)
 
 
-def _run_loop(loop, console: Console) -> int:
+def _run_loop(loop, console: Console, say_why: bool = True) -> int:
     from .loop import RunStopped
 
     try:
@@ -201,20 +268,21 @@ def _run_loop(loop, console: Console) -> int:
         raise
     if loop.reporter:
         loop.reporter.close()
-    console.print(f"[bold]stopped[/]: {why}")
+    if say_why:
+        console.print(f"[bold]stopped[/]: {_e(why)}")
     return 0
 
 
 def cmd_run(args) -> int:
     from .ui import Reporter
 
+    tag = check_tag(args.tag or default_tag())
     target = _target(args)
-    tag = args.tag or default_tag()
     _warn_uncommitted(target)
     reporter = Reporter(console, target.spec.metric, quiet=args.quiet)
     loop = build_loop(target, args, tag, reporter=reporter)
-    console.print(f"[bold]autoresearch[/] run [cyan]{tag}[/] on {target.root} — agent "
-                  f"[bold]{loop.opt.agent_name}[/], policy [bold]{loop.policy.name}[/], "
+    console.print(f"[bold]autoresearch[/] run [cyan]{_e(tag)}[/] on {_e(target.root)} — agent "
+                  f"[bold]{_e(loop.opt.agent_name)}[/], policy [bold]{_e(loop.policy.name)}[/], "
                   f"{loop.executor.slots} slot(s), budget {loop.budget:g}s, branch autoresearch/{tag}")
     code = _run_loop(loop, console)
     _print_summary(loop.ledger, tag, target)
@@ -233,7 +301,7 @@ def _warn_uncommitted(target: Target) -> None:
     spec = target.spec
     relevant = [p for p in changed if matches(p, spec.editable) or matches(p, spec.locked_globs)]
     if relevant:
-        console.print(f"[yellow]note[/]: uncommitted changes to {', '.join(relevant[:5])} are not part "
+        console.print(f"[yellow]note[/]: uncommitted changes to {_e(', '.join(relevant[:5]))} are not part "
                       f"of the run (it starts from the last commit) — commit them first to include them")
 
 
@@ -245,32 +313,32 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
     base = exps[0].metric
     best = best_of(exps)
     if best and best.metric is not None and base is not None:
-        console.print(f"best [bold]{target.spec.metric} {best.metric:.6f}[/] (#{best.seq}) vs baseline "
+        console.print(f"best [bold]{_e(target.spec.metric)} {best.metric:.6f}[/] (#{best.seq}) vs baseline "
                       f"{base:.6f} ({best.metric - base:+.6f}); {len(exps)} experiments, {len(kept)} kept; "
-                      f"results: {target.results_path}")
+                      f"results: {_e(target.results_path)}")
 
 
 # == agent-driven mode =========================================================================
 def cmd_start(args) -> int:
     from .ui import Reporter
 
+    tag = check_tag(args.tag)
     target = _target(args)
     from .ratchet import Ratchet
     ratchet = Ratchet(target.root)
     ledger = _ledger(target)
-    tag = args.tag
     if ledger.get_run(tag) is None and ratchet.branch_commit(tag) is not None:
         raise AutoresearchError(f"branch autoresearch/{tag} already exists — pick another --tag")
     reporter = Reporter(console, target.spec.metric)
     loop = build_loop(target, args, tag, agent=_NoAgent(), reporter=reporter)
     loop.opt.agent_name = "coding-agent"
-    code = _run_loop(loop, console)
+    code = _run_loop(loop, console, say_why=False)   # it stops after the baseline, as it should
     if code:
         return code
     if ratchet.current_branch() != f"refs/heads/autoresearch/{tag}":
         ratchet.checkout_branch(tag)
     base = ledger.experiments(tag)[0]
-    console.print(f"on branch [bold]autoresearch/{tag}[/]; baseline {target.spec.metric} = "
+    console.print(f"on branch [bold]autoresearch/{_e(tag)}[/]; baseline {_e(target.spec.metric)} = "
                   f"{base.metric}. Now edit, then: autoresearch try -m \"what you changed\"")
     return 0
 
@@ -308,7 +376,9 @@ class _OneShot(_NoAgent):
 
 
 def cmd_try(args) -> int:
+    """Evaluate the uncommitted editable changes; the exit code is the verdict (EXIT_*)."""
     from .experiment import Proposal
+    from .loop import record_refused
     from .ratchet import Ratchet
 
     target = _target(args)
@@ -329,17 +399,30 @@ def cmd_try(args) -> int:
     editable = [p for p in changed if _editable(target, p)]
     # tracked files the agent may not change go back; untracked ones are the user's, left alone
     refused = [p for p in changed if not _editable(target, p) and p in tracked]
+    refused_reason = ""
     if refused:
         ratchet.restore_in_checkout(refused, head)
-        console.print(f"[magenta]invalid[/]: changes outside the editable files were refused and "
-                      f"restored: {', '.join(refused)}")
+        refused_reason = f"changes outside the editable files were refused and restored: {', '.join(refused)}"
         target = _target(args)   # the spec may have been one of them: read the restored one
+
+    def refuse(why: str) -> int:
+        from .export import write_results_tsv
+
+        e = record_refused(ledger, tag, parent=head, agent="coding-agent", description=args.message,
+                           reason=refused_reason + why)
+        write_results_tsv(ledger, tag, target.spec, target.results_path)
+        console.print(Text.assemble(("invalid", "magenta"), f" #{e.seq}: {e.reason}"))
+        return EXIT_INVALID
+
     if not editable:
+        if refused:
+            return refuse("")
         console.print("nothing to try: no uncommitted change to the editable files "
-                      f"({', '.join(target.spec.editable)})")
-        return 1 if refused else 0
+                      f"({', '.join(target.spec.editable)})", markup=False)
+        return EXIT_NOTHING
     files = {p: ratchet.read_worktree_file(p) for p in editable}
-    proposal = Proposal(description=args.message, files=files)
+    proposal = Proposal(description=args.message, files=files,
+                        notes=[refused_reason] if refused else [])
     args.agent = "coding-agent"
     loop = build_loop(target, args, tag, agent=_OneShot(proposal), reporter=None)
     loop.opt.agent_name = "coding-agent"
@@ -348,31 +431,53 @@ def cmd_try(args) -> int:
     new = [e for e in ledger.experiments(tag) if e.id not in before]
     cand = next((e for e in new if e.kind == "candidate"), None)
     if cand is None:
-        console.print("[yellow]not run[/]: the change repeats an earlier experiment exactly")
         ratchet.restore_in_checkout(editable, ratchet.head())
-        return 1
+        if refused:
+            return refuse("; the editable part repeats an earlier experiment exactly")
+        console.print("[yellow]not run[/]: the change repeats an earlier experiment exactly")
+        return EXIT_NOTHING
     if cand.status == Status.KEEP:
         ratchet.sync_index()
     else:
         ratchet.restore_in_checkout(editable, ratchet.head())
-    _print_verdict(ledger, tag, cand, target, new)
-    return code
+    _print_verdict(ledger, tag, cand, target)
+    if refused:
+        console.print(f"  note: {refused_reason}", markup=False)
+    if code:
+        return code
+    return {Status.KEEP: EXIT_KEEP, Status.DISCARD: EXIT_DISCARD, Status.INVALID: EXIT_INVALID,
+            Status.INTERRUPTED: EXIT_INTERRUPTED}.get(cand.status, EXIT_CRASH)
 
 
-def _print_verdict(ledger: Ledger, tag: str, cand, target: Target, new) -> None:
+def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
     from .metrics import tail_lines
+    from .ui import best_value
 
-    best = best_of(ledger.experiments(tag))
+    exps = ledger.experiments(tag)
+    best = best_of(exps)
     m = target.spec.metric
     color = {"keep": "green", "discard": "yellow"}.get(cand.status.value, "red")
-    runs = len(new)
-    line = f"[{color}]{cand.status.value}[/] #{cand.seq}: {m} = {cand.metric}"
-    if best is not None:
-        line += f"; best {best.metric} (#{best.seq})"
-    line += f"; {runs} run(s); log {cand.log_path}"
+    # the candidate's own runs: its first measurement and its repeats (not the best's refreshes)
+    runs = [e for e in exps if e.id == cand.id or (e.candidate_of == cand.id
+                                                   and e.tree_sha == cand.tree_sha)]
+    measured = [e.metric for e in runs if e.metric is not None]
+    line = Text.assemble((cand.status.value, color), f" #{cand.seq}: ")
+    if measured:
+        line.append(f"{m} = {cand.metric}")
+        if len(measured) > 1:
+            line.append(f" (mean of {len(measured)} runs {sum(measured) / len(measured):.6g})")
+    else:
+        line.append(f"no {m} measured")
+    if best is not None and best.metric is not None:
+        line.append(f"; best {best_value(best):.6g} (#{best.seq})")
+    line.append(f"; {len(runs)} run(s) of this change")
+    refreshes = [e for e in exps if e.candidate_of == cand.id and e.tree_sha != cand.tree_sha]
+    if refreshes:
+        line.append(f" (and {len(refreshes)} of the best it was judged against)")
+    line.append(f"; log {cand.log_path}")
     console.print(line)
     if cand.reason:
-        console.print(f"  reason: {cand.reason}")
+        console.print(f"  reason: {cand.reason}", markup=False)
     if cand.status in (Status.CRASH, Status.TIMEOUT) and cand.log_path:
         console.print("  last lines of the log:")
         for ln in tail_lines(Path(cand.log_path), 50):
@@ -395,8 +500,8 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    console.print(f"[bold]run {tag}[/] · {info['metric']} ({info['direction']}) · agent {info['agent']} · "
-                  f"policy {info['policy']} · branch {info['branch']}")
+    console.print(f"[bold]run {_e(tag)}[/] · {_e(info['metric'])} ({info['direction']}) · agent "
+                  f"{_e(info['agent'])} · policy {_e(info['policy'])} · branch {_e(info['branch'])}")
     console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
                   + f" · {info['experiments']} total")
     base, best = info["baseline"], info["best"]
@@ -407,7 +512,7 @@ def cmd_status(args) -> int:
         value = est.get("mean") if est.get("mean") is not None else best["metric"]
         extra = f" ± {est['sem']:.6f} (n={est['n']})" if est.get("sem") else ""
         console.print(f"  best     [bold green]{value:.6f}[/]{extra} (#{best['seq']}, "
-                      f"{value - base:+.6f}): {best['description']}")
+                      f"{value - base:+.6f}): {_e(best['description'])}")
     if info["cost_usd"]:
         per = (f", ${info['cost_per_improvement']:.4f} per kept improvement"
                if info["cost_per_improvement"] is not None else "")
@@ -420,7 +525,7 @@ def cmd_status(args) -> int:
         for sl in info["slots"]:
             running = sl["experiment"] is not None
             t.add_row(str(sl["slot"]), sl["gpu"] or "", f"#{sl['experiment']}" if running else "idle",
-                      f"{sl['running_for']:.0f}s" if running else "", (sl["description"] or "")[:60])
+                      f"{sl['running_for']:.0f}s" if running else "", Text((sl["description"] or "")[:60]))
         console.print(t)
     kept = [e for e in ledger.experiments(tag) if e.status == Status.KEEP]
     if kept:
@@ -453,10 +558,11 @@ def cmd_show(args) -> int:
     e = ledger.by_seq(tag, args.id)
     if e is None:
         raise AutoresearchError(f"no experiment #{args.id} in run '{tag}' (it has {ledger.count(tag)})")
-    console.print(f"[bold]#{e.seq}[/] {e.description}")
-    console.print(f"  status   {e.status.value}" + (f" — {e.reason}" if e.reason else ""))
-    console.print(f"  {target.spec.metric:<8} {e.metric}")
-    console.print(f"  kind {e.kind}, agent {e.agent}, seed {e.seed}, commit {e.commit_sha}, parent {e.parent}")
+    console.print(f"[bold]#{e.seq}[/] {_e(e.description)}")
+    console.print(f"  status   {e.status.value}" + (f" — {e.reason}" if e.reason else ""), markup=False)
+    console.print(f"  {target.spec.metric:<8} {e.metric}", markup=False)
+    console.print(f"  kind {e.kind}, agent {e.agent}, seed {e.seed}, commit {e.commit_sha}, "
+                  f"parent {e.parent}", markup=False)
     if e.candidate_of:
         c = ledger.get(e.candidate_of)
         console.print(f"  measured for candidate #{c.seq}")
@@ -467,7 +573,7 @@ def cmd_show(args) -> int:
     if e.metrics:
         console.print("  metrics  " + ", ".join(f"{k}={v:g}" for k, v in sorted(e.metrics.items())))
     if e.params:
-        console.print("  params   " + ", ".join(f"{k}={v}" for k, v in e.params.items()))
+        console.print("  params   " + ", ".join(f"{k}={v}" for k, v in e.params.items()), markup=False)
     if e.decision:
         d = e.decision
         against = f" against best #{d['against']}" if d.get("against") else ""
@@ -478,7 +584,7 @@ def cmd_show(args) -> int:
                     f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in block.items()), markup=False)
     if e.notes:
-        console.print(f"  notes    {e.notes}")
+        console.print(f"  notes    {e.notes}", markup=False)
     repeats = [r for r in ledger.experiments(tag) if r.candidate_of == e.id]
     if repeats:
         console.print("  repeats  " + ", ".join(f"#{r.seq}={r.metric}" for r in repeats))
@@ -487,7 +593,7 @@ def cmd_show(args) -> int:
         console.print("[bold]diff against its parent[/]")
         console.print(diff or "(no change)", markup=False)
     if e.log_path and Path(e.log_path).exists():
-        console.print(f"[bold]log tail[/] ({e.log_path})")
+        console.print(f"[bold]log tail[/] ({_e(e.log_path)})")
         for ln in tail_lines(Path(e.log_path), args.lines):
             console.print(ln, markup=False)
     return 0
@@ -502,7 +608,7 @@ def cmd_export(args) -> int:
     text = export(ledger, tag, args.format, target.spec)
     if args.output:
         Path(args.output).write_text(text)
-        err_console.print(f"wrote {args.output}")
+        err_console.print(f"wrote {args.output}", markup=False)
     else:
         sys.stdout.write(text)
     return 0
@@ -515,7 +621,7 @@ def cmd_plot(args) -> int:
     out = Path(args.output or target.root / "progress.png")
     plot_progress(ledger.experiments(tag), target.spec.metric, target.spec.direction, out,
                   title=f"autoresearch {tag}")
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False)
     return 0
 
 
@@ -523,7 +629,7 @@ def cmd_dashboard(args) -> int:
     from .dashboard import serve
 
     target = _target(args)
-    console.print(f"dashboard for {target.root} on [bold]http://{args.host}:{args.port}/[/] (Ctrl-C stops it)")
+    console.print(f"dashboard for {_e(target.root)} on [bold]http://{args.host}:{args.port}/[/] (Ctrl-C stops it)")
     try:
         serve(target, host=args.host, port=args.port, tag=args.tag)
     except KeyboardInterrupt:
@@ -537,6 +643,7 @@ def cmd_demo(args) -> int:
     from .templates import program_md, write_template
     from .ui import Reporter, experiments_table
 
+    args.tag = check_tag(args.tag or "demo")
     dest = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="autoresearch-demo-"))
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty — give a new or empty directory")
@@ -545,9 +652,8 @@ def cmd_demo(args) -> int:
     target = load_target(dest)
     (dest / PROGRAM_NAME).write_text(program_md(target.spec, "the quickstart target"))
     _git_init_commit(dest, "autoresearch: the quickstart target")
-    console.print(f"[bold]autoresearch demo[/]: the quickstart target in {dest}, "
+    console.print(f"[bold]autoresearch demo[/]: the quickstart target in {_e(dest)}, "
                   f"{args.experiments} experiments with the offline optuna agent")
-    args.tag = args.tag or "demo"
     args.max_experiments = args.experiments
     reporter = Reporter(console, target.spec.metric, quiet=False)
     loop = build_loop(target, args, args.tag, reporter=reporter)
@@ -562,7 +668,8 @@ def cmd_demo(args) -> int:
     _print_summary(loop.ledger, args.tag, target)
     console.print(f"  target     {dest}\n  results    {target.results_path}\n  plot       {png}\n"
                   f"  ledger     {target.state_dir / 'ledger.db'}\n  logs       {loop.log_dir}\n"
-                  f"  branch     autoresearch/{args.tag} (git -C {dest} log --oneline autoresearch/{args.tag})")
+                  f"  branch     autoresearch/{args.tag} (git -C {dest} log --oneline autoresearch/{args.tag})",
+                  markup=False)
     return code
 
 
@@ -593,11 +700,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write autoresearch.toml and program.md (or a whole template)")
     p.add_argument("init_dir", nargs="?", metavar="DIR")
-    p.add_argument("--template", help="quickstart or nanochat")
+    p.add_argument("--template", help="quickstart, nanochat, sql, kernel, prompt, config or latency")
     p.add_argument("--editable", action="append", metavar="GLOB")
     p.add_argument("--locked", action="append", metavar="GLOB")
+    p.add_argument("--setup", metavar="CMD", help="run once per run before the baseline")
     p.add_argument("--run", metavar="CMD")
     p.add_argument("--evaluate", metavar="CMD")
+    p.add_argument("--constraint", action="append", metavar="EXPR",
+                   help="e.g. 'peak_vram_mb <= 60000' (repeatable)")
+    p.add_argument("--artifact", action="append", metavar="PATH",
+                   help="a file the run step writes for the evaluator (repeatable)")
     p.add_argument("--metric", metavar="NAME")
     p.add_argument("--direction", choices=["minimize", "maximize"], default="minimize")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS")
@@ -674,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except AutoresearchError as e:
         first, *rest = str(e).splitlines() or [type(e).__name__]
-        err_console.print(f"[bold red]error:[/] {first}", markup=True, highlight=False)
+        err_console.print(Text.assemble(("error:", "bold red"), " ", first), highlight=False)
         for line in rest:
             err_console.print(line, markup=False, highlight=False)
         return 1

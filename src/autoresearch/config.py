@@ -69,7 +69,12 @@ class _Strict(BaseModel):
 
 
 class SearchParam(_Strict):
-    """A range for one tunable constant, used by the optuna agent."""
+    """One parameter of the optuna agent: where it lives (a locator) and what it may take.
+
+    Without a locator the entry's name is a Python constant (`LR`, `_THRESHOLD`) or a dotted
+    keyword default / class attribute (`detect.threshold`, `Config.WIDTH`) of an editable file.
+    Without `low`/`high`/`choices` the range is chosen around the current value.
+    """
 
     low: float | None = None
     high: float | None = None
@@ -77,15 +82,34 @@ class SearchParam(_Strict):
     int_: bool = Field(False, alias="int")
     step: float | None = None
     choices: list[Any] | None = None
+    file: str | None = None            # the editable file the locator reads; default: every one
+    regex: str | None = None           # a regex whose one group is the value
+    marker: bool = False               # a `# ar: NAME` marker (also `--`, `//`, `;`, `/*`)
+    key: str | None = None             # a dotted key path in a TOML, YAML or JSON file
 
     @model_validator(mode="after")
     def _check(self) -> SearchParam:
+        located = [k for k in ("regex", "marker", "key") if getattr(self, k) not in (None, False)]
+        if len(located) > 1:
+            raise ValueError(f"give one locator, not {' and '.join(located)}")
+        if self.key is not None and self.file is None:
+            raise ValueError("'key' needs 'file' (the TOML, YAML or JSON file that holds it)")
+        if self.regex is not None:
+            try:
+                groups = re.compile(self.regex).groups
+            except re.error as e:
+                raise ValueError(f"'regex' does not compile ({e}) — fix the pattern") from None
+            if groups != 1:
+                raise ValueError(f"'regex' must have exactly one group around the value (it has "
+                                 f"{groups}) — use (?:...) for the others")
         if self.choices is not None:
             if not self.choices:
                 raise ValueError("'choices' must not be empty")
             return self
+        if self.low is None and self.high is None:
+            return self     # a range around the current value
         if self.low is None or self.high is None:
-            raise ValueError("needs 'low' and 'high' (or 'choices')")
+            raise ValueError("needs both 'low' and 'high' (or 'choices', or neither)")
         if not self.low < self.high:
             raise ValueError(f"'low' ({self.low:g}) must be below 'high' ({self.high:g})")
         if self.log and self.low <= 0:
@@ -128,11 +152,13 @@ class AgentSettings(_Strict):
     """[agent]: settings shared by every agent backend."""
 
     timeout: float = Field(900, gt=0)                 # seconds for one proposal
+    stall_timeout: float = Field(120, gt=0)           # CLI agents: seconds without progress before a kill
+    check: bool = True                                # one connectivity and auth check before the run
     max_consecutive_errors: int = Field(5, ge=1)
     context_chars: int = Field(48_000, ge=2_000)       # size budget of the prompt
     history_rows: int = Field(60, ge=1)
     max_retries: int = Field(4, ge=0)                 # HTTP retries with backoff
-    max_tokens: int = Field(8192, ge=256)
+    max_tokens: int | None = Field(None, ge=256)     # None: fit the server's context (agents/llm.py)
     temperature: float | None = None
     command: str | None = None                        # default for --agent command
     prices: dict[str, Price] = Field(default_factory=dict)
@@ -309,14 +335,67 @@ def load_target(start: Path | str | None = None) -> Target:
 
 def load_spec(path: Path) -> TargetSpec:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}: line {line}, column {col}: byte 0x{raw[e.start]:02x} is not UTF-8 "
+                          f"— TOML files must be UTF-8; re-save it as UTF-8 (e.g. iconv -f latin1 "
+                          f"-t utf-8)") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e} — fix the syntax at that line") from None
     return parse_spec(data, path)
+
+
+# directories never searched for editable files: tool state, caches, environments
+_WALK_SKIP = {".git", STATE_DIR, "__pycache__", ".pytest_cache", "node_modules", ".venv", "venv",
+              ".mypy_cache", ".ruff_cache", ".tox"}
+_WALK_LIMIT = 200_000      # files looked at before giving up on the check (a huge data directory)
+
+
+def target_files(root: Path) -> list[str]:
+    """Target-relative paths of the files under root (tool and cache directories skipped)."""
+    import os
+
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _WALK_SKIP)
+        rel = Path(dirpath).relative_to(root).as_posix()
+        for f in filenames:
+            out.append(f if rel == "." else f"{rel}/{f}")
+            if len(out) >= _WALK_LIMIT:
+                return out
+    return out
+
+
+def check_globs(spec: TargetSpec, root: Path, path: Path, files: list[str] | None = None) -> None:
+    """Refuse editable globs that give the agent nothing: one that matches no file, or only
+    locked ones. A typo here would run a whole night of proposals that can never be kept."""
+    from .globs import matches
+
+    files = target_files(root) if files is None else files
+    if len(files) >= _WALK_LIMIT:
+        return
+    locked = spec.locked_globs
+    for glob in spec.editable:
+        hit = [f for f in files if matches(f, [glob])]
+        if hit and any(not matches(f, locked) for f in hit):
+            continue
+        if hit:
+            raise ConfigError(f"{path}: editable glob {glob!r} matches only locked files "
+                              f"({', '.join(hit[:3])}) — the agent could change nothing through it; "
+                              f"remove it from 'locked' or fix the glob")
+        free = [f for f in files if not matches(f, locked)]
+        guess = difflib.get_close_matches(glob, free, n=1, cutoff=0.5)
+        hint = (f"did you mean {guess[0]!r}?" if guess else
+                "check the spelling and that the file is in the target directory")
+        raise ConfigError(f"{path}: editable glob {glob!r} matches no file under {root} — {hint}")
 
 
 def finite(x: float | None) -> bool:

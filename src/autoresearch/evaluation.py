@@ -548,8 +548,9 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
 
     value = metrics.get(job.metric)
     if value is None:
+        from .metrics import missing_metric_reason
         src = "evaluate" if job.evaluate else "run"
-        return finish(Outcome.CRASH, f"no '{job.metric}: <number>' line in the {src} step's output")
+        return finish(Outcome.CRASH, missing_metric_reason(job.metric, metrics, src))
     if not math.isfinite(value):
         return finish(Outcome.CRASH, f"metric {job.metric} is {value}")
     trained = metrics.get(job.training_seconds_metric or "")

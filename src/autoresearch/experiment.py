@@ -68,6 +68,7 @@ class Proposal:
     params: dict[str, Any] | None = None      # sampled values, for samplers such as Optuna
     usage: Usage = field(default_factory=Usage)
     notes: list[str] = field(default_factory=list)  # e.g. edits outside the editable files, dropped
+    refused: list[str] = field(default_factory=list)  # paths it edited that are not editable (dropped)
     agent_log: str | None = None              # path of the agent's saved transcript
 
 
@@ -80,6 +81,7 @@ class Outcome:
     metric: float | None
     reason: str = ""
     duplicate_of: int | None = None   # the proposal repeated this earlier experiment's files
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric it recorded (constraints)
 
 
 @dataclass

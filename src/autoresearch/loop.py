@@ -353,6 +353,7 @@ class Loop:
             finally:
                 if threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, old_term)
+                self._record_dropped_proposals()
                 self.ledger.clear_slots(self.tag)
         finally:
             self.executor.shutdown()
@@ -440,9 +441,63 @@ class Loop:
         return not self.stopping and self._baseline_ready()
 
     def total_cost(self) -> float:
+        """What the agent has cost: every recorded row, and proposals made ahead of time that
+        are ready but not taken yet (paid for all the same)."""
         r = self.ledger.db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM experiments WHERE tag = ?",
                                    (self.tag,)).fetchone()
-        return float(r[0])
+        return float(r[0]) + sum(_usage_of(p).cost_usd for p in self.pending_proposals
+                                 if p.future.done())
+
+    def _record_dropped_proposals(self) -> None:
+        """Every paid proposal is counted: those made ahead of time and dropped when the run
+        stops become rows with their usage. A ready proposal with a commit is an `interrupted`
+        candidate (pinned; a resumed run measures it); one still being made is stopped (close)
+        and, when it cost something, recorded as an `agent-error` row."""
+        if not self.pending_proposals:
+            return
+        pending, self.pending_proposals = list(self.pending_proposals), deque()
+        if any(not p.future.done() for p in pending):
+            self.agent.close()           # a CLI agent's running call is killed, not orphaned
+            wait([p.future for p in pending], timeout=8)   # a killed CLI answers within its grace
+        for p in pending:
+            usage = _usage_of(p)
+            if not (usage.cost_usd or usage.input_tokens or usage.output_tokens):
+                continue                 # an offline agent's proposal cost nothing
+            prepared = p.future.result() if p.future.done() and not p.future.exception() else None
+            cr = prepared.commit if prepared else None
+            why = "proposed ahead of time; the run stopped before it was measured"
+            try:
+                if (prepared is not None and cr is not None and cr.changed
+                        and cr.tree not in self.trees and all(self.editable(f) for f in cr.changed)):
+                    e = self.ledger.add_experiment(
+                        self.tag, kind="candidate", parent=p.base.commit_sha, commit_sha=cr.sha,
+                        tree_sha=cr.tree, agent=self.opt.agent_name,
+                        description=prepared.proposal.description, status=Status.INTERRUPTED,
+                        reason=why + " (a resumed run measures it)", params=prepared.proposal.params,
+                        seed=self.opt.seed, diff_added=prepared.added, diff_removed=prepared.removed,
+                        code_lines=prepared.lines, input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens, cost_usd=usage.cost_usd,
+                        notes="; ".join(prepared.proposal.notes), log_path=prepared.proposal.agent_log,
+                        finished=time.time())
+                    self.ratchet.pin(self.tag, e.seq, cr.sha)
+                else:
+                    error = p.future.exception() if p.future.done() else None
+                    detail = (error.reason if isinstance(error, AgentError) else
+                              "still being made" if not p.future.done() else "not usable")
+                    e = self.ledger.add_experiment(
+                        self.tag, kind="candidate", parent=p.base.commit_sha,
+                        agent=self.opt.agent_name,
+                        description=prepared.proposal.description if prepared else "(no proposal)",
+                        status=Status.AGENT_ERROR, reason=f"{why}; dropped ({detail})",
+                        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                        cost_usd=usage.cost_usd, finished=time.time(),
+                        log_path=(error.agent_log if isinstance(error, AgentError) else None) or (
+                            prepared.proposal.agent_log if prepared else None))
+            except AutoresearchError:
+                continue                 # a stopping run must not fail on its bookkeeping
+            if self.reporter:
+                self.reporter.finished(e, self.incumbent)
+        self._write_results()
 
     # -- dispatching -----------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -586,8 +641,12 @@ class Loop:
         dup_of = self.trees.get(cr.tree)
         if dup_of is not None or not cr.changed:
             earlier = self.ledger.get(dup_of) if dup_of else base
+            if proposal.refused:
+                self._refused_duplicate(proposal, base, earlier)
+                return
             self.agent.observe(proposal, Outcome(None, earlier.status, earlier.metric,
-                                                 reason="duplicate", duplicate_of=earlier.seq))
+                                                 reason="duplicate", duplicate_of=earlier.seq,
+                                                 metrics=earlier.metrics or {}))
             if duplicates + 1 >= MAX_DUPLICATES:
                 self._record_agent_error(base, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
                                          f"experiments", proposal.usage, proposal.agent_log)
@@ -608,7 +667,9 @@ class Loop:
         added, removed = prepared.added, prepared.removed
         status = Status.INVALID if outside else Status.RUNNING
         reason = (f"changes file(s) outside the editable globs: {', '.join(outside)}" if outside else "")
-        notes = "; ".join(proposal.notes)
+        # log_path becomes the run's log once it runs: the notes keep where the transcript is
+        notes = "; ".join(proposal.notes + ([f"agent transcript: {proposal.agent_log}"]
+                                            if proposal.agent_log else []))
         e = self.ledger.add_experiment(
             self.tag, kind="candidate", parent=base.commit_sha, commit_sha=cr.sha, tree_sha=cr.tree,
             agent=self.opt.agent_name, description=proposal.description, status=status,
@@ -626,6 +687,19 @@ class Loop:
         self.trees[cr.tree] = e.id
         self.proposals[e.id] = proposal
         self.queue.append(e.id)
+
+    def _refused_duplicate(self, proposal: Proposal, base: Experiment, earlier: Experiment) -> None:
+        """A proposal whose edits to locked files were dropped and whose rest repeats an earlier
+        experiment: refused, so it is an `invalid` row (not a silent duplicate)."""
+        reason = (f"edited file(s) that are not editable (dropped): {', '.join(proposal.refused)}; "
+                  f"the rest repeats experiment #{earlier.seq}")
+        self.consecutive_errors += 1
+        e = record_refused(self.ledger, self.tag, parent=base.commit_sha, agent=self.opt.agent_name,
+                           description=proposal.description, reason=reason, usage=proposal.usage,
+                           notes="; ".join(proposal.notes), log_path=proposal.agent_log)
+        self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
+        self._finished(e)
+        self._check_error_streak(reason)
 
     def _job_stub(self, e: Experiment | None = None, seed: int = 0) -> Job:
         assert self.run is not None
@@ -943,7 +1017,8 @@ class Loop:
             return
         values = self._sample(e).values
         metric = sum(values) / len(values) if values else e.metric
-        self.agent.observe(proposal, Outcome(e.id, e.status, metric, e.reason))
+        self.agent.observe(proposal, Outcome(e.id, e.status, metric, e.reason,
+                                             metrics=e.metrics or {}))
 
     def _finished(self, e: Experiment) -> None:
         self._write_results()
@@ -953,6 +1028,28 @@ class Loop:
     def _write_results(self) -> None:
         from .export import write_results_tsv
         write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path)
+
+
+def _usage_of(pending: _Pending) -> Usage:
+    """What a proposal on its way has cost so far: its proposal's usage, or its error's."""
+    if not pending.future.done():
+        return Usage()
+    error = pending.future.exception()
+    if error is None:
+        return pending.future.result().proposal.usage
+    return error.usage if isinstance(error, AgentError) else Usage()
+
+
+def record_refused(ledger: Ledger, tag: str, *, parent: str | None, agent: str, description: str,
+                   reason: str, usage: Usage | None = None, notes: str = "",
+                   log_path: str | None = None) -> Experiment:
+    """Every refused attempt is a ledger row: an `invalid` candidate that was never run."""
+    usage = usage or Usage()
+    return ledger.add_experiment(
+        tag, kind="candidate", parent=parent, agent=agent, description=description,
+        status=Status.INVALID, reason=reason, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, cost_usd=usage.cost_usd, notes=notes,
+        finished=time.time(), log_path=log_path)
 
 
 def _raise_interrupt(signum, frame):

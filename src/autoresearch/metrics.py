@@ -14,11 +14,12 @@ cheap pre-check.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 
-__all__ = ["MetricParser", "parse_line", "tail_lines"]
+__all__ = ["MetricParser", "missing_metric_reason", "parse_line", "tail_lines"]
 
 MAX_PROGRESS_POINTS = 10_000  # progress samples kept per run; denser output is subsampled
 
@@ -95,3 +96,23 @@ def tail_lines(path: str | os.PathLike[str], n: int = 50, max_bytes: int = 64_00
     if start > 0 and lines:
         lines = lines[1:]
     return lines[-n:]
+
+
+def missing_metric_reason(name: str, seen: dict[str, float], step: str) -> str:
+    """Why a run has no value for the metric: the metrics it did print, and the closest name.
+
+    `val_los` with `val_loss: 1.05` in the log reads: no 'val_los: <number>' line in the
+    evaluate step's output; metrics seen: val_loss 1.05 — did you mean 'val_loss'? ...
+    """
+    reason = f"no '{name}: <number>' line in the {step} step's output"
+    if not seen:
+        return reason + " (it printed no 'name: value' line at all)"
+    names = sorted(seen)
+    shown = ", ".join(f"{k} {seen[k]:g}" for k in names[:12]) + (" ..." if len(names) > 12 else "")
+    reason += f"; metrics seen: {shown}"
+    guess = difflib.get_close_matches(name, names, n=1, cutoff=0.6) or \
+        difflib.get_close_matches(name.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    if guess:
+        real = next(n for n in names if n.lower() == guess[0].lower())
+        reason += f" — did you mean '{real}'? (metric = \"{real}\" in autoresearch.toml)"
+    return reason

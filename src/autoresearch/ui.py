@@ -13,6 +13,8 @@ from rich.text import Text
 from .experiment import Status
 from .ledger import Experiment
 
+STATUS_WIDTH = max(len(s.value) for s in Status) + 1   # the longest status, then one space
+
 STATUS_STYLE = {
     Status.KEEP: "bold green", Status.DISCARD: "dim", Status.CRASH: "red", Status.TIMEOUT: "red",
     Status.OVER_BUDGET: "red",
@@ -69,7 +71,7 @@ class Reporter:
         style = STATUS_STYLE.get(e.status, "")
         line = Text()
         line.append(f"#{e.seq:<4}", style="bold")
-        line.append(f"{e.status.value:<11}", style=style)
+        line.append(f"{e.status.value:<{STATUS_WIDTH}}", style=style)
         line.append(f"{self.metric} {fmt_metric(e.metric):>10}  ")
         if best is not None and best.metric is not None:
             line.append(f"best {fmt_metric(best_value(best))} (#{best.seq})  ", style="dim")
@@ -111,5 +113,5 @@ def experiments_table(exps: list[Experiment], metric: str, title: str | None = N
             Status.PRUNED) else "")
         t.add_row(str(e.seq), Text(e.status.value, style=STATUS_STYLE.get(e.status, "")),
                   fmt_metric(e.metric), delta, f"{e.wall_time:.1f}s" if e.wall_time else "",
-                  (e.commit_sha or "")[:7], desc)
+                  (e.commit_sha or "")[:7], Text(desc))     # user text: never read as markup
     return t

@@ -80,5 +80,32 @@ class Agent(ABC):
     def resume(self, history: list[HistoryEntry]) -> None:  # noqa: B027
         """Rebuild internal state from the ledger after a restart. The default ignores it."""
 
+    def check(self) -> None:  # noqa: B027
+        """Before the run: one cheap call that proves the endpoint answers and accepts the key;
+        raise AgentConfigError with the server's message when it does not. The default does
+        nothing (offline agents)."""
+
     def close(self) -> None:  # noqa: B027
         """Release resources (servers, subprocesses)."""
+
+
+def save_agent_log(context: AgentContext, agent: str, text: str, ext: str) -> str | None:
+    """Write a transcript to the context's log directory as `proposal-NNNN.EXT`; its path.
+
+    Proposals are numbered in the order they were asked for. The number is not an experiment
+    number: a proposal made ahead of time may become any experiment, or none (the ledger row
+    links to its transcript, and `autoresearch show N` prints the path).
+    """
+    if context.log_dir is None:
+        return None
+    context.log_dir.mkdir(parents=True, exist_ok=True)
+    best = f", against best #{context.best.seq}" if context.best is not None else ""
+    for n in range(1, 1_000_000):
+        path = context.log_dir / f"proposal-{n:04d}.{ext}"
+        try:
+            with open(path, "x", encoding="utf-8") as f:     # exclusive: parallel proposals
+                f.write(f"# {agent}, proposal {n}{best}\n{text}")
+            return str(path)
+        except FileExistsError:
+            continue
+    return None

@@ -1,79 +1,53 @@
-"""`optuna`: the offline agent. Tunes the numeric constants of the editable files with TPE.
+"""`optuna`: the offline agent. Tunes parameters of any editable text file with TPE.
 
-The tunable constants are the top-level `UPPER_CASE = <int or float literal>` assignments of the
-editable Python files, or exactly the names of the toml's `[search]` table when it has one (with
-ranges, log scale, integer flags, steps or choices). Values are rewritten in place, literal by
-literal, so formatting and comments survive. Optuna runs in ask/tell mode with the baseline
-enqueued as its first trial; after a restart the study is rebuilt from the ledger.
+What it tunes (see `params.py` for the locators):
+- without a `[search]` table: the numeric top-level `UPPER_CASE` and `_PRIVATE_CASE` constants of
+  the editable Python files, each in a range around its current value;
+- with one: exactly its entries, each a Python name (a constant, or a keyword default / class
+  attribute by dotted path) or a span found by a regex, a `# ar: NAME` marker or a key path in a
+  TOML, YAML or JSON file. Choices may be alternative texts for a span.
+
+Values are rewritten in place, span by span, so formatting and comments survive. Optuna runs in
+ask/tell mode with the baseline enqueued as its first trial.
+
+Failures are failures: a crash, timeout, invalid or agent-error outcome is told as a FAILED trial,
+a pruned one as PRUNED, and a measured one that breaks a `constraints` entry is told with its
+constraint values (Optuna's `set_constraint`), so TPE ranks it below every feasible trial. Nothing
+that failed is ever told as a success. After a restart the study is rebuilt from the ledger with
+the same rule, from the recorded metrics, so the agent's view is the same as before the restart.
 """
 
 from __future__ import annotations
 
-import ast
 import math
-from dataclasses import dataclass
+import warnings
 from typing import Any
 
 import optuna
 
-from ..config import SearchParam, TargetSpec
+from ..config import Constraint, SearchParam, TargetSpec
 from ..errors import ConfigError
 from ..experiment import HistoryEntry, Outcome, Proposal, Status
-from .base import Agent, AgentContext
+from .base import Agent, AgentContext, AgentError
+from .params import (
+    Constant,
+    LocateError,
+    Param,
+    auto_params,
+    find_constants,
+    format_number,
+    resolve,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+__all__ = ["OptunaAgent", "constraint_values", "default_range", "distribution", "find_constants"]
 
-@dataclass
-class Constant:
-    name: str
-    path: str
-    value: int | float
-    line: int          # 1-based
-    col: int           # start column of the literal (including a leading minus)
-    end_col: int
-
-    @property
-    def is_int(self) -> bool:
-        return isinstance(self.value, int)
-
-
-def _literal(node: ast.AST) -> int | float | None:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-            and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float)):
-        return -node.operand.value
-    return None
-
-
-def find_constants(path: str, source: str) -> list[Constant]:
-    """Top-level UPPER_CASE assignments of int/float literals (single-line ones)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    found = []
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        else:
-            continue
-        if not (isinstance(target, ast.Name) and target.id.isupper() and target.id[0].isalpha()):
-            continue
-        lit = _literal(value)
-        if lit is None or value.lineno != value.end_lineno or isinstance(lit, bool):
-            continue
-        found.append(Constant(target.id, path, lit, value.lineno, value.col_offset, value.end_col_offset))
-    return found
-
-
-def default_range(c: Constant) -> SearchParam:
+def default_range(c: Constant | int | float) -> SearchParam:
     """A search range around the current value when the toml gives none."""
-    v = c.value
-    if c.is_int:
+    v = c.value if isinstance(c, Constant) else c
+    if isinstance(v, int):
         if v <= 0:
             return SearchParam(low=0, high=max(8, abs(v) * 4), **{"int": True})
         low, high = max(1, v // 4), max(v * 4, v + 4)
@@ -99,29 +73,38 @@ def distribution(p: SearchParam) -> optuna.distributions.BaseDistribution:
                                                   step=None if p.log else p.step)
 
 
-def format_value(value: Any, was_int: bool) -> str:
-    if isinstance(value, bool) or isinstance(value, str):
-        return repr(value)
-    if was_int or isinstance(value, int):
-        return str(int(round(value)))
-    if value == 0:
-        return "0.0"
-    text = f"{value:.4g}"
-    if "e" not in text and "." not in text:
-        text += ".0"
-    return text
+def constraint_values(constraints: list[Constraint], metrics: dict[str, float]) -> dict[str, float]:
+    """Optuna's convention: <= 0 is feasible; the size of a violation when positive.
 
-
-def rewrite(source: str, constants: list[Constant], values: dict[str, Any]) -> str:
-    lines = source.splitlines(keepends=True)
-    for c in sorted(constants, key=lambda c: (c.line, c.col), reverse=True):
-        if c.name not in values:
+    A metric that was not recorded violates its constraint (by 1, as the loop discards it).
+    """
+    out: dict[str, float] = {}
+    for c in constraints:
+        v = metrics.get(c.metric)
+        if v is None or not math.isfinite(v):
+            out[str(c)] = 1.0
             continue
-        line = lines[c.line - 1]
-        raw = line.encode("utf-8")  # ast offsets are in bytes
-        new = format_value(values[c.name], c.is_int).encode()
-        lines[c.line - 1] = (raw[: c.col] + new + raw[c.end_col:]).decode("utf-8")
-    return "".join(lines)
+        if c.op in ("<=", "<"):
+            gap = v - c.bound
+        elif c.op in (">=", ">"):
+            gap = c.bound - v
+        elif c.op == "==":
+            gap = abs(v - c.bound)
+        else:
+            gap = -1.0 if v != c.bound else 1.0
+        if c.check({c.metric: v}) is not None:
+            gap = max(gap, 1e-12)       # strict operators at the bound, == off by rounding
+        else:
+            gap = min(gap, 0.0)
+        out[str(c)] = gap
+    return out
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str):
+        one = " ".join(value.split())
+        return repr(one if len(one) <= 40 else one[:37] + "...")
+    return format_number(value, False)
 
 
 class OptunaAgent(Agent):
@@ -130,34 +113,35 @@ class OptunaAgent(Agent):
 
     def __init__(self, spec: TargetSpec, files: dict[str, str], seed: int = 0):
         self.spec = spec
-        self.constants: dict[str, Constant] = {}
-        for path in sorted(files):
-            if not path.endswith(".py"):
-                continue
-            for c in find_constants(path, files[path]):
-                self.constants.setdefault(c.name, c)
+        self.constraints = spec.parsed_constraints
         if spec.search:
-            missing = [n for n in spec.search if n not in self.constants]
-            if missing:
-                raise ConfigError(
-                    f"autoresearch.toml: [search] names {', '.join(missing)}, which no editable file "
-                    f"assigns as a top-level numeric constant — fix the name or the file")
-            self.ranges = {n: spec.search[n] for n in spec.search}
+            self.params: dict[str, Param] = {n: resolve(n, e, files) for n, e in spec.search.items()}
+            self.ranges = {n: (e if e.choices is not None or e.low is not None
+                               else self._default(n)) for n, e in spec.search.items()}
         else:
-            self.ranges = {n: default_range(c) for n, c in self.constants.items()}
+            self.params = auto_params(files)
+            self.ranges = {n: self._default(n) for n in self.params}
         if not self.ranges:
             raise ConfigError(
                 "the optuna agent found no tunable constants: the editable files have no top-level "
-                "UPPER_CASE = <number> assignments — add some, add a [search] table, or use another --agent")
+                "UPPER_CASE = <number> assignments — add some, add a [search] table with locators "
+                "(regex, marker or key; see the README), or use another --agent")
         self.distributions = {n: distribution(p) for n, p in self.ranges.items()}
         self.study = optuna.create_study(
             direction=spec.direction,
             sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
                                                n_startup_trials=min(10, 2 * len(self.ranges) + 2)))
         self._trials: dict[int, optuna.trial.Trial] = {}   # id(proposal) -> trial
-        self._baseline = {n: self.constants[n].value for n in self.ranges
-                          if self._in_range(n, self.constants[n].value)}
+        self._baseline = {n: p.value for n, p in self.params.items()
+                          if self._in_range(n, p.value)}
         self._enqueued = False
+
+    def _default(self, name: str) -> SearchParam:
+        value = self.params[name].value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"autoresearch.toml: [search] {name}: its value is {value!r}, not a "
+                              f"number — give choices = [...]")
+        return default_range(value)
 
     def _in_range(self, name: str, value: Any) -> bool:
         try:
@@ -165,26 +149,47 @@ class OptunaAgent(Agent):
         except Exception:
             return False
 
+    # -- telling ---------------------------------------------------------------------------------
+    def _verdict(self, status: Status, metric: float | None, metrics: dict[str, float]
+                 ) -> tuple[optuna.trial.TrialState, float | None, dict[str, float]]:
+        """How an outcome is told to TPE: failures fail, constraint breaches are infeasible."""
+        if status == Status.PRUNED:
+            return optuna.trial.TrialState.PRUNED, None, {}
+        if status.failed or metric is None or not math.isfinite(metric):
+            return optuna.trial.TrialState.FAIL, None, {}
+        cons = constraint_values(self.constraints, metrics) if self.constraints else {}
+        return optuna.trial.TrialState.COMPLETE, metric, cons
+
+    def _tell(self, trial: optuna.trial.Trial, status: Status, metric: float | None,
+              metrics: dict[str, float]) -> None:
+        state, value, cons = self._verdict(status, metric, metrics)
+        for key, v in cons.items():
+            trial.set_constraint(key, v)
+        if state == optuna.trial.TrialState.COMPLETE:
+            self.study.tell(trial, value)
+        else:
+            self.study.tell(trial, state=state)
+
     def resume(self, history: list[HistoryEntry]) -> None:
         for h in history:
             # rebases and repeats re-measure an earlier proposal: one trial per proposal
             if not h.params or h.candidate_of is not None or h.status in (
-                    Status.PENDING, Status.RUNNING, Status.REPEAT):
+                    Status.PENDING, Status.RUNNING, Status.REPEAT, Status.INTERRUPTED):
                 continue
             params = {k: v for k, v in h.params.items() if k in self.distributions
                       and self._in_range(k, v)}
             if len(params) != len(self.distributions):
                 continue
-            state = (optuna.trial.TrialState.COMPLETE if h.metric is not None and math.isfinite(h.metric)
-                     else optuna.trial.TrialState.FAIL)
+            state, value, cons = self._verdict(h.status, h.metric, h.metrics)
             self.study.add_trial(optuna.trial.create_trial(
-                params=params, distributions=self.distributions, state=state,
-                value=h.metric if state == optuna.trial.TrialState.COMPLETE else None))
+                params=params, distributions=self.distributions, state=state, value=value,
+                constraints=cons or None))
         self._enqueued = True  # the baseline was measured in the earlier session
 
     def baseline_params(self) -> dict[str, Any]:
-        return {n: self.constants[n].value for n in self.ranges}
+        return {n: p.value for n, p in self.params.items() if n in self.ranges}
 
+    # -- asking ----------------------------------------------------------------------------------
     def propose(self, context: AgentContext) -> Proposal:
         if not self._enqueued and len(self._baseline) == len(self.ranges):
             # the baseline's own values as the first trial, so TPE knows where it started
@@ -193,38 +198,36 @@ class OptunaAgent(Agent):
         trial = self.study.ask(self.distributions)
         if trial.params == self._baseline and len(self.study.trials) == 1:
             # that enqueued trial *is* the baseline; the harness measured it already
-            self._trials[-1] = trial
             return self._tell_baseline_and_retry(context, trial)
         return self._proposal(context, trial)
 
     def _tell_baseline_and_retry(self, context: AgentContext, trial: optuna.trial.Trial) -> Proposal:
-        base = next((h for h in context.history if h.seq == 1 and h.metric is not None), None)
-        if base is not None:
-            self.study.tell(trial, base.metric)
+        base = next((h for h in context.history if h.seq == 1), None)
+        if base is not None and base.metric is not None:
+            self._tell(trial, base.status, base.metric, base.metrics)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return self._proposal(context, self.study.ask(self.distributions))
 
     def _proposal(self, context: AgentContext, trial: optuna.trial.Trial) -> Proposal:
         values = trial.params
-        current = {}
-        by_file: dict[str, list[Constant]] = {}
-        for name in values:
-            c = self.constants[name]
-            by_file.setdefault(c.path, []).append(c)
-        files = {}
-        for path, consts in by_file.items():
-            source = context.files.get(path)
+        files: dict[str, str] = {}
+        changed = []
+        for name, value in values.items():
+            loc = self.params[name].locator
+            source = files.get(loc.path, context.files.get(loc.path))
             if source is None:
                 continue
-            # positions may have moved since the baseline (another kept change): re-find them
-            fresh = {c.name: c for c in find_constants(path, source)}
-            live = [fresh[c.name] for c in consts if c.name in fresh]
-            current.update({c.name: c.value for c in live})
-            files[path] = rewrite(source, live, values)
-        changed = [f"{n}={format_value(values[n], self.constants[n].is_int)}"
-                   for n in values if n in current and format_value(values[n], self.constants[n].is_int)
-                   != format_value(current[n], self.constants[n].is_int)]
+            try:
+                before = loc.read(source)
+                files[loc.path] = loc.write(source, value)
+            except LocateError as e:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise AgentError(f"[search] {name}: {e}") from None
+            if _short(before) != _short(value if not loc.is_int or isinstance(value, str)
+                                        else int(round(value))):
+                changed.append(f"{name}={_short(value)}")
+        files = {p: s for p, s in files.items() if s != context.files.get(p)}
         description = "set " + ", ".join(changed) if changed else "re-sample the current values"
         proposal = Proposal(description=description, files=files, params=dict(values))
         self._trials[id(proposal)] = trial
@@ -234,9 +237,4 @@ class OptunaAgent(Agent):
         trial = self._trials.pop(id(proposal), None)
         if trial is None:
             return
-        if outcome.metric is not None and math.isfinite(outcome.metric):
-            self.study.tell(trial, outcome.metric)
-        elif outcome.status == Status.PRUNED:
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self._tell(trial, outcome.status, outcome.metric, outcome.metrics)

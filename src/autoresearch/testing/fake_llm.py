@@ -13,25 +13,38 @@ error format. Every request takes the next step of the script:
     {"raw": "not json", "status": 200}                      a malformed body
     {"drop": true}                                          close the connection unanswered
 
+`GET /v1/models` lists one model (`model`, default "fake"), checks the key like every request,
+and with `context_length=N` gives it vLLM's `max_model_len`; a request whose prompt (about 4
+characters a token) plus `max_tokens` exceeds N is then refused with vLLM's 400 "maximum context
+length" error. `models=False` serves no model list (404), as some gateways do.
+
+Instead of a script, a `responder` (a function of the request body that returns a step) can
+answer every request: a stand-in model for offline runs of an evaluator that calls an LLM (the
+`prompt` template's toy_model.py is one). An exception in it is a 500 answer.
+
 Requests are recorded (`server.requests`) so tests can assert what was sent. From the shell:
 
     python -m autoresearch.testing.fake_llm --openai --script steps.json --port 8000
+    python -m autoresearch.testing.fake_llm --openai --responder toy_model:respond --port 8000
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=x autoresearch run --agent openai:fake
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 Step = str | dict[str, Any]
+Responder = Callable[[dict[str, Any]], Step]
 
 _OPENAI_ERRORS = {400: ("invalid_request_error", None), 401: ("invalid_request_error", "invalid_api_key"),
                   404: ("invalid_request_error", "model_not_found"),
@@ -69,8 +82,13 @@ class _FakeServer:
     path = "/"
 
     def __init__(self, script: list[Step], *, port: int = 0, api_key: str | None = None,
-                 loop: bool = False):
+                 loop: bool = False, context_length: int | None = None, model: str = "fake",
+                 models: bool = True, responder: Responder | None = None):
+        self.context_length = context_length
+        self.model = model
+        self.models = models
         self.script = list(script)
+        self.responder = responder
         self.loop = loop
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
@@ -112,6 +130,18 @@ class _FakeServer:
             self._next += 1
             return step
 
+    def _too_long(self, body: dict) -> str | None:
+        """vLLM's refusal when prompt + max_tokens exceed the context; None when it fits."""
+        if not self.context_length:
+            return None
+        prompt = _tokens(_prompt_text(body.get("messages", [])) + str(body.get("system") or ""))
+        answer = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        if prompt + answer <= self.context_length:
+            return None
+        return (f"This model's maximum context length is {self.context_length} tokens. However, you "
+                f"requested {prompt + answer} tokens ({prompt} in the messages, {answer} in the "
+                f"completion). Please reduce the length of the messages or completion.")
+
     # -- wire format, per API ---------------------------------------------------------------
     def _authorized(self, headers) -> bool:
         raise NotImplementedError
@@ -143,9 +173,20 @@ class _FakeServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [
-                        {"id": "fake", "object": "model", "created": 0, "owned_by": "autoresearch"}]})
+                with server._lock:
+                    server.requests.append({"path": self.path, "method": "GET", "body": None,
+                                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                                            "time": time.time()})
+                if self.path.split("?")[0].rstrip("/").endswith("/models") and server.models:
+                    if not server._authorized(self.headers):
+                        self._send(401, server._error(401, "invalid API key"))
+                        return
+                    entry = {"id": server.model, "object": "model", "created": 0,
+                             "owned_by": "autoresearch", "type": "model", "display_name": server.model}
+                    if server.context_length:
+                        entry["max_model_len"] = server.context_length
+                    self._send(200, {"object": "list", "data": [entry], "has_more": False,
+                                     "first_id": server.model, "last_id": server.model})
                 else:
                     self._send(404, server._error(404, f"no route GET {self.path}"))
 
@@ -158,8 +199,9 @@ class _FakeServer:
                     self._send(400, server._error(400, "the request body is not JSON"))
                     return
                 with server._lock:
-                    server.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                            "body": body, "time": time.time()})
+                    server.requests.append({"path": self.path, "method": "POST", "body": body,
+                                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                                            "time": time.time()})
                 if self.path.split("?")[0].rstrip("/") != server.path:
                     self._send(404, server._error(404, f"no route POST {self.path}; this fake serves {server.path}"))
                     return
@@ -169,13 +211,24 @@ class _FakeServer:
                 if body.get("stream"):
                     self._send(400, server._error(400, "this fake server does not stream; send stream=false"))
                     return
-                step = server._take()
+                if server.responder is not None:
+                    try:
+                        step = server.responder(body)
+                    except Exception as e:
+                        self._send(500, server._error(500, f"responder failed: {type(e).__name__}: {e}"))
+                        return
+                else:
+                    step = server._take()
                 if step is None:
                     self._send(400, server._error(
                         400, f"the fake server's script is exhausted after {len(server.script)} steps"))
                     return
                 if isinstance(step, str):
                     step = {"reply": step}
+                too_long = server._too_long(body)
+                if too_long:
+                    self._send(400, server._error(400, too_long))
+                    return
                 if step.get("delay"):
                     time.sleep(float(step["delay"]))
                 if step.get("drop"):
@@ -261,7 +314,9 @@ class FakeAnthropicServer(_FakeServer):
         return {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": self.api_key or "fake-key"}
 
     def _authorized(self, headers) -> bool:
-        return self.api_key is None or headers.get("x-api-key") == self.api_key
+        # the API key, or the same as a bearer token (what the SDK sends for some calls)
+        return self.api_key is None or self.api_key in (headers.get("x-api-key"),
+                                                        (headers.get("Authorization") or "")[7:])
 
     def _error(self, status: int, message: str) -> dict:
         etype = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
@@ -292,13 +347,28 @@ def main(argv: list[str] | None = None) -> int:
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--openai", action="store_true", help="OpenAI Chat Completions (/v1/chat/completions)")
     which.add_argument("--anthropic", action="store_true", help="Anthropic Messages (/v1/messages)")
-    ap.add_argument("--script", required=True, help="JSON list or JSON Lines of steps")
+    ap.add_argument("--script", help="JSON list or JSON Lines of steps")
+    ap.add_argument("--responder", metavar="MODULE:FUNCTION",
+                    help="answer every request with FUNCTION(body) instead of a script")
     ap.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ap.add_argument("--api-key", default=None, help="require this key (default: accept any)")
     ap.add_argument("--loop", action="store_true", help="start the script again when it runs out")
+    ap.add_argument("--context-length", type=int, help="the model's context, tokens (vLLM-style)")
     args = ap.parse_args(argv)
+    if (args.script is None) == (args.responder is None):
+        ap.error("give exactly one of --script and --responder")
+    responder = None
+    if args.responder:
+        module, _, func = args.responder.partition(":")
+        sys.path.insert(0, str(Path.cwd()))
+        try:
+            responder = getattr(importlib.import_module(module), func or "respond")
+        except (ImportError, AttributeError) as e:
+            ap.error(f"--responder {args.responder}: {e}")
     cls = FakeOpenAIServer if args.openai else FakeAnthropicServer
-    server = cls(load_script(args.script), port=args.port, api_key=args.api_key, loop=args.loop)
+    server = cls(load_script(args.script) if args.script else [], port=args.port,
+                 api_key=args.api_key, loop=args.loop, context_length=args.context_length,
+                 responder=responder)
     server.start()
     for k, v in server.env().items():
         print(f"export {k}={v}", flush=True)

@@ -19,11 +19,12 @@ Environment (all optional):
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import io
 import json
 import math
 import os
-import pickle
 import random
 import re
 import socket
@@ -34,7 +35,7 @@ import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,47 +50,171 @@ TIME_BUDGET = 300            # seconds of training (AUTORESEARCH_BUDGET_SECONDS 
 
 
 @dataclass(frozen=True)
-class Profile:
+class Scale:
+    """What the metric depends on: runs compare only within one scale."""
     name: str
     seq_len: int             # tokens per row, training and evaluation
     eval_tokens: int         # validation tokens scored per evaluation
-    eval_batch: int          # rows per evaluation forward pass
     vocab_size: int          # BPE vocabulary, special tokens included
     tokenizer_chars: int     # characters of training text the BPE is trained on
     train_shards: int        # ClimbMix training shards downloaded by default
     offline_chars: int       # size cap of the offline corpus, characters
-    compile: bool            # torch.compile the model (CUDA only)
-    autocast: bool           # bf16 autocast
-    peak_flops: float        # bf16 peak of the reference device, for MFU (0: not reported)
 
 
-PROFILES = {
-    # the original's scale on one H100
-    "cuda": Profile("cuda", 2048, 40 * 524288, 32, 8192, 1_000_000_000, 10, 1 << 62,
-                    True, True, 989.5e12),
-    # Apple silicon, sized as the small-hardware forks did
-    "mps": Profile("mps", 256, 2**17, 64, 4096, 50_000_000, 2, 60_000_000, False, False, 0.0),
-    # CPU and CI: a tiny model that still learns within 20 s on two cores
-    "cpu": Profile("cpu", 256, 2**15, 32, 2048, 2_000_000, 1, 6_000_000, False, False, 0.0),
+SCALES = {
+    # the original's constants: MAX_SEQ_LEN 2048, EVAL_TOKENS 40 * 524288, vocab 8192
+    "gpu": Scale("gpu", 2048, 40 * 524288, 8192, 1_000_000_000, 10, 1 << 62),
+    # the original README's advice for small machines: shorter rows, smaller vocab, fewer tokens
+    "mps": Scale("mps", 256, 2**17, 4096, 50_000_000, 2, 60_000_000),
+    "cpu": Scale("cpu", 256, 2**15, 2048, 2_000_000, 1, 6_000_000),
 }
 
 
+@dataclass(frozen=True)
+class Profile:
+    """How this machine runs the scale: precision, attention, compilation, batch."""
+    name: str
+    scale: Scale
+    device: str              # cuda | mps | cpu
+    dtype: str               # autocast dtype: bfloat16 | float16 | float32 (no autocast)
+    attention: str           # flex (windows by flex attention, full layers by SDPA) | sdpa
+    compile: bool            # torch.compile the model and the optimizer steps
+    device_batch: int        # rows per micro-step in train.py's baseline
+    eval_batch: int          # rows per evaluation call
+    peak_flops: float        # peak of this device at `dtype`, for MFU (0: not reported)
+    threads: int             # CPU threads (0: PyTorch's default)
+    reason: str              # why this profile (and thread count) was chosen
+
+    @property
+    def seq_len(self) -> int:
+        return self.scale.seq_len
+
+    @property
+    def eval_tokens(self) -> int:
+        return self.scale.eval_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        return self.scale.vocab_size
+
+    @property
+    def autocast(self) -> bool:
+        return self.dtype != "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+PROFILE_NAMES = ("h100", "consumer", "legacy", "mps", "cpu")
+# dense peak FLOPs at bf16/fp16 by device name (MFU is reported against the device's own peak)
+PEAK_FLOPS = {"H200": 989.5e12, "H100": 989.5e12, "A100": 312e12, "A10": 125e12,
+              "L40": 181e12, "4090": 165.2e12, "4080": 97.5e12, "3090": 71e12, "3080": 59.5e12,
+              "A6000": 154.8e12, "V100": 125e12, "T4": 65e12}
+
+
+def _peak_flops(device_name: str) -> float:
+    for key, flops in PEAK_FLOPS.items():
+        if key in device_name:
+            return flops
+    return 0.0
+
+
+def _rows_for_memory(gib: float) -> int:
+    """Rows of 2048 tokens per micro-step: the original's 128 rows use about 45 GB."""
+    for need, rows in ((70, 128), (36, 64), (20, 32), (12, 16)):
+        if gib >= need:
+            return rows
+    return 8
+
+
+def _cpu_threads() -> tuple[int, str]:
+    """Threads for the CPU profile. OpenMP threads spin while they wait for each other; on
+    cores other jobs also use, that costs far more than it gains (one thread ran 4.6x faster
+    than two on a loaded 2-core machine). So use the cores left idle by the current load."""
+    explicit = os.environ.get("AUTORESEARCH_CPU_THREADS", "").strip()
+    if explicit:
+        return max(1, int(explicit)), "AUTORESEARCH_CPU_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    idle = max(1, min(8, int(cores - load + 0.5)))
+    return idle, f"{cores} cores, load {load:.1f}: threads = idle cores (at most 8)"
+
+
+def make_profile(name: str) -> Profile:
+    """The profile called `name`, sized for this machine's device. With
+    AUTORESEARCH_NANOCHAT_COMPILE=0 nothing is compiled (the evaluator's model hosts)."""
+    profile = _make_profile(name)
+    if os.environ.get("AUTORESEARCH_NANOCHAT_COMPILE", "").strip() == "0":
+        profile = replace(profile, compile=False)
+    return profile
+
+
+def _make_profile(name: str) -> Profile:
+    if name in ("h100", "consumer", "legacy"):
+        props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+        gib = props.total_memory / 2**30 if props else 80.0
+        cap = (props.major, props.minor) if props else (9, 0)
+        dev = props.name if props else "no CUDA device"
+        where = f"{dev}, capability {cap[0]}.{cap[1]}, {gib:.0f} GiB"
+        scale = SCALES["gpu"]
+        if name == "legacy":  # before Ampere: no bf16, no flex attention
+            dtype = "float16" if cap >= (7, 0) else "float32"
+            return Profile(name, scale, "cuda", dtype, "sdpa", cap >= (7, 0),
+                           _rows_for_memory(gib), 8, _peak_flops(dev), 0,
+                           f"{where}: {dtype}, SDPA with precomputed window masks")
+        rows = _rows_for_memory(gib)
+        # AUTORESEARCH_NANOCHAT_ATTENTION=sdpa: masked SDPA for the windows where flex fails
+        attn = os.environ.get("AUTORESEARCH_NANOCHAT_ATTENTION", "").strip().lower() or "flex"
+        if attn not in ("flex", "sdpa"):
+            sys.exit(f"AUTORESEARCH_NANOCHAT_ATTENTION={attn!r}: choose flex or sdpa")
+        how = ("flex attention for windows" if attn == "flex" else "SDPA with window masks")
+        if name == "h100":
+            return Profile(name, scale, "cuda", "bfloat16", attn, True, max(rows, 64), 32,
+                           _peak_flops(dev) or 989.5e12, 0,
+                           f"{where}: bf16, {how}, SDPA for full layers")
+        return Profile(name, scale, "cuda", "bfloat16", attn, True, rows, 8, _peak_flops(dev),
+                       0, f"{where}: bf16, {how}, {rows} rows per micro-step with gradient "
+                          f"accumulation")
+    if name == "mps":
+        return Profile(name, SCALES["mps"], "mps", "float32", "sdpa", False, 32, 16, 0.0, 0,
+                       "Apple silicon: float32, SDPA, eager")
+    if name == "cpu":
+        threads, why = _cpu_threads()
+        return Profile(name, SCALES["cpu"], "cpu", "float32", "sdpa", False, 16, 32, 0.0,
+                       threads, f"CPU: float32, SDPA, eager; {threads} thread(s) ({why})")
+    raise ValueError(name)
+
+
 def detect_profile() -> Profile:
-    name = os.environ.get("AUTORESEARCH_PROFILE", "").strip().lower()
+    """AUTORESEARCH_NANOCHAT_PROFILE (or AUTORESEARCH_PROFILE), else by device and memory:
+    Ampere or newer with at least 36 GiB (A100, H100, H200) -> h100; smaller Ampere/Ada cards
+    -> consumer; older CUDA cards -> legacy; Apple -> mps; else cpu."""
+    name = (os.environ.get("AUTORESEARCH_NANOCHAT_PROFILE")
+            or os.environ.get("AUTORESEARCH_PROFILE", "")).strip().lower()
+    if name == "cuda":  # the name before profiles were split by device
+        name = ""
     if not name:
         if torch.cuda.is_available():
-            name = "cuda"
+            props = torch.cuda.get_device_properties(0)
+            if props.major < 8:
+                name = "legacy"
+            else:
+                name = "h100" if props.total_memory / 2**30 >= 36 else "consumer"
         elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             name = "mps"
         else:
             name = "cpu"
-    if name not in PROFILES:
-        sys.exit(f"AUTORESEARCH_PROFILE={name!r}: choose one of {', '.join(PROFILES)}")
-    return PROFILES[name]
+    if name not in PROFILE_NAMES:
+        sys.exit(f"AUTORESEARCH_NANOCHAT_PROFILE={name!r}: choose one of "
+                 f"{', '.join(PROFILE_NAMES)}")
+    return make_profile(name)
 
 
 PROFILE = detect_profile()
-DEVICE = PROFILE.name
+if PROFILE.threads:
+    torch.set_num_threads(PROFILE.threads)
+DEVICE = PROFILE.device
 MAX_SEQ_LEN = PROFILE.seq_len
 EVAL_TOKENS = PROFILE.eval_tokens
 VOCAB_SIZE = PROFILE.vocab_size
@@ -134,7 +259,7 @@ def tokenizer_dir(source: str, vocab_size: int = VOCAB_SIZE) -> Path:
 
 
 def manifest_path(profile: Profile = PROFILE) -> Path:
-    return cache_root() / f"prepared-{profile.name}.json"
+    return cache_root() / f"prepared-{profile.scale.name}.json"
 
 
 def shard_name(index: int) -> str:
@@ -272,7 +397,7 @@ def prepare_offline(profile: Profile) -> None:
     if (out / "val.parquet").exists():
         print(f"Data: offline corpus cached in {out}", flush=True)
         return
-    train, val = offline_documents(profile.offline_chars)
+    train, val = offline_documents(profile.scale.offline_chars)
     _write_split(out, train, val)
     print(f"Data: offline corpus from the standard library: {len(train)} train and "
           f"{len(val)} val documents in {out}", flush=True)
@@ -318,8 +443,11 @@ def iter_texts(paths: list[Path], cycle: bool, doc_cap: int | None = None):
         epoch += 1
 
 # ---------------------------------------------------------------------------
-# Tokenizer: BPE trained with rustbpe, used through tiktoken
+# Tokenizer: BPE (rustbpe, or a pure-Python trainer without it), used through tiktoken
 # ---------------------------------------------------------------------------
+
+TOKENIZER_FILE = "tokenizer.json"    # pattern, special tokens, ranks (base64): no pickle
+TOKEN_BYTES_FILE = "token_bytes.pt"  # int32 bytes per token, the original's rule
 
 
 class Tokenizer:
@@ -331,12 +459,16 @@ class Tokenizer:
 
     @classmethod
     def from_directory(cls, directory: Path | None = None) -> Tokenizer:
-        import tiktoken
         directory = Path(directory or tokenizer_dir(data_source()))
-        with open(directory / "tokenizer.pkl", "rb") as f:
-            spec = pickle.load(f)
+        return cls.from_bytes((directory / TOKENIZER_FILE).read_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Tokenizer:
+        import tiktoken
+        spec = json.loads(data)
+        ranks = {base64.b64decode(tok): i for i, tok in enumerate(spec["ranks"])}
         enc = tiktoken.Encoding(name="nanochat-bpe", pat_str=spec["pattern"],
-                                mergeable_ranks=spec["ranks"], special_tokens=spec["special"])
+                                mergeable_ranks=ranks, special_tokens=spec["special"])
         return cls(enc)
 
     def get_vocab_size(self) -> int:
@@ -356,14 +488,99 @@ class Tokenizer:
         return self.enc.decode(ids)
 
 
+def token_bytes_table(tok: Tokenizer) -> torch.Tensor:
+    """The original's bytes per token: special tokens 0, every other token the UTF-8 length
+    of its *decoded string*, so a token holding part of a character counts as U+FFFD (3 bytes
+    per invalid sequence), not as its raw bytes."""
+    special = set(SPECIAL_TOKENS)
+    out = []
+    for i in range(tok.get_vocab_size()):
+        text = tok.enc.decode([i])
+        out.append(0 if text in special else len(text.encode("utf-8")))
+    return torch.tensor(out, dtype=torch.int32)
+
+
+def token_raw_bytes_table(tok: Tokenizer) -> torch.Tensor:
+    """Bytes each token stands for in the text (0 for special tokens): the true-byte count."""
+    special = set(tok.enc.special_tokens_set)
+    return torch.tensor([0 if tok.enc.decode([i]) in special
+                         else len(tok.enc.decode_single_token_bytes(i))
+                         for i in range(tok.get_vocab_size())], dtype=torch.int32)
+
+
+def train_bpe_python(texts, vocab_size: int, pattern: str) -> list[bytes]:
+    """Byte-level BPE in pure Python, for machines without rustbpe: split by `pattern`, count
+    the chunks, then merge the most frequent adjacent pair `vocab_size - 256` times, updating
+    pair counts incrementally (only the words holding the merged pair are touched). Ties go to
+    the smallest pair. Returns the tokens in rank order (the 256 bytes first)."""
+    import heapq
+    from collections import Counter, defaultdict
+
+    import regex
+    pat = regex.compile(pattern)
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(pat.findall(text))
+    words = [list(w.encode("utf-8")) for w in counts]
+    freqs = list(counts.values())
+    vocab = [bytes([b]) for b in range(256)]
+    pairs: dict = defaultdict(int)
+    where: dict = defaultdict(set)
+    for wi, w in enumerate(words):
+        for a, b in zip(w, w[1:], strict=False):
+            pairs[a, b] += freqs[wi]
+            where[a, b].add(wi)
+    heap = [(-c, p) for p, c in pairs.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -neg or neg == 0:
+            continue  # stale entry
+        new = len(vocab)
+        vocab.append(vocab[pair[0]] + vocab[pair[1]])
+        changed = set()
+        for wi in where.pop(pair, ()):
+            w, f = words[wi], freqs[wi]
+            for a, b in zip(w, w[1:], strict=False):
+                pairs[a, b] -= f
+                changed.add((a, b))
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == pair[0] and w[i + 1] == pair[1]:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[wi] = out
+            for a, b in zip(out, out[1:], strict=False):
+                pairs[a, b] += f
+                where[a, b].add(wi)
+                changed.add((a, b))
+        pairs.pop(pair, None)
+        for p in changed:
+            c = pairs.get(p, 0)
+            if c > 0:
+                heapq.heappush(heap, (-c, p))
+            else:
+                pairs.pop(p, None)
+    return vocab
+
+
 def train_tokenizer(source: str, profile: Profile = PROFILE) -> None:
     out = tokenizer_dir(source, profile.vocab_size)
-    if (out / "tokenizer.pkl").exists() and (out / "token_bytes.pt").exists():
+    if (out / TOKENIZER_FILE).exists() and (out / TOKEN_BYTES_FILE).exists():
         print(f"Tokenizer: cached in {out}", flush=True)
         return
-    import rustbpe
     train_paths, _ = split_files(source)
-    budget = profile.tokenizer_chars
+    n_merge = profile.vocab_size - len(SPECIAL_TOKENS)
+    try:
+        import rustbpe
+        trainer, budget = "rustbpe", profile.scale.tokenizer_chars
+    except ImportError:  # a pure-Python trainer is fine on the small offline corpus
+        rustbpe, trainer = None, "python (rustbpe is not installed)"
+        budget = min(profile.scale.tokenizer_chars, int(os.environ.get("AUTORESEARCH_BPE_CHARS")
+                                                  or 20_000_000))
 
     def texts():
         n = 0
@@ -374,42 +591,77 @@ def train_tokenizer(source: str, profile: Profile = PROFILE) -> None:
                 return
 
     t0 = time.time()
-    bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(texts(), profile.vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
-    ranks = {bytes(k): v for k, v in bpe.get_mergeable_ranks()}
-    special = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
-    spec = {"pattern": bpe.get_pattern(), "ranks": ranks, "special": special}
-    _atomic_write(out / "tokenizer.pkl", pickle.dumps(spec))
-    tok = Tokenizer.from_directory(out)
-    # bytes of text each token stands for; 0 for special tokens, which bpb does not count
-    nbytes = [0 if i in special.values() else len(tok.enc.decode_single_token_bytes(i))
-              for i in range(tok.get_vocab_size())]
-    tmp = out / f"token_bytes.pt.tmp{os.getpid()}"
-    torch.save(torch.tensor(nbytes, dtype=torch.int32), tmp)
-    os.replace(tmp, out / "token_bytes.pt")
+    if rustbpe is not None:
+        bpe = rustbpe.Tokenizer()
+        bpe.train_from_iterator(texts(), n_merge, pattern=SPLIT_PATTERN)
+        ranked = sorted(((bytes(k), v) for k, v in bpe.get_mergeable_ranks()),
+                        key=lambda kv: kv[1])
+        assert [v for _, v in ranked] == list(range(len(ranked)))
+        tokens, pattern = [k for k, _ in ranked], bpe.get_pattern()
+    else:
+        tokens, pattern = train_bpe_python(texts(), n_merge, SPLIT_PATTERN), SPLIT_PATTERN
+    special = {name: len(tokens) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    spec = {"pattern": pattern, "special": special,
+            "ranks": [base64.b64encode(t).decode() for t in tokens]}
+    data = json.dumps(spec).encode()
+    tok = Tokenizer.from_bytes(data)
     sample = "Hello world! Numbers: 123. Unicode: \u4f60\u597d"
     assert tok.decode(tok.encode(sample)) == sample, "tokenizer round trip failed"
-    print(f"Tokenizer: vocab {tok.get_vocab_size()} trained in {time.time() - t0:.1f}s, "
-          f"saved to {out}", flush=True)
+    buf = io.BytesIO()
+    torch.save(token_bytes_table(tok), buf)
+    _atomic_write(out / TOKEN_BYTES_FILE, buf.getvalue())
+    _atomic_write(out / TOKENIZER_FILE, data)  # last: its presence means the pair is complete
+    print(f"Tokenizer: vocab {tok.get_vocab_size()} trained by {trainer} on "
+          f"{budget:,} characters at most in {time.time() - t0:.1f}s, saved to {out}", flush=True)
 
 
 def get_token_bytes(device: str = "cpu") -> torch.Tensor:
-    return torch.load(tokenizer_dir(data_source()) / "token_bytes.pt", map_location=device)
+    return torch.load(tokenizer_dir(data_source()) / TOKEN_BYTES_FILE, map_location=device,
+                      weights_only=True)
 
 # ---------------------------------------------------------------------------
-# Dataloader: BOS-aligned rows, best-fit packing, no padding
+# Dataloader: the original's BOS-aligned best-fit packing, no padding
 # ---------------------------------------------------------------------------
 
+DOC_BATCH = 128      # documents per tokenizer call; the buffer is refilled a batch at a time
+PACK_BUFFER = 1000   # documents buffered for best fit (the original's, training and evaluation)
 
-def pack_rows(docs, B: int, T: int, buffer_size: int = 1000):
-    """Yield (rows[B, T+1] int64, epoch) from an iterator of (token list, epoch).
 
-    Every row starts at a document's BOS. Each slot is filled with the longest buffered
-    document that fits; when none fits the shortest is cropped to fill the row exactly,
-    so no token is padding. Ends when the documents run out (a partial batch is dropped).
+def doc_batches(paths: list[Path], cycle: bool):
+    """Yield (list of texts, epoch): each parquet row group cut into batches of DOC_BATCH, the
+    files in order, forever when cycle is set (the original's `_document_batches`)."""
+    epoch = 1
+    while True:
+        for path in paths:
+            pf = pq.ParquetFile(path)
+            for rg in range(pf.num_row_groups):
+                texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                for i in range(0, len(texts), DOC_BATCH):
+                    yield texts[i:i + DOC_BATCH], epoch
+        if not cycle:
+            return
+        epoch += 1
+
+
+def token_batches(tokenizer: Tokenizer, batches):
+    """(list of BOS-prefixed token lists, epoch) for each (list of texts, epoch)."""
+    bos = tokenizer.get_bos_token_id()
+    for texts, epoch in batches:
+        yield tokenizer.encode(texts, prepend=bos), epoch
+
+
+def pack_rows(batches, B: int, T: int, buffer_size: int = PACK_BUFFER, buffer=None):
+    """Yield (rows[B, T+1] int64, epoch) from an iterator of (list of token lists, epoch).
+
+    The original's rule: before each placement the buffer is topped up, a whole batch at a
+    time, to at least `buffer_size` documents; each slot takes the longest buffered document
+    that fits (the first one among equals); when none fits, the shortest (the first among
+    equals) is cropped to fill the row exactly, so no token is padding. Every row starts at a
+    document's BOS. Ends when the batches run out. `buffer` (a list) is used and left holding
+    the documents never placed.
     """
     capacity = T + 1
-    buf: list[list[int]] = []
+    buf: list[list[int]] = [] if buffer is None else buffer
     epoch = 1
     exhausted = False
     while True:
@@ -419,17 +671,18 @@ def pack_rows(docs, B: int, T: int, buffer_size: int = 1000):
             while pos < capacity:
                 while not exhausted and len(buf) < buffer_size:
                     try:
-                        doc, epoch = next(docs)
-                        buf.append(doc)
+                        docs, epoch = next(batches)
+                        buf.extend(docs)
                     except StopIteration:
                         exhausted = True
                 if not buf:
                     return
                 room = capacity - pos
-                best = -1
+                best, best_len = -1, 0
                 for i, d in enumerate(buf):
-                    if len(d) <= room and (best < 0 or len(d) > len(buf[best])):
-                        best = i
+                    n = len(d)
+                    if best_len < n <= room:
+                        best, best_len = i, n
                 if best >= 0:
                     d = buf.pop(best)
                     rows[r, pos:pos + len(d)] = torch.tensor(d, dtype=torch.long)
@@ -442,25 +695,15 @@ def pack_rows(docs, B: int, T: int, buffer_size: int = 1000):
         yield rows, epoch
 
 
-def _token_docs(tokenizer: Tokenizer, paths: list[Path], cycle: bool, batch: int = 128):
-    bos = tokenizer.get_bos_token_id()
-    texts = iter_texts(paths, cycle=cycle)
-    while True:
-        chunk = [t for t in (next(texts, None) for _ in range(batch)) if t is not None]
-        if not chunk:
-            return
-        for ids in tokenizer.encode([t for t, _ in chunk], prepend=bos):
-            yield ids, chunk[0][1]
-
-
 def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device: str = DEVICE):
-    """Endless (inputs, targets, epoch) batches of the training or validation split."""
-    assert split in ("train", "val")
-    train_paths, val_path = split_files(data_source())
-    paths = train_paths if split == "train" else [val_path]
-    buffer_size = 1000 if PROFILE.name == "cuda" else 128
+    """Endless (inputs, targets, epoch) batches of the training split. The validation split is
+    the evaluator's alone."""
+    if split != "train":
+        raise ValueError("only the training split is served; evaluation is prepare.py's")
+    train_paths, _ = split_files(data_source())
     pin = device == "cuda"
-    for rows, epoch in pack_rows(_token_docs(tokenizer, paths, cycle=True), B, T, buffer_size):
+    batches = token_batches(tokenizer, doc_batches(train_paths, cycle=True))
+    for rows, epoch in pack_rows(batches, B, T):
         if pin:
             rows = rows.pin_memory()
         rows = rows.to(device, non_blocking=pin)
@@ -470,9 +713,12 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device: st
 # Data source and one-time setup
 # ---------------------------------------------------------------------------
 
+EVAL_ROWS_FILE = "eval_rows.npy"       # the scored rows, int32 (n_rows, T + 1)
+PROBE_DOCS_FILE = "probe_docs.npy"     # documents left in the packing buffer: probe material
+
 
 def data_source(profile: Profile = PROFILE) -> str:
-    """The explicit AUTORESEARCH_DATA, else what `python prepare.py` chose for this profile."""
+    """The explicit AUTORESEARCH_DATA, else what `python prepare.py` chose for this scale."""
     name = os.environ.get("AUTORESEARCH_DATA", "").strip().lower()
     if name and name != "auto":
         if name not in SOURCES:
@@ -481,27 +727,45 @@ def data_source(profile: Profile = PROFILE) -> str:
     try:
         return json.loads(manifest_path(profile).read_text())["source"]
     except (OSError, ValueError, KeyError):
-        sys.exit(f"no prepared data for profile {profile.name!r} in {cache_root()}: "
+        sys.exit(f"no prepared data for scale {profile.scale.name!r} in {cache_root()}: "
                  f"run `python prepare.py` first")
 
 
-def eval_rows(tokenizer: Tokenizer, profile: Profile = PROFILE) -> torch.Tensor:
-    """The pinned evaluation set: the first EVAL_TOKENS of the packed validation split."""
+def eval_dir(source: str, profile: Profile = PROFILE) -> Path:
+    return cache_root() / "eval" / f"{source}-{profile.scale.name}"
+
+
+def build_eval_rows(tokenizer: Tokenizer, profile: Profile = PROFILE):
+    """The original's evaluation rows: the validation file packed from its start (cycling, as
+    its endless loader does) with the 1000-document buffer, EVAL_TOKENS // MAX_SEQ_LEN rows
+    (its `steps * batch_size` for any batch size dividing that). Returns (rows int32 array,
+    the documents left in the buffer)."""
+    import numpy as np
     _, val_path = split_files(data_source(profile))
     n_rows = max(1, profile.eval_tokens // profile.seq_len)
-    docs = _token_docs(tokenizer, [val_path], cycle=False)
-    packed = [r for r, _ in pack_rows(docs, 1, profile.seq_len, buffer_size=128)][:n_rows]
-    if len(packed) < n_rows:
-        print(f"Eval: validation split holds only {len(packed)} of {n_rows} rows", flush=True)
-    return torch.cat(packed)
+    buffer: list[list[int]] = []
+    batches = token_batches(tokenizer, doc_batches([val_path], cycle=True))
+    packer = pack_rows(batches, 1, profile.seq_len, buffer=buffer)
+    rows = np.empty((n_rows, profile.seq_len + 1), dtype=np.int32)
+    for i in range(n_rows):
+        rows[i] = next(packer)[0][0].numpy()
+    return rows, buffer
 
 
-def rows_digest(rows: torch.Tensor) -> str:
-    return hashlib.sha256(rows.to(torch.int32).numpy().tobytes()).hexdigest()
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(arr) -> bytes:
+    import numpy as np
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def setup(profile: Profile = PROFILE) -> str:
-    """Download or build the data, train the tokenizer, pin the validation set."""
+    """Download or build the data, train the tokenizer, pack and pin the evaluation rows."""
+    import numpy as np
     requested = os.environ.get("AUTORESEARCH_DATA", "").strip().lower() or "auto"
     if requested not in SOURCES + ("auto",):
         sys.exit(f"AUTORESEARCH_DATA={requested!r}: choose one of {', '.join(SOURCES)}")
@@ -511,7 +775,7 @@ def setup(profile: Profile = PROFILE) -> str:
         if source == "offline":
             print("Data: huggingface.co is unreachable, using the offline corpus", flush=True)
     if source == "climbmix":
-        shards = int(os.environ.get("AUTORESEARCH_NUM_SHARDS") or profile.train_shards)
+        shards = int(os.environ.get("AUTORESEARCH_NUM_SHARDS") or profile.scale.train_shards)
         if not download_climbmix(shards):
             if requested != "auto":
                 sys.exit("Data: ClimbMix download failed (set AUTORESEARCH_DATA=offline to go on)")
@@ -526,114 +790,241 @@ def setup(profile: Profile = PROFILE) -> str:
     # record the choice first: everything below resolves the source through the manifest
     path = manifest_path(profile)
     _atomic_write(path, json.dumps({"source": source}).encode())
-    tok = Tokenizer.from_directory(tokenizer_dir(source, profile.vocab_size))
-    rows = eval_rows(tok, profile)
-    manifest = {"source": source, "profile": asdict(profile), "eval_rows": rows.shape[0],
-                "eval_sha256": rows_digest(rows)}
+    tdir = tokenizer_dir(source, profile.vocab_size)
+    tok = Tokenizer.from_directory(tdir)
+    t0 = time.time()
+    rows, left = build_eval_rows(tok, profile)
+    # probe material: [count, lengths..., tokens...] of the documents left in the buffer
+    probe = np.concatenate([[len(left)], [len(d) for d in left], *left]).astype(np.int64)
+    edir = eval_dir(source, profile)
+    rows_data, probe_data = _npy_bytes(rows), _npy_bytes(probe)
+    _atomic_write(edir / EVAL_ROWS_FILE, rows_data)
+    _atomic_write(edir / PROBE_DOCS_FILE, probe_data)
+    manifest = {"source": source, "scale": asdict(profile.scale), "eval_rows": int(rows.shape[0]),
+                "sha256": {"tokenizer": _sha256((tdir / TOKENIZER_FILE).read_bytes()),
+                           "token_bytes": _sha256((tdir / TOKEN_BYTES_FILE).read_bytes()),
+                           "eval_rows": _sha256(rows_data), "probe_docs": _sha256(probe_data)}}
     _atomic_write(path, json.dumps(manifest, indent=1).encode())
-    print(f"Eval set: {rows.shape[0]} rows x {profile.seq_len} tokens, "
-          f"sha256 {manifest['eval_sha256'][:16]}", flush=True)
+    print(f"Eval set: {rows.shape[0]} rows x {profile.seq_len} tokens packed in "
+          f"{time.time() - t0:.1f}s, sha256 {manifest['sha256']['eval_rows'][:16]}", flush=True)
     return source
 
 # ---------------------------------------------------------------------------
 # Evaluation (DO NOT CHANGE: this is the fixed metric)
 # ---------------------------------------------------------------------------
+#
+# train.py's code never runs in this process. Two isolated host processes
+# (autoresearch.isolate: bubblewrap, no network, no shared files) each load the model and
+# receive only input rows; they return logits, from which this process computes the loss with
+# targets that never leave it. Causality probes are real-looking rows: a scored row's first
+# documents (or first tokens) followed by other validation documents, packed by the same rule.
+# A row and its probe always go to different hosts, in random order among the scored rows, so
+# neither host can tell a probe from a scored row or remember the row it copies. Logits up to
+# the first changed input must agree.
 
-# Taken before train.py is imported, so nothing train.py does at import time reaches them.
-_log_softmax = torch.log_softmax
-_gather = torch.gather
-_no_grad = torch.no_grad
-_exit = os._exit
 MODEL_WEIGHTS = "model.pt"
 MODEL_INFO = "model.json"
 TRAIN_LOG = "evaluate_train_output.log"
+PROBE_EVERY = 16            # one probe per this many scored rows (at least 4 probes)
+PROBE_VOCAB = 16            # secret random vocabulary entries compared per position
 
 
 class EvalFailure(Exception):
     """The model cannot be scored; the message is the reason."""
 
 
-class _Quiet:
-    """Send fd 1 and 2 to a file while train.py's code runs, so it cannot print metric lines."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.saved = (os.dup(1), os.dup(2))
-        self.f = open(self.path, "ab")
-        os.dup2(self.f.fileno(), 1)
-        os.dup2(self.f.fileno(), 2)
-
-    def __exit__(self, *exc):
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os.dup2(self.saved[0], 1)
-        os.dup2(self.saved[1], 2)
-        os.close(self.saved[0])
-        os.close(self.saved[1])
-        self.f.close()
-
-
-def load_model(workdir: Path, device: str):
-    """Build train.py's GPT from model.json and load model.pt (strictly)."""
+def isolated_model(workdir: Path, device: str, options: dict):
+    """Runs in the isolated host: train.py's GPT from model.json and model.pt, as a function
+    from input ids (B, T) to float32 logits (B, T, vocab)."""
     info = json.loads((workdir / MODEL_INFO).read_text())
-    sys.path.insert(0, str(workdir))
     import train
-    model = train.GPT(train.GPTConfig(**info["config"]))
-    state = torch.load(workdir / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
+    with torch.device(device):
+        model = train.GPT(train.GPTConfig(**info["config"]))
+    state = torch.load(workdir / MODEL_WEIGHTS, map_location=device, weights_only=True)
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), info
+    model.eval()
+    fwd = torch.compile(model, dynamic=False) if PROFILE.compile else model
+
+    def logits(x):
+        with torch.autocast(device_type=x.device.type, dtype=PROFILE.torch_dtype,
+                            enabled=PROFILE.autocast):
+            return fwd(x).float()
+    return logits
 
 
-def _logits(model, x: torch.Tensor, profile: Profile) -> torch.Tensor:
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=profile.autocast):
-        out = model(x)
-    if not isinstance(out, torch.Tensor) or out.shape[:2] != x.shape or out.dim() != 3:
-        raise EvalFailure(f"model(idx) must return logits of shape (B, T, vocab); "
-                          f"got {getattr(out, 'shape', type(out).__name__)}")
-    return out.float()
+def _verify_inputs(manifest: dict, profile: Profile):
+    """The pinned tokenizer, token-byte table and evaluation rows, checked against the hashes
+    recorded at setup; the byte table is also recomputed from the tokenizer."""
+    import numpy as np
+    source = manifest["source"]
+    pins = manifest.get("sha256") or {}
+    tdir, edir = tokenizer_dir(source, profile.vocab_size), eval_dir(source, profile)
+    files = {"tokenizer": tdir / TOKENIZER_FILE, "token_bytes": tdir / TOKEN_BYTES_FILE,
+             "eval_rows": edir / EVAL_ROWS_FILE, "probe_docs": edir / PROBE_DOCS_FILE}
+    data = {}
+    for key, path in files.items():
+        try:
+            data[key] = path.read_bytes()
+        except OSError:
+            raise EvalFailure(f"{path} is missing: run `python prepare.py`") from None
+        if _sha256(data[key]) != pins.get(key):
+            raise EvalFailure(f"{path} differs from the one pinned at prepare time "
+                              f"(sha256 mismatch): rerun `python prepare.py` in a clean cache")
+    tok = Tokenizer.from_bytes(data["tokenizer"])
+    table = token_bytes_table(tok)
+    cached = torch.load(io.BytesIO(data["token_bytes"]), weights_only=True)
+    if not torch.equal(cached, table):
+        raise EvalFailure(f"{files['token_bytes']} does not match its tokenizer")
+    rows = np.load(io.BytesIO(data["eval_rows"]), allow_pickle=False)
+    flat = np.load(io.BytesIO(data["probe_docs"]), allow_pickle=False)
+    n = int(flat[0])
+    lengths, tokens = flat[1:1 + n], flat[1 + n:]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    pool = [tokens[starts[i]:starts[i + 1]].tolist() for i in range(n)]
+    if rows.shape != (manifest["eval_rows"], profile.seq_len + 1):
+        raise EvalFailure(f"evaluation rows have shape {rows.shape}, expected "
+                          f"({manifest['eval_rows']}, {profile.seq_len + 1})")
+    return tok, table, rows, pool
 
 
-def check_causal(model, rows: torch.Tensor, profile: Profile, vocab: int, atol: float) -> None:
-    """Logits at positions <= t must not change when tokens after t change."""
-    gen = torch.Generator().manual_seed(0)
-    x = rows[: min(4, rows.shape[0]), :-1]
-    T = x.shape[1]
-    base = _logits(model, x.to(DEVICE), profile)
-    for cut in (T // 4, T // 2, T - 2):
-        y = x.clone()
-        y[:, cut + 1:] = torch.randint(0, vocab, y[:, cut + 1:].shape, generator=gen)
-        alt = _logits(model, y.to(DEVICE), profile)
-        diff = (alt[:, :cut + 1] - base[:, :cut + 1]).abs().max().item()
+def make_probe(row, pool: list[list[int]], rng, bos: int):
+    """A row that starts like `row` and continues with other documents, packed by the same rule:
+    cut at a document start when the row has one past the first eighth, else at a random
+    token. Returns (probe row, d): inputs agree before position d and differ at d."""
+    import numpy as np
+    T1 = len(row)
+    starts = [i for i in np.flatnonzero(row == bos).tolist() if T1 // 8 <= i < T1 - 2]
+    cut = int(rng.choice(starts)) if starts else int(rng.integers(T1 // 8, T1 - 2))
+    order = rng.permutation(len(pool))
+    docs = [pool[i] for i in order[:64]]
+    fill = next(pack_rows(iter([(docs, 1)]), 1, T1 - cut - 1, buffer_size=len(docs)))[0][0]
+    probe = np.concatenate([row[:cut], fill.numpy().astype(row.dtype)])
+    diff = np.flatnonzero(probe[:-1] != row[:-1])
+    return probe, int(diff[0]) if len(diff) else T1 - 1
+
+
+def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Tensor],
+                      vocab: int, bos: int, pool, profile: Profile, atol: float,
+                      sandbox: bool = True) -> dict:
+    """Score `rows` through two isolated model hosts; returns the figures. `tables` are the
+    bytes per token by the original's rule (the metric) and the true bytes."""
+    import numpy as np
+    try:
+        from autoresearch.isolate import IsolationError, ModelProcess
+    except ImportError:
+        raise EvalFailure(f"autoresearch.isolate is not importable by {sys.executable}: "
+                          f"install autoresearch into it (or set PYTHONPATH to its src)") from None
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    n, T = rows.shape[0], rows.shape[1] - 1
+    half = rng.permutation(n) % 2                            # host of each scored row
+    n_probe = min(n, max(4, n // PROBE_EVERY))
+    sources = rng.choice(n, size=n_probe, replace=False)
+    probes, cuts = [], []
+    for s in sources:
+        p, d = make_probe(rows[s], pool, rng, bos)
+        probes.append(p)
+        cuts.append(d)
+    # work items: (row index or -1 - probe index); a probe goes to the other host than its source
+    queues = [[], []]
+    for i in range(n):
+        queues[half[i]].append(i)
+    for k, s in enumerate(sources):
+        queues[1 - half[s]].append(-1 - k)
+    for q in queues:
+        rng.shuffle(q)
+    dev = torch.device(profile.device)
+    table_d, raw_d = tables[0].to(dev), tables[1].to(dev)
+    secret = torch.from_numpy(rng.choice(vocab, size=PROBE_VOCAB, replace=False)).to(dev)
+    watched = {int(s): k for k, s in enumerate(sources)}
+    prints: dict = {}
+    total_nats, total_bytes, total_raw = 0.0, 0, 0
+    B = profile.eval_batch
+    # eager, with SDPA for the windows too: cheaper than compiling a fresh process's forward
+    env = {"AUTORESEARCH_NANOCHAT_PROFILE": profile.name, "AUTORESEARCH_NANOCHAT_COMPILE": "0",
+           "AUTORESEARCH_NANOCHAT_ATTENTION": "sdpa"}
+    if profile.threads:
+        env["OMP_NUM_THREADS"] = str(max(1, profile.threads // 2))
+    hosts = [ModelProcess("prepare:isolated_model", workdir, device=profile.device,
+                          out_capacity=B * T * vocab, log_path=workdir / TRAIN_LOG,
+                          sandbox=sandbox, env=env, hidden=[str(cache_root())])
+             for _ in range(2)]
+    chunks = [[q[k:k + B] for k in range(0, len(q), B)] for q in queues]
+    try:
+        for h in hosts:
+            h.start()
+        pending = [0, 0]
+
+        def submit(h: int) -> None:
+            items = chunks[h][pending[h]]
+            items = items + [items[0]] * (B - len(items))     # every call has the same shape
+            x = np.stack([rows[i] if i >= 0 else probes[-1 - i] for i in items])[:, :-1]
+            hosts[h].submit(x.astype(np.int32))
+
+        for h in (0, 1):
+            if chunks[h]:
+                submit(h)
+        active = [bool(chunks[h]) for h in (0, 1)]
+        while any(active):
+            for h in (0, 1):
+                if not active[h]:
+                    continue
+                out = hosts[h].collect()
+                items = chunks[h][pending[h]]
+                logits = (out if isinstance(out, torch.Tensor) else torch.from_numpy(out))
+                logits = logits[:len(items)].to(dev)
+                if logits.shape != (len(items), T, vocab):
+                    raise EvalFailure(f"model(idx) must return logits of shape (B, T, "
+                                      f"{vocab}); got {tuple(out.shape)}")
+                lse = torch.logsumexp(logits, dim=-1)
+                batch = np.stack([rows[i] if i >= 0 else probes[-1 - i] for i in items])
+                y = torch.from_numpy(batch[:, 1:].astype(np.int64)).to(dev)
+                scored = torch.tensor([i >= 0 for i in items], device=dev)
+                nll = lse - logits.gather(-1, y[..., None]).squeeze(-1)
+                nb = table_d[y] * scored[:, None]
+                sums = torch.stack([(nll.double() * (nb > 0)).sum(), nb.sum().double(),
+                                    (raw_d[y] * scored[:, None]).sum().double()]).tolist()
+                total_nats += sums[0]
+                total_bytes += int(sums[1])
+                total_raw += int(sums[2])
+                for j, i in enumerate(items):
+                    k = watched.get(i) if i >= 0 else -1 - i
+                    if k is not None:
+                        d = cuts[k]
+                        # the same columns for both: both rows' next tokens, then the secret ones
+                        pair = np.stack([rows[sources[k]][1:d + 1], probes[k][1:d + 1]], 1)
+                        idx = torch.cat([torch.from_numpy(pair.astype(np.int64)).to(dev),
+                                         secret.expand(d, -1)], 1)
+                        fp = logits[j, :d].gather(-1, idx) - lse[j, :d, None]
+                        prints.setdefault(k, {})["probe" if i < 0 else "source"] = fp.cpu()
+                if dev.type == "cuda":  # done reading the shared buffer before it is reused
+                    torch.cuda.synchronize()
+                pending[h] += 1
+                if pending[h] < len(chunks[h]):
+                    submit(h)
+                else:
+                    active[h] = False
+    except IsolationError as e:
+        raise EvalFailure(f"evaluating train.py's model failed: {e}") from None
+    finally:
+        for h in hosts:
+            h.close()
+    worst = 0.0
+    for k, pair in prints.items():
+        diff = float((pair["probe"] - pair["source"]).abs().max())
+        worst = max(worst, diff if math.isfinite(diff) else math.inf)
         if not diff <= atol:
-            raise EvalFailure(f"model is not causal: changing tokens after position {cut} "
-                              f"changed earlier logits by {diff:.3g} (tolerance {atol:g})")
+            raise EvalFailure(f"model is not causal: tokens after position {cuts[k] - 1} "
+                              f"changed the log-probabilities before them by {diff:.3g} "
+                              f"(tolerance {atol:g})")
+    return {"val_bpb": total_nats / (math.log(2) * total_bytes),
+            "val_bpb_true_bytes": total_nats / (math.log(2) * total_raw),
+            "causal_probes": n_probe, "causal_max_diff": worst,
+            "sandboxed": int(all(h.sandboxed for h in hosts))}
 
 
-def evaluate_bpb(model, rows: torch.Tensor, token_bytes: torch.Tensor, profile: Profile) -> float:
-    """Bits per byte over the pinned rows: nats summed over target tokens (special tokens,
-    of byte length 0, excluded) divided by ln 2 times their bytes. Independent of vocab size."""
-    total_nats, total_bytes = 0.0, 0
-    for k in range(0, rows.shape[0], profile.eval_batch):
-        batch = rows[k:k + profile.eval_batch].to(DEVICE)
-        x, y = batch[:, :-1], batch[:, 1:]
-        logp = _log_softmax(_logits(model, x, profile), dim=-1)
-        nll = -_gather(logp, -1, y.unsqueeze(-1)).squeeze(-1)
-        nbytes = token_bytes[y]
-        total_nats += (nll * (nbytes > 0)).sum().item()
-        total_bytes += nbytes.sum().item()
-    return total_nats / (math.log(2) * total_bytes)
-
-
-def uniform_bpb(rows: torch.Tensor, token_bytes: torch.Tensor, vocab: int) -> float:
+def uniform_bpb(rows, token_bytes: torch.Tensor, vocab: int) -> float:
     """The score of a model that knows nothing (uniform over the vocabulary)."""
-    y = rows[:, 1:].reshape(-1)
+    y = torch.from_numpy(rows[:, 1:].astype("int64")).reshape(-1)
     nbytes = token_bytes.cpu()[y]
     return (nbytes > 0).sum().item() * math.log2(vocab) / nbytes.sum().item()
 
@@ -651,52 +1042,53 @@ def evaluate(workdir: Path = Path(".")) -> int:
     """Score the saved model; prints `name: value` lines. Returns the exit status."""
     t0 = time.time()
     profile = PROFILE
-    manifest = json.loads(manifest_path(profile).read_text()) if manifest_path(profile).exists() else None
-    if manifest is None:
-        print(f"eval_error: no prepared data for profile {profile.name}; run `python prepare.py`")
+    workdir = workdir.resolve()
+    if not manifest_path(profile).exists():
+        print(f"eval_error: no prepared data for scale {profile.scale.name}; "
+              f"run `python prepare.py`")
         return 1
-    tok = Tokenizer.from_directory(tokenizer_dir(manifest["source"], profile.vocab_size))
-    rows = eval_rows(tok, profile)
-    if rows.shape[0] != manifest["eval_rows"] or rows_digest(rows) != manifest["eval_sha256"]:
-        print("eval_error: the validation set differs from the one pinned at prepare time")
-        return 1
-    token_bytes = get_token_bytes(DEVICE)
-    vocab = tok.get_vocab_size()
+    manifest = json.loads(manifest_path(profile).read_text())
     for name in (MODEL_WEIGHTS, MODEL_INFO):
         if not (workdir / name).exists():
             print(f"eval_error: {name} is missing: train.py must save the model")
             return 1
-    log = str(workdir / TRAIN_LOG)
     try:
-        with _Quiet(log), _no_grad():
-            model, info = load_model(workdir, DEVICE)
-            if profile.compile:
-                model = torch.compile(model, dynamic=False)
-            # bf16 kernels may differ in the last bits between batches; a peeking model
-            # moves logits by far more than this
-            check_causal(model, rows, profile, vocab, atol=2e-2 if profile.autocast else 1e-4)
-            val_bpb = evaluate_bpb(model, rows, token_bytes, profile)
+        tok, table, rows, pool = _verify_inputs(manifest, profile)
+        vocab = tok.get_vocab_size()
+        sandbox = os.environ.get("AUTORESEARCH_ISOLATE", "sandbox") != "plain"
+        # bf16 or fp16 kernels may round differently between calls; a peeking model moves
+        # log-probabilities by far more than this
+        tables = (table, token_raw_bytes_table(tok))
+        figures = evaluate_isolated(workdir, rows, tables, vocab, tok.get_bos_token_id(), pool,
+                                    profile, atol=2e-2 if profile.autocast else 1e-3,
+                                    sandbox=sandbox)
     except EvalFailure as e:
         print(f"eval_error: {e}")
         return 1
-    except Exception as e:  # the agent's code failed; say so in one line
-        print(f"eval_error: evaluating train.py's model failed: {type(e).__name__}: {e} "
-              f"(output of train.py's code is in {TRAIN_LOG})")
-        return 1
+    val_bpb = figures["val_bpb"]
     if not math.isfinite(val_bpb):
         print(f"eval_error: val_bpb is not finite ({val_bpb})")
         return 1
+    try:
+        info = json.loads((workdir / MODEL_INFO).read_text())
+    except ValueError:
+        info = {}
     training = info.get("training", {}) if isinstance(info, dict) else {}
     print("---")
-    for key, value in training.items():  # train.py's own figures, for the record
+    for key, value in (training.items() if isinstance(training, dict) else ()):
         if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and re.fullmatch(r"[a-z_]+", str(key)) and key != "val_bpb"):
+                and re.fullmatch(r"[a-z_]+", str(key)) and key != "val_bpb"
+                and key not in figures):
             print(f"{key}: {value}")
     print(f"eval_peak_mem_mb: {peak_memory_mb():.1f}")
     print(f"eval_seconds: {time.time() - t0:.1f}")
     print(f"eval_tokens: {rows.shape[0] * profile.seq_len}")
-    print(f"uniform_bpb: {uniform_bpb(rows, token_bytes, vocab):.6f}")
-    print(f"# profile {profile.name}, data {manifest['source']}")
+    print(f"uniform_bpb: {uniform_bpb(rows, table, vocab):.6f}")
+    print(f"val_bpb_true_bytes: {figures['val_bpb_true_bytes']:.6f}")
+    print(f"causal_probes: {figures['causal_probes']}")
+    print(f"causal_max_diff: {figures['causal_max_diff']:.3g}")
+    print(f"eval_sandboxed: {figures['sandboxed']}")
+    print(f"# profile {profile.name} ({profile.reason}), data {manifest['source']}")
     print(f"val_bpb: {val_bpb:.6f}")
     return 0
 
@@ -710,11 +1102,7 @@ if __name__ == "__main__":
     parser.add_argument("--evaluate", action="store_true", help="score the saved model")
     args = parser.parse_args()
     if args.evaluate:
-        code = evaluate()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # skip atexit handlers and threads train.py may have left behind: nothing prints after us
-        _exit(code)
-    print(f"Cache: {cache_root()}  profile: {PROFILE.name}", flush=True)
+        sys.exit(evaluate())
+    print(f"Cache: {cache_root()}  profile: {PROFILE.name} ({PROFILE.reason})", flush=True)
     setup()
     print("Done: ready to train.", flush=True)

@@ -20,19 +20,28 @@ from dataclasses import asdict, dataclass  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from prepare import (  # noqa: E402
-    DEVICE, MAX_SEQ_LEN, PROFILE, Tokenizer, make_dataloader, peak_memory_mb, time_budget,
+    DEVICE,
+    MAX_SEQ_LEN,
+    PROFILE,
+    Tokenizer,
+    make_dataloader,
+    peak_memory_mb,
+    time_budget,
 )
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly; no CLI flags)
 # ---------------------------------------------------------------------------
 
-# Size and batch per platform profile (prepare.py picks the profile; AUTORESEARCH_PROFILE overrides)
+# Size and batch per platform profile (prepare.py picks it; AUTORESEARCH_NANOCHAT_PROFILE
+# overrides). GPU profiles share the original's model and 2**19 tokens per step; smaller cards
+# reach it with more gradient accumulation (PROFILE.device_batch rows per micro-step).
 #           depth  head_dim  windows  tokens/step  rows/micro-step
 DEPTH, HEAD_DIM, WINDOW_PATTERN, TOTAL_BATCH_SIZE, DEVICE_BATCH_SIZE = {
-    "cuda": (8, 128, "SSSL", 2**19, 128),
+    "h100": (8, 128, "SSSL", 2**19, PROFILE.device_batch),
+    "consumer": (8, 128, "SSSL", 2**19, PROFILE.device_batch),
+    "legacy": (8, 128, "SSSL", 2**19, PROFILE.device_batch),
     "mps": (4, 64, "L", 2**14, 32),
     "cpu": (2, 64, "L", 2**12, 16),
 }[PROFILE.name]
@@ -83,36 +92,31 @@ def rotate(x, cos, sin):
     return torch.cat([a * cos + b * sin, b * cos - a * sin], dim=-1)
 
 
-_USE_FLEX = DEVICE == "cuda"
+_USE_FLEX = PROFILE.attention == "flex"
 if _USE_FLEX:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-_MASKS = {}
 
 
-@torch.compiler.disable
 def window_mask(T, window, device):
-    """Causal sliding-window mask for `window` keys: a flex BlockMask on CUDA, else a bool mask."""
-    key = (T, window, str(device))
-    if key not in _MASKS:
-        if _USE_FLEX:
-            def mask_mod(b, h, q, kv):
-                return (q >= kv) & (q - kv < window)
-            _MASKS[key] = create_block_mask(mask_mod, None, None, T, T, device=device)
-        else:
-            i = torch.arange(T, device=device)
-            _MASKS[key] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
-    return _MASKS[key]
+    """Causal mask over the current key and the `window` keys before it (the original's FA3
+    window_size=(window, 0)): a flex BlockMask, else a bool mask. Built once, in GPT.__init__,
+    so the compiled forward has no graph break."""
+    if _USE_FLEX:
+        def mask_mod(b, h, q, kv):
+            return (q >= kv) & (q - kv <= window)
+        return create_block_mask(mask_mod, None, None, T, T, device=device)
+    i = torch.arange(T, device=device)
+    return (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] <= window)
 
 
-def attention(q, k, v, window):
-    """q, k, v: (B, H, T, D). Full causal attention, or a causal window of `window` keys."""
-    T = q.size(2)
-    if window >= T:
+def attention(q, k, v, mask):
+    """q, k, v: (B, H, T, D). Full causal attention (mask None), or a precomputed window."""
+    if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    mask = window_mask(T, window, q.device)
     if _USE_FLEX:
         return flex_attention(q, k, v, block_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    T = q.size(2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:T, :T])
 
 
 class CausalSelfAttention(nn.Module):
@@ -129,7 +133,7 @@ class CausalSelfAttention(nn.Module):
         self.ve_gate = (nn.Linear(VE_GATE_CHANNELS, self.n_kv_head, bias=False)
                         if has_ve(layer_idx, config.n_layer) else None)
 
-    def forward(self, x, ve, cos_sin, window):
+    def forward(self, x, ve, cos_sin, mask):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -143,7 +147,7 @@ class CausalSelfAttention(nn.Module):
         if self.n_kv_head < self.n_head:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = attention(q, k, v, window)
+        y = attention(q, k, v, mask)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, -1))
 
 
@@ -163,8 +167,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.mlp = MLP(config)
 
-    def forward(self, x, ve, cos_sin, window):
-        x = x + self.attn(norm(x), ve, cos_sin, window)
+    def forward(self, x, ve, cos_sin, mask):
+        x = x + self.attn(norm(x), ve, cos_sin, mask)
         return x + self.mlp(norm(x))
 
 
@@ -187,6 +191,14 @@ class GPT(nn.Module):
         cos, sin = self._rotary(config.sequence_len * 10, config.n_embd // config.n_head)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        # window masks, built here (on the default device) and never inside forward
+        device = self.cos.device
+        masks = {w: window_mask(config.sequence_len, w, device)
+                 for w in sorted(set(self.windows)) if w < config.sequence_len}
+        self.masks = [masks.get(w) for w in self.windows]
+        for w, m in masks.items():
+            if isinstance(m, torch.Tensor):  # bool masks follow the model across .to()
+                self.register_buffer(f"mask_{w}", m, persistent=False)
 
     @staticmethod
     def _windows(config):
@@ -201,7 +213,7 @@ class GPT(nn.Module):
         device = self.transformer.wte.weight.device
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
         freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-        dtype = torch.bfloat16 if PROFILE.autocast else torch.float32
+        dtype = PROFILE.torch_dtype
         return freqs.cos().to(dtype)[None, :, None, :], freqs.sin().to(dtype)[None, :, None, :]
 
     @torch.no_grad()
@@ -220,7 +232,7 @@ class GPT(nn.Module):
         self.x0_lambdas.fill_(0.1)
         for ve in self.value_embeds.values():
             nn.init.uniform_(ve.weight, -s, s)
-        if PROFILE.autocast:  # embeddings are only looked up: keep them in bf16
+        if PROFILE.dtype == "bfloat16":  # embeddings are only looked up: keep them in bf16
             self.transformer.wte.to(dtype=torch.bfloat16)
             for ve in self.value_embeds.values():
                 ve.to(dtype=torch.bfloat16)
@@ -237,6 +249,12 @@ class GPT(nn.Module):
         attn = sum(12 * h * d * min(w, T) for w in self.windows)
         return 6 * (self.num_params() - embeds - scalars) + attn
 
+    def _mask(self, i):
+        m = self.masks[i]
+        if isinstance(m, torch.Tensor):
+            return getattr(self, f"mask_{self.windows[i]}")
+        return m
+
     def forward(self, idx, targets=None, reduction="mean"):
         T = idx.size(1)
         cos_sin = self.cos[:, :T], self.sin[:, :T]
@@ -245,7 +263,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos_sin, self.windows[i])
+            x = block(x, ve, cos_sin, self._mask(i))
         logits = self.lm_head(norm(x)).float()
         logits = SOFTCAP * torch.tanh(logits / SOFTCAP)
         if targets is None:
@@ -291,7 +309,7 @@ POLAR_EXPRESS = [
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 ]
-ORTHO_DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+ORTHO_DTYPE = torch.bfloat16 if PROFILE.dtype == "bfloat16" else torch.float32
 
 
 def _compiled(fn):
@@ -435,12 +453,14 @@ def main():
     torch.manual_seed(seed)
     torch.set_float32_matmul_precision("high")
     device = torch.device(DEVICE)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+    autocast = torch.autocast(device_type=device.type, dtype=PROFILE.torch_dtype,
                               enabled=PROFILE.autocast)
+    # fp16 (cards before Ampere) needs loss scaling; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=PROFILE.dtype == "float16")
 
     tokenizer = Tokenizer.from_directory()
     config = build_config(tokenizer.get_vocab_size())
-    print(f"Profile: {PROFILE.name}  config: {asdict(config)}", flush=True)
+    print(f"Profile: {PROFILE.name} ({PROFILE.reason})  config: {asdict(config)}", flush=True)
     with torch.device(device):
         model = GPT(config)
     model.init_weights()
@@ -471,7 +491,7 @@ def main():
             with autocast:
                 loss = fwd(x, y)
             train_loss = loss.detach()
-            (loss / accum).backward()
+            scaler.scale(loss / accum).backward()
             x, y, epoch = next(loader)
         progress = min(train_time / budget, 1.0)
         lrm = lr_multiplier(progress)
@@ -480,7 +500,8 @@ def main():
             if group["kind"] == "muon":
                 group["momentum"] = muon_momentum(step)
                 group["weight_decay"] = WEIGHT_DECAY * (1 - progress)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         model.zero_grad(set_to_none=True)
         loss_f = train_loss.item()
         if not math.isfinite(loss_f) or loss_f > 100:

@@ -1,0 +1,4 @@
+-- Indexes built on a private copy of the database before the query is timed.
+-- Only CREATE [UNIQUE] INDEX, DROP INDEX and ANALYZE statements are allowed here.
+-- ar: INDEXES
+-- ar: end
