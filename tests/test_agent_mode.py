@@ -170,9 +170,10 @@ def test_a_refused_edit_whose_rest_repeats_an_earlier_experiment_is_an_invalid_r
 
 def test_the_verdict_counts_the_runs_of_the_candidate_not_of_the_best(tmp_path):
     root = build_target(tmp_path)
-    ar(root, "start", "--tag", "t", check=True)
+    # noise-aware-v1 re-measures a new best; the default judges this exact metric in one run
+    ar(root, "start", "--tag", "t", "--policy", "noise-aware-v1", check=True)
     assert _try(root, "lower the value", 4.0).returncode == 0
-    p = _try(root, "lower it again", 3.0)                    # noise-aware re-measures the best #2
+    p = _try(root, "lower it again", 3.0)                    # v1 re-measures the best #4
     first = p.stdout.splitlines()[0]
     rows = ledger_rows(root, "t")
     cand = next(r for r in rows if r["description"] == "lower it again")

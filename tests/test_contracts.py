@@ -27,6 +27,7 @@ from autoresearch.config import AgentSettings, TargetSpec, load_spec
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.policies.greedy import GreedyPolicy
 from autoresearch.policies.noise_aware import NoiseAwarePolicy
+from autoresearch.policies.sequential import SequentialPolicy
 from autoresearch.ratchet import Ratchet
 from autoresearch.testing import FakeAnthropicServer, FakeOpenAIServer
 from autoresearch.testing.contracts import (
@@ -161,7 +162,8 @@ def test_the_agent_contract_catches_an_agent_that_writes_a_locked_file(tmp_path)
 
 
 # == policies ====================================================================================
-@pytest.mark.parametrize("policy", [GreedyPolicy, NoiseAwarePolicy], ids=["greedy", "noise-aware"])
+@pytest.mark.parametrize("policy", [GreedyPolicy, NoiseAwarePolicy, SequentialPolicy],
+                         ids=["greedy", "noise-aware-v1", "noise-aware"])
 def test_built_in_policy_keeps_the_policy_contract(policy):
     check_policy(policy)
 

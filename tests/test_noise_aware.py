@@ -32,7 +32,7 @@ BEST = Sample([1.0 + SIGMA * x for x in (0.3, -0.2, -0.1)], lines=100)
 
 
 def test_registered_under_its_name_and_measures_the_baseline_several_times():
-    policy = make_policy("noise-aware")
+    policy = make_policy("noise-aware-v1")
     assert isinstance(policy, NoiseAwarePolicy)
     assert policy.baseline_runs(PolicySettings()) == 3
     assert policy.baseline_runs(PolicySettings(baseline_runs=5)) == 5

@@ -34,7 +34,6 @@ from .config import (
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger
-from .summary import best_of
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -242,7 +241,8 @@ def build_loop(target: Target, args, tag: str, agent=None, reporter=None):
         tag=tag, agent_name=agent_name, max_experiments=getattr(args, "max_experiments", None),
         max_time=getattr(args, "max_time", None), budget=getattr(args, "budget", None),
         prune=getattr(args, "prune", False), max_cost=getattr(args, "max_cost", None),
-        seed=getattr(args, "seed", 0) or 0, ahead=getattr(args, "ahead", None))
+        seed=getattr(args, "seed", 0) or 0, ahead=getattr(args, "ahead", None),
+        results_format=getattr(args, "results_format", None) or "native")
     return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
 
 
@@ -309,13 +309,13 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
     exps = ledger.experiments(tag)
     if not exps:
         return
+    from .summary import best_text, reported_best
+
     kept = [e for e in exps if e.status == Status.KEEP]
-    base = exps[0].metric
-    best = best_of(exps)
-    if best and best.metric is not None and base is not None:
-        console.print(f"best [bold]{_e(target.spec.metric)} {best.metric:.6f}[/] (#{best.seq}) vs baseline "
-                      f"{base:.6f} ({best.metric - base:+.6f}); {len(exps)} experiments, {len(kept)} kept; "
-                      f"results: {_e(target.results_path)}")
+    rep = reported_best(ledger, tag, target.spec.policy)
+    if rep is not None and rep["value"] is not None:
+        console.print(f"best {target.spec.metric} {best_text(rep)}; {len(exps)} experiments, "
+                      f"{len(kept)} kept; results: {target.results_path}", markup=False)
 
 
 # == agent-driven mode =========================================================================
@@ -451,10 +451,10 @@ def cmd_try(args) -> int:
 
 def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
     from .metrics import tail_lines
-    from .ui import best_value
+    from .summary import best_text, reported_best
 
     exps = ledger.experiments(tag)
-    best = best_of(exps)
+    rep = reported_best(ledger, tag, target.spec.policy)
     m = target.spec.metric
     color = {"keep": "green", "discard": "yellow"}.get(cand.status.value, "red")
     # the candidate's own runs: its first measurement and its repeats (not the best's refreshes)
@@ -468,8 +468,8 @@ def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
             line.append(f" (mean of {len(measured)} runs {sum(measured) / len(measured):.6g})")
     else:
         line.append(f"no {m} measured")
-    if best is not None and best.metric is not None:
-        line.append(f"; best {best_value(best):.6g} (#{best.seq})")
+    if rep is not None and rep["value"] is not None:
+        line.append(f"; best {best_text(rep)}")
     line.append(f"; {len(runs)} run(s) of this change")
     refreshes = [e for e in exps if e.candidate_of == cand.id and e.tree_sha != cand.tree_sha]
     if refreshes:
@@ -508,11 +508,18 @@ def cmd_status(args) -> int:
     if base is not None:
         console.print(f"  baseline {base:.6f} (mean of {info['baseline_runs']} run(s))")
     if best and best["metric"] is not None and base is not None:
-        est = best["estimate"] or {}
-        value = est.get("mean") if est.get("mean") is not None else best["metric"]
-        extra = f" ± {est['sem']:.6f} (n={est['n']})" if est.get("sem") else ""
-        console.print(f"  best     [bold green]{value:.6f}[/]{extra} (#{best['seq']}, "
-                      f"{value - base:+.6f}): {_e(best['description'])}")
+        from .summary import best_text
+
+        console.print(f"  best     {best_text(best['reported'])}: {best['description']}",
+                      markup=False)
+    hold = info["holdout"]
+    if hold["baseline"] is not None or hold["alarms"]:
+        console.print(f"  holdout  baseline {hold['baseline']}, best {hold['best']}", markup=False)
+    for a in hold["alarms"]:
+        console.print(f"  HOLDOUT DIVERGENCE at #{a['seq']} ({a['status']}): {info['metric']} "
+                      f"{a['validation_change']:+.6g} while the holdout went {a['holdout_change']:+.6g} "
+                      f"against #{a['against']} (noise threshold {a['threshold']:.3g})",
+                      style="bold red", markup=False)
     if info["cost_usd"]:
         per = (f", ${info['cost_per_improvement']:.4f} per kept improvement"
                if info["cost_per_improvement"] is not None else "")
@@ -619,8 +626,10 @@ def cmd_plot(args) -> int:
 
     target, ledger, tag = _open_run(args)
     out = Path(args.output or target.root / "progress.png")
+    from .summary import reported_values
+
     plot_progress(ledger.experiments(tag), target.spec.metric, target.spec.direction, out,
-                  title=f"autoresearch {tag}")
+                  title=f"autoresearch {tag}", values=reported_values(ledger, tag))
     console.print(f"wrote {out}", markup=False)
     return 0
 
@@ -663,8 +672,11 @@ def cmd_demo(args) -> int:
     base = exps[0].metric if exps else None
     console.print(experiments_table(exps, target.spec.metric, f"demo: {len(exps)} experiments "
                                     f"in {time.time() - t0:.0f}s", base))
+    from .summary import reported_values
+
     png = plot_progress(exps, target.spec.metric, target.spec.direction, dest / "progress.png",
-                        title="autoresearch demo (quickstart)")
+                        title="autoresearch demo (quickstart)",
+                        values=reported_values(loop.ledger, args.tag, exps))
     _print_summary(loop.ledger, args.tag, target)
     console.print(f"  target     {dest}\n  results    {target.results_path}\n  plot       {png}\n"
                   f"  ledger     {target.state_dir / 'ledger.db'}\n  logs       {loop.log_dir}\n"
@@ -680,7 +692,7 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
     p.add_argument("--max-experiments", type=int, help="stop after N experiments (the baseline and repeats count)")
     p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")
-    p.add_argument("--policy", help="noise-aware (default) or greedy")
+    p.add_argument("--policy", help="noise-aware (default), greedy or noise-aware-v1")
     p.add_argument("--prune", action="store_true", help="stop runs whose progress curve is clearly worse")
     p.add_argument("--max-cost", type=float, help="stop when the agent has cost USD")
     p.add_argument("--workers", type=int, default=1, help="experiments at once (one worktree each)")
@@ -689,6 +701,9 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--ahead", type=int, help="proposals kept ready ahead of time (default: slots for slow agents)")
     p.add_argument("--seed", type=int, default=0, help="base value of AUTORESEARCH_SEED")
+    p.add_argument("--results-format", choices=["native", "original"], default="native",
+                   help="results.tsv: native (every experiment) or original (one row per candidate, "
+                        "repeats folded into its mean, keep/discard/crash: the original's analysis.ipynb)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
 
 
@@ -771,6 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-format", choices=["native", "original"], default="native",
+                   help="results.tsv format (see 'run --help')")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -121,16 +121,18 @@ class PolicySettings(_Strict):
     """[policy]: settings of the acceptance policies (see policies/)."""
 
     baseline_runs: int = Field(3, ge=1, le=50)        # noise-aware: evaluations of the baseline
-    alpha: float = Field(0.05, gt=0, lt=0.5)          # noise-aware: false-keep error rate
+    alpha: float = Field(0.01, gt=0, lt=0.5)          # noise-aware: false-keep rate per no-effect proposal (union bound over its looks)
     power_beta: float = Field(0.1, gt=0, lt=0.5)      # noise-aware: chance to miss a real improvement
-    max_runs: int = Field(6, ge=1, le=100)            # noise-aware: cap on runs per candidate
+    max_runs: int = Field(4, ge=1, le=100)            # noise-aware: cap on runs per candidate
     min_effect: float = Field(0.0, ge=0)              # in the metric's units
     min_effect_sigmas: float = Field(0.0, ge=0)       # as a multiple of the measured noise
     noise_floor: float = Field(0.0, ge=0)             # lower bound on the noise sd, metric units
     screen_z: float = Field(0.75)                     # noise-aware: first run must look this good (z)
     design_sigmas: float = Field(2.5, gt=0)           # noise-aware: improvement the test is tuned to, in noise sd
     confirm_runs: int = Field(2, ge=1, le=100)        # noise-aware: runs of a candidate before a keep
-    refresh_runs: int = Field(3, ge=0, le=50)         # noise-aware: fresh runs of a new best before it is judged by them
+    refresh_runs: int = Field(3, ge=0, le=50)         # noise-aware-v1: fresh runs of a new best before it is judged by them
+    remeasure_every: int = Field(20, ge=0)            # noise-aware: re-measure the best after this many experiments without a run of it (0: only on resume)
+    drift_alpha: float = Field(1e-3, gt=0, lt=0.5)    # noise-aware: level of the test for a change of measuring conditions
 
 
 class PruneSettings(_Strict):
@@ -174,6 +176,10 @@ class TargetSpec(_Strict):
     evaluate: str | None = None
     metric: str
     direction: Literal["minimize", "maximize"] = "minimize"
+    holdout: str | None = None                        # locked command: a second metric the agent never sees
+    holdout_metric: str | None = None                 # the name the holdout prints; default: metric
+    holdout_every: int = Field(1, ge=1)               # run the holdout on every Nth candidate (and the baseline)
+    on_divergence: Literal["warn", "stop", "revert"] = "warn"   # when validation improves but the holdout worsens
     budget: float = Field(300, gt=0)                  # seconds of training per experiment
     timeout: float | None = Field(None, gt=0)         # hard limit; default 2 * budget + 60
     setup_timeout: float = Field(3600, gt=0)
@@ -220,7 +226,7 @@ class TargetSpec(_Strict):
             raise ValueError(f"metric name {v!r} must be a word such as 'val_bpb'")
         return v
 
-    @field_validator("run", "setup", "evaluate")
+    @field_validator("run", "setup", "evaluate", "holdout")
     @classmethod
     def _command(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():

@@ -426,18 +426,24 @@ function renderStatus(s) {
   $("base").textContent = fmt(base);
   $("base-sub").textContent = isNum(base) ? "#1 · the unmodified target" : "not measured yet";
   if (b) {
-    const est = b.estimate || {};
+    const est = b.reported ? { mean: b.reported.value, sem: b.reported.sem, n: b.reported.n } : (b.estimate || {});
     const mean = isNum(est.mean) ? est.mean : b.metric;
     const best = $("best"); best.replaceChildren(fmt(mean));
     if (isNum(est.sem)) best.append(el("span", { class: "muted", style: "font-size:15px" }, " ± " + fmt(est.sem)));
     const sub = $("best-sub"); sub.replaceChildren();
+    const gain = b.reported && isNum(b.reported.gain) ? b.reported.gain : null;
     if (isNum(mean) && isNum(base) && b.seq !== 1) {
-      const d = mean - base;
+      const d = gain !== null ? gain : mean - base;
       sub.append(el("span", { class: d === 0 ? "" : better(d) ? "better" : "worse" },
         fmtDelta(d) + (base !== 0 ? " (" + (100 * d / Math.abs(base)).toFixed(2) + "%)" : "")), " vs baseline · ");
     }
     sub.append("#" + b.seq + (est.n ? " · n=" + est.n : "") + " · " + (b.description || ""));
     sub.title = b.description || "";
+    for (const a of ((s.holdout || {}).alarms || [])) {
+      sub.append(el("div", { class: "worse" }, "holdout divergence at #" + a.seq + " (" + a.status + "): " +
+        s.metric + " " + fmtDelta(a.validation_change) + ", holdout " + fmtDelta(a.holdout_change) +
+        " against #" + a.against));
+    }
   } else { $("best").textContent = "–"; $("best-sub").textContent = "no kept experiment yet"; }
 
   $("total").textContent = s.experiments;
@@ -520,7 +526,8 @@ function renderChart() {
     .sort((a, b) => ((a.decision || {}).at || 0) - ((b.decision || {}).at || 0) || a.seq - b.seq);
   if (kept.length) {
     let d = "";
-    kept.forEach((r, i) => { d += i ? ` H${x(r.seq)} V${y(r.metric)}` : `M${x(r.seq)} ${y(r.metric)}`; });
+    const kv = (r) => { const v = (s.kept_values || {})[r.seq]; return isNum(v) ? v : r.metric; };
+    kept.forEach((r, i) => { d += i ? ` H${x(r.seq)} V${y(kv(r))}` : `M${x(r.seq)} ${y(kv(r))}`; });
     d += ` H${x(maxSeq + 0.5)}`;
     g.append(svg("path", { d, fill: "none", stroke: "#2da44e", "stroke-width": 2 }));
   }

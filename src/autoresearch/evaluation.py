@@ -12,6 +12,10 @@
               cache made after the run step). When present it is the only source of the primary
               metric, so the agent's code cannot print its own score
 
+    holdout   (when the job asks) the locked holdout command, after a successful evaluate, in the
+              same fresh directory: a second metric on data the agent never sees. Its output goes
+              to a log of its own (LOG.holdout), never into the experiment's metrics or log, and
+              its failure is recorded as "no holdout value", not as a crash of the experiment
 With `job.sandbox` both steps run under bubblewrap (see sandbox.py): the run step can write its
 worktree, a private TMPDIR and a compiler cache, nothing else, and sees no host process and no
 network; the evaluate step can write only its fresh directory. Without the sandbox the checks
@@ -92,6 +96,8 @@ class Job:
     cache_pin: dict[str, list] | None = None  # pin_cache() of $AUTORESEARCH_CACHE after setup
     protected: list[str] = field(default_factory=list)  # files/dirs a step must not change
     scratch: str | None = None    # where private temp dirs go (emptied on resume); None: /tmp
+    holdout: str | None = None            # the holdout command, when this job computes it
+    holdout_metric: str | None = None     # the name it prints
 
 
 @dataclass
@@ -108,6 +114,7 @@ class EvalResult:
     started: float = 0.0
     finished: float = 0.0
     host: str | None = None
+    holdout: float | None = None     # the holdout metric, when the job computed it
 
 
 def allowance(job: Job) -> float:
@@ -534,31 +541,44 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
         kind, names = ("locked", locked) if locked else ("tracked", bad)
         return finish(Outcome.INVALID, f"the run step modified {kind} file(s): {', '.join(names)}")
 
-    # -- evaluate -------------------------------------------------------------------------------
-    if job.evaluate:
-        work = Path(tempfile.mkdtemp(prefix="ar-eval-", dir=_scratch(job)))
-        try:
-            failed = _evaluate_step(target_dir, work, job, env, log, results, metrics,
-                                    stop_event=stop_event, on_start=on_start,
-                                    materialize=materialize)
-        finally:
-            remove_tree(work)
-        if failed:
+    # -- evaluate (and holdout) in a fresh directory --------------------------------------------
+    work = Path(tempfile.mkdtemp(prefix="ar-eval-", dir=_scratch(job))) if job.evaluate else None
+    here: dict = {"dir": target_dir, "env": env}     # where the holdout runs
+    try:
+        if work is not None and (failed := _evaluate_step(
+                target_dir, work, job, env, log, results, metrics, stop_event=stop_event,
+                on_start=on_start, materialize=materialize, here=here)):
             return finish(*failed)
+        value = metrics.get(job.metric)
+        if value is None:
+            from .metrics import missing_metric_reason
+            src = "evaluate" if job.evaluate else "run"
+            return finish(Outcome.CRASH, missing_metric_reason(job.metric, metrics, src))
+        if not math.isfinite(value):
+            return finish(Outcome.CRASH, f"metric {job.metric} is {value}")
+        trained = metrics.get(job.training_seconds_metric or "")
+        if trained is not None and trained > limit:
+            return finish(Outcome.OVER_BUDGET, f"the target reports {job.training_seconds_metric} = "
+                          f"{trained:g}, past the budget of {job.budget:g}s plus the allowance of "
+                          f"{allowance(job):g}s")
+        result = finish(Outcome.MEASURED, "measured", value)
+        if job.holdout:
+            result.holdout = _holdout(here["dir"], job, here["env"], stop_event)
+            result.finished = time.time()
+        return result
+    finally:
+        if work is not None:
+            remove_tree(work)
 
-    value = metrics.get(job.metric)
-    if value is None:
-        from .metrics import missing_metric_reason
-        src = "evaluate" if job.evaluate else "run"
-        return finish(Outcome.CRASH, missing_metric_reason(job.metric, metrics, src))
-    if not math.isfinite(value):
-        return finish(Outcome.CRASH, f"metric {job.metric} is {value}")
-    trained = metrics.get(job.training_seconds_metric or "")
-    if trained is not None and trained > limit:
-        return finish(Outcome.OVER_BUDGET, f"the target reports {job.training_seconds_metric} = "
-                      f"{trained:g}, past the budget of {job.budget:g}s plus the allowance of "
-                      f"{allowance(job):g}s")
-    return finish(Outcome.MEASURED, "measured", value)
+
+def _holdout(where: Path, job: Job, env: dict[str, str],
+             stop_event: threading.Event | None) -> float | None:
+    """The holdout step: its metric, or None when it fails. Its output stays in its own log."""
+    assert job.holdout
+    r = _step("holdout", job.holdout, where, dict(env), [where], job,
+              Path(job.log_path + ".holdout"), stop_event=stop_event)
+    value = r.metrics.get(job.holdout_metric or job.metric) if r.ok else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _scratch(job: Job) -> str | None:
@@ -575,7 +595,8 @@ def _extra_writable(job: Job, target_dir: Path) -> list[Path]:
 def _evaluate_step(run_dir: Path, work: Path, job: Job, env: dict[str, str], log: Path,
                    results: list[RunResult], metrics: dict[str, float], *,
                    stop_event: threading.Event | None, on_start: Callable[[int], None] | None,
-                   materialize: Callable[[Path], Path] | None) -> tuple[Outcome, str] | None:
+                   materialize: Callable[[Path], Path] | None,
+                   here: dict) -> tuple[Outcome, str] | None:
     """Build the evaluator's fresh directory under work and run the evaluate step there."""
     tree = work / "tree"
     tree.mkdir()
@@ -590,6 +611,7 @@ def _evaluate_step(run_dir: Path, work: Path, job: Job, env: dict[str, str], log
     if why := copy_artifacts(run_dir, eval_dir, job.artifacts, job.artifacts_max_bytes):
         return Outcome.CRASH, why
     eval_env = evaluator_env(env, job)
+    here.update(dir=eval_dir, env=eval_env)
     writable = [eval_dir, *_compiler_cache(job, "evaluate", eval_env)]
     r = _step("evaluate", job.evaluate or "", eval_dir, eval_env, writable, job, log,
               stop_event=stop_event, on_start=on_start)

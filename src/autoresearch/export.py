@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from .config import TargetSpec
+from .experiment import Status
 from .ledger import Experiment, Ledger
+from .summary import reported_values
 
 TSV_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
 
@@ -32,19 +34,42 @@ def _clean(text: str) -> str:
     return " ".join(text.replace("\t", " ").split())
 
 
-def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec) -> str:
+#: how the original's analysis.ipynb reads statuses: keep, discard, crash and nothing else
+ORIGINAL_STATUS = {Status.KEEP: "keep", Status.DISCARD: "discard", Status.REBASED: "discard",
+                   Status.PRUNED: "discard", Status.CRASH: "crash", Status.TIMEOUT: "crash",
+                   Status.INVALID: "crash", Status.AGENT_ERROR: "crash"}
+
+
+def results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, original: bool = False) -> str:
+    """results.tsv. Native: one row per experiment (repeats and every status included); a kept
+    row shows the best's reported value. `original`: the original's format, one row per
+    candidate with its repeats folded into its mean and statuses keep / discard / crash only, so
+    the original's analysis.ipynb reads it unmodified."""
     lines = ["\t".join(c.format(metric=spec.metric) for c in TSV_COLUMNS)]
-    for e in ledger.experiments(tag):
+    exps = ledger.experiments(tag)
+    values = reported_values(ledger, tag, exps)
+    for e in exps:
+        status = e.status.value
+        value = e.metric
+        if e.status == Status.KEEP or original:
+            value = values.get(e.id, e.metric)
+        if original:
+            if e.kind == "repeat" or e.status not in ORIGINAL_STATUS:
+                continue          # folded into its candidate, or not decided yet
+            status = ORIGINAL_STATUS[e.status]
+            if status == "crash":
+                value = None
         commit = (e.commit_sha or "-------")[:7]
-        metric = f"{e.metric:.6f}" if e.metric is not None else "0.000000"
-        lines.append("\t".join([commit, metric, f"{memory_gb(e, spec):.1f}", e.status.value,
+        metric = f"{value:.6f}" if value is not None else "0.000000"
+        lines.append("\t".join([commit, metric, f"{memory_gb(e, spec):.1f}", status,
                                 _clean(e.description)]))
     return "\n".join(lines) + "\n"
 
 
-def write_results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, path: Path) -> None:
+def write_results_tsv(ledger: Ledger, tag: str, spec: TargetSpec, path: Path,
+                      original: bool = False) -> None:
     """Atomically rewrite results.tsv (a reader never sees half a file)."""
-    text = results_tsv(ledger, tag, spec)
+    text = results_tsv(ledger, tag, spec, original)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -39,7 +39,7 @@ from .metrics import tail_lines
 from .policies import Policy, PolicyContext, Sample, Verdict
 from .ratchet import CommitResult, Ratchet
 from .runner import kill_tree, run_command
-from .summary import best_of, replicate_groups, sample_of
+from .summary import best_of, format_best, replicate_groups, reported_best, sample_of
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
 
@@ -64,6 +64,7 @@ class LoopOptions:
     max_cost: float | None = None       # USD
     seed: int = 0
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
+    results_format: str = "native"      # results.tsv: "native" or "original" (export.results_tsv)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Loop:
         self._lines_by_blob: dict[str, int] = {}          # blob id -> non-blank lines
         self.cache_pin: dict[str, list] | None = None
         self._ledger_version: int | None = None
+        self._holdout: dict[int, float] = {}              # experiment id -> holdout metric (until judged)
 
     # == setup and resume ===================================================================
     def editable(self, rel: str) -> bool:
@@ -403,7 +405,7 @@ class Loop:
             return True
         needed = self.policy.baseline_runs(self.spec.policy)
         valid, pending, failed = self._baseline_counts()
-        if valid >= needed:
+        if valid >= needed or self._baseline_complete():
             return True
         # flaky re-measurements get one more try each; past that, go on with what there is
         return pending == 0 and (valid + failed >= 2 * needed or not self._room())
@@ -413,13 +415,33 @@ class Loop:
         base = self.incumbent
         if base is None or base.kind != "baseline":
             return
+        if self._baseline_complete():
+            return
         needed = self.policy.baseline_runs(self.spec.policy)
         valid, pending, failed = self._baseline_counts()
-        for _ in range(needed - valid - pending):
+        # one run per slot at a time: a deterministic metric stops after two that agree
+        for _ in range(min(needed - valid, self.executor.slots) - pending):
             if valid + pending + failed >= 2 * needed or not self._room():
                 break
             self._add_repeat(base, base, "re-measure the baseline (noise estimate)")
             pending += 1
+
+    def _baseline_complete(self) -> bool:
+        assert self.incumbent is not None
+        return self.policy.baseline_complete(self._sample(self.incumbent).values, self.spec.policy)
+
+    def _remeasure_best(self, resumed: bool = False) -> None:
+        """Measure the best again when the policy asks (drift watch: at intervals, on resume)."""
+        inc = self.incumbent
+        if inc is None or not self._room() or (inc.kind == "baseline" and not self._baseline_ready()):
+            return
+        ids = {exp_id for _, exp_id in self.in_flight.values()} | set(self.queue)
+        if any(self.ledger.get(i).tree_sha == inc.tree_sha for i in ids):
+            return
+        if self.policy.remeasure_best(self._sample(inc), self.ledger.count(self.tag) + 1,
+                                      self.spec.policy, resumed=resumed):
+            why = "on resume" if resumed else "at its interval"
+            self._add_repeat(inc, inc, f"re-measure best #{inc.seq} {why} (drift watch)")
 
     def _room(self) -> bool:
         return self.opt.max_experiments is None or self.ledger.count(self.tag) < self.opt.max_experiments
@@ -504,6 +526,9 @@ class Loop:
         while self.free_slots and self.queue:
             self._submit(self.queue.popleft())
         if self._want_new():
+            self._remeasure_best()
+            while self.free_slots and self.queue:
+                self._submit(self.queue.popleft())
             self._keep_proposals_coming()
             while self.free_slots and not self.queue and self.pending_proposals \
                     and self.pending_proposals[0].future.done() and self._want_new():
@@ -735,6 +760,9 @@ class Loop:
         slot = self.free_slots.pop(0)
         seed = self.opt.seed + self._n_measurements(e.tree_sha, before=e.id)
         job = self._job_stub(e, seed)
+        if self.spec.holdout and (e.kind == "baseline" or (
+                e.kind in ("candidate", "rebase") and e.seq % self.spec.holdout_every == 0)):
+            job.holdout, job.holdout_metric = self.spec.holdout, self.spec.holdout_metric
         Path(job.log_path).unlink(missing_ok=True)   # a re-evaluation starts a fresh log
         info = self.executor.slot_info(slot)
         self.ledger.update(exp_id, status=Status.RUNNING, started=time.time(), slot=slot,
@@ -796,6 +824,8 @@ class Loop:
 
     def _on_result(self, e: Experiment, res: EvalResult) -> None:
         self._check_ledger_untouched(e)
+        if res.holdout is not None:
+            self._holdout[e.id] = res.holdout
         fields: dict[str, Any] = dict(
             wall_time=res.wall_time, peak_memory_mb=res.peak_memory_mb, exit_code=res.exit_code,
             log_path=res.log_path, metrics=res.metrics, curve=res.curve or None,
@@ -877,8 +907,10 @@ class Loop:
 
     def _baseline_measured(self, e: Experiment) -> None:
         if e.status != Status.KEEP:
-            self.ledger.update(e.id, status=Status.KEEP, reason="baseline",
-                               decision={"verdict": "keep", "reason": "baseline", "at": time.time()})
+            decision = {"verdict": "keep", "reason": "baseline", "at": time.time()}
+            if e.id in self._holdout:
+                decision["holdout"] = self._holdout.pop(e.id)
+            self.ledger.update(e.id, status=Status.KEEP, reason="baseline", decision=decision)
             e = self.ledger.get(e.id)
             self.incumbent = e
             self._finished(e)
@@ -900,6 +932,7 @@ class Loop:
         if cand.kind == "baseline":
             if self.incumbent and self.incumbent.id == cand.id:
                 self.incumbent = self.ledger.get(cand.id)
+                self._top_up_baseline()
             return
         if cand.status == Status.PENDING and not self._repeats_in_flight(cand):
             self._decide(cand)
@@ -910,6 +943,8 @@ class Loop:
 
     def _resume_pending_decisions(self) -> None:
         self._top_up_baseline()
+        if self.ledger.count(self.tag) > 1:
+            self._remeasure_best(resumed=True)
         for e in self.ledger.experiments(self.tag):
             if e.status == Status.PENDING and not self._repeats_in_flight(e):
                 self._decide(e)
@@ -920,6 +955,10 @@ class Loop:
         decision = self.policy.decide(self._sample(cand), self._sample(inc), self._policy_context())
         record = {"verdict": decision.verdict.value, "reason": decision.reason,
                   "evidence": decision.evidence, "at": time.time(), "against": inc.seq}
+        if cand.id in self._holdout:
+            record["holdout"] = self._holdout[cand.id]
+        elif (cand.decision or {}).get("holdout") is not None:
+            record["holdout"] = cand.decision["holdout"]
         if decision.verdict == Verdict.MORE:
             who = inc if decision.rerun == "incumbent" else cand
             n_repeats = self.ledger.db.execute(
@@ -950,7 +989,8 @@ class Loop:
         value = est.get("mean", cand.metric)
         delta = value - (self.policy.estimate(self._sample(inc), self._policy_context()).get("mean")
                          or 0.0)
-        message = (f"{self.spec.metric} {value:.6f} ({delta:+.6f}): {cand.description}\n\n"
+        shown = format_best(value, est.get("sem"), est.get("n"))
+        message = (f"{self.spec.metric} {shown} ({delta:+.6f}): {cand.description}\n\n"
                    f"autoresearch {self.tag} experiment #{cand.seq}, proposed by {cand.agent}")
         # the kept commit says what was tried and what it scored; same tree and parent
         kept = self.ratchet.git("commit-tree", self.ratchet.tree_of(cand.commit_sha), "-p",
@@ -961,7 +1001,37 @@ class Loop:
         self.ratchet.set_branch(self.tag, kept, expect=inc.commit_sha)
         self.incumbent = self.ledger.get(cand.id)
         self._tell(self.incumbent)
+        if self.spec.holdout and self._watch_holdout(self.incumbent, inc):
+            return
         self._finished(self.incumbent)
+
+    def _watch_holdout(self, kept: Experiment, previous: Experiment) -> bool:
+        """The Goodhart guard: after a keep, compare the holdout metric along the kept chain.
+        Returns True when the keep was reverted (the experiment is then finished)."""
+        from .summary import holdout_divergence
+
+        alarm = holdout_divergence(self.ledger, self.tag, self.spec, kept)
+        if alarm is None:
+            return False
+        record = dict(kept.decision or {})
+        record["holdout_alarm"] = alarm
+        text = (f"holdout divergence at #{kept.seq}: {self.spec.metric} improved by "
+                f"{alarm['validation_change']:+.6g} while the holdout worsened by "
+                f"{alarm['holdout_change']:+.6g} (beyond its noise, {alarm['threshold']:.3g}) "
+                f"against #{alarm['against']}; on_divergence = {self.spec.on_divergence}")
+        if self.reporter:
+            self.reporter.message(text)
+        if self.spec.on_divergence == "revert":
+            self.ledger.update(kept.id, status=Status.DISCARD, decision=record,
+                               reason=f"reverted: {text}")
+            self.ratchet.set_branch(self.tag, previous.commit_sha or "", expect=kept.commit_sha)
+            self.incumbent = self.ledger.get(previous.id)
+            self._finished(self.ledger.get(kept.id))
+            return True
+        self.ledger.update(kept.id, decision=record)
+        if self.spec.on_divergence == "stop":
+            self.stopping = text
+        return False
 
     def _rebase(self, cand: Experiment, inc: Experiment, record: dict) -> None:
         """A winner proposed against an older best: replay it onto the new best and measure again."""
@@ -1023,11 +1093,13 @@ class Loop:
     def _finished(self, e: Experiment) -> None:
         self._write_results()
         if self.reporter:
-            self.reporter.finished(e, self.incumbent)
+            self.reporter.finished(e, self.incumbent,
+                                   reported=reported_best(self.ledger, self.tag, self.spec.policy))
 
     def _write_results(self) -> None:
         from .export import write_results_tsv
-        write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path)
+        write_results_tsv(self.ledger, self.tag, self.spec, self.target.results_path,
+                          original=self.opt.results_format == "original")
 
 
 def _usage_of(pending: _Pending) -> Usage:

@@ -39,11 +39,11 @@ def broke_constraint(e: Experiment) -> bool:
 
 
 def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Path,
-                  title: str | None = None) -> Path:
+                  title: str | None = None, values: dict[int, float] | None = None) -> Path:
     """Draw the chart into a PNG at path; returns the path."""
     import matplotlib.pyplot as plt
 
-    fig = progress_figure(exps, metric, direction, title)
+    fig = progress_figure(exps, metric, direction, title, values)
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
@@ -51,8 +51,14 @@ def plot_progress(exps: list[Experiment], metric: str, direction: str, path: Pat
 
 
 def progress_figure(exps: list[Experiment], metric: str, direction: str,
-                    title: str | None = None):
-    """The chart as a matplotlib Figure (the caller closes it)."""
+                    title: str | None = None, values: dict[int, float] | None = None):
+    """The chart as a matplotlib Figure (the caller closes it). `values`
+    (summary.reported_values) places kept experiments and the running best at the value every
+    other view reports (the mean of their runs), not at their first draw."""
+    shown = values or {}
+
+    def y(e: Experiment) -> float:
+        return shown.get(e.id, e.metric)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +84,7 @@ def progress_figure(exps: list[Experiment], metric: str, direction: str,
         ax.scatter([e.seq for e in broken], [e.metric for e in broken], s=40, marker="X",
                    color="#ff7f0e", edgecolor="#7a3d00", linewidth=0.5,
                    label="constraint violated (discarded)", zorder=3)
-    ax.scatter([e.seq for e in kept], [e.metric for e in kept], s=52, color="#2ca02c",
+    ax.scatter([e.seq for e in kept], [y(e) for e in kept], s=52, color="#2ca02c",
                edgecolor="black", linewidth=0.6, label="kept", zorder=5)
 
     # the running best: only kept experiments move it
@@ -86,7 +92,7 @@ def progress_figure(exps: list[Experiment], metric: str, direction: str,
     if ordered:
         last = max(e.seq for e in exps)
         xs = [e.seq for e in ordered] + [last]
-        ys = [e.metric for e in ordered] + [ordered[-1].metric]
+        ys = [y(e) for e in ordered] + [y(ordered[-1])]
         ax.step(xs, ys, where="post", color="#2ca02c", linewidth=1.8, label="best so far", zorder=4)
 
     # failures have no value: a strip along the bottom edge (x in data, y in axes fraction)
@@ -111,7 +117,7 @@ def progress_figure(exps: list[Experiment], metric: str, direction: str,
     for i, e in enumerate(ordered[-MAX_LABELS:]):
         # alternate above and below the line so neighbours do not overlap; clipped to the axes
         above = i % 2 == 0
-        ax.annotate(_short(e.description), (e.seq, e.metric), textcoords="offset points",
+        ax.annotate(_short(e.description), (e.seq, y(e)), textcoords="offset points",
                     xytext=(5, 8 if above else -12), fontsize=7, color="#1a5e1a",
                     annotation_clip=True, clip_on=True,
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from .experiment import Status
 from .ledger import Experiment
+from .summary import best_text
 
 STATUS_WIDTH = max(len(s.value) for s in Status) + 1   # the longest status, then one space
 
@@ -44,6 +45,7 @@ class Reporter:
         self.quiet = quiet
         self.running: dict[int, tuple[Experiment, float, float]] = {}   # slot -> (exp, start, budget)
         self.best: Experiment | None = None
+        self.reported: dict[str, Any] | None = None
         self.done = 0
         self.live: Live | None = None
         if console.is_terminal and not quiet:
@@ -62,9 +64,13 @@ class Reporter:
     def started(self, e: Experiment, slot: int, budget: float) -> None:
         self.running[slot] = (e, time.time(), budget)
 
-    def finished(self, e: Experiment, best: Experiment | None) -> None:
+    def finished(self, e: Experiment, best: Experiment | None,
+                 reported: dict[str, Any] | None = None) -> None:
+        """One line for a finished experiment; `reported` is summary.reported_best (the best as
+        every view shows it)."""
         self.running = {s: v for s, v in self.running.items() if v[0].id != e.id}
         self.best = best
+        self.reported = reported
         self.done += 1
         if self.quiet:
             return
@@ -73,7 +79,9 @@ class Reporter:
         line.append(f"#{e.seq:<4}", style="bold")
         line.append(f"{e.status.value:<{STATUS_WIDTH}}", style=style)
         line.append(f"{self.metric} {fmt_metric(e.metric):>10}  ")
-        if best is not None and best.metric is not None:
+        if reported is not None:
+            line.append(f"best {best_text(reported)}  ", style="dim")
+        elif best is not None and best.metric is not None:
             line.append(f"best {fmt_metric(best_value(best))} (#{best.seq})  ", style="dim")
         if e.wall_time:
             line.append(f"{e.wall_time:5.1f}s  ", style="dim")
@@ -90,8 +98,11 @@ class Reporter:
         for slot, (e, t0, budget) in sorted(self.running.items()):
             parts.append(f"slot {slot}: #{e.seq} {now - t0:5.1f}s/{budget:g}s")
         best = self.best
-        head = (f"best {self.metric} {fmt_metric(best_value(best))} (#{best.seq})" if best and best.metric
-                is not None else "measuring the baseline")
+        if self.reported is not None:
+            head = f"best {self.metric} {best_text(self.reported)}"
+        else:
+            head = (f"best {self.metric} {fmt_metric(best_value(best))} (#{best.seq})" if best and
+                    best.metric is not None else "measuring the baseline")
         self.live.update(Text(f"⏳ {' | '.join(parts) or 'waiting for the agent'} | {head} | "
                               f"{self.done} finished", style="cyan"))
 

@@ -33,6 +33,9 @@ class Sample:
     #: how many of the first values are the runs that selected this commit as the best (they
     #: are biased by the winner's curse); 0 when it was never selected (the baseline)
     selection: int = 0
+    #: when each value was measured, as experiment numbers (same order as `values`); empty when
+    #: unknown. The policy compares only runs made under comparable conditions.
+    at: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -64,12 +67,26 @@ class Policy(ABC):
     name: str = "policy"
 
     def baseline_runs(self, settings: PolicySettings) -> int:
-        """How many times the baseline is measured before any candidate."""
+        """How many times the baseline is measured before any candidate (at most)."""
         return 1
+
+    def baseline_complete(self, values: list[float], settings: PolicySettings) -> bool:
+        """Whether the baseline's runs so far suffice (a deterministic metric needs no more)."""
+        return len(values) >= self.baseline_runs(settings)
+
+    def remeasure_best(self, incumbent: Sample, now: int, settings: PolicySettings,
+                       resumed: bool = False) -> bool:
+        """Whether the best should be measured again now, before more candidates (drift watch):
+        `now` is the number the next experiment gets; `resumed` is true once when a run resumes."""
+        return False
 
     @abstractmethod
     def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
         """Judge a candidate against the incumbent."""
+
+    def current(self, incumbent: Sample, ctx: PolicyContext) -> tuple[list[float], list[int]]:
+        """The best's runs made under the conditions of now (values, at); by default all."""
+        return list(incumbent.values), list(incumbent.at)
 
     def estimate(self, incumbent: Sample, ctx: PolicyContext) -> dict[str, Any]:
         """The best's value as reported: mean and uncertainty (not the luckiest draw)."""

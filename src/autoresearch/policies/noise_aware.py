@@ -1,4 +1,4 @@
-"""`noise-aware`: keep a candidate only when repeated measurements show it is really better.
+"""`noise-aware-v1`: keep a candidate only when repeated measurements show it is really better.
 
 The rule, in order (improvement d = candidate mean - incumbent mean, signed so that d > 0 is
 better; sigma = the noise sd pooled from every repeated measurement of the run):
@@ -83,7 +83,7 @@ def _z_of_p(p: float) -> float:
 
 
 class NoiseAwarePolicy(Policy):
-    name = "noise-aware"
+    name = "noise-aware-v1"
 
     def __init__(self) -> None:
         # the runs that selected the current best (its values when it was kept); they are

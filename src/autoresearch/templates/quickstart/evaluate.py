@@ -1,14 +1,15 @@
 """Quickstart target: the evaluator (LOCKED). Prints the validation metric.
 
 It loads the weights that train.py saved and runs the forward pass itself, so train.py cannot
-report its own score.
+report its own score. `--holdout` measures the same loss on the holdout split instead (the
+run's hidden second metric: the agent never sees it).
 """
 
 import sys
 
 import numpy as np
 
-from prepare import cross_entropy, val_data
+from prepare import cross_entropy, holdout_data, val_data
 
 
 def forward(params: dict, x: np.ndarray) -> np.ndarray:
@@ -27,7 +28,7 @@ def main() -> int:
     except OSError as e:
         print(f"cannot load model.npz: {e}", file=sys.stderr)
         return 1
-    x, y = val_data()
+    x, y = holdout_data() if "--holdout" in sys.argv[1:] else val_data()
     logits = forward(params, x)
     if logits.shape != (len(y), 3):
         print(f"model output has shape {logits.shape}, expected {(len(y), 3)}", file=sys.stderr)

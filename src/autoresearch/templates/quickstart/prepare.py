@@ -31,6 +31,11 @@ def val_data() -> tuple[np.ndarray, np.ndarray]:
     return make_split(VAL_POINTS, DATA_SEED + 1)
 
 
+def holdout_data() -> tuple[np.ndarray, np.ndarray]:
+    """The holdout split: only `evaluate.py --holdout` (the run's Goodhart guard) reads it."""
+    return make_split(VAL_POINTS, DATA_SEED + 2)
+
+
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))

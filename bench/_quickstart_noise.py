@@ -1,0 +1,84 @@
+"""Real noise of the quickstart target: train + evaluate at two code points, several seeds, twice.
+
+Used by bench/policies.py to check the simulation's noise model against what the loop sees:
+- the spread of one commit's runs across seeds (the noise the policy tests against);
+- how much of it follows the seed (the correlation of two commits' runs at the same seed);
+- how much a repeat at the same seed still moves (machine noise: the budget is wall time);
+- how the spread changes with the metric's level (a worse and a better code point).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from autoresearch.templates import write_template
+
+# two code points: the template's mediocre start, and a much better one found by the demo
+CODE_POINTS = {
+    "baseline": {},
+    "tuned": {"LEARNING_RATE = 0.002": "LEARNING_RATE = 0.05", "HIDDEN_SIZE = 12": "HIDDEN_SIZE = 32",
+              "MOMENTUM = 0.5": "MOMENTUM = 0.9"},
+}
+
+
+def _run(target: Path, seed: int, budget: float) -> float:
+    env = {**os.environ, "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_BUDGET_SECONDS": f"{budget:g}"}
+    for cmd in (["train.py"], ["evaluate.py"]):
+        p = subprocess.run([sys.executable, *cmd], cwd=target, env=env, capture_output=True,
+                           text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"quickstart {cmd[0]} failed: {p.stderr[-500:]}")
+    m = re.search(r"^val_loss: ([-+0-9.eE]+)$", p.stdout, re.M)
+    assert m, p.stdout
+    return float(m.group(1))
+
+
+def measure(seeds: int = 4, repeats: int = 2, budget: float = 1.5) -> dict[str, np.ndarray]:
+    """{code point: array[seed, repeat] of val_loss}."""
+    out: dict[str, np.ndarray] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="ar-qnoise-"))
+    try:
+        for name, edits in CODE_POINTS.items():
+            d = tmp / name
+            d.mkdir()
+            write_template("quickstart", d)
+            src = (d / "train.py").read_text()
+            for a, b in edits.items():
+                assert a in src, a
+                src = src.replace(a, b)
+            (d / "train.py").write_text(src)
+            vals = np.empty((seeds, repeats))
+            for r in range(repeats):          # repeats apart in time, as the loop's are
+                for s in range(seeds):
+                    vals[s, r] = _run(d, s, budget)
+            out[name] = vals
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def noise_structure(vals: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per code point: level, sd across seeds, sd of a same-seed repeat; and the seed correlation."""
+    res: dict[str, float] = {}
+    for name, v in vals.items():
+        res[f"{name}_level"] = float(v.mean())
+        res[f"{name}_sd"] = float(v[:, 0].std(ddof=1))              # first runs, across seeds
+        res[f"{name}_repeat_sd"] = float(np.sqrt(np.mean((v[:, 0] - v[:, 1]) ** 2) / 2))
+    a, b = (vals[k].mean(axis=1) for k in CODE_POINTS)
+    res["seed_corr"] = float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 else float("nan")
+    return res
+
+
+if __name__ == "__main__":
+    v = measure()
+    for k, x in v.items():
+        print(k, np.round(x, 5).tolist())
+    print(noise_structure(v))
