@@ -278,7 +278,7 @@ main { padding:16px 20px; max-width:1500px; margin:0 auto; }
   background:#6e7781; white-space:nowrap; line-height:18px; }
 .pills { display:flex; flex-wrap:wrap; gap:5px; margin-top:6px; }
 .s-keep { background:#1a7f37; } .s-discard { background:#8c959f; } .s-crash { background:#cf222e; }
-.s-timeout { background:#bc4c00; } .s-invalid { background:#8250df; } .s-running { background:#0969da; }
+.s-timeout, .s-over-budget { background:#bc4c00; } .s-invalid { background:#8250df; } .s-running { background:#0969da; }
 .s-pending { background:#9a6700; } .s-repeat { background:#1b7c83; } .s-rebased { background:#4d2d8c; }
 .s-pruned { background:#953800; } .s-interrupted { background:#57606a; } .s-agent-error { background:#82071e; }
 .grid2 { display:grid; grid-template-columns:2.6fr 1fr; gap:12px; margin-bottom:12px; }
@@ -534,7 +534,7 @@ function renderChart() {
   const top = s.direction === "maximize" ? lo + pad / 2 : hi - pad / 2;
   const title = (r) => svg("title", {}, `#${r.seq} ${r.status} ${fmt(r.metric)}\n${r.description}`);
   for (const r of rows) {
-    const failed = ["crash", "timeout", "pruned", "invalid"].includes(r.status);
+    const failed = ["crash", "timeout", "over-budget", "pruned", "invalid"].includes(r.status);
     if (!isNum(r.metric) && !failed) continue;
     let mark;
     if (!isNum(r.metric)) {

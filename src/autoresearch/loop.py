@@ -29,7 +29,8 @@ from typing import Any
 from .agents import Agent, AgentContext, AgentError, ProposalsExhausted
 from .config import Target
 from .errors import AutoresearchError, GitError
-from .evaluation import EvalResult, Job
+from .evaluation import EvalResult, Job, pin_cache
+from .evaluation import Outcome as EvalOutcome
 from .executors import Executor
 from .experiment import Outcome, Proposal, Status, Usage
 from .globs import matches
@@ -41,6 +42,11 @@ from .runner import kill_tree, run_command
 from .summary import best_of, format_best, replicate_groups, reported_best, sample_of
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
+
+# the one place an evaluation's outcome becomes a status (MEASURED: the policy decides)
+_STATUS_OF = {EvalOutcome.CRASH: Status.CRASH, EvalOutcome.TIMEOUT: Status.TIMEOUT,
+              EvalOutcome.OVER_BUDGET: Status.OVER_BUDGET, EvalOutcome.INVALID: Status.INVALID,
+              EvalOutcome.PRUNED: Status.PRUNED, EvalOutcome.INTERRUPTED: Status.INTERRUPTED}
 
 
 class RunStopped(AutoresearchError):
@@ -121,6 +127,8 @@ class Loop:
         self._agent_lock = threading.Lock()
         self._pid_updates: list[tuple[int, int]] = []   # (experiment id, pid) from slot threads
         self._lines_by_blob: dict[str, int] = {}          # blob id -> non-blank lines
+        self.cache_pin: dict[str, list] | None = None
+        self._ledger_version: int | None = None
         self._holdout: dict[int, float] = {}              # experiment id -> holdout metric (until judged)
         self.hub: Any = None   # contributor mode: a hub.contributor.HubContributor (set by the CLI)
 
@@ -166,8 +174,10 @@ class Loop:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        if self.spec.sandbox:
-            self._check_sandbox()
+        from .sandbox import remove_tree
+        if (self.target.state_dir / "scratch").exists():   # temp dirs a kill -9 left behind
+            remove_tree(self.target.state_dir / "scratch")
+        self._check_sandbox()
         self._check_locked_unchanged()
         exps = self.ledger.experiments(self.tag)
         for e in exps:
@@ -180,15 +190,41 @@ class Loop:
                 self.ledger.update(e.id, status=Status.RUNNING, reason="", pid=None, metric=None)
                 self.queue.append(e.id)
         self._repin(exps)
+        self._check_not_tampered()
         self.incumbent = self._find_incumbent()
         best = self.incumbent.commit_sha if self.incumbent else run.base_commit
         if self.ratchet.branch_commit(self.tag) != best:
             self.ratchet.set_branch(self.tag, best)
         if not exps:
             self._add_baseline()
+        self._ledger_version = self._data_version()
         # every row, running and pending ones included: a replayed script must not repeat them
         self.agent.resume([e.history_entry() for e in self.ledger.experiments(self.tag)])
         return run
+
+    # -- the ledger is written by this process alone -----------------------------------------
+    def _data_version(self) -> int:
+        return self.ledger.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _tamper_mark(self) -> Path:
+        return self.target.state_dir / f"TAMPERED-{self.tag}"
+
+    def _check_not_tampered(self) -> None:
+        if self._tamper_mark().exists():
+            why = self._tamper_mark().read_text().strip()
+            raise RunStopped(f"run '{self.tag}' is not resumed: {why} — check "
+                             f"{self.ledger.path} (its results may be forged), then delete "
+                             f"{self._tamper_mark()} to resume, or start a new --tag")
+
+    def _check_ledger_untouched(self, e: Experiment) -> None:
+        """A write to the ledger by another process while e ran came from its code (possible
+        with sandbox = false): stop, and refuse to resume until the user has looked."""
+        now = self._data_version()
+        if self._ledger_version is not None and now != self._ledger_version:
+            self._tamper_mark().write_text(f"the ledger was written by another process while "
+                                           f"experiment #{e.seq} ran\n")
+            self._check_not_tampered()
+        self._ledger_version = now
 
     def _repin(self, exps: list[Experiment]) -> None:
         """A kill between a ledger write and its pin leaves the ref behind: the ledger wins."""
@@ -198,18 +234,21 @@ class Loop:
                 self.ratchet.pin(self.tag, e.seq, e.commit_sha)
 
     def _check_sandbox(self) -> None:
-        import shutil
-        import subprocess
+        from .sandbox import SandboxUnavailable, check
 
-        if shutil.which("bwrap") is None:
-            raise RunStopped("autoresearch.toml: sandbox = true needs bubblewrap — install it "
-                             "(apt-get install bubblewrap) or set sandbox = false")
-        p = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "true"],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RunStopped(f"autoresearch.toml: sandbox = true, but bubblewrap cannot run here "
-                             f"({p.stderr.strip() or p.returncode}) — allow user namespaces or set "
-                             f"sandbox = false")
+        if not self.spec.sandbox:
+            warning = ("warning: sandbox = false — the agent's code runs with your user's rights: "
+                       "it can reach the network, other processes and every file you can write")
+            if self.reporter:
+                self.reporter.message(warning)
+            else:
+                import sys
+                print(warning, file=sys.stderr)
+            return
+        try:
+            check()
+        except SandboxUnavailable as e:
+            raise RunStopped(f"autoresearch.toml: {e}") from None
 
     def _check_locked_unchanged(self) -> None:
         """The locked files at the branch must be the ones hashed when the run began, and the
@@ -295,6 +334,7 @@ class Loop:
             self.open()
             self.executor.prepare()
             self.setup()
+            self.cache_pin = pin_cache(self.cache_dir)   # setup outputs, checked after each run
             old_term = signal.getsignal(signal.SIGTERM)
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -339,7 +379,7 @@ class Loop:
                 res = fut.result(timeout=30)
             except Exception:
                 res = None
-            reason = (res.reason if res is not None and res.status == Status.INTERRUPTED
+            reason = (res.reason if res is not None and res.outcome == EvalOutcome.INTERRUPTED
                       else "the run stopped before this experiment was judged")
             self.ledger.update(exp_id, status=Status.INTERRUPTED, reason=reason,
                                finished=time.time(), pid=None)
@@ -705,7 +745,13 @@ class Loop:
             token=self._token(e.id) if e else None,
             tracked=self.ratchet.list_files(e.commit_sha) if e and e.commit_sha else {},
             sandbox=self.spec.sandbox, sandbox_writable=list(self.spec.sandbox_writable),
-            sandbox_cache=str(self.target.state_dir / "sandbox-cache"))
+            sandbox_cache=str(self.target.state_dir / "sandbox-cache"), network=self.spec.network,
+            hidden=[str(self.target.state_dir)], artifacts=list(self.spec.artifacts),
+            artifacts_max_bytes=int(self.spec.artifacts_max_mb * 2**20),
+            budget_allowance=self.spec.budget_allowance,
+            training_seconds_metric=self.spec.training_seconds_metric, cache_pin=self.cache_pin,
+            protected=[str(self.ratchet.common_dir / n) for n in ("config", "hooks", "info")],
+            scratch=str(self.target.state_dir / "scratch"))
 
     def _token(self, exp_id: int) -> str:
         """Stable per experiment, so a resumed run can find processes that escaped with setsid."""
@@ -764,7 +810,7 @@ class Loop:
             try:
                 res = fut.result()
             except Exception as e:  # an executor fault: the worker died, the node vanished
-                res = EvalResult(Status.CRASH, f"executor error: {type(e).__name__}: {e}", None, {},
+                res = EvalResult(EvalOutcome.CRASH, f"executor error: {type(e).__name__}: {e}", None, {},
                                  0.0, 0.0, None, self._job_stub(self.ledger.get(exp_id)).log_path)
             self._on_result(self.ledger.get(exp_id), res)
         if self.hub is not None:
@@ -804,17 +850,18 @@ class Loop:
             self.ledger.update(exp_id, pid=pid, pid_started=created)
 
     def _on_result(self, e: Experiment, res: EvalResult) -> None:
+        self._check_ledger_untouched(e)
         if res.holdout is not None:
             self._holdout[e.id] = res.holdout
         fields: dict[str, Any] = dict(
             wall_time=res.wall_time, peak_memory_mb=res.peak_memory_mb, exit_code=res.exit_code,
             log_path=res.log_path, metrics=res.metrics, curve=res.curve or None,
             started=res.started or e.started, finished=res.finished or time.time(), pid=None)
-        if res.status == Status.INTERRUPTED:
+        if res.outcome == EvalOutcome.INTERRUPTED:
             self.ledger.update(e.id, status=Status.INTERRUPTED, reason=res.reason, **fields)
             return
-        if res.status != Status.RUNNING:
-            self.ledger.update(e.id, status=res.status, reason=res.reason, **fields)
+        if res.outcome != EvalOutcome.MEASURED:
+            self.ledger.update(e.id, status=_STATUS_OF[res.outcome], reason=res.reason, **fields)
             self._failed(self.ledger.get(e.id), res)
             return
         violation = next((r for c in self.spec.parsed_constraints if (r := c.check(res.metrics))), None)
