@@ -38,6 +38,15 @@ _SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL
 _BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
 
 
+def safe_git_env() -> dict[str, str]:
+    """The harness's environment for git: no GIT_* variable inherited (they could point git at
+    another repository or config), no system config or attributes, no credential prompt."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GIT_") or k in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")}
+    env.update(_SAFE_ENV)
+    return env
+
+
 def git_blob_hash(data: bytes) -> str:
     """The object id git gives a blob with these bytes (sha1 repositories)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -72,9 +81,7 @@ class Ratchet:
         self.subdir = "" if rel == "." else rel
         self.worktrees_dir = self.target_root / STATE_DIR / "worktrees"
         self._tree_cache: dict[str, dict[str, str]] = {}
-        self._base_env = {k: v for k, v in os.environ.items()
-                          if not k.startswith("GIT_") or k in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")}
-        self._base_env.update(_SAFE_ENV)
+        self._base_env = safe_git_env()
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
