@@ -37,9 +37,9 @@ from overhead import PeakRSS, make_target  # noqa: E402
 from autoresearch.agents import Agent, AgentContext  # noqa: E402
 from autoresearch.cli import build_loop  # noqa: E402
 from autoresearch.config import load_target  # noqa: E402
-from autoresearch.evaluation import EvalResult, Job  # noqa: E402
+from autoresearch.evaluation import EvalResult, Job, Outcome  # noqa: E402
 from autoresearch.executors import Executor  # noqa: E402
-from autoresearch.experiment import Proposal, Status  # noqa: E402
+from autoresearch.experiment import Proposal  # noqa: E402
 
 RATIO_TARGET = 1.25
 RSS_TARGET_MB = 150.0
@@ -72,7 +72,7 @@ class NoopExecutor(Executor):
         score = random.Random(job.experiment_id).uniform(0, 100)
         now = time.time()
         fut: Future[EvalResult] = Future()
-        fut.set_result(EvalResult(Status.RUNNING, "", score, {"score": score}, 0.0, 0.0, 0,
+        fut.set_result(EvalResult(Outcome.MEASURED, "", score, {"score": score}, 0.0, 0.0, 0,
                                   job.log_path, started=now, finished=now))
         return fut
 

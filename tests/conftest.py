@@ -63,7 +63,7 @@ def build_target(base: Path, *, name: str = "target", value: float = 10.0, sleep
     root.mkdir(parents=True)
     cfg = {"editable": ["train.py"], "locked": ["evaluate.py"], "run": "python train.py",
            "evaluate": "python evaluate.py", "metric": "score", "direction": "minimize",
-           "budget": 1, "timeout": 20}
+           "budget": 1, "timeout": 20, "artifacts": ["out.txt"]}
     cfg.update(keys)
     lines = [f"{k} = {json.dumps(v)}" for k, v in cfg.items() if v is not None]
     (root / "autoresearch.toml").write_text("\n".join(lines) + "\n" + extra_toml)
@@ -77,6 +77,13 @@ def build_target(base: Path, *, name: str = "target", value: float = 10.0, sleep
         git(root, "init", "-q", "-b", "main")
         commit_all(root, "tiny target")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fake_agents_may_keep_state(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fake coding-agent CLI keeps its step counter beside its script, under the test's
+    tmp_path; the coding agent's sandbox lets it write there (attack tests take this away)."""
+    os.environ["AUTORESEARCH_AGENT_WRITABLE"] = str(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def _train(value: float, hold: float) -> str:
 
 def _target(tmp_path, on_divergence: str):
     root = build_target(tmp_path, holdout="python evaluate.py --holdout",
-                        on_divergence=on_divergence,
+                        on_divergence=on_divergence, artifacts=["out.txt", "hold.txt"],
                         files={"evaluate.py": EVALUATE, "train.py": _train(10.0, 10.0)})
     steps = [{"description": "honest gain", "files": {"train.py": _train(8.0, 8.0)}},
              {"description": "overfit the validation set", "files": {"train.py": _train(5.0, 30.0)}},

@@ -11,6 +11,7 @@ import pytest
 
 from autoresearch.config import parse_spec
 from autoresearch.evaluation import EvalResult
+from autoresearch.evaluation import Outcome as EvalOutcome
 from autoresearch.experiment import Kind, Status
 from autoresearch.judge import TRANSITIONS, Event, Judge, RunStopped
 from autoresearch.ledger import Ledger
@@ -109,11 +110,13 @@ class H:
 
 
 def measured(metric: float, **metrics: float) -> EvalResult:
-    return EvalResult(Status.RUNNING, "", metric, {"score": metric, **metrics}, 1.0, 0.0, 0, "")
+    return EvalResult(EvalOutcome.MEASURED, "", metric, {"score": metric, **metrics}, 1.0, 0.0,
+                      0, "")
 
 
 def failed(status: Status, reason: str = "boom") -> EvalResult:
-    return EvalResult(status, reason, None, {}, 1.0, 0.0, 1, "")
+    """An evaluation that ended in `status` (the outcome of the same name)."""
+    return EvalResult(EvalOutcome(status.value), reason, None, {}, 1.0, 0.0, 1, "")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 
 from autoresearch.cli import build_loop  # noqa: E402
 from autoresearch.config import load_target  # noqa: E402
-from autoresearch.evaluation import Job  # noqa: E402
+from autoresearch.evaluation import Job, Outcome  # noqa: E402
 from autoresearch.executors.ray_executor import RayExecutor, evaluate_on_node  # noqa: E402
 from autoresearch.experiment import Status  # noqa: E402
 
@@ -133,7 +133,7 @@ def _job(tmp_path: Path, seq: int, run: str = "python train.py") -> Job:
     return Job(experiment_id=seq, seq=seq, commit="c", run=run,
                evaluate="python evaluate.py", metric="score", budget=1, timeout=20, seed=0,
                log_path=str(tmp_path / "driver" / f"{seq}.log"),
-               env={"AUTORESEARCH_CACHE": "/nonexistent/driver/cache"})
+               env={"AUTORESEARCH_CACHE": "/nonexistent/driver/cache"}, artifacts=["out.txt"])
 
 
 def test_setup_runs_once_per_node_and_points_the_cache_there(make_target, tmp_path):
@@ -145,7 +145,7 @@ def test_setup_runs_once_per_node_and_points_the_cache_there(make_target, tmp_pa
         outs = list(pool.map(lambda s: evaluate_on_node(archive, _job(tmp_path, s, run),
                                                         node_cache=node), [1, 2, 3]))
     for res, log in outs:
-        assert res.status == Status.RUNNING and res.metric == 4.0, res.reason
+        assert res.outcome == Outcome.MEASURED and res.metric == 4.0, res.reason
         assert log.decode().count("ran\n") == 1
     (cache,) = [d for d in node.iterdir() if d.is_dir()]
     assert (cache / "setups").read_text() == "ran\n"
@@ -154,5 +154,5 @@ def test_setup_runs_once_per_node_and_points_the_cache_there(make_target, tmp_pa
 def test_a_failing_node_setup_is_a_crash_with_its_log(make_target, tmp_path):
     root = make_target(tmp_path, setup="echo no data here; exit 3")
     res, log = evaluate_on_node(_archive(root), _job(tmp_path, 1), node_cache=tmp_path / "node")
-    assert res.status == Status.CRASH and "setup on node" in res.reason
+    assert res.outcome == Outcome.CRASH and "setup on node" in res.reason
     assert "exited with code 3" in res.reason and b"no data here" in log

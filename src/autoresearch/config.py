@@ -188,10 +188,14 @@ class TargetSpec(_Strict):
     memory_metric: str | None = None                  # results.tsv memory_gb; default: peak RSS
     log_cap_mb: float = Field(16, gt=0)               # per-experiment log size cap
     env: dict[str, str] = Field(default_factory=dict)
-    sandbox: bool = False                             # run steps under bubblewrap, read-only but the worktree
+    # trust (README: "What you can trust, and why")
+    sandbox: bool = Field(default_factory=lambda: sys.platform.startswith("linux"))  # bubblewrap
     sandbox_writable: list[str] = Field(default_factory=list)  # more writable paths in the sandbox
-    artifacts: list[str] = Field(default_factory=list)  # files the run step writes for the evaluator
-    network: bool = False                             # steps may reach the network (issue 10)
+    network: bool = False                             # run/evaluate steps may use the network
+    artifacts: list[str] = Field(default_factory=list)  # run-step outputs the evaluator may read
+    artifacts_max_mb: float = Field(4096, gt=0)       # cap on the artifacts' total size
+    budget_allowance: float | None = Field(None, ge=0)  # seconds past the budget; default max(30, budget/4)
+    training_seconds_metric: str | None = "training_seconds"  # reported training time, checked too
     search: dict[str, SearchParam] = Field(default_factory=dict)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     prune: PruneSettings = Field(default_factory=PruneSettings)
@@ -202,6 +206,17 @@ class TargetSpec(_Strict):
     def _constraints(cls, v: list[str]) -> list[str]:
         for c in v:
             Constraint.parse(c)
+        return v
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            parts = Path(name).parts
+            if not name.strip() or Path(name).is_absolute() or ".." in parts or any(
+                    c in name for c in "*?["):
+                raise ValueError(f"artifact {name!r} must be a file path inside the target, "
+                                 f"relative, without '..' or wildcards (e.g. 'model.npz')")
         return v
 
     @field_validator("metric")

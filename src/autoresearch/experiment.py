@@ -57,6 +57,7 @@ class Status(str, enum.Enum):
     DISCARD = "discard"          # measured and not better
     CRASH = "crash"              # a command failed, or the metric was missing / NaN / infinite
     TIMEOUT = "timeout"          # killed at the hard timeout
+    OVER_BUDGET = "over-budget"  # ran past the budget plus its allowance; never kept
     INVALID = "invalid"          # touched a file outside the editable globs; never run
     INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM
     AGENT_ERROR = "agent-error"  # the agent gave no usable proposal
@@ -73,7 +74,8 @@ class Status(str, enum.Enum):
 
     @property
     def failed(self) -> bool:
-        return self in (Status.CRASH, Status.TIMEOUT, Status.INVALID, Status.AGENT_ERROR)
+        return self in (Status.CRASH, Status.TIMEOUT, Status.OVER_BUDGET, Status.INVALID,
+                        Status.AGENT_ERROR)
 
 
 @dataclass

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .config import TargetSpec
 from .errors import AutoresearchError
 from .evaluation import EvalResult
+from .evaluation import Outcome as EvalOutcome
 from .experiment import Kind, Outcome, Proposal, Status
 from .ledger import Experiment
 from .metrics import tail_lines
@@ -89,10 +90,16 @@ class Transition:
     by_action: bool = False    # the action writes the status itself, after git (keep, rebase)
 
 
+#: an evaluation's outcome as a status (MEASURED is not here: the policy decides)
+_STATUS_OF = {EvalOutcome.CRASH: Status.CRASH, EvalOutcome.TIMEOUT: Status.TIMEOUT,
+              EvalOutcome.OVER_BUDGET: Status.OVER_BUDGET, EvalOutcome.INVALID: Status.INVALID,
+              EvalOutcome.PRUNED: Status.PRUNED, EvalOutcome.INTERRUPTED: Status.INTERRUPTED}
+
+
 def evaluation_status(res: EvalResult) -> Status | None:
     """How an evaluation ended: None when it measured (the judge decides the status), else
-    the status it ended in. The one place that reads `EvalResult.status`."""
-    return None if res.status == Status.RUNNING else res.status
+    the status it ended in. The one place that reads `EvalResult.outcome`."""
+    return None if res.outcome == EvalOutcome.MEASURED else _STATUS_OF[res.outcome]
 
 
 class Git(Protocol):

@@ -253,6 +253,11 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
+    def data_version(self) -> int:
+        """SQLite's data version: it changes when another connection commits a write."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def journal_mode(self) -> str:
         return self._db.execute("PRAGMA journal_mode").fetchone()[0]
 

@@ -3,8 +3,7 @@
 One driver thread owns the run. Around it:
 - `session.py` holds the driver lock and opens, resumes and repairs the run;
 - `state.py` is the run in memory, written through to the ledger and never read back;
-- `proposals.py` asks the agent (on its own thread, ahead of time for slow agents) and turns
-  proposals into commits and experiments;
+- `proposals.py` asks the agent (own thread, ahead of time) and turns proposals into commits;
 - the executor's slots evaluate commits (local worktrees, or Ray workers);
 - `judge.py` turns results and the policy's verdicts into statuses (one table of transitions).
 
@@ -79,7 +78,8 @@ class Loop:
         self.reporter = reporter
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
                                policy_name=policy.name, budget=options.budget, seed=options.seed,
-                               results_format=options.results_format)
+                               results_format=options.results_format,
+                               say=reporter.message if reporter else None)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)
@@ -123,6 +123,7 @@ class Loop:
             self.open()
             self.executor.prepare()
             self.session.setup(self.executor.stop_event, self.reporter)
+            self.session.pin_cache()   # setup outputs, checked after each run step
             old_term = signal.getsignal(signal.SIGTERM)
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -207,6 +208,7 @@ class Loop:
         self.session.record_pids(self.state, self._pid_updates)
         for slot, fut in self.executor.collect():
             e, _ = self.in_flight.pop(slot)
+            self.session.check_ledger_untouched(e)
             self.ledger.set_slot(self.tag, slot, None, self.executor.slot_info(slot).gpu)
             try:
                 res = fut.result()

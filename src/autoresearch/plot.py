@@ -27,7 +27,7 @@ LABEL_CHARS = 40          # characters of a description shown next to a kept exp
 MAX_LABELS = 25           # more kept experiments than this: only the latest are labelled
 # outcomes without a valid value: (statuses, marker, colour, legend label)
 FAILED_MARKS = (
-    ((Status.CRASH, Status.TIMEOUT), "x", "#d62728", "crash / timeout"),
+    ((Status.CRASH, Status.TIMEOUT, Status.OVER_BUDGET), "x", "#d62728", "crash / timeout"),
     ((Status.PRUNED,), "|", "#8c564b", "pruned (stopped early)"),
     ((Status.INVALID, Status.AGENT_ERROR), "d", "#9467bd", "invalid / agent error"),
 )

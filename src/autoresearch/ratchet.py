@@ -5,15 +5,23 @@ Experiments never touch the user's checkout. A proposal becomes a commit built w
 `refs/autoresearch/TAG/NNNNN` whatever its fate, and keeping one moves the branch
 `autoresearch/TAG` with a compare-and-swap `update-ref`. Evaluations run in worktrees under
 `.autoresearch/worktrees/`.
+
+Git never trusts a place a step can write. Every call names the repository's git directory as
+recorded when the Ratchet was made (`--git-dir`), never a worktree's `.git`; hooks, the
+attributes file, fsmonitor and system config are switched off. A worktree is not a git worktree:
+it is a plain directory that `checkout` wipes and rebuilds from the object store, writing each
+blob's bytes itself (`cat-file --batch`), so no filter, attribute or hook from the tree or from a
+step's leftovers ever runs. `archive` builds its tar the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
-import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -24,7 +32,21 @@ from .config import RESULTS_NAME, STATE_DIR
 from .errors import GitError
 
 _IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost",
-             "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+             "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null",
+             "-c", "core.attributesFile=/dev/null", "-c", "core.fsmonitor=false",
+             "-c", "diff.external=", "-c", "core.pager=cat"]
+# no system-wide config or attributes, and no prompt for credentials
+_SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+_BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
+
+
+def safe_git_env() -> dict[str, str]:
+    """The harness's environment for git: no GIT_* variable inherited (they could point git at
+    another repository or config), no system config or attributes, no credential prompt."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GIT_") or k in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")}
+    env.update(_SAFE_ENV)
+    return env
 
 
 def git_blob_hash(data: bytes) -> str:
@@ -67,19 +89,22 @@ class Ratchet:
     def __init__(self, target_root: Path):
         self.target_root = Path(target_root).resolve()
         try:
-            out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--git-common-dir"],
+            out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--git-common-dir",
+                                  "--absolute-git-dir"],
                                  cwd=self.target_root, capture_output=True, text=True)
         except FileNotFoundError:
             raise GitError("git is not installed — install git and try again") from None
         if out.returncode != 0:
             raise GitError(f"{self.target_root} is not inside a git repository — "
                            f"run 'git init' there and commit your files first")
-        top, common = out.stdout.splitlines()[:2]
+        top, common, git_dir = out.stdout.splitlines()[:3]
         self.repo = Path(top).resolve()
         self.common_dir = (self.target_root / common).resolve()
+        self.git_dir = Path(git_dir).resolve()   # recorded once: never re-read from a worktree
         rel = self.target_root.relative_to(self.repo).as_posix()
         self.subdir = "" if rel == "." else rel
         self.worktrees_dir = self.target_root / STATE_DIR / "worktrees"
+        self._base_env = safe_git_env()
         self._init_helpers()
 
     def _init_helpers(self) -> None:
@@ -92,16 +117,16 @@ class Ratchet:
 
     def _spawn(self, *args: str, text: bool, stderr: int) -> subprocess.Popen:
         """A long-lived git process in this repository, talked to through pipes."""
-        return subprocess.Popen(["git", *_IDENTITY, *args], cwd=self.repo, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=stderr, text=text)
+        return subprocess.Popen(["git", f"--git-dir={self.git_dir}", *_IDENTITY, *args],
+                                cwd=self.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, text=text, env=self._base_env)
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, cwd: Path | None = None, input: str | bytes | None = None,
             env: dict[str, str] | None = None, check: bool = True, binary: bool = False):
-        full_env = None
-        if env:
-            full_env = {**os.environ, **env}
-        p = subprocess.run(["git", *_IDENTITY, *args], cwd=cwd or self.repo, input=input,
+        full_env = {**self._base_env, **(env or {})}
+        where = [f"--git-dir={self.git_dir}", f"--work-tree={cwd or self.repo}"]
+        p = subprocess.run(["git", *where, *_IDENTITY, *args], cwd=cwd or self.repo, input=input,
                            capture_output=True, text=not binary, env=full_env)
         if check and p.returncode != 0:
             err = p.stderr if not binary else p.stderr.decode(errors="replace")
@@ -308,7 +333,7 @@ class Ratchet:
         return self.resolve(f"{commit}^")
 
     def diff(self, a: str, b: str) -> str:
-        return self.git("diff", "--no-color", "--no-ext-diff", a, b,
+        return self.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", a, b,
                         *(["--relative=" + self.subdir] if self.subdir else []))
 
     def _numstat(self, a: str, b: str) -> tuple[list[str], int, int]:
@@ -402,7 +427,7 @@ class Ratchet:
 
     def _replay_diff(self, commit: str, old_base: str, new_base: str) -> str | None:
         diff = self.git("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff",
-                        old_base, commit, binary=True)
+                        "--no-textconv", old_base, commit, binary=True)
         with tempfile.TemporaryDirectory(prefix="ar-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self.git("read-tree", new_base, env=env)
@@ -416,30 +441,78 @@ class Ratchet:
             return self.git("write-tree", env=env)
 
     def archive(self, commit: str) -> bytes:
-        """The target's files at commit as a tar, for executors on other machines."""
-        args = ["archive", "--format=tar", commit]
-        if self.subdir:
-            args = ["archive", "--format=tar", f"{commit}:{self.subdir}"]
-        return self.git(*args, binary=True)
+        """The target's files at commit as a tar, for executors on other machines (built from
+        the blobs: no export-subst, no filters)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for rel, mode, data in self._entries(commit, whole_repo=False):
+                info = tarfile.TarInfo(rel)
+                if mode == "120000":
+                    info.type, info.linkname = tarfile.SYMTYPE, data.decode(errors="replace")
+                    tar.addfile(info)
+                    continue
+                info.size, info.mode = len(data), 0o755 if mode == "100755" else 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _entries(self, commit: str, whole_repo: bool):
+        """(path, mode, bytes) of every blob at commit: repo-relative when whole_repo, else
+        target-relative within the target's directory."""
+        args = ["ls-tree", "-r", "-z", "--full-tree", commit]
+        if self.subdir and not whole_repo:
+            args += ["--", self.subdir]
+        rows = []
+        for entry in self.git(*args).split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            mode, kind, oid = meta.split()
+            if kind == "blob":
+                rows.append((path if whole_repo else self._target_rel(path), mode, oid))
+        for i in range(0, len(rows), _BLOB_BATCH):
+            chunk = rows[i:i + _BLOB_BATCH]
+            blobs = self.read_blobs(oid for _p, _m, oid in chunk)
+            for path, mode, oid in chunk:
+                yield path, mode, blobs[oid]
 
     # -- worktrees --------------------------------------------------------------------------
     def worktree(self, name: str) -> Path:
-        """A detached worktree of the repo under .autoresearch/worktrees/NAME (created once)."""
+        """A plain directory .autoresearch/worktrees/NAME for checkouts (created once)."""
         path = self.worktrees_dir / name
-        if (path / ".git").exists():
-            return path
-        if path.exists():
-            shutil.rmtree(path)
-        self.git("worktree", "prune")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.git("worktree", "add", "--detach", "--force", str(path), "HEAD")
+        path.mkdir(parents=True, exist_ok=True)
         return path
 
     def checkout(self, worktree: Path, commit: str) -> Path:
-        """Make the worktree exactly commit, untracked outputs removed; returns the target dir."""
-        self.git("checkout", "--force", "--quiet", "--detach", commit, cwd=worktree)
-        self.git("clean", "-ffdxq", cwd=worktree)
-        return worktree / self.subdir if self.subdir else worktree
+        """Make the worktree exactly commit, from the object store (whatever a step left there,
+        a `.git` file included, is removed first); returns the target dir."""
+        return self.materialize(commit, worktree)
+
+    def materialize(self, commit: str, dest: Path) -> Path:
+        """Write the repository's files at commit into dest (emptied first); returns the
+        target's directory in it. Blob bytes are written as stored: no filter, no attribute,
+        no hook runs. A symlink that points outside the tree is written as a regular file."""
+        from .sandbox import remove_tree
+
+        dest = Path(dest)
+        if dest.is_symlink():
+            dest.unlink()
+        if dest.exists():
+            remove_tree(dest)
+        dest.mkdir(parents=True)
+        root = os.path.realpath(dest)
+        for path, mode, data in self._entries(commit, whole_repo=True):
+            out = dest / path
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "120000":
+                link = data.decode(errors="replace")
+                target = os.path.realpath(os.path.join(os.path.dirname(out), link))
+                if not os.path.isabs(link) and (target == root or target.startswith(root + os.sep)):
+                    os.symlink(link, out)
+                    continue
+            out.write_bytes(data)
+            if mode == "100755":
+                out.chmod(0o755)
+        return dest / self.subdir if self.subdir else dest
 
     # -- the user's checkout (agent-driven mode only) -----------------------------------------
     def worktree_changes(self) -> list[str]:
@@ -469,9 +542,14 @@ class Ratchet:
     def restore_in_checkout(self, paths: list[str], commit: str) -> None:
         """Put paths in the user's checkout back to commit (untracked new ones are removed)."""
         tracked = self.list_files(commit)
+        blobs = self.read_blobs(tracked[rel] for rel in paths if rel in tracked)
         for rel in paths:
             if rel in tracked:
-                self.git("checkout", commit, "--", self._repo_path(rel))
+                f = self.target_root / rel
+                if f.is_symlink():
+                    f.unlink()
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(blobs[tracked[rel]])
             else:
                 f = self.target_root / rel
                 if f.is_file():

@@ -2,7 +2,8 @@
 
 What a step is guaranteed, whatever the command does:
 - It runs as `/bin/bash -c COMMAND` in its own session, stdin from /dev/null, stdout and stderr
-  merged into one pipe. On Linux the direct child gets SIGKILL if the harness dies.
+  merged into one pipe. On Linux the direct child gets SIGKILL if the harness dies. Given a
+  `wrap` (the sandbox), the wrapped command line is started instead of the subreaper.
 - When it ends (exit, timeout, stop_event, or on_line asking to stop) no process it started is
   left behind: we SIGTERM, then after a grace period SIGKILL, its process group, every descendant
   seen while it ran (sampled every POLL_INTERVAL, so orphans reparented to init are still known)
@@ -97,6 +98,7 @@ def run_command(
     header: str | None = None,
     on_start: Callable[[int], None] | None = None,
     run_token: str | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> RunResult:
     """Run `command` with exactly `env` (plus RUN_TOKEN_ENV) in `cwd`, logging to `log_path`.
 
@@ -104,8 +106,9 @@ def run_command(
     string back stops the run with that reason. on_start gets the child's pid right after
     spawn (record it to clean up with kill_tree after a harness crash). run_token is the value
     of RUN_TOKEN_ENV for this run (a fresh one by default; pass your own to give it to
-    kill_tree later). An exception from on_line or on_start, or a KeyboardInterrupt, kills the
-    process tree and is then re-raised.
+    kill_tree later). wrap turns `bash -c COMMAND` into the argv to start (the sandbox, whose
+    PID namespace replaces the subreaper). An exception from on_line or on_start, or a
+    KeyboardInterrupt, kills the process tree and is then re-raised.
     """
     started = time.monotonic()
     result = RunResult(command=command)
@@ -123,7 +126,7 @@ def run_command(
 
     try:
         proc = subprocess.Popen(
-            _launcher(command),
+            wrap(["/bin/bash", "-c", command]) if wrap else _launcher(command),
             cwd=cwd,
             env=child_env,
             stdin=subprocess.DEVNULL,

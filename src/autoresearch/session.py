@@ -9,6 +9,11 @@ Guarantees:
   if a process of it survived, reset to `running` and queued again, in its own row.
 - The toml this process read and the locked files at the branch are the ones hashed when the
   run began, or the run does not start.
+- The ledger is written by this process alone: a write by another process while an experiment
+  ran (its code, possible with sandbox = false) stops the run and leaves a TAMPERED-TAG mark;
+  a run with the mark is not resumed until the user has looked and deleted it.
+- Private temp dirs a kill -9 left under .autoresearch/scratch are removed on open; the cache
+  the setup filled is pinned after setup and checked after every run step (evaluation.py).
 - results.tsv is rewritten whole when the loop has opened the run and on close (kept rows, and
   every row of the original format, at their reported values); in between the loop appends.
 - A new run starts from the branch if it exists, else from `start()` when given (a hub's best,
@@ -22,15 +27,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
-import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO
 
 import psutil
 
 from .config import CONFIG_NAME, Target
-from .evaluation import Job, command_env
+from .evaluation import Job, command_env, pin_cache
 from .experiment import Kind, Status
 from .export import write_results_tsv
 from .globs import matches
@@ -40,13 +45,15 @@ from .lockcheck import FileHashes
 from .metrics import tail_lines
 from .ratchet import Ratchet
 from .runner import kill_tree, run_command
+from .sandbox import SandboxUnavailable, remove_tree
+from .sandbox import check as check_sandbox
 from .state import RunState
 
 
 class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
                  agent_name: str, policy_name: str, budget: float | None, seed: int,
-                 results_format: str = "native"):
+                 results_format: str = "native", say: Callable[[str], None] | None = None):
         self.target = target
         self.spec = target.spec
         self.ledger = ledger
@@ -56,6 +63,9 @@ class Session:
         self.policy_name = policy_name
         self.seed = seed
         self.original = results_format == "original"    # results.tsv in the original's format
+        self.say = say
+        self.cache_pin: dict[str, list] | None = None    # pin_cache() after setup
+        self._ledger_version: int | None = None
         self.resumed = False     # set by open: the run had experiments beyond its baseline
         self.budget = budget if budget is not None else self.spec.budget
         self.timeout = self.spec.timeout if self.spec.timeout is not None else 2 * self.budget + 60
@@ -118,8 +128,9 @@ class Session:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        if self.spec.sandbox:
-            self._check_sandbox()
+        if (self.target.state_dir / "scratch").exists():   # temp dirs a kill -9 left behind
+            remove_tree(self.target.state_dir / "scratch")
+        self._check_sandbox()
         self._check_locked_unchanged()
         state = RunState.load(self.ledger, run)
         self.resumed = state.count > 1
@@ -133,11 +144,13 @@ class Session:
                          decision=None)
             queue.append(e)
         self._repin(state)
+        self._check_not_tampered()
         best = state.incumbent.commit_sha if state.incumbent else run.base_commit
         if self.ratchet.branch_commit(self.tag) != best:
             self.ratchet.set_branch(self.tag, best)
         if not state.rows:
             queue.append(self._add_baseline(state, baseline_params, code_lines))
+        self._ledger_version = self.ledger.data_version()
         return state, queue
 
     def _repin(self, state: RunState) -> None:
@@ -160,15 +173,39 @@ class Session:
         return e
 
     def _check_sandbox(self) -> None:
-        if shutil.which("bwrap") is None:
-            raise RunStopped("autoresearch.toml: sandbox = true needs bubblewrap — install it "
-                             "(apt-get install bubblewrap) or set sandbox = false")
-        p = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "true"],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RunStopped(f"autoresearch.toml: sandbox = true, but bubblewrap cannot run here "
-                             f"({p.stderr.strip() or p.returncode}) — allow user namespaces or set "
-                             f"sandbox = false")
+        if not self.spec.sandbox:
+            warning = ("warning: sandbox = false — the agent's code runs with your user's rights: "
+                       "it can reach the network, other processes and every file you can write")
+            if self.say is not None:
+                self.say(warning)
+            else:
+                print(warning, file=sys.stderr)
+            return
+        try:
+            check_sandbox()
+        except SandboxUnavailable as e:
+            raise RunStopped(f"autoresearch.toml: {e}") from None
+
+    # -- the ledger is written by this process alone ------------------------------------------
+    def _tamper_mark(self) -> Path:
+        return self.target.state_dir / f"TAMPERED-{self.tag}"
+
+    def _check_not_tampered(self) -> None:
+        if self._tamper_mark().exists():
+            why = self._tamper_mark().read_text().strip()
+            raise RunStopped(f"run '{self.tag}' is not resumed: {why} — check "
+                             f"{self.ledger.path} (its results may be forged), then delete "
+                             f"{self._tamper_mark()} to resume, or start a new --tag")
+
+    def check_ledger_untouched(self, e: Experiment) -> None:
+        """A write to the ledger by another process while e ran came from its code (possible
+        with sandbox = false): stop, and refuse to resume until the user has looked."""
+        now = self.ledger.data_version()
+        if self._ledger_version is not None and now != self._ledger_version:
+            self._tamper_mark().write_text(f"the ledger was written by another process while "
+                                           f"experiment #{e.seq} ran\n")
+            self._check_not_tampered()
+        self._ledger_version = now
 
     def _check_locked_unchanged(self) -> None:
         """The locked files at the branch must be the ones hashed when the run began, and the
@@ -215,6 +252,10 @@ class Session:
         self.ledger.update_run(self.tag, setup_done=1)
         self.run.setup_done = True
 
+    def pin_cache(self) -> None:
+        """Pin what the setup left in the cache; every run step is checked against it."""
+        self.cache_pin = pin_cache(self.cache_dir)
+
     def job(self, e: Experiment | None = None, seed: int = 0) -> Job:
         """The job that evaluates e (the setup's stand-in without e)."""
         assert self.run is not None
@@ -233,7 +274,13 @@ class Session:
             token=self.token(e.id) if e else None,
             tracked=self.ratchet.list_files(e.commit_sha) if e and e.commit_sha else {},
             sandbox=self.spec.sandbox, sandbox_writable=list(self.spec.sandbox_writable),
-            sandbox_cache=str(self.target.state_dir / "sandbox-cache"))
+            sandbox_cache=str(self.target.state_dir / "sandbox-cache"), network=self.spec.network,
+            hidden=[str(self.target.state_dir)], artifacts=list(self.spec.artifacts),
+            artifacts_max_bytes=int(self.spec.artifacts_max_mb * 2**20),
+            budget_allowance=self.spec.budget_allowance,
+            training_seconds_metric=self.spec.training_seconds_metric, cache_pin=self.cache_pin,
+            protected=[str(self.ratchet.common_dir / n) for n in ("config", "hooks", "info")],
+            scratch=str(self.target.state_dir / "scratch"))
 
     def _holdout_of(self, e: Experiment) -> bool:
         """Does e's job compute the holdout? The baseline's (a hub best adopted too) and every

@@ -18,6 +18,7 @@ STATUS_WIDTH = max(len(s.value) for s in Status) + 1   # the longest status, the
 
 STATUS_STYLE = {
     Status.KEEP: "bold green", Status.DISCARD: "dim", Status.CRASH: "red", Status.TIMEOUT: "red",
+    Status.OVER_BUDGET: "red",
     Status.INVALID: "magenta", Status.AGENT_ERROR: "magenta", Status.PRUNED: "yellow",
     Status.REPEAT: "cyan", Status.PENDING: "cyan", Status.RUNNING: "blue",
     Status.INTERRUPTED: "yellow", Status.REBASED: "green",
@@ -119,7 +120,8 @@ def experiments_table(exps: list[Experiment], metric: str, title: str | None = N
     for e in exps:
         delta = "" if e.metric is None or baseline is None else f"{e.metric - baseline:+.6f}"
         desc = e.description + (f"  [{e.reason}]" if e.reason and e.status in (
-            Status.CRASH, Status.TIMEOUT, Status.INVALID, Status.AGENT_ERROR, Status.PRUNED) else "")
+            Status.CRASH, Status.TIMEOUT, Status.OVER_BUDGET, Status.INVALID, Status.AGENT_ERROR,
+            Status.PRUNED) else "")
         t.add_row(str(e.seq), Text(e.status.value, style=STATUS_STYLE.get(e.status, "")),
                   fmt_metric(e.metric), delta, f"{e.wall_time:.1f}s" if e.wall_time else "",
                   (e.commit_sha or "")[:7], Text(desc))     # user text: never read as markup

@@ -25,6 +25,8 @@ Guarantees:
 - `check()` makes one tiny call before the run starts and turns an unreachable endpoint or a
   rejected key into one error line with the tool's own message;
 - `close()` kills the calls still running, so a stopped run leaves no agent behind.
+- with `sandbox` (the default on Linux) the CLI runs under bubblewrap (sandbox.AgentSandbox):
+  network kept, only its scratch checkout and a private copy of its configuration writable.
 
 The binaries are looked up on PATH; AUTORESEARCH_CLAUDE_BIN / AUTORESEARCH_CODEX_BIN override.
 """
@@ -46,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import AgentSettings
+from ..config import STATE_DIR, AgentSettings
 from ..errors import AgentConfigError
 from ..experiment import Proposal, Usage
 from .base import Agent, AgentContext, AgentError, save_agent_log
@@ -102,6 +104,20 @@ PRESETS = {
 }
 
 
+AGENT_WRITABLE_ENV = "AUTORESEARCH_AGENT_WRITABLE"  # more paths the agent may write (os.pathsep list)
+
+
+def agent_sandbox(workspace: Path, writable: list[str]):  # noqa: ANN201 - an AgentSandbox
+    """The coding agent's bubblewrap sandbox for a scratch checkout under the state directory
+    (which it does not see): network on, only the checkout and a private HOME copy writable."""
+    from ..sandbox import AgentSandbox
+
+    state = next((p for p in Path(workspace).parents if p.name == STATE_DIR), None)
+    extra = [p for p in os.environ.get(AGENT_WRITABLE_ENV, "").split(os.pathsep) if os.path.isabs(p)]
+    return AgentSandbox(Path(workspace), dict(os.environ), state_dir=state,
+                        writable=tuple(Path(p) for p in [*writable, *extra]))
+
+
 @dataclass
 class _Run:
     returncode: int | None          # None: killed
@@ -152,6 +168,7 @@ class CodingAgentCLI(Agent):
         self.command = command          # a list: argv, prompt on stdin; a str: a shell command
         self.settings = settings
         self.output = output
+        self.writable: list[str] = []   # absolute paths the agent may write besides its checkout
         self.preset_spec = preset
         self._procs: set[subprocess.Popen] = set()
         self._procs_lock = threading.Lock()
@@ -229,7 +246,7 @@ class CodingAgentCLI(Agent):
 
     def _run(self, cwd: Path, prompt: str, prompt_file: Path, *, argv: list[str] | None = None,
              env: dict[str, str] | None = None, timeout: float | None = None,
-             stall: float | None = None) -> _Run:
+             stall: float | None = None, sandbox: bool = False) -> _Run:
         if argv is not None:
             cmd, shell, stdin = argv, False, prompt
         elif isinstance(self.command, list):
@@ -241,6 +258,11 @@ class CodingAgentCLI(Agent):
             shell, stdin = True, (None if uses_arg else prompt)
         timeout = self.settings.timeout if timeout is None else timeout
         stall = self.settings.stall_timeout if stall is None else stall
+        if sandbox:   # only the scratch checkout (and a private HOME copy) persists
+            with agent_sandbox(cwd, self.writable) as box:
+                return self._run(cwd, prompt, prompt_file, env={**box.env, **(env or {})},
+                                 argv=box.argv(["/bin/bash", "-c", cmd] if shell else list(cmd)),
+                                 timeout=timeout, stall=stall)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, text=True, start_new_session=True,
@@ -403,7 +425,8 @@ class CodingAgentCLI(Agent):
         with tempfile.TemporaryDirectory(prefix="ar-prompt-") as tmp:
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(prompt, encoding="utf-8")
-            run = self._run(root, prompt, prompt_file)
+            self.writable = [p for p in context.spec.sandbox_writable if os.path.isabs(p)]
+            run = self._run(root, prompt, prompt_file, sandbox=context.spec.sandbox)
         out = self._parse_output(run.stdout)
         usage = out.usage
         ended = {"timeout": "killed at the timeout", "stall": "killed: no progress",

@@ -43,7 +43,8 @@ class LocalExecutor(Executor):
             wt = self.ratchet.worktree(f"slot-{slot}")
             target_dir = self.ratchet.checkout(wt, job.commit)
             return evaluate(target_dir, job, stop_event=self.stop_event,
-                            should_stop=should_stop, on_start=on_start)
+                            should_stop=should_stop, on_start=on_start,
+                            materialize=lambda dest: self.ratchet.materialize(job.commit, dest))
 
         return self._pool.submit(work)
 

@@ -43,8 +43,7 @@ import ray.exceptions
 
 from ..config import CONFIG_NAME, load_spec
 from ..errors import ConfigError
-from ..evaluation import EvalResult, Job, command_env, evaluate
-from ..experiment import Status
+from ..evaluation import EvalResult, Job, Outcome, command_env, evaluate
 from ..metrics import tail_lines
 from ..ratchet import Ratchet
 from ..runner import run_command
@@ -146,17 +145,17 @@ class RayExecutor(Executor):
         try:
             res, log_bytes = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
-            return _result(job, Status.INTERRUPTED, "interrupted (Ray task cancelled)", now)
+            return _result(job, Outcome.INTERRUPTED, "interrupted (Ray task cancelled)", now)
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as e:
             if self.stop_event.is_set():   # a forced cancel kills the worker too
-                return _result(job, Status.INTERRUPTED, "interrupted (Ray worker stopped)", now)
+                return _result(job, Outcome.INTERRUPTED, "interrupted (Ray worker stopped)", now)
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return _result(job, Status.CRASH, f"worker died ({self.retries} retries spent): {why}",
+            return _result(job, Outcome.CRASH, f"worker died ({self.retries} retries spent): {why}",
                            now)
         except ray.exceptions.RayError as e:
             why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            return _result(job, Status.CRASH, f"executor error: {type(e).__name__}: {why}", now)
+            return _result(job, Outcome.CRASH, f"executor error: {type(e).__name__}: {why}", now)
         Path(job.log_path).parent.mkdir(parents=True, exist_ok=True)
         Path(job.log_path).write_bytes(log_bytes)
         if res.host:
@@ -164,8 +163,8 @@ class RayExecutor(Executor):
         return replace(res, log_path=job.log_path)
 
 
-def _result(job: Job, status: Status, reason: str, started: float) -> EvalResult:
-    return EvalResult(status, reason, None, {}, time.time() - started, 0.0, None, job.log_path,
+def _result(job: Job, outcome: Outcome, reason: str, started: float) -> EvalResult:
+    return EvalResult(outcome, reason, None, {}, time.time() - started, 0.0, None, job.log_path,
                       started=started, finished=time.time())
 
 
@@ -186,20 +185,29 @@ def evaluate_on_node(archive: bytes, job: Job, *,
     host = host or socket.gethostname()
     work = Path(tempfile.mkdtemp(prefix=f"autoresearch-{job.seq:05d}-"))
     try:
-        target_dir = work / "target"
-        target_dir.mkdir()
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(target_dir, filter="data")
+        target_dir = _extract(archive, work / "target")
         log = work / "experiment.log"
         job = replace(job, log_path=str(log), env=dict(job.env))
         if not on_driver_node:
+            # the driver's pin describes the driver's cache; this node's copy is read-only to
+            # sandboxed steps but not pinned (README: trust)
+            job.cache_pin = None
             failed = _setup_node(target_dir, job, node_cache)
             if failed:
                 return failed, log.read_bytes() if log.exists() else b""
-        res = evaluate(target_dir, job, should_stop=should_stop)
+        res = evaluate(target_dir, job, should_stop=should_stop,
+                       materialize=lambda dest: _extract(archive, dest))
         return replace(res, host=host), log.read_bytes() if log.exists() else b""
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _extract(archive: bytes, dest: Path) -> Path:
+    """The commit's files from its archive (the evaluator's fresh directory is made the same way)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
 
 
 def _setup_node(target_dir: Path, job: Job, node_cache: Path | None) -> EvalResult | None:
@@ -225,7 +233,7 @@ def _setup_node(target_dir: Path, job: Job, node_cache: Path | None) -> EvalResu
         if not r.ok:
             why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
             Path(job.log_path).write_text("\n".join(tail_lines(setup_log, 50)) + "\n")
-            return EvalResult(Status.CRASH, f"setup on node {socket.gethostname()} {why}", None, {},
+            return EvalResult(Outcome.CRASH, f"setup on node {socket.gethostname()} {why}", None, {},
                               time.time() - started, r.peak_memory_mb, r.exit_code, job.log_path,
                               started=started, finished=time.time())
         done.write_text(f"{time.time()}\n")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GitError
-from ..ratchet import _IDENTITY, Ratchet
+from ..ratchet import _IDENTITY, Ratchet, safe_git_env
 
 #: git reads no user or system configuration in the hub's repositories
 _CLEAN_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
@@ -113,6 +113,10 @@ class HubRepo(Ratchet):
         self.repo = Path(path).resolve()
         self.target_root = self.repo
         self.common_dir = self.repo
+        # bare (the hub's): the repository is its own git directory; else (a verifier's) .git
+        dot_git = self.repo / ".git"
+        self.git_dir = dot_git if dot_git.is_dir() else self.repo
+        self._base_env = safe_git_env()
         self.subdir = subdir
         self.worktrees_dir = self.repo / "worktrees-unused"
         self._init_helpers()
@@ -124,10 +128,9 @@ class HubRepo(Ratchet):
 
     def _spawn(self, *args: str, text: bool, stderr: int) -> subprocess.Popen:
         # the long-lived helpers run as safely as every other git call here
-        return subprocess.Popen(["git", *_IDENTITY, *_SAFE, *args], cwd=self.repo,
-                                stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=stderr, text=text,
-                                env={**os.environ, **_CLEAN_ENV})
+        return subprocess.Popen(["git", f"--git-dir={self.git_dir}", *_IDENTITY, *_SAFE, *args],
+                                cwd=self.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, text=text, env={**self._base_env, **_CLEAN_ENV})
 
     # -- setup ---------------------------------------------------------------------------------
     @classmethod

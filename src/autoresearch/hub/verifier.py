@@ -21,8 +21,7 @@ from pathlib import Path
 
 from ..config import CONFIG_NAME, TargetSpec, tomllib
 from ..errors import AutoresearchError, ConfigError
-from ..evaluation import EvalResult, Job, evaluate
-from ..experiment import Status
+from ..evaluation import EvalResult, Job, Outcome, evaluate
 from ..globs import matches
 from ..runner import run_command
 from .client import HubClient, HubRefused
@@ -42,9 +41,10 @@ def check_sandbox() -> None:
                                 f"unsandboxed")
 
 
-def run_once(target_dir: Path, job: Job) -> EvalResult:
-    """The one call into the evaluation protocol (kept alone so its signature can move)."""
-    return evaluate(target_dir, job)
+def run_once(target_dir: Path, job: Job, repo: HubRepo) -> EvalResult:
+    """The one call into the evaluation protocol: the evaluator runs in a fresh directory
+    written from the hub's object store (plus the declared artifacts), as in a local run."""
+    return evaluate(target_dir, job, materialize=lambda dest: repo.materialize(job.commit, dest))
 
 
 @dataclass
@@ -211,13 +211,13 @@ class Verifier:
             for side, commit in (("best", best), ("candidate", cand)) if i % 2 else \
                     (("candidate", cand), ("best", best)):
                 target_dir = self._checkout(f"slot-{slot}", commit)
-                res = run_once(target_dir, self._job(lease, commit, seed, gpu, side, i))
-                if res.status != Status.RUNNING or res.metric is None:
+                res = run_once(target_dir, self._job(lease, commit, seed, gpu, side, i), self.repo)
+                if res.outcome != Outcome.MEASURED or res.metric is None:
                     if side == "best":
                         return {"outcome": "error", "seeds": seeds,
                                 "reason": f"the best failed here: {res.reason}"[:1900]}
                     return {"outcome": "crash", "seeds": seeds,
-                            "reason": f"{res.status.value}: {res.reason}"[:1900]}
+                            "reason": f"{res.outcome.value}: {res.reason}"[:1900]}
                 runs[side].append(res.metric)
         return {"outcome": "measured", "candidate_runs": runs["candidate"],
                 "best_runs": runs["best"], "seeds": seeds}
@@ -235,4 +235,9 @@ class Verifier:
             tracked=self.repo.list_files(commit),
             sandbox=True,   # forced: contributed code runs only in the sandbox
             sandbox_writable=list(spec.sandbox_writable),
-            sandbox_cache=str(self.data / "sandbox-cache"))
+            sandbox_cache=str(self.data / "sandbox-cache"), network=spec.network,
+            hidden=[str(self.data)], artifacts=list(spec.artifacts),
+            artifacts_max_bytes=int(spec.artifacts_max_mb * 2**20),
+            budget_allowance=spec.budget_allowance,
+            training_seconds_metric=spec.training_seconds_metric,
+            scratch=str(self.data / "scratch"))

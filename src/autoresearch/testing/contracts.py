@@ -42,10 +42,10 @@ check_executor(executor_factory, target)          executors/base.py
     small probe script on top of HEAD (a commit object only: no branch, checkout or working
     tree is touched) and submits Jobs that run it, so the target's own commands are not run.
     - submit(job, slot=...) returns a Future of an EvalResult
-    - a job that prints its metric: status RUNNING ("measured"), the metric and the other
+    - a job that prints its metric: outcome MEASURED, the metric and the other
       printed metrics, the log at job.log_path
-    - a job that exits non-zero: status CRASH, no metric, its exit code
-    - a slow job, then interrupt(): status INTERRUPTED within INTERRUPT_WITHIN seconds, and its
+    - a job that exits non-zero: outcome CRASH, no metric, its exit code
+    - a slow job, then interrupt(): outcome INTERRUPTED within INTERRUPT_WITHIN seconds, and its
       process is gone
     - `slots` jobs submitted at once all run at the same time (they meet at a barrier in a
       temporary directory, so the workers must share this machine's file system)
@@ -70,6 +70,7 @@ from typing import Any
 from ..agents.base import Agent, AgentContext, AgentError, ProposalsExhausted
 from ..config import PolicySettings, Target
 from ..evaluation import EvalResult, Job
+from ..evaluation import Outcome as EvalOutcome
 from ..executors.base import Executor
 from ..experiment import HistoryEntry, Outcome, Proposal, Status
 from ..policies.base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
@@ -452,9 +453,9 @@ def check_executor(executor_factory: Callable[[], Executor], target: Target | Pa
             _require(info.slot == 0, f"slot_info(0) describes slot {info.slot}")
             job = _job(commit, 1, "measure", logs)
             res = _result(ex.submit(job, slot=0), RESULT_WITHIN, "a measured job")
-            _require(res.status == Status.RUNNING and res.metric == 1.25,
-                     f"a job that printed its metric came back {res.status} with metric "
-                     f"{res.metric!r} ({res.reason}); expected running (measured) with 1.25")
+            _require(res.outcome == EvalOutcome.MEASURED and res.metric == 1.25,
+                     f"a job that printed its metric came back {res.outcome} with metric "
+                     f"{res.metric!r} ({res.reason}); expected measured with 1.25")
             _require(res.metrics.get("contract_other") == 7.0,
                      f"the other printed metrics are missing: {res.metrics}")
             _require(res.log_path == job.log_path and Path(job.log_path).is_file()
@@ -465,8 +466,8 @@ def check_executor(executor_factory: Callable[[], Executor], target: Target | Pa
         def crashing(ex: Executor) -> None:
             res = _result(ex.submit(_job(commit, 2, "crash", logs), slot=0), RESULT_WITHIN,
                           "a crashing job")
-            _require(res.status == Status.CRASH and res.metric is None,
-                     f"a job that exited 3 came back {res.status} ({res.reason}); expected crash")
+            _require(res.outcome == EvalOutcome.CRASH and res.metric is None,
+                     f"a job that exited 3 came back {res.outcome} ({res.reason}); expected crash")
             _require(res.exit_code == 3, f"a job that exited 3 reports exit code {res.exit_code}")
 
         def interrupted(ex: Executor) -> None:
@@ -476,7 +477,7 @@ def check_executor(executor_factory: Callable[[], Executor], target: Target | Pa
             while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
                 if fut.done():
                     res = fut.result()
-                    raise ContractViolation(f"the slow job ended before it started: {res.status} "
+                    raise ContractViolation(f"the slow job ended before it started: {res.outcome} "
                                             f"({res.reason})")
                 time.sleep(0.05)
             _require(started.exists(), f"the slow job did not start within {RESULT_WITHIN:g} s")
@@ -489,8 +490,8 @@ def check_executor(executor_factory: Callable[[], Executor], target: Target | Pa
                 _kill(pid)   # the executor did not: do not leave the probe behind
                 raise
             took = time.monotonic() - t0
-            _require(res.status == Status.INTERRUPTED,
-                     f"an interrupted job came back {res.status} ({res.reason})")
+            _require(res.outcome == EvalOutcome.INTERRUPTED,
+                     f"an interrupted job came back {res.outcome} ({res.reason})")
             _require(took <= INTERRUPT_WITHIN,
                      f"interrupt() took {took:.1f} s (at most {INTERRUPT_WITHIN:g})")
             _require(_gone(pid, max(1.0, INTERRUPT_WITHIN - took)),
@@ -504,9 +505,9 @@ def check_executor(executor_factory: Callable[[], Executor], target: Target | Pa
                               slot=s) for s in range(ex.slots)]
             for s, fut in enumerate(futs):
                 res = _result(fut, RESULT_WITHIN + wait, f"job {s + 1} of {ex.slots} at once")
-                _require(res.status == Status.RUNNING and res.metric == ex.slots,
+                _require(res.outcome == EvalOutcome.MEASURED and res.metric == ex.slots,
                          f"{ex.slots} slots, but the job in slot {s} saw {res.metric} running at "
-                         f"once ({res.status}: {res.reason})")
+                         f"once ({res.outcome}: {res.reason})")
 
         for case in (measured, crashing, interrupted, concurrent):
             _with(executor_factory, case)
