@@ -24,8 +24,10 @@ print(f"score: {{float(open('out.txt').read()) * factor * (1 + noise):.6f}}")
 
 
 def test_a_metric_that_shifts_30_percent_halfway_gives_no_false_keep_and_an_honest_gain(tmp_path):
-    state = tmp_path / "machine-state"          # outside the repository
-    root = build_target(tmp_path, value=10.0, direction="maximize",
+    # outside the repository: the evaluator writes it, so it runs unsandboxed (the sandbox
+    # keeps every step's writes inside its directories; this test is about the policy)
+    state = tmp_path / "machine-state"
+    root = build_target(tmp_path, value=10.0, direction="maximize", sandbox=False,
                         files={"evaluate.py": DRIFT_EVALUATE.format(state=str(state), flip=12)})
     steps = [proposal(12.0, description="a real 20% improvement")]
     steps += [proposal(12.0, description=f"no effect {k}", extra=f"# idea {k}\n")
