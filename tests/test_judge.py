@@ -81,20 +81,24 @@ class Stub(Policy):
 class H:
     """A run whose baseline (#1, tree t0, commit c0, metric 10) is kept."""
 
-    def __init__(self, tmp_path, constraints=(), max_runs=3):
+    def __init__(self, tmp_path, constraints=(), max_runs=3, base_holdout=None, slots=1,
+                 policy=None, **spec_keys):
         self.ledger = Ledger(tmp_path / "ledger.db")
         run = self.ledger.create_run("t", "c0", "score", "minimize", "a", "stub", {})
         self.spec = parse_spec({"editable": ["train.py"], "run": "true", "metric": "score",
                                 "constraints": list(constraints),
-                                "policy": {"max_runs": max_runs}}, tmp_path / "autoresearch.toml")
+                                "policy": {"max_runs": max_runs}, **spec_keys},
+                               tmp_path / "autoresearch.toml")
         self.state = RunState(self.ledger, run)
         self.git, self.driver, self.told = FakeGit(), FakeDriver(), []
-        self.policy = Stub()
+        self.policy = policy or Stub()
+        self.said: list[str] = []
         self.judge = Judge(self.state, self.policy, self.spec, self.git, self.driver,
-                           lambda p, o: self.told.append(o), seed=0)
+                           lambda p, o: self.told.append(o), seed=0, slots=slots,
+                           say=self.said.append)
         self.base = self.state.add(kind=Kind.BASELINE, commit_sha="c0", tree_sha="t0",
                                    status=Status.RUNNING, description="baseline")
-        self.judge.on_result(self.base, measured(10.0, vram_mb=1.0), {})
+        self.judge.on_result(self.base, measured(10.0, vram_mb=1.0, holdout=base_holdout), {})
         self.driver.done.clear()
 
     def candidate(self, parent="c0", n=1, **fields):
@@ -109,9 +113,9 @@ class H:
         return self.ledger.get(e.id)
 
 
-def measured(metric: float, **metrics: float) -> EvalResult:
+def measured(metric: float, holdout: float | None = None, **metrics: float) -> EvalResult:
     return EvalResult(EvalOutcome.MEASURED, "", metric, {"score": metric, **metrics}, 1.0, 0.0,
-                      0, "")
+                      0, "", holdout=holdout)
 
 
 def failed(status: Status, reason: str = "boom") -> EvalResult:
@@ -300,3 +304,91 @@ def test_a_job_the_executor_lost_is_a_crash_the_agent_hears_about(h):
     h.judge.on_fault(c, "executor error: NodeDied: gone")
     assert h.row(c).status == Status.CRASH and h.row(c).reason.startswith("executor error")
     assert h.told[-1].status == Status.CRASH and h.driver.done == [(c.seq, Status.CRASH)]
+
+
+# -- the holdout guard, drift re-measurements, the baseline schedule, a hub's best --------------
+def _guarded(tmp_path, on_divergence):
+    h = H(tmp_path, base_holdout=10.0, holdout="python evaluate.py --holdout",
+          on_divergence=on_divergence)
+    h.policy.verdict = Verdict.KEEP
+    c = h.candidate()
+    h.judge.on_result(c, measured(5.0, holdout=30.0), {})   # validation better, holdout worse
+    return h, c
+
+
+def test_a_keep_whose_holdout_worsens_is_reverted_when_on_divergence_is_revert(tmp_path):
+    h, c = _guarded(tmp_path, "revert")
+    assert h.row(c).status == Status.DISCARD and h.row(c).reason.startswith("reverted: holdout")
+    alarm = h.row(c).decision["holdout_alarm"]
+    assert alarm["against"] == 1 and alarm["holdout_change"] == 20.0
+    assert h.git.branch == "c0" and h.state.incumbent is h.base   # the branch went back
+    assert h.told[-1].status == Status.DISCARD and h.driver.done == [(c.seq, Status.DISCARD)]
+    assert "holdout divergence at #2" in h.said[-1] and h.judge.stop_reason is None
+
+
+@pytest.mark.parametrize("mode", ["warn", "stop"])
+def test_a_holdout_alarm_without_revert_keeps_and_records_it(tmp_path, mode):
+    h, c = _guarded(tmp_path, mode)
+    assert h.row(c).status == Status.KEEP and h.state.incumbent is c
+    assert h.row(c).decision["holdout"] == 30.0 and h.row(c).decision["holdout_alarm"]
+    assert (h.judge.stop_reason is not None) == (mode == "stop")
+
+
+def test_a_holdout_that_improves_with_the_metric_raises_no_alarm(tmp_path):
+    h = H(tmp_path, base_holdout=10.0, holdout="python evaluate.py --holdout",
+          on_divergence="revert")
+    h.policy.verdict = Verdict.KEEP
+    c = h.candidate()
+    h.judge.on_result(c, measured(5.0, holdout=6.0), {})
+    assert h.row(c).status == Status.KEEP and "holdout_alarm" not in h.row(c).decision
+    assert h.row(h.base).decision["holdout"] == 10.0 and not h.said
+
+
+class Counted(Stub):
+    """Three baseline runs, and a drift watch that asks for the best every time."""
+
+    def baseline_runs(self, settings):
+        return 3
+
+    def remeasure_best(self, incumbent, now, settings, resumed=False):
+        return True
+
+
+@pytest.mark.parametrize("slots, at_once", [(1, 1), (2, 2), (4, 2)])
+def test_baseline_runs_are_scheduled_one_per_slot_at_a_time(tmp_path, slots, at_once):
+    h = H(tmp_path, slots=slots, policy=Counted())
+    most = 0
+    while h.driver.queue:
+        most = max(most, len(h.driver.queue))
+        assert not h.judge.baseline_ready()
+        h.judge.on_result(h.driver.queue.pop(0), measured(10.0), {})
+    assert most == at_once and len(h.state.measurements("t0")) == 3
+    assert h.judge.baseline_ready()
+
+
+def test_the_best_is_re_measured_when_the_policy_asks_unless_a_run_of_it_is_queued(tmp_path):
+    h = H(tmp_path, policy=Counted())
+    while h.driver.queue:                       # the baseline's runs
+        h.judge.on_result(h.driver.queue.pop(0), measured(10.0), {})
+    h.judge.remeasure_best()
+    (r,) = h.driver.queue
+    assert r.kind == Kind.REPEAT and r.tree_sha == "t0" and "drift watch" in r.description
+    h.judge.remeasure_best()                    # one is queued already: no second
+    assert len(h.driver.queue) == 1
+    h.driver.queue.clear()
+    h.driver.has_room = False
+    h.judge.on_result(r, measured(10.0), {})
+    h.judge.remeasure_best()
+    assert not h.driver.queue                   # no room left under --max-experiments
+
+
+def test_a_hub_best_is_measured_as_a_baseline_and_then_moves_the_branch(h):
+    h.judge.adopt("hubbest", "hub best of cpu (claim #3)")
+    (e,) = h.driver.queue
+    assert e.kind == Kind.BASELINE and e.agent == "hub" and h.git.pins[e.seq] == "hubbest"
+    assert h.git.branch == "c0"                 # not before it is measured here
+    h.driver.queue.clear()
+    h.judge.on_result(e, measured(8.0), {})
+    assert h.row(e).status == Status.KEEP and h.state.incumbent is e and h.git.branch == "hubbest"
+    h.judge.adopt("hubbest", "again")           # a tree the run has: nothing
+    assert not h.driver.queue

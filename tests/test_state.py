@@ -47,3 +47,18 @@ def test_a_measurement_of_zero_is_a_measurement(tmp_path):
     e = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t")
     s.update(e, status=Status.PENDING, metric=0.0)
     assert s.sample(e).values == [0.0]
+
+
+def test_samples_say_when_each_run_was_made_and_the_kept_chain_follows_reverts(tmp_path):
+    s = _state(tmp_path)
+    base = s.add(kind=Kind.BASELINE, status=Status.RUNNING, tree_sha="t0", commit_sha="c0")
+    s.update(base, status=Status.KEEP, metric=2.0, decision={"at": 1.0})
+    c = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t1")
+    rep = s.add(kind=Kind.REPEAT, status=Status.RUNNING, tree_sha="t0", candidate_of=c.id)
+    assert s.busy("t0") and not s.busy("t9")            # a run of the best is queued
+    s.update(rep, status=Status.REPEAT, metric=2.2)
+    assert s.sample(base).values == [2.0, 2.2] and s.sample(base).at == [base.seq, rep.seq]
+    s.update(c, status=Status.KEEP, metric=1.0, decision={"at": 2.0})
+    assert [e.seq for e in s.kept_chain()] == [base.seq, c.seq] and s.baseline is base
+    s.update(c, status=Status.DISCARD)                  # a keep reverted by the holdout guard
+    assert s.kept_chain() == [base] and not s.busy("t0")
