@@ -89,7 +89,7 @@ class CpuClock:
     def started(self, e, slot, budget) -> None:
         pass
 
-    def finished(self, e, best) -> None:
+    def finished(self, e, best, reported=None) -> None:
         self.at.append(time.process_time())
 
     def tick(self, loop) -> None:

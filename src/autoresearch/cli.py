@@ -569,8 +569,9 @@ def cmd_plot(args) -> int:
     out = Path(args.output or target.root / "progress.png")
     from .summary import reported_values
 
-    plot_progress(ledger.experiments(tag), target.spec.metric, target.spec.direction, out,
-                  title=f"autoresearch {tag}", values=reported_values(ledger, tag))
+    exps = ledger.experiments(tag)
+    plot_progress(exps, target.spec.metric, target.spec.direction, out,
+                  title=f"autoresearch {tag}", values=reported_values(ledger, tag, exps))
     console.print(f"wrote {out}", markup=False)
     return 0
 

@@ -421,11 +421,12 @@ class Judge:
         """Measure the best again when the policy asks (drift watch: at intervals, on resume),
         unless a run of its code is already queued or running."""
         inc = self.state.incumbent
-        if inc is None or not self.driver.room() or self.state.busy(inc.tree_sha) or (
+        if inc is None or not self.driver.room() or (
                 inc.kind == Kind.BASELINE and not self.baseline_ready()):
             return
         if self.policy.remeasure_best(self.state.sample(inc), self.state.next_seq,
-                                      self.spec.policy, resumed=resumed):
+                                      self.spec.policy, resumed=resumed) \
+                and not self.state.busy(inc.tree_sha):
             why = "on resume" if resumed else "at its interval"
             self.add_repeat(inc, inc, f"re-measure best #{inc.seq} {why} (drift watch)")
 
