@@ -312,4 +312,5 @@ CASES = [(t, a.id) for t in ("kernel", "latency", "quickstart") for a in ATTACKS
 @pytest.mark.parametrize("template, attack_id", CASES, ids=[f"{t}-{a}" for t, a in CASES])
 def test_template_attack_is_blocked_with_the_default_sandbox(template, attack_id, outcomes):
     result = outcomes(template)[attack_id]
+    print("\nRESULT", template, result.summary())
     assert result.blocked, result.summary()
