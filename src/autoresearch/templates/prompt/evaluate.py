@@ -10,9 +10,8 @@ fake server with toy_model.py stands in (see toy_model.py).
 The system prompt is built here from prompt.toml (role, task, format, hints, then `examples`
 labelled reviews from data/train.jsonl). Gates, before any request: the prompt is at most
 MAX_PROMPT_CHARS long and contains no review of the test set (no leaking the answers: a review's
-words in order, whatever its case, punctuation and spacing). Each answer
-is normalised (case, surrounding punctuation) and must be exactly one of the labels; anything else
-counts as wrong. `accuracy_se` is the binomial standard error of the accuracy.
+words in order, whatever its case, punctuation and spacing). Each answer is normalised (case,
+surrounding punctuation) and must be exactly one of the labels; anything else counts as wrong. `accuracy_se` is the binomial standard error of the accuracy.
 """
 
 import json
