@@ -120,12 +120,20 @@ WHERE o.status = 'shipped' AND o.day BETWEEN 970 AND 999 AND c.segment = 'enterp
 GROUP BY c.region;
 """
 
+def _stdout_to_log(code: str) -> str:
+    """The attack's code, its prints sent to stderr (the log): the server's stdout is its
+    protocol with the evaluator, and an attack that broke it would only crash itself."""
+    return ("import contextlib as _cl, sys as _sys\nwith _cl.redirect_stdout(_sys.stderr):\n"
+            f"    exec(compile({code!r}, 'handler-attack', 'exec'), globals())\n")
+
+
 TARGETS = {
     "kernel": Target("kernel", _builder("kernel", {"KERNEL_N": "512"}, BUDGET),
                      lambda code: {"kernel.py": code + KERNEL_SLOW}, "kernel_ms: 0.0001"),
     "latency": Target("latency", _builder("latency", {"LATENCY_ITEMS": "20000",
                                                       "LATENCY_REQUESTS": "80"}, BUDGET),
-                      lambda code: {"handler.py": code + HANDLER_SLOW}, "p99_ms: 0.0001"),
+                      lambda code: {"handler.py": _stdout_to_log(code) + HANDLER_SLOW},
+                      "p99_ms: 0.0001"),
     "quickstart": Target("quickstart", _builder("quickstart", {}, {"budget_allowance": 4}),
                          lambda code: {"train.py": code + USELESS_MODEL}, "val_loss: 0.0001"),
     "prompt": Target("prompt", _builder("prompt", {}),
@@ -377,5 +385,4 @@ CASES = [(t, a.id) for t in ATTACKS_OF for a in ATTACKS_OF[t]] + \
 @pytest.mark.parametrize("template, attack_id", CASES, ids=[f"{t}-{a}" for t, a in CASES])
 def test_template_attack_is_blocked_with_the_default_sandbox(template, attack_id, outcomes):
     result = outcomes(template)[attack_id]
-    print("\nRESULT", template, result.summary())
     assert result.blocked, result.summary()

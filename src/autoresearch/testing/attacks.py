@@ -19,6 +19,11 @@ promises:
 
 `without_sandbox` says whether an attack's family is defended without bubblewrap at all (see the
 README's trust section for what `sandbox = false` cannot protect).
+
+`run_attacks(..., target=Target(...))` runs the same attacks, with the same checks, against a
+real target instead (tests/attacks/test_template_attacks.py attacks every template this way):
+each attack's code is carried by that target's editable file, and a metric better than the
+baseline's is a forged one.
 """
 
 from __future__ import annotations
