@@ -223,10 +223,9 @@ NETWORK = _by_id("network-loopback",
 REWRITE = Attack("rewrite-evaluator", "locked-file rewrites",
                  "the run step rewrites the locked evaluate.py to print a fake best",
                  FAKE + "open('evaluate.py', 'w').write('print(%r)\\n' % FAKE)")
-COMMON = [REWRITE, _by_id("sitecustomize-site-packages"),
-          _by_id("pth-site-packages"), _by_id("sitecustomize-worktree"), PRINTED, LAST_WORD,
-          DAEMON_EDITS,
-          OVERRUN, NETWORK]
+# the families every template with a Python editable file is attacked with
+COMMON = [REWRITE, _by_id("sitecustomize-site-packages"), _by_id("pth-site-packages"),
+          _by_id("sitecustomize-worktree"), PRINTED, LAST_WORD, DAEMON_EDITS, OVERRUN, NETWORK]
 
 
 def _gate(name: str, files: dict[str, str], what: str) -> Attack:
