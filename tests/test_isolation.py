@@ -152,14 +152,15 @@ def test_a_bad_artifact_is_a_crash_that_says_why(tmp_path, make_target, extra, s
 
 # == the budget ====================================================================================
 def test_a_run_past_budget_and_allowance_is_over_budget_and_never_kept(tmp_path, make_target):
-    root = make_target(tmp_path, sandbox=False, budget_allowance=0.5)
+    # a 2.5 s limit leaves the baseline (no sleep) room under load; the candidate sleeps 4 s
+    root = make_target(tmp_path, sandbox=False, budget=2, budget_allowance=0.5)
     (tmp_path / "s.jsonl").write_text(json.dumps(
-        {"description": "slow but good", "files": {"train.py": train_source(1.0, 2.0)}}) + "\n")
+        {"description": "slow but good", "files": {"train.py": train_source(1.0, 4.0)}}) + "\n")
     p = ar(root, "run", "--tag", "t", "--policy", "greedy", "--agent", f"script:{tmp_path / 's.jsonl'}",
            "--max-experiments", "2")
     rows = ledger_rows(root, "t")
     assert rows[1]["status"] == "over-budget", (rows, p.stderr)
-    assert "past the budget of 1s plus the allowance of 0.5s" in rows[1]["reason"]
+    assert "past the budget of 2s plus the allowance of 0.5s" in rows[1]["reason"]
     assert rows[0]["status"] == "keep"
 
 

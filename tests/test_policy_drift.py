@@ -8,32 +8,47 @@ as measured under one set of conditions. A deterministic target must cost no rep
 from __future__ import annotations
 
 import json
+import threading
 
 from conftest import ar, build_target, ledger_rows, proposal, write_script
 
-# score = VALUE * (1.3 once the outside counter passes FLIP) * (1 + 1% noise from the experiment)
+# score = VALUE * (1.3 once the test flips the outside file) * (1 + 1% noise from the experiment)
 DRIFT_EVALUATE = '''"""The evaluator (LOCKED): its machine gets 30% faster halfway through the run."""
 import os, random
-state = {state!r}
-n = int(open(state).read()) + 1 if os.path.exists(state) else 1
-open(state, "w").write(str(n))
-factor = 1.3 if n > {flip} else 1.0
+flip = {flip!r}
+factor = float(open(flip).read()) if os.path.exists(flip) else 1.0
 noise = random.Random(int(os.environ["AUTORESEARCH_EXPERIMENT"])).gauss(0.0, 0.01)
 print(f"score: {{float(open('out.txt').read()) * factor * (1 + noise):.6f}}")
 '''
 
 
 def test_a_metric_that_shifts_30_percent_halfway_gives_no_false_keep_and_an_honest_gain(tmp_path):
-    state = tmp_path / "machine-state"          # outside the repository
+    flip = tmp_path / "machine-speed"           # outside the repository; the test flips it
     root = build_target(tmp_path, value=10.0, direction="maximize",
-                        files={"evaluate.py": DRIFT_EVALUATE.format(state=str(state), flip=12)})
+                        files={"evaluate.py": DRIFT_EVALUATE.format(flip=str(flip))})
     steps = [proposal(12.0, description="a real 20% improvement")]
     steps += [proposal(12.0, description=f"no effect {k}", extra=f"# idea {k}\n")
               for k in range(14)]
     script = write_script(tmp_path / "steps.jsonl", steps)
-    p = ar(root, "run", "--tag", "t", "--agent", f"script:{script}", "--max-experiments", "28")
+    logs = root / ".autoresearch" / "logs" / "t"
+    done = threading.Event()
+
+    def shift_halfway() -> None:   # once experiment 13 has started, the machine is 30% faster
+        while not done.is_set():
+            if logs.is_dir() and len(list(logs.glob("000*.log"))) >= 13:
+                flip.write_text("1.3")
+                return
+            done.wait(0.02)
+
+    shifter = threading.Thread(target=shift_halfway)
+    shifter.start()
+    try:
+        p = ar(root, "run", "--tag", "t", "--agent", f"script:{script}", "--max-experiments", "28")
+    finally:
+        done.set()
+        shifter.join()
     assert p.returncode == 0, p.stdout + p.stderr
-    assert int(state.read_text()) > 12, "the shift never happened: the test proves nothing"
+    assert flip.exists(), "the shift never happened: the test proves nothing"
     rows = ledger_rows(root, "t")
     kept = [r["description"] for r in rows if r["status"] == "keep"]
     assert kept == ["baseline", "a real 20% improvement"], kept

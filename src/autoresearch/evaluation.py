@@ -402,11 +402,13 @@ def copy_artifacts(run_dir: Path, eval_dir: Path, names: list[str], cap: int) ->
     return None
 
 
-def _policy(job: Job, cwd: Path, writable: list[Path], env: dict[str, str]) -> SandboxPolicy:
+def _policy(job: Job, cwd: Path, writable: list[Path], env: dict[str, str],
+            locked_step: bool) -> SandboxPolicy:
     cache = env.get("AUTORESEARCH_CACHE")
     return SandboxPolicy(cwd=cwd, writable=tuple(writable), network=job.network,
                          hidden=tuple(Path(h) for h in job.hidden if os.path.isdir(h)),
-                         readonly=tuple(Path(p) for p in [cache] if p))
+                         readonly=tuple(Path(p) for p in [cache] if p),
+                         nested_sandbox=locked_step)
 
 
 def _compiler_cache(job: Job, step: str, env: dict[str, str]) -> list[Path]:
@@ -462,7 +464,9 @@ def _step(name: str, command: str, cwd: Path, env: dict[str, str], writable: lis
                   run_token=job.token)
     if not job.sandbox:
         return run_command(command, cwd=cwd, env=env, **common)
-    with Sandbox(_policy(job, cwd, writable, env), env, tmp_root=_scratch(job)) as sb:
+    # the evaluate and holdout steps run locked code, which may sandbox the model code again
+    policy = _policy(job, cwd, writable, env, locked_step=name != "run")
+    with Sandbox(policy, env, tmp_root=_scratch(job)) as sb:
         return run_command(command, cwd=cwd, env=sb.env, wrap=sb.argv, **common)
 
 

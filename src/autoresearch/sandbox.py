@@ -63,6 +63,9 @@ class SandboxPolicy:
     uid: int = NOBODY
     gid: int = NOBODY
     tmpdir: Path | None = None               # the private TMPDIR, bound read-write
+    # may create one more user namespace: only for locked code (the evaluator) that itself
+    # sandboxes the agent's model code (autoresearch.isolate); the agent's own steps may not
+    nested_sandbox: bool = False
     dev_listing: tuple[str, ...] | None = field(default=None, compare=False)  # tests: fake /dev
 
 
@@ -97,7 +100,7 @@ def _supports_disable_userns() -> bool:
 def wrap(policy: SandboxPolicy, argv: Sequence[str]) -> list[str]:
     """The bubblewrap command line that runs argv under policy."""
     args = ["bwrap", "--unshare-user", "--uid", str(policy.uid), "--gid", str(policy.gid)]
-    if _supports_disable_userns():
+    if not policy.nested_sandbox and _supports_disable_userns():
         args.append("--disable-userns")
     args += ["--cap-drop", "ALL", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
              "--unshare-cgroup-try", "--new-session", "--die-with-parent"]
