@@ -125,6 +125,18 @@ def stencil(x, out):
             detail = out.strip().splitlines()[-1] if out.strip() else "(no output)"
         ok &= blocked
         print(f"attack {name}: {'PASS' if blocked else 'FAIL'}  ({detail[:160]})")
+    # a fake line printed at the kernel's exit must not come after the harness's own
+    out = harness(body + """
+import atexit
+atexit.register(lambda: print("kernel_ms: 0.0001", flush=True))
+def stencil(x, out):
+    _real(x, out)
+""", 4096)
+    lines = re.findall(r"^kernel_ms: ([\d.]+)", out, re.M)
+    blocked = bool(lines) and float(lines[-1]) > 0.0001
+    ok &= blocked
+    print(f"attack a fake kernel_ms printed at exit: {'PASS' if blocked else 'FAIL'}  "
+          f"(kernel_ms lines {lines})")
     out = harness(honest, 4096, env={"KERNEL_BOUND_GBPS": "1"})
     blocked = "physically impossible" in out
     ok &= blocked

@@ -202,6 +202,28 @@ def test_float32_arithmetic_is_a_wrong_answer(tmp_path):
     assert "wrong output, max abs error" in p.stdout
 
 
+def test_a_fake_metric_printed_after_the_harness_never_comes_last(tmp_path):
+    # at the worker's exit, and from a daemon once the worker is gone: both would follow the
+    # harness's own line unless every process of the kernel is dead before it prints
+    p = harness(tmp_path, HONEST + """
+import atexit, os, time
+atexit.register(lambda: print("kernel_ms: 0.0001", flush=True))
+_parent = os.getpid()
+if os.fork() == 0:
+    os.setsid()
+    while os.getppid() == _parent:
+        time.sleep(0.0005)
+    for _ in range(2000):
+        os.write(2, b"kernel_ms: 0.0001\\n")
+        time.sleep(0.0005)
+    os._exit(0)
+""")
+    assert p.returncode == 0, p.stdout
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("kernel_ms: ")]
+    assert lines and lines[-1] != "kernel_ms: 0.0001", lines[-3:]
+    assert metric(p.stdout, "kernel_ms") > 0.001
+
+
 def test_writing_the_input_is_refused(tmp_path):
     p = harness(tmp_path, HONEST.replace(
         "def stencil(x, out):\n",

@@ -19,6 +19,11 @@ promises:
 
 `without_sandbox` says whether an attack's family is defended without bubblewrap at all (see the
 README's trust section for what `sandbox = false` cannot protect).
+
+`run_attacks(..., target=Target(...))` runs the same attacks, with the same checks, against a
+real target instead (tests/attacks/test_template_attacks.py attacks every template this way):
+each attack's code is carried by that target's editable file, and a metric better than the
+baseline's is a forged one.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "run_attack", "run_attacks"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "Target", "run_attack", "run_attacks"]
 
 # a fake best, printed last; it acts only in the processes of the run under attack (the planted
 # file may be visible to other Python processes on the machine until it is removed)
@@ -94,8 +100,8 @@ STATE = up(".autoresearch")
 PURELIB = pathlib.Path(sysconfig.get_paths()["purelib"])
 USERSITE = pathlib.Path(site.getusersitepackages())
 STDLIB = pathlib.Path(sysconfig.get_paths()["stdlib"])
-open("out.txt", "w").write("{useless}")
 '''
+USELESS_WORK = 'open("out.txt", "w").write("{useless}")\n'   # the synthetic target's useless model
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,28 @@ class Attack:
     toml: dict = field(default_factory=dict)
     agent_steps: tuple[dict, ...] = ()     # a coding-agent attack (fake CLI steps)
     server: bool = False                   # start a loopback HTTP server (PORT) it may reach
+    files: dict = field(default_factory=dict)  # a proposal's files as they are (no Python code)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A real target to attack instead of the tiny synthetic one (a template, say).
+
+    build(root, keys) writes the target's files into root, with `keys` (top-level keys of
+    autoresearch.toml: the sandbox and the attack's own) set in its autoresearch.toml; the runner
+    commits them. carrier(code) gives a proposal's files for an attack's Python code: the target's
+    editable file doing its honest work badly, and running `code`. `fake` is the line a printed
+    fake best prints (the metric's name and a value far better than any real one). A metric
+    recorded for an attack's experiment that beats the baseline's is a forged one: every carrier
+    is worse than the baseline when measured honestly.
+    """
+
+    name: str
+    build: Callable[[Path, dict], None]
+    carrier: Callable[[str], dict[str, str]]
+    fake: str
+    direction: str = "minimize"
+    timeout: float = 600
 
 
 @dataclass
@@ -494,15 +522,17 @@ def _git(root: Path, *args: str) -> str:
 
 
 def run_attack(attack: Attack, workdir: Path, *, sandbox: bool = True, user: str = "root",
-               timeout: float = 180, against: Path | None = None) -> AttackResult:
+               timeout: float = 180, against: Path | None = None,
+               target: Target | None = None) -> AttackResult:
     """Run one attack against a fresh tiny target under workdir; see the module docstring."""
     return run_attacks([attack], workdir, sandbox=sandbox, user=user, timeout=timeout,
-                       against=against)[attack.id]
+                       against=against, target=target)[attack.id]
 
 
 def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
                 user: str = "root", timeout: float = 300,
-                against: Path | None = None) -> dict[str, AttackResult]:
+                against: Path | None = None,
+                target: Target | None = None) -> dict[str, AttackResult]:
     """Run attacks as consecutive proposals of one `autoresearch run` on one fresh target (all
     script attacks, or all coding-agent attacks); each is judged on its own experiment, its own
     victims and its own marker, and all on the run's end, branch and git internals.
@@ -510,11 +540,18 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
     user="nobody" runs the harness in a user namespace mapped to nobody (uid 65534), with no
     capabilities, owning its files as a normal user owns theirs. `against` is the `src` folder
     of another autoresearch checkout to attack instead (keys it does not know are left out).
+    `target` attacks a real target (a template) instead of the synthetic one: script attacks
+    only, each carried by the target's editable file (see Target).
     """
     started = time.monotonic()
     batch = f"atk{uuid.uuid4().hex[:12]}"
     markers = {a.id: f"{batch}x{i}" for i, a in enumerate(attacks)}
     cheat = CHEAT.replace("{tag}", f"a{batch}")
+    if target is not None:
+        if any(a.agent_steps for a in attacks):
+            raise ValueError("coding-agent attacks run against the synthetic target only")
+        cheat = cheat.replace("score: 0.5", target.fake)
+        timeout = max(timeout, target.timeout)
     root = workdir / f"target-{batch}"
     root.mkdir(parents=True)
     server = port = None
@@ -532,12 +569,16 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
     if against is not None:
         for key in ("artifacts", "budget_allowance"):
             toml.pop(key, None)
-    (root / "autoresearch.toml").write_text("".join(f"{k} = {json.dumps(v)}\n"
-                                                    for k, v in toml.items()))
-    (root / "evaluate.py").write_text(EVALUATE_PY)
-    (root / "helper.py").write_text(HELPER_PY)
-    (root / "prepare.py").write_text(PREPARE_PY)
-    (root / "train.py").write_text(f"open('out.txt', 'w').write('{HONEST}')\n")
+    if target is not None:
+        target.build(root, {"sandbox": sandbox, **{k: v for a in attacks
+                                                   for k, v in a.toml.items()}})
+    else:
+        (root / "autoresearch.toml").write_text("".join(f"{k} = {json.dumps(v)}\n"
+                                                        for k, v in toml.items()))
+        (root / "evaluate.py").write_text(EVALUATE_PY)
+        (root / "helper.py").write_text(HELPER_PY)
+        (root / "prepare.py").write_text(PREPARE_PY)
+        (root / "train.py").write_text(f"open('out.txt', 'w').write('{HONEST}')\n")
     _git(root, "init", "-q", "-b", "main")
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "target")
@@ -578,13 +619,17 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
     else:
         props = []
         for a in attacks:
-            code = PRELUDE.format(marker=markers[a.id], harness=batch, cheat=cheat, port=port,
-                                  useless=USELESS)
+            code = PRELUDE.format(marker=markers[a.id], harness=batch, cheat=cheat, port=port)
+            if target is None:
+                code += USELESS_WORK.format(useless=USELESS)
             code += ("\n\ndef attack():\n" + textwrap.indent(a.code, "    ") + "\n\n\ntry:\n"
                      "    attack()\nexcept BaseException as e:  # the attack failed\n"
                      "    print('attack failed:', type(e).__name__)\n")
-            props.append({"description": f"attack {a.id}", "files": {"train.py": code}})
-        if any(a.family == "git internals" for a in attacks):
+            files = target.carrier(code) if target is not None else {"train.py": code}
+            if a.files:
+                files = dict(a.files)
+            props.append({"description": f"attack {a.id}", "files": files})
+        if target is None and any(a.family == "git internals" for a in attacks):
             props.append(honest)   # a later checkout of the same slot, after every attack
         script = workdir / f"script-{batch}.jsonl"
         script.write_text("".join(json.dumps(p) + "\n" for p in props))
@@ -616,8 +661,18 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
                             capture_output=True, text=True).stdout.strip()
     if branch != base:
         common.append(f"branch autoresearch/{tag} moved to {branch[:12]}")
-    forged = [f"#{e.seq} ({e.description}) recorded {e.metric}" for e in rows
-              if e.metric is not None and e.metric < HONEST]
+    if target is None:
+        forged = [f"#{e.seq} ({e.description}) recorded {e.metric}" for e in rows
+                  if e.metric is not None and e.metric < HONEST]
+    else:   # every attack's honest work is worse than the baseline's
+        base_metric = next((e.metric for e in rows if e.seq == 1), None)
+        if base_metric is None:
+            common.append(f"the baseline was not measured: {[str(e.status) for e in rows[:1]]} "
+                          f"{(rows[0].reason or '')[:200] if rows else ''}")
+        sign = 1 if target.direction == "minimize" else -1
+        forged = [f"#{e.seq} ({e.description}) recorded {e.metric}" for e in rows
+                  if e.seq != 1 and e.metric is not None and base_metric is not None
+                  and sign * e.metric < sign * base_metric]
     shared_changed = [str(p) for p in shared.changed()]
     if server is not None and _Answers.hits:
         shared_changed.append(f"network: {len(_Answers.hits)} request(s) reached 127.0.0.1:{port}")

@@ -17,6 +17,8 @@ Anti-cheat, all on the harness side:
   child can work ahead on an input before the clock starts. The harness is a child subreaper
   (Linux), so even a double-forked daemon stays its descendant and is frozen too. As a second
   line, their CPU time outside the timed calls is measured, and work found there is refused.
+- The metrics are printed only once every process of the kernel is dead: a line the kernel
+  prints (at exit, from a daemon) can never come after the harness's own.
 - A physical bound: the kernel's effective bandwidth (input + output bytes per call) may not
   exceed the machine's measured memcpy bandwidth (all cores) by more than BOUND_MARGIN.
 Any breach prints `eval_error: <reason>` and exits 1, so the experiment fails with that reason.
@@ -203,23 +205,32 @@ def main(argv: list[str]) -> int:
         child = subprocess.Popen([sys.executable, __file__, "--worker", path, str(N)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  bufsize=1)
+        report: list[str] = []
         try:
-            return run(child, inp, out, flush, check_only)
+            code = run(child, inp, out, flush, check_only, report)
         finally:
-            try:
-                thaw(descendants())
-                child.stdin.close()
-                child.wait(timeout=5)
-            except Exception:
-                child.kill()
-            for p in descendants():      # daemons the kernel left behind
-                try:
-                    p.kill()
-                except Exception:
-                    pass
+            for _ in range(20):          # the worker and every daemon it left behind, frozen
+                procs = freeze()         # first so that none can fork away, then killed
+                if not procs:
+                    break
+                for p in procs:
+                    try:
+                        p.kill()
+                    except Exception:
+                        pass
+                for p in procs:
+                    try:
+                        p.wait(timeout=5)
+                    except Exception:
+                        pass
+            child.wait()
+    # printed only now, with no process of the kernel left: nothing it prints comes after
+    for line in report:
+        print(line, flush=True)
+    return code
 
 
-def run(child, inp, out, flush, check_only: bool) -> int:
+def run(child, inp, out, flush, check_only: bool, report: list[str]) -> int:
     hello = child.stdout.readline().strip()
     if hello != "ready":
         return fail(hello or "the kernel worker died while importing kernel.py (see the log)")
@@ -266,7 +277,7 @@ def run(child, inp, out, flush, check_only: bool) -> int:
                     f"calls ({inside * 1000:.0f} ms inside): work ahead of the call (a background "
                     f"thread or process) is not allowed")
     if check_only:
-        print(f"check: {calls} calls correct")
+        report.append(f"check: {calls} calls correct")
         return 0
     median_ms = statistics.median(times)
     q = statistics.quantiles(times, n=4)
@@ -277,12 +288,9 @@ def run(child, inp, out, flush, check_only: bool) -> int:
     if gbps > BOUND_MARGIN * peak:
         return fail(f"physically impossible: {gbps:.1f} GB/s moved, above {BOUND_MARGIN:g} x the "
                     f"measured memcpy bandwidth of {peak:.1f} GB/s (cached or skipped work?)")
-    print(f"kernel_ms: {median_ms:.4f}")
-    print(f"kernel_ms_iqr: {q[2] - q[0]:.4f}")
-    print(f"gbps: {gbps:.2f}")
-    print(f"memcpy_gbps: {peak:.2f}")
-    print(f"runs: {len(times)}")
-    print(f"cpu_outside_ms: {outside * 1000:.1f}")
+    report += [f"kernel_ms: {median_ms:.4f}", f"kernel_ms_iqr: {q[2] - q[0]:.4f}",
+               f"gbps: {gbps:.2f}", f"memcpy_gbps: {peak:.2f}", f"runs: {len(times)}",
+               f"cpu_outside_ms: {outside * 1000:.1f}"]
     return 0
 
 

@@ -9,7 +9,9 @@ never more than CONCURRENCY requests in flight). Queries are prefixes drawn from
 distribution (hot prefixes repeat, as real traffic does) with a fresh seed from os.urandom, so
 the traffic cannot be known in advance. Every response is checked in full against catalog.py's
 contract; one wrong answer, error status or dropped connection fails the experiment. Latency is
-measured here, from send to the last byte read. The server is killed at the end.
+measured here, from send to the last byte read. At the end the server, and every process the
+handler started (this evaluator is their subreaper), is killed before the metrics are printed:
+nothing the agent's code prints can come after them.
 """
 
 import bisect
@@ -120,6 +122,36 @@ def drive(port: int, queries: list[str], oracle: Oracle, errors: list[str]) -> l
     return lat
 
 
+def become_subreaper() -> None:
+    """Orphans of the server (double forks, setsid daemons) become our children (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+
+
+def kill_all() -> None:
+    """Stop, then kill, every process this evaluator started: the server and whatever the
+    handler left behind. The metrics are printed after this, so no line the agent's code prints
+    can come after them."""
+    import psutil
+    me = psutil.Process()
+    for _ in range(20):              # until no new process appears (one may fork meanwhile)
+        procs = me.children(recursive=True)
+        if not procs:
+            return
+        for p in procs:
+            try:
+                p.suspend()
+            except psutil.Error:
+                pass
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=5)
+
+
 def p99(values: list[float]) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(0.99 * len(s)))]
@@ -127,6 +159,7 @@ def p99(values: list[float]) -> float:
 
 def main(argv: list[str]) -> int:
     check_only = "--check" in argv
+    become_subreaper()
     here = Path(__file__).resolve().parent
     server = subprocess.Popen([sys.executable, str(here / "server.py")], cwd=here,
                               stdout=subprocess.PIPE, text=True)
@@ -165,7 +198,7 @@ def main(argv: list[str]) -> int:
         if server.poll() is not None:
             return fail(f"the server exited with {server.returncode} during the load")
     finally:
-        server.kill()
+        kill_all()
         server.wait()
     spread = (max(rounds) - min(rounds)) if len(rounds) > 1 else 0.0
     print(f"p99_ms: {statistics.median(rounds):.3f}")

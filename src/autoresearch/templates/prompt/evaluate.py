@@ -9,9 +9,9 @@ fake server with toy_model.py stands in (see toy_model.py).
 
 The system prompt is built here from prompt.toml (role, task, format, hints, then `examples`
 labelled reviews from data/train.jsonl). Gates, before any request: the prompt is at most
-MAX_PROMPT_CHARS long and contains no review of the test set (no leaking the answers). Each answer
-is normalised (case, surrounding punctuation) and must be exactly one of the labels; anything else
-counts as wrong. `accuracy_se` is the binomial standard error of the accuracy.
+MAX_PROMPT_CHARS long and contains no review of the test set (no leaking the answers: a review's
+words in order, whatever its case, punctuation and spacing). Each answer is normalised (case,
+surrounding punctuation) and must be exactly one of the labels; anything else counts as wrong. `accuracy_se` is the binomial standard error of the accuracy.
 """
 
 import json
@@ -58,6 +58,12 @@ def system_prompt(cfg: dict, train: list[dict]) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
+def words(text: str) -> str:
+    """Text as its words only (case, punctuation and spacing dropped), padded with spaces: a
+    review is leaked when its words appear in the prompt in order, however they are dressed."""
+    return " " + " ".join(re.findall(r"[^\W_]+", text.lower())) + " "
+
+
 def normalise(answer: str) -> str:
     return re.sub(r"^[\W_]+|[\W_]+$", "", answer.strip().lower())
 
@@ -98,8 +104,8 @@ def main(argv: list[str]) -> int:
         return fail(f"prompt.toml: {e}")
     if len(system) > MAX_PROMPT_CHARS:
         return fail(f"the system prompt has {len(system)} characters, over {MAX_PROMPT_CHARS}")
-    folded = " ".join(system.lower().split())
-    leaked = next((t["text"] for t in test if " ".join(t["text"].lower().split()) in folded), None)
+    folded = words(system)
+    leaked = next((t["text"] for t in test if words(t["text"]) in folded), None)
     if leaked is not None:
         return fail(f"the system prompt contains a review of the test set ({leaked!r})")
     items = test[:5] if "--check" in argv else test

@@ -6,9 +6,14 @@
 Protocol:
 1. The data set is verified against the generator (row counts and sums recomputed from the
    fixed seed), so a database that was shrunk or edited is refused.
-2. It is copied to a private temporary directory; indexes.sql runs there (only CREATE INDEX,
-   DROP INDEX and ANALYZE statements), and is timed apart as `index_ms`.
-3. The reference query (below, not the agent's) gives the expected rows.
+2. It is copied to a private temporary directory and changed there from a seed drawn now (from
+   os.urandom): every amount moves by one random offset, and a random share of the orders gets
+   a fresh day and status. The answer cannot be known before the evaluation, so a query that
+   returns constants (the reference's rows, computed once) fails the gate; the data's shape,
+   and so every plan's speed, is unchanged.
+3. indexes.sql runs on that copy (only CREATE INDEX, DROP INDEX and ANALYZE statements), and is
+   timed apart as `index_ms`. The reference query (below, not the agent's) gives the expected
+   rows.
 4. query.sql must be one SELECT (or WITH) statement. It runs on a read-only connection with an
    authorizer that allows reads only, and is stopped after QUERY_TIMEOUT seconds.
 5. One warm-up run, then at least MIN_RUNS timed runs (up to MAX_RUNS, or until the budget is
@@ -38,6 +43,7 @@ GROUP BY c.region
 MIN_RUNS = 5              # timed runs at least
 MAX_RUNS = 15             # timed runs at most
 QUERY_TIMEOUT = 10.0      # seconds for one run of the query
+RESHUFFLED = 0.02         # share of the orders given a fresh day and status per evaluation
 ALLOWED_SETUP = re.compile(r"^\s*(CREATE\s+(UNIQUE\s+)?INDEX|DROP\s+INDEX|ANALYZE)\b", re.I)
 
 
@@ -76,6 +82,17 @@ def expected_fingerprint() -> tuple[int, int, int]:
         rng.choice(prepare.STATUSES)
         amount += rng.randrange(100, 100_000)
     return prepare.ORDERS, amount, days
+
+
+def perturb(conn: sqlite3.Connection) -> None:
+    """Fresh data for this evaluation only: an answer computed in advance is wrong here."""
+    rng = random.Random(int.from_bytes(os.urandom(16), "little"))
+    conn.execute("UPDATE orders SET amount_cents = amount_cents + ?", (rng.randrange(1, 1000),))
+    ids = rng.sample(range(1, prepare.ORDERS + 1), max(1, int(prepare.ORDERS * RESHUFFLED)))
+    conn.executemany("UPDATE orders SET day = ?, status = ? WHERE id = ?",
+                     [(rng.randrange(prepare.DAYS), rng.choice(prepare.STATUSES), i)
+                      for i in ids])
+    conn.commit()
 
 
 def read_only(action, *args) -> int:
@@ -119,6 +136,7 @@ def main(argv: list[str]) -> int:
         if tuple(got) != expected_fingerprint():
             return fail(f"the data set at {source} differs from the generator's: delete it and "
                         f"run 'python prepare.py' again")
+        perturb(rw)
         reference = rw.execute(REFERENCE).fetchall()
         ordered = re.search(r"\bORDER\s+BY\b", REFERENCE, re.I) is not None
         t0 = time.perf_counter()

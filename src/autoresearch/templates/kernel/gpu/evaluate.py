@@ -13,6 +13,8 @@ Anti-cheat, on the harness side (the CPU variant's design, adapted to one CUDA p
   timing uses CUDA events of torch's C event type, captured before kernel.py was imported (a
   kernel cannot patch a C type), and is cross-checked against the host clock.
 - No Python thread may be started by kernel.py (work ahead of the call).
+- The harness ends with os._exit after printing: an exit handler kernel.py registered never
+  runs, so a line it would print cannot follow the metrics.
 - A physical bound: the effective bandwidth (input + output bytes per call) may not exceed
   BOUND_MARGIN x the device-to-device copy bandwidth measured here.
 The kernel runs in the harness's process (CUDA memory is not shared across processes here), so
@@ -155,4 +157,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)     # no exit handler of kernel.py runs: nothing it prints follows the metrics
