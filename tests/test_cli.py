@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import re
+import shutil
 import time
 
 import pytest
@@ -269,3 +270,19 @@ def test_demo_runs_twenty_experiments_and_beats_the_baseline(tmp_path):
     assert best < rows[0]["metric"]
     assert git(dest, "rev-list", "--count", "autoresearch/demo") != "1"
 
+
+
+def test_demo_runs_unsandboxed_with_a_note_where_bubblewrap_is_missing(tmp_path, monkeypatch):
+    from autoresearch.cli import _demo_without_sandbox
+    from autoresearch.config import load_target
+    from autoresearch.templates import write_template
+
+    write_template("quickstart", tmp_path / "with")
+    if shutil.which("bwrap"):
+        assert _demo_without_sandbox(tmp_path / "with") is None
+        assert load_target(tmp_path / "with").spec.sandbox is True
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))   # no bwrap on PATH
+    write_template("quickstart", tmp_path / "without")
+    why = _demo_without_sandbox(tmp_path / "without")
+    assert why and "bubblewrap" in why
+    assert load_target(tmp_path / "without").spec.sandbox is False

@@ -601,9 +601,14 @@ def cmd_demo(args) -> int:
         raise ConfigError(f"{dest} is not empty — give a new or empty directory")
     dest.mkdir(parents=True, exist_ok=True)
     write_template("quickstart", dest)
+    unsandboxed = _demo_without_sandbox(dest)
     target = load_target(dest)
     (dest / PROGRAM_NAME).write_text(program_md(target.spec, "the quickstart target"))
     commit_all(dest, "autoresearch: the quickstart target")
+    if unsandboxed:
+        console.print(f"note: {unsandboxed}; the demo runs its own built-in code and the offline "
+                      f"agent, so it runs without the sandbox (your runs need it)",
+                      style="yellow", markup=False)
     console.print(f"[bold]autoresearch demo[/]: the quickstart target in {_e(dest)}, "
                   f"{args.experiments} experiments with the offline optuna agent")
     args.max_experiments = args.experiments
@@ -626,6 +631,21 @@ def cmd_demo(args) -> int:
                   f"  branch     autoresearch/{args.tag} (git -C {dest} log --oneline autoresearch/{args.tag})",
                   markup=False)
     return code
+
+
+def _demo_without_sandbox(dest: Path) -> str | None:
+    """Where bubblewrap cannot run, the demo (built-in code, offline agent: nothing adversarial)
+    turns the sandbox off in its own toml rather than fail on a fresh machine; returns why."""
+    from . import sandbox
+
+    try:
+        sandbox.check()
+        return None
+    except AutoresearchError as e:
+        toml = dest / "autoresearch.toml"
+        toml.write_text(toml.read_text() + "sandbox = false      # set by the demo: " +
+                        str(e).replace("\n", " ")[:120] + "\n")
+        return str(e)
 
 
 # == argument parsing ==========================================================================
