@@ -28,6 +28,7 @@ import io
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,14 +128,17 @@ def _offsets(source: str, node: ast.AST) -> tuple[int, int]:
     return char(node.lineno, node.col_offset), char(node.end_lineno, node.end_col_offset)
 
 
-def _assigned(body: list[ast.stmt], name: str) -> ast.AST | None:
+def _assignments(body: list[ast.stmt]) -> Iterator[tuple[ast.expr, ast.expr]]:
+    """(target, value) of each single-target assignment in body, annotated ones included."""
     for node in body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
+            yield node.targets[0], node.value
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        else:
-            continue
+            yield node.target, node.value
+
+
+def _assigned(body: list[ast.stmt], name: str) -> ast.AST | None:
+    for target, value in _assignments(body):
         if isinstance(target, ast.Name) and target.id == name:
             return value
     return None
@@ -242,13 +246,7 @@ def find_constants(path: str, source: str) -> list[Constant]:
     except SyntaxError:
         return []
     found = []
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        else:
-            continue
+    for target, value in _assignments(tree.body):
         if not (isinstance(target, ast.Name) and is_auto_name(target.id)):
             continue
         ok, lit = _literal(value)
