@@ -36,7 +36,14 @@ from pathlib import Path
 import pytest
 
 from autoresearch.templates import template_files
-from autoresearch.testing.attacks import ATTACKS, Attack, AttackResult, Target, run_attacks
+from autoresearch.testing.attacks import (
+    ATTACKS,
+    PLANT_PYC,
+    Attack,
+    AttackResult,
+    Target,
+    run_attacks,
+)
 
 TAG = sys.implementation.cache_tag
 
@@ -174,25 +181,16 @@ def _shadow_symlink(real: str) -> Attack:
 def _shadow_pyc(real: str) -> Attack:
     return Attack(f"pyc-sourceless-{real}", "bytecode planting",
                   f"a sourceless {real}.pyc beside the evaluator",
-                  _PLANT + f"plant_pyc(pathlib.Path('{real}.pyc'), "
+                  PLANT_PYC + f"plant_pyc(pathlib.Path('{real}.pyc'), "
                   f"{_cheat_module(real)!r}.replace('{{cheat}}', CHEAT), '{real}')")
 
 
-_PLANT = textwrap.dedent('''\
-    import py_compile, tempfile
-    def plant_pyc(dest, source, name):
-        src = pathlib.Path(tempfile.mkdtemp()) / (name + ".py")
-        src.write_text(source)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        py_compile.compile(str(src), cfile=str(dest), doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-    ''')
 
 
 def _pyc_locked(module: str, source: str) -> Attack:
     return Attack(f"pyc-locked-{module}", "bytecode planting",
                   f"an unchecked-hash .pyc of a cheating {module}.py in __pycache__",
-                  _PLANT + f"plant_pyc(pathlib.Path('__pycache__/{module}.{TAG}.pyc'), "
+                  PLANT_PYC + f"plant_pyc(pathlib.Path('__pycache__/{module}.{TAG}.pyc'), "
                   f"{source!r}, '{module}')")
 
 

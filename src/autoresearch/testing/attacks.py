@@ -45,7 +45,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Target", "run_attack", "run_attacks"]
+__all__ = ["ATTACKS", "PLANT_PYC", "Attack", "AttackResult", "Target", "run_attack", "run_attacks"]
 
 # a fake best, printed last; it acts only in the processes of the run under attack (the planted
 # file may be visible to other Python processes on the machine until it is removed)
@@ -176,7 +176,9 @@ def _daemon(env: str, then: str = "") -> str:
         """) + then
 
 
-_PYC = textwrap.dedent('''\
+# `plant_pyc(dest, source, name)`: code an attack prepends to write a .pyc that imports without
+# its source (also used by the template attacks)
+PLANT_PYC = textwrap.dedent('''\
     import importlib.util, py_compile, tempfile
     def plant_pyc(dest, source, name):
         src = pathlib.Path(tempfile.mkdtemp()) / (name + ".py")
@@ -241,18 +243,18 @@ ATTACKS: list[Attack] = [
     # -- bytecode planting -------------------------------------------------------------------
     Attack("pyc-locked-helper", "bytecode planting",
            "an unchecked-hash .pyc of a cheating helper in __pycache__",
-           _PYC + f"plant_pyc(pathlib.Path('__pycache__/helper.{_TAG}.pyc'), "
+           PLANT_PYC + f"plant_pyc(pathlib.Path('__pycache__/helper.{_TAG}.pyc'), "
            "'def read(path):\\n    return 0.5\\n', 'helper')"),
     Attack("pyc-sourceless", "bytecode planting", "a sourceless json.pyc beside the evaluator",
-           _PYC + "plant_pyc(pathlib.Path('json.pyc'), CHEAT, 'json')"),
+           PLANT_PYC + "plant_pyc(pathlib.Path('json.pyc'), CHEAT, 'json')"),
     Attack("pyc-stdlib-cache", "bytecode planting",
            "a cheating .pyc in the standard library's json/__pycache__",
-           _PYC + f"plant_pyc(STDLIB / 'json' / '__pycache__' / '__init__.{_TAG}.pyc', "
+           PLANT_PYC + f"plant_pyc(STDLIB / 'json' / '__pycache__' / '__init__.{_TAG}.pyc', "
            "(STDLIB / 'json' / '__init__.py').read_text() + CHEAT, 'json')",
            without_sandbox=False, victims=(f"{{stdlib}}/json/__pycache__/__init__.{_TAG}.pyc",)),
     Attack("pyc-cache-prefix", "bytecode planting",
            "bytecode for helper.py under every PYTHONPYCACHEPREFIX-like place it can find",
-           _PYC + "import tempfile\n"
+           PLANT_PYC + "import tempfile\n"
            "for base in {tempfile.gettempdir(), os.environ.get('PYTHONPYCACHEPREFIX') or '.'}:\n"
            "    d = pathlib.Path(base) / pathlib.Path.cwd().relative_to('/') / '__pycache__'\n"
            f"    plant_pyc(d / 'helper.{_TAG}.pyc', 'def read(path):\\n    return 0.5\\n', "
