@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,32 +21,16 @@ pytest.importorskip("torch")
 pytest.importorskip("tiktoken")
 pytest.importorskip("pyarrow")
 
-import autoresearch  # noqa: E402
-from autoresearch.metrics import MetricParser  # noqa: E402
+from nanochat_kit import TEMPLATE, run_python  # noqa: E402
+from nanochat_kit import nanochat_env as _env  # noqa: E402
+from nanochat_kit import parse_metrics as _metrics  # noqa: E402
 
-TEMPLATE = Path(autoresearch.__file__).parent / "templates" / "nanochat"
 HAS_BWRAP = shutil.which("bwrap") is not None and sys.platform.startswith("linux")
 MODES = ["sandbox", "plain"] if HAS_BWRAP else ["plain"]
 
 
-def _env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
-    env.update(AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_NANOCHAT_PROFILE="cpu",
-               AUTORESEARCH_DATA="offline", AUTORESEARCH_SEED="0", AUTORESEARCH_CPU_THREADS="1",
-               **extra)
-    return env
-
-
-def _run(args, cwd, env, timeout=300):
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def _metrics(output: str) -> dict[str, float]:
-    parser = MetricParser()
-    for line in output.splitlines():
-        parser.feed(line)
-    return parser.values
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300):
+    return run_python(args, cwd, env, timeout)
 
 
 @pytest.fixture(scope="module")
