@@ -249,3 +249,24 @@ def test_a_ledger_forged_without_the_sandbox_stops_the_run_and_blocks_resume(tmp
     assert branch[0] == branch[1]                       # the forged best was never acted on
     again = ar(root, "run", "--tag", "t", "--max-experiments", "3")
     assert again.returncode == 1 and "is not resumed" in again.stderr
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None or shutil.which("unshare") is None,
+                    reason="needs bubblewrap and unshare")
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_nested_user_namespace_cannot_make_the_read_only_filesystem_writable(tmp_path, nested):
+    """The locked evaluate step may nest one sandbox (for autoresearch.isolate); code that takes
+    that namespace to become root in it still cannot remount the read-only tree and write."""
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = tmp_path / "victim"
+    script = (f"unshare -Urm true && echo NESTED; unshare -Urm sh -c "
+              f"'mount -o remount,bind,rw / ; mount -o remount,bind,rw {tmp_path} ; "
+              f"echo x > {victim}'; echo done")
+    argv = wrap(SandboxPolicy(cwd=work, writable=(work,), nested_sandbox=nested),
+                ["/bin/sh", "-c", script])
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "done" in p.stdout, p.stderr
+    # the namespace is created only where allowed, and the write fails either way
+    assert ("NESTED" in p.stdout) == nested, (p.stdout, p.stderr)
+    assert not victim.exists()
