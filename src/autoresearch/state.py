@@ -13,14 +13,13 @@ Guarantees:
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Iterable
 from typing import Any
 
 from .experiment import HistoryEntry, Kind, Status
 from .ledger import MEASURED, Experiment, Ledger, Run, as_stored
 from .policies import Sample
-from .summary import best_of, kept_order
+from .summary import best_of, kept_order, sample_from
 
 #: statuses that do not count as a run of their tree (the seed of a re-measurement skips them)
 _NOT_RUN = (Status.INVALID, Status.AGENT_ERROR)
@@ -143,15 +142,8 @@ class RunState:
         return [list(v.values()) for v in self._groups.values()]
 
     def sample(self, e: Experiment) -> Sample:
-        """Every finite measurement of e's code (with when each was made, as experiment
-        numbers), and how many of them selected it as the best."""
-        ms = [m for m in self.measurements(e.tree_sha)
-              if m.metric is not None and math.isfinite(m.metric)]
-        selection = 0
-        if e.status == Status.KEEP and e.kind != Kind.BASELINE:
-            selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
-        return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
-                      at=[m.seq for m in ms])
+        """summary.sample_from over the measurements held in memory."""
+        return sample_from(e, self.measurements(e.tree_sha))
 
     @property
     def baseline(self) -> Experiment | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,21 @@ def best_of(exps: list[Experiment]) -> Experiment | None:
     return max(kept, key=kept_order) if kept else None
 
 
-def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
-    """Every finite measurement of e's code, and how many of them selected it as the best."""
-    ms = [m for m in ledger.measurements(tag, e.tree_sha)
-          if m.metric is not None and math.isfinite(m.metric)]
+def sample_from(e: Experiment, measurements: Iterable[Experiment]) -> Sample:
+    """Every finite measurement of e's code (with when each was made, as experiment numbers),
+    and how many of them selected it as the best. One rule for the run state and the ledger."""
+    ms = [m for m in measurements if m.metric is not None and math.isfinite(m.metric)]
     selection = 0
     if e.status == Status.KEEP and e.kind != Kind.BASELINE:
         # the runs that won it the keep: its own and the repeats made for it
         selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
     return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
                   at=[m.seq for m in ms])
+
+
+def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
+    """sample_from, with the measurements read from the ledger."""
+    return sample_from(e, ledger.measurements(tag, e.tree_sha))
 
 
 def _context(ledger: Ledger, tag: str, settings: PolicySettings | None,
