@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lockcheck import PROCESS_HASHES
 from .ratchet import git_blob_hash
 from .runner import RunResult, run_command
 from .sandbox import Sandbox, SandboxPolicy, remove_tree
@@ -157,11 +158,14 @@ def evaluator_env(env: dict[str, str], job: Job) -> dict[str, str]:
 
 
 def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
+    """The paths whose files are not these blob ids: changed, missing, unreadable or symlinks.
+    Ids come through the process's stat cache (lockcheck), streamed: an unchanged file (size,
+    mtime, ctime, inode, device) is not read again, and a large one never sits in memory."""
     bad = []
     for rel, oid in locked.items():
         p = target_dir / rel
         try:
-            if p.is_symlink() or git_blob_hash(p.read_bytes()) != oid:
+            if p.is_symlink() or PROCESS_HASHES.blob_id(p) != oid:
                 bad.append(rel)
         except OSError:
             bad.append(rel)
