@@ -124,16 +124,21 @@ def run_command(
     if header:
         log.write_text(header)
 
+    argv = wrap(["/bin/bash", "-c", command]) if wrap else _launcher(command)
+    # the subreaper gives itself SIGKILL at the harness's death (so the child is spawned without
+    # a preexec_fn, which would force a slow fork of this whole process); anything else gets it
+    # from a preexec_fn
+    reaped = argv[:len(_REAPER_ARGV)] == _REAPER_ARGV
     try:
         proc = subprocess.Popen(
-            wrap(["/bin/bash", "-c", command]) if wrap else _launcher(command),
+            argv,
             cwd=cwd,
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_pdeathsig_preexec(os.getpid()),
+            preexec_fn=None if reaped else _pdeathsig_preexec(os.getpid()),
             bufsize=0,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -197,12 +202,14 @@ def run_command(
 
 
 _REAPER = Path(__file__).with_name("_reaper.py")
+_REAPER_ARGV = [sys.executable, "-I", "-S", str(_REAPER)]
 
 
 def _launcher(command: str) -> list[str]:
-    """bash -c COMMAND under the subreaper on Linux, so orphans cannot escape the step."""
+    """bash -c COMMAND under the subreaper on Linux, so orphans cannot escape the step. The
+    subreaper is told this process's pid: it dies with it (PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux") and _REAPER.is_file():
-        return [sys.executable, "-I", "-S", str(_REAPER), command]
+        return [*_REAPER_ARGV, command, str(os.getpid())]
     return ["/bin/bash", "-c", command]
 
 
@@ -285,6 +292,8 @@ def _is_alive(p: psutil.Process) -> bool:
 
 def _members(pgid: int | None, token: str | None) -> list[psutil.Process]:
     """Processes in group `pgid` or carrying `token` in their environment."""
+    if os.path.isdir("/proc/self"):
+        return _members_from_proc(pgid, token)
     found = []
     for p in psutil.process_iter():
         try:
@@ -292,6 +301,29 @@ def _members(pgid: int | None, token: str | None) -> list[psutil.Process]:
                 found.append(p)
             elif token is not None and p.environ().get(RUN_TOKEN_ENV) == token:
                 found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _members_from_proc(pgid: int | None, token: str | None) -> list[psutil.Process]:
+    """_members read straight from /proc: the raw environment block is searched for the token's
+    whole entry, without decoding every process's environment (the check after every step)."""
+    entry = f"{RUN_TOKEN_ENV}={token}".encode() if token is not None else None
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            hit = pgid is not None and os.getpgid(pid) == pgid
+            if not hit and entry is not None:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    block = fh.read()
+                hit = block.startswith(entry + b"\0") or b"\0" + entry + b"\0" in block \
+                    or block == entry or block.endswith(b"\0" + entry)
+            if hit:
+                found.append(psutil.Process(pid))
         except (psutil.Error, OSError):
             continue
     return found
