@@ -3,6 +3,11 @@
 A tiny target is a git repo with autoresearch.toml, an editable train.py that writes its VALUE
 to out.txt (after sleeping SLEEP seconds), and a locked evaluate.py that prints
 `score: <value>`. An experiment costs two Python start-ups, so whole runs take seconds.
+
+The suite runs in parallel (pytest-xdist, `-n auto` in pyproject.toml: two workers per core, at
+most `MAX_WORKERS`, since the tests mostly wait on subprocesses). Each worker gets a TMPDIR of its
+own under its pytest base directory, and its own PostgreSQL cluster; tests that look for
+processes find them by a unique marker or token, never by a shared name.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+MAX_WORKERS = 4   # xdist workers for `-n auto` (the tests wait more than they compute)
 GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
 
 EVALUATE_PY = '''"""The evaluator (LOCKED)."""
@@ -77,6 +84,26 @@ def build_target(base: Path, *, name: str = "target", value: float = 10.0, sleep
         git(root, "init", "-q", "-b", "main")
         commit_all(root, "tiny target")
     return root
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: PYTEST_XDIST_AUTO_NUM_WORKERS when set, else two workers per core, capped."""
+    if (env := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")).isdigit():
+        return int(env)
+    return max(1, min(MAX_WORKERS, 2 * (os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tmpdir_per_worker(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under xdist, everything a test or the code under test puts in the temp directory goes
+    to a directory of this worker's own (tests that look at temp files see only their own)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    tmp = tmp_path_factory.getbasetemp() / "tmp"
+    tmp.mkdir(exist_ok=True)
+    for var in ("TMPDIR", "TMP", "TEMP"):
+        os.environ[var] = str(tmp)
+    tempfile.tempdir = None   # recomputed from TMPDIR on the next gettempdir()
 
 
 @pytest.fixture(autouse=True, scope="session")
