@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lockcheck import PROCESS_HASHES
+from .lockcheck import PROCESS_HASHES, RACY_SECONDS
 from .ratchet import git_blob_hash
 from .runner import RunResult, run_command
 from .sandbox import Sandbox, SandboxPolicy, remove_tree
@@ -241,10 +241,20 @@ def startup_hook_dirs() -> list[str]:
     """Where an interpreter picks up startup code: site-packages (.pth files, sitecustomize),
     the user site, and the standard library's directory (sitecustomize.py there runs too)."""
     dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+    paths = sysconfig.get_paths()
     for key in ("purelib", "platlib", "stdlib"):
-        dirs.append(sysconfig.get_paths().get(key, ""))
+        dirs.append(paths.get(key, ""))
     dirs += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
     return sorted({d for d in dirs if d})
+
+
+def _stat_key(path: str) -> tuple[int, ...] | None:
+    """What a change to path changes (ctime cannot be set back); None when it is missing."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def _is_hook(name: str) -> bool:
@@ -257,12 +267,15 @@ class _Guard:
     `restore()` puts back what changed since (removing what was planted) and names it.
 
     One baseline per process, not per step: with several slots, a snapshot taken while another
-    step's plant is in place must not become the state to restore.
+    step's plant is in place must not become the state to restore. A file whose stat key (mode,
+    size, mtime, ctime, inode, device) is the one it had when last seen equal to the baseline,
+    and that had settled then (its ctime `RACY_SECONDS` old, as in lockcheck), is not read again.
     """
 
     _lock = threading.Lock()
     _baseline: dict[str, bytes | None] = {}
     _roots: set[tuple[str, bool]] = set()
+    _same: dict[str, tuple[int, ...]] = {}   # path -> stat key when last seen equal to baseline
 
     def __init__(self, protected: list[str]) -> None:
         self.roots = [(r, True) for r in protected] + [(r, False) for r in startup_hook_dirs()]
@@ -310,6 +323,18 @@ class _Guard:
         except OSError:
             return None
 
+    def _current(self, path: str) -> bytes | None:
+        """path's bytes now, unread when its stat key says it is still the baseline's."""
+        key = _stat_key(path)
+        if key is not None and self._same.get(path) == key:
+            return self._baseline.get(path)
+        data = self._read(path)
+        if key is None or data != self._baseline.get(path) or key != _stat_key(path):
+            self._same.pop(path, None)
+        elif time.time() - key[3] / 1e9 > RACY_SECONDS:
+            self._same[path] = key
+        return data
+
     def _root_of(self, path: str) -> bool | None:
         """True under a protected root, False under a site directory, None elsewhere."""
         for root, all_entries in self.roots:
@@ -322,7 +347,7 @@ class _Guard:
         not re-created); the paths that had changed."""
         changed = []
         with self._lock:
-            now = {path: self._read(path) for root in self.roots for path in self._walk(*root)}
+            now = {path: self._current(path) for root in self.roots for path in self._walk(*root)}
             mine = {p for p in self._baseline if self._root_of(p) is not None}
             for path in sorted(set(now) | mine):
                 before, after = self._baseline.get(path), now.get(path)

@@ -20,6 +20,7 @@ Expected failures (a crash, a timeout, a missing cwd) are fields of RunResult, n
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import re
@@ -270,10 +271,13 @@ class _Tree:
             try:
                 if p.ppid() in alive_pids:
                     continue  # its descendants come with its ancestor's scan
-                for child in p.children(recursive=True):
-                    self.known.setdefault(child.pid, child)
+                below = _descendants(p)
             except psutil.Error:
                 continue
+            for pid in below:
+                if pid not in self.known:
+                    with contextlib.suppress(psutil.Error):
+                        self.known[pid] = psutil.Process(pid)
         rss = 0
         for p in self.alive():
             try:
@@ -281,6 +285,31 @@ class _Tree:
             except psutil.Error:
                 continue
         return rss / 2**20
+
+
+def _descendants(p: psutil.Process) -> list[int]:
+    """Pids below p, from /proc/PID/task/*/children (a few small reads, where psutil would read
+    every process's stat file); psutil where the kernel does not offer them."""
+    found, frontier = [], [p.pid]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except FileNotFoundError:
+                if os.path.isdir(f"/proc/{pid}/task/{tid}"):   # no children files: old kernel
+                    return [c.pid for c in p.children(recursive=True)]
+                continue
+            except OSError:
+                continue
+            found += kids
+            frontier += kids
+    return found
 
 
 def _is_alive(p: psutil.Process) -> bool:
