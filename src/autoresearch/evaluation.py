@@ -27,6 +27,7 @@ Outcomes are data (`Outcome`), never exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import math
@@ -295,23 +296,40 @@ class _Guard:
         out = []
         if not all_entries:
             try:
-                names = os.listdir(root)
+                names = _Guard._hooks_in(root)
             except OSError:
                 return []
             for name in names:
                 p = os.path.join(root, name)
-                if _is_hook(name):
-                    out += (_Guard._walk(p, True) if os.path.isdir(p) and not os.path.islink(p)
-                            else [p])
+                out += (_Guard._walk(p, True) if os.path.isdir(p) and not os.path.islink(p)
+                        else [p])
             pyc = os.path.join(root, "__pycache__")
             if os.path.isdir(pyc):
-                out += [os.path.join(pyc, n) for n in os.listdir(pyc) if _is_hook(n)]
+                with contextlib.suppress(OSError):
+                    out += [os.path.join(pyc, n) for n in _Guard._hooks_in(pyc)]
             return out
         for dirpath, dirnames, filenames in os.walk(root):
             out += [os.path.join(dirpath, n) for n in filenames]
             out += [os.path.join(dirpath, d) for d in dirnames
                     if os.path.islink(os.path.join(dirpath, d))]
         return out
+
+    _listings: dict[str, tuple[tuple[int, ...], list[str]]] = {}
+
+    @staticmethod
+    def _hooks_in(directory: str) -> list[str]:
+        """The startup-hook names in a directory. A site-packages holds thousands of entries;
+        its listing is reused while the directory's stat key (an entry added, removed or
+        renamed changes its mtime and ctime) is the one it had, settled, when listed."""
+        key = _stat_key(directory)
+        hit = _Guard._listings.get(directory)
+        if key is not None and hit is not None and hit[0] == key:
+            return hit[1]
+        names = [n for n in os.listdir(directory) if _is_hook(n)]
+        if key is not None and key == _stat_key(directory) \
+                and time.time() - key[3] / 1e9 > RACY_SECONDS:
+            _Guard._listings[directory] = (key, names)
+        return names
 
     @staticmethod
     def _read(path: str) -> bytes | None:
