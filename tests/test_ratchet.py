@@ -302,3 +302,18 @@ def test_in_process_dates_in_a_form_only_git_reads_are_left_to_git(tmp_path, mon
     cr = rat.make_commit(rat.head(), "dated", files={"a.py": "y\n"})
     assert git(repo, "log", "-1", "--format=%ad %cd", "--date=iso-strict", cr.sha) == \
         "2005-04-07T22:13:13+02:00 2005-04-07T22:13:13+02:00"
+
+
+@pytest.mark.parametrize("subdir", ["", "proj"])
+def test_in_process_file_lists_are_ls_trees(tmp_path, monkeypatch, subdir):
+    pytest.importorskip("pygit2")
+    repo = make_repo(tmp_path / "repo", {f"{subdir}/{p}".lstrip("/"): "x\n" for p in
+                                         ("a.py", "d/e/f.py", "ünï.txt")} | {"outside.txt": "o\n"})
+    target = repo / subdir if subdir else repo
+    monkeypatch.delenv("AUTORESEARCH_GIT_PLUMBING", raising=False)
+    lib = Ratchet(target)
+    monkeypatch.setenv("AUTORESEARCH_GIT_PLUMBING", "1")
+    plumbing = Ratchet(target)
+    head = lib.head()
+    assert lib.list_files(head) == plumbing.list_files(head)
+    assert sorted(lib.list_files(head))[:2] == ["a.py", "d/e/f.py"]

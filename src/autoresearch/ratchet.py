@@ -296,6 +296,11 @@ class Ratchet:
         """Target-relative path -> blob id of every file in the target at commit."""
         if len(commit) == 40 and commit in self._tree_cache:   # a full sha never changes
             return dict(self._tree_cache[commit])
+        if self._lib is not None:
+            files = {path: str(oid) for path, _mode, oid in self._lib_rows(commit, False)}
+            if len(commit) == 40:
+                self._remember(commit, files)
+            return files
         args = ["ls-tree", "-r", "-z", commit]
         if self.subdir:
             args += ["--", self.subdir]
@@ -627,6 +632,13 @@ class Ratchet:
 
     def _lib_entries(self, commit: str, whole_repo: bool):
         """_entries through libgit2: the same rows, in the same (tree) order."""
+        for path, mode, oid in self._lib_rows(commit, whole_repo):
+            with self._lib_lock:
+                data = self._lib[oid].data
+            yield path, mode, data
+
+    def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, pygit2.Oid]]:
+        """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them."""
         with self._lib_lock:
             try:
                 root = self._lib.revparse_single(commit).peel(pygit2.Tree)
@@ -645,10 +657,7 @@ class Ratchet:
         if self.subdir and not whole_repo:
             rows = [(self._target_rel(p), m, o) for p, m, o in rows
                     if p.startswith(self.subdir + "/")]
-        for path, mode, oid in rows:
-            with self._lib_lock:
-                data = self._lib[oid].data
-            yield path, mode, data
+        return rows
 
     # -- worktrees --------------------------------------------------------------------------
     def worktree(self, name: str) -> Path:
