@@ -8,7 +8,8 @@ The suite runs in parallel (pytest-xdist, `-n auto` in pyproject.toml: two worke
 most `MAX_WORKERS`, since the tests mostly wait on subprocesses). Each worker gets a TMPDIR of its
 own under its pytest base directory, and its own PostgreSQL cluster; tests that look for
 processes find them by a unique marker or token, never by a shared name; tests that share an
-expensive fixture run on one worker (`_SHARED`, `--dist loadgroup`).
+expensive fixture run on one worker (`_SHARED`, `--dist loadgroup`), and the few that write
+shared places or measure time run alone (`_RUNS_ALONE`, a file lock across the workers).
 """
 
 from __future__ import annotations
@@ -112,9 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             params = params.params if params is not None else {}
             key = params.get("template") or getattr(params.get("attack"), "family", "")
             group = f"{item.path.stem}::{item.originalname}::{key}"
-            if item.originalname == "test_attack_is_blocked_without_the_sandbox" \
-                    and key in _PLANTS_IN_SITE_DIRS:
-                item.add_marker(pytest.mark.plants_in_site_dirs)
+            if (item.originalname, key) in _RUNS_ALONE:
+                item.add_marker(pytest.mark.runs_alone)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
 
@@ -137,23 +137,26 @@ def _private_tmpdir_per_worker():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-#: attack families whose unsandboxed batch plants files in the interpreter's shared site
-#: directories; while one runs, no other worker runs a test (an unsandboxed step elsewhere would
-#: rightly see the plant as its own and come back invalid)
-_PLANTS_IN_SITE_DIRS = {"interpreter startup hooks", "the coding agent planting files",
-                        "bytecode planting"}
+#: attack batches that run alone under xdist: the unsandboxed families that plant files in the
+#: interpreter's shared site directories (an unsandboxed step elsewhere would rightly see the
+#: plant as its own and come back invalid), and the latency template's, whose metric is a time
+#: that the other workers' load would make noisy enough to move the branch
+_RUNS_ALONE = {("test_attack_is_blocked_without_the_sandbox", "interpreter startup hooks"),
+               ("test_attack_is_blocked_without_the_sandbox", "the coding agent planting files"),
+               ("test_attack_is_blocked_without_the_sandbox", "bytecode planting"),
+               ("test_template_attack_is_blocked_with_the_default_sandbox", "latency")}
 
 
 @pytest.fixture(autouse=True)
-def _site_dirs_lock(request: pytest.FixtureRequest):
-    """Under xdist: a shared lock for every test, an exclusive one for the planting batches. A
-    turnstile lock taken first keeps a waiting planter from being starved by a stream of readers."""
+def _runs_alone_lock(request: pytest.FixtureRequest):
+    """Under xdist: a shared lock for every test, an exclusive one for `runs_alone` tests. A
+    turnstile lock taken first keeps a waiting one from being starved by a stream of others."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if not run:
         yield
         return
-    exclusive = request.node.get_closest_marker("plants_in_site_dirs") is not None
-    base = os.path.join(os.environ.get(SHARED_TMP_ENV, tempfile.gettempdir()), f"ar-site-{run}")
+    exclusive = request.node.get_closest_marker("runs_alone") is not None
+    base = os.path.join(os.environ.get(SHARED_TMP_ENV, tempfile.gettempdir()), f"ar-alone-{run}")
     with open(base + ".turnstile", "a") as turn, open(base + ".lock", "a") as lock:
         fcntl.flock(turn, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
