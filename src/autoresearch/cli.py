@@ -433,6 +433,12 @@ def cmd_status(args) -> int:
         return 0
     console.print(f"[bold]run {_e(tag)}[/] · {_e(info['metric'])} ({info['direction']}) · agent "
                   f"{_e(info['agent'])} · policy {_e(info['policy'])} · branch {_e(info['branch'])}")
+    if info["source"]:
+        console.print(f"  promotion of run {_e(info['source'])} at scale {_e(info['scale'])} "
+                      f"(autoresearch promote --from {_e(info['source'])} --scale "
+                      f"{_e(info['scale'])} prints its report)")
+    elif info["scale"]:
+        console.print(f"  at scale {_e(info['scale'])}")
     console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
                   + f" · {info['experiments']} total")
     base, best = info["baseline"], info["best"]
