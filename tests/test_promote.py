@@ -359,3 +359,19 @@ def test_scales_added_after_the_run_may_be_promoted_but_other_toml_changes_are_r
     commit_all(root, "another metric")
     p = ar(root, "promote", "--from", "t", "--scale", "big", "--tag", "again")
     assert p.returncode == 1 and "only [scales] may change" in p.stderr and "metric" in p.stderr
+
+
+def test_a_baseline_that_fails_at_the_scale_stops_the_promotion_with_its_reason(tmp_path):
+    crash = ("import os, sys\nif os.environ.get('WIDTH') == '9':\n"
+             "    sys.exit('out of memory at width 9')\n")
+    root = build_target(tmp_path, files={"train.py": train_source(10.0, extra=crash)},
+                        extra_toml='[scales]\nbig = { env = { WIDTH = "9" } }\n')
+    script = write_script(tmp_path / "p.jsonl", [proposal(8.0, extra=crash)])
+    assert ar(root, "run", "--tag", "t", "--agent", f"script:{script}", "--policy", "greedy",
+              "-q").returncode == 0
+    p = ar(root, "promote", "--from", "t", "--scale", "big", "--repeats", "2")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "the baseline of 't' failed at scale big" in p.stderr
+    assert "out of memory at width 9" in p.stderr
+    rows = ledger_rows(root, "t-big")
+    assert [r["status"] for r in rows if r["kind"] == "baseline"] == ["crash"]

@@ -40,6 +40,8 @@ stood (runs left running are measured again), and one that finished prints its r
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -54,7 +56,7 @@ from .errors import ConfigError
 from .evaluation import EvalResult
 from .executors import LocalExecutor
 from .experiment import Kind, Status
-from .judge import evaluation_status
+from .judge import RunStopped, evaluation_status
 from .ledger import MEASURED, Experiment, Ledger
 from .policies import DEFAULT_POLICY, make_policy
 from .policies.noise import local_noise
@@ -377,8 +379,12 @@ class Promotion:
             self.executor.prepare()
             self.session.setup(self.executor.stop_event, None)
             self.session.pin_cache()
+            old_term = signal.getsignal(signal.SIGTERM)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
                 self._measure([a for k, a in self.arms.items() if k != "subset"])
+                self._check_baseline()
                 report = self._judge()
                 subset = self._subset_arm(report)
                 if subset is not None:
@@ -388,12 +394,25 @@ class Promotion:
                 self._drain()
                 raise
             finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, old_term)
                 self.ledger.clear_slots(self.opt.tag)
             return report
         finally:
             self.executor.shutdown()
             self.session.close(None)
             self.ratchet.close()
+
+    def _check_baseline(self) -> None:
+        """Without a measurement of the baseline at the scale there is nothing to compare: stop
+        with the reason of its last run (a larger model out of memory, say)."""
+        arm = self.arms["baseline"]
+        if self.values(arm):
+            return
+        last = self.runs_of(arm)[-1]
+        raise RunStopped(f"the baseline of '{self.opt.source}' failed at scale {self.opt.scale}: "
+                         f"{last.reason} — fix the target or the scale's settings; log: "
+                         f"{last.log_path}")
 
     def _match_rows(self) -> None:
         assert self.state is not None
@@ -675,3 +694,7 @@ def promote(target: Target, options: PromoteOptions,
     """Run (or resume) a promotion; its report. Bad input is one ConfigError before anything
     is written; a failure the user must hear about is RunStopped, as for a run."""
     return Promotion(target, options, say).run()
+
+
+def _raise_interrupt(signum, frame):  # noqa: ANN001 - a signal handler
+    raise KeyboardInterrupt
