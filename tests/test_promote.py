@@ -80,15 +80,17 @@ def test_a_scale_env_value_must_be_text_and_its_name_a_word():
 
 def test_an_unknown_scale_name_is_one_error_with_a_did_you_mean():
     spec = parse_spec({**BASE, "scales": {"large": {}, "small": {}}}, CFG)
-    with pytest.raises(ConfigError, match=r"no scale 'lrage' in \[scales\] — did you mean 'large'"):
+    with pytest.raises(ConfigError, match=r"no scale 'lrage' in \[scales\] — did you mean "
+                                          r"'large'"):
         spec.at_scale("lrage", CFG)
     with pytest.raises(ConfigError, match="declare it"):
         parse_spec(BASE, CFG).at_scale("large", CFG)
 
 
 # == run --scale: the env reaches both steps, and the run keeps its scale ==========================
-TRAIN_ENV = ('import os\nUNUSED = 1.0\nopen("out.txt", "w").write(os.environ.get("WIDTH", "0") + " "\n'
-             '                              + os.environ["AUTORESEARCH_BUDGET_SECONDS"])\n')
+TRAIN_ENV = ('import os\nUNUSED = 1.0\n'
+             'open("out.txt", "w").write(os.environ.get("WIDTH", "0") + " "\n'
+             '                           + os.environ["AUTORESEARCH_BUDGET_SECONDS"])\n')
 EVAL_ENV = ('import os\nwidth, budget = open("out.txt").read().split()\n'
             'print(f"score: {width}")\nprint(f"budget_seen: {budget}")\n'
             'print(f"eval_width: {os.environ.get(\'WIDTH\', \'0\')}")\n')

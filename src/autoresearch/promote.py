@@ -210,11 +210,13 @@ def kept_changes(ledger: Ledger, ratchet: Ratchet, source: str) -> list[Change]:
     for e in kept:
         if e.kind == Kind.BASELINE or not e.commit_sha:
             raise ConfigError(f"run '{source}' adopted another best (#{e.seq}: "
-                              f"{e.description!r}) — promote replays a run's own kept changes only")
+                              f"{e.description!r}) — promote replays a run's own kept changes "
+                              f"only")
         parent = ratchet.parent_of(e.commit_sha)
         if parent != prev:
-            raise ConfigError(f"run '{source}': kept experiment #{e.seq} is not built on the best "
-                              f"before it — its kept chain is not linear, so it cannot be replayed")
+            raise ConfigError(f"run '{source}': kept experiment #{e.seq} is not built on the "
+                              f"best before it — its kept chain is not linear, so it cannot be "
+                              f"replayed")
         out.append(Change(e, e.commit_sha, parent))
         prev = e.commit_sha
     return out
@@ -240,6 +242,9 @@ class Promotion:
         self.base_target = target
         self.target = replace(target, spec=target.spec.at_scale(options.scale, target.config_path))
         self.spec = self.target.spec
+        if not (target.state_dir / "ledger.db").exists():
+            raise ConfigError(f"no runs recorded in {target.root} yet — run the loop first "
+                              f"(autoresearch run --scale SMALL), then promote it")
         self.ledger = Ledger(target.state_dir / "ledger.db")
         self.ratchet = Ratchet(target.root)
         src = self.ledger.get_run(options.source)
@@ -264,7 +269,8 @@ class Promotion:
             else settings.min_effect
         self.changes = kept_changes(self.ledger, self.ratchet, options.source)
         if not self.changes:
-            raise ConfigError(f"run '{options.source}' kept no change — there is nothing to promote")
+            raise ConfigError(f"run '{options.source}' kept no change — there is nothing to "
+                              f"promote")
         self._check_same_target()
         self.session = Session(self.target, self.ledger, self.ratchet, options.tag,
                                agent_name="promote", policy_name=self.policy.name,
@@ -657,6 +663,10 @@ class Promotion:
             return
         vals = self.values(arm)
         report.subset = arm.changes or report.subset
+        report.arms["subset"] = {"seq": arm.row.seq,
+                                 "mean": sum(vals) / len(vals) if vals else None,
+                                 "runs": len(vals), "failed": self._counts(arm)[2],
+                                 "description": arm.description}
         report.subset_vs_baseline = effect(vals, base_vals, self._groups(),
                                            self.spec.direction, self.spec.policy.noise_floor)
         report.subset_vs_best = effect(vals, best_vals, self._groups(), self.spec.direction,

@@ -77,6 +77,10 @@ class RunRequest:
             target.spec.at_scale(self.scale, target.config_path)   # an unknown name: one error
         ledger = Ledger(target.state_dir / "ledger.db")
         run = ledger.get_run(self.tag)
+        if run is not None and run.source:
+            raise ConfigError(f"'{self.tag}' is a promotion of run '{run.source}', not a loop — "
+                              f"resume it with autoresearch promote --from {run.source} --scale "
+                              f"{run.scale}, or give run another --tag")
         scale = self.scale or (run.scale if run else None)
         if run is not None and self.scale and run.scale != self.scale:
             at = f"at scale '{run.scale}'" if run.scale else "without a scale"
