@@ -7,6 +7,8 @@ fate at the large scale is known by construction:
 - "at least 16 hidden units" widens a narrower model: a large gain at width 4, and at width 16 it
   changes nothing at all: it does not transfer.
 The promotion must say so, with intervals, and write a branch holding the first change only.
+(The test's scales leave out the template's `width == N` constraints, which would discard the
+widening as building another size than the scale's.)
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ def test_a_scale_adds_its_env_and_sets_budget_and_timeout():
     assert (same.env["WIDTH"], same.budget, same.timeout) == ("64", 10, 30)
     assert (spec.at_scale("slow").budget, spec.at_scale("slow").timeout) == (5, 99)
     assert spec.at_scale(None) is spec and spec.env["WIDTH"] == "2"
+
+
+def test_a_scale_adds_its_constraints_to_the_tomls():
+    spec = parse_spec({**BASE, "constraints": ["mem <= 10"],
+                       "scales": {"big": {"constraints": ["width == 128"]}}}, CFG)
+    assert [str(c) for c in spec.at_scale("big").parsed_constraints] == ["mem <= 10",
+                                                                         "width == 128"]
+    assert "scales.big.constraints" in _config_error(
+        {**BASE, "scales": {"big": {"constraints": ["width is 128"]}}})
 
 
 def test_unknown_key_in_a_scale_suggests_the_scale_field():
@@ -124,6 +135,21 @@ def test_run_at_a_scale_gives_its_env_to_the_run_and_evaluate_steps_and_is_resum
     ledger = Ledger(root / ".autoresearch" / "ledger.db", readonly=True)
     assert ledger.get_run("t2") is None
     ledger.close()
+
+
+def test_a_scale_constraint_discards_a_change_that_builds_another_size(tmp_path):
+    root = build_target(tmp_path, files={"train.py": TRAIN_ENV, "evaluate.py": EVAL_ENV},
+                        extra_toml='[scales]\nbig = { env = { WIDTH = "128" }, '
+                                   'constraints = ["score == 128"] }\n')
+    fixed = TRAIN_ENV.replace('os.environ.get("WIDTH", "0")', '"4"')
+    script = write_script(tmp_path / "p.jsonl", [{"description": "always 4 units",
+                                                  "files": {"train.py": fixed}}])
+    p = ar(root, "run", "--tag", "s", "--scale", "big", "--agent", f"script:{script}",
+           "--policy", "greedy", "-q")
+    assert p.returncode == 0, p.stdout + p.stderr
+    base, cand = ledger_rows(root, "s")
+    assert base["status"] == "keep" and base["metric"] == 128.0
+    assert cand["status"] == "discard" and "score == 128" in cand["reason"], cand
 
 
 # == promote on the quickstart target ===========================================================
@@ -208,6 +234,9 @@ def test_promote_keeps_the_change_that_transfers_and_drops_the_one_tied_to_the_s
     ledger.close()
     rows = ledger_rows(root, "src-large")
     assert not [r for r in rows if r["status"] in ("running", "pending", "interrupted")]
+    # the locked evaluator saw the scale's width: 4 units in the run, 16 in the promotion
+    assert src_rows[0]["metrics"]["width"] == 4.0
+    assert {r["metrics"]["width"] for r in rows} == {16.0}
     kept = [r for r in rows if r["status"] == "keep"]
     assert [r["description"] for r in kept][0] == "baseline"
     assert kept[-1]["commit"] == report["commit"]

@@ -171,12 +171,22 @@ class Scale(_Strict):
 
     `env` is added to the toml's `env` for every command (the scale wins on a shared name);
     `budget` replaces the toml's budget (`--budget` still overrides both); `timeout` the hard
-    limit (default: the toml's when the budget is the toml's, else 2 x budget + 60).
+    limit (default: the toml's when the budget is the toml's, else 2 x budget + 60);
+    `constraints` are added to the toml's (a check that the code really ran at this scale,
+    e.g. "width == 128" on a width the locked evaluator reports).
     """
 
     env: dict[str, str] = Field(default_factory=dict)
     budget: float | None = Field(None, gt=0)          # seconds of training at this scale
     timeout: float | None = Field(None, gt=0)         # hard limit per command at this scale
+    constraints: list[str] = Field(default_factory=list)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: list[str]) -> list[str]:
+        for c in v:
+            Constraint.parse(c)
+        return v
 
 
 class TargetSpec(_Strict):
@@ -243,7 +253,7 @@ class TargetSpec(_Strict):
         return self.model_copy(update={
             "env": {**self.env, **scale.env},
             "budget": scale.budget if scale.budget is not None else self.budget,
-            "timeout": timeout})
+            "timeout": timeout, "constraints": [*self.constraints, *scale.constraints]})
 
     @field_validator("constraints")
     @classmethod
