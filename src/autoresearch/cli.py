@@ -631,9 +631,9 @@ def cmd_promote(args) -> int:
     arms = report.arms
     for key in ("baseline", "best", "subset"):
         a = arms.get(key)
-        if a and a["mean"] is not None:
-            console.print(f"  {key:<9}{report.metric} {a['mean']:.6f} (mean of {a['runs']} run(s), "
-                          f"#{a['seq']})", markup=False)
+        if a and a.mean is not None:
+            console.print(f"  {key:<9}{report.metric} {a.mean:.6f} (mean of {a.runs} run(s), "
+                          f"#{a.seq})", markup=False)
     t = Table(title=f"does each kept change of {source} transfer to scale {report.scale}? "
                     f"(improvement, {report.metric}, 95% interval)", header_style="bold")
     for c in ("change", f"at {report.source_scale or 'the run'}'s scale" if not report.source_scale

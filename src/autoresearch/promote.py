@@ -39,6 +39,7 @@ stood (runs left running are measured again), and one that finished prints its r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -93,6 +94,17 @@ class Effect:
 
 
 @dataclass
+class ArmSummary:
+    """One arm at the promotion's scale: its first row, the mean of its valid runs, counts."""
+
+    seq: int | None
+    mean: float | None
+    runs: int
+    failed: int
+    description: str
+
+
+@dataclass
 class ChangeReport:
     seq: int                    # the kept experiment in the source run
     description: str
@@ -116,7 +128,7 @@ class PromotionReport:
     direction: str
     min_effect: float
     repeats: int
-    arms: dict[str, dict[str, Any]] = field(default_factory=dict)   # arm -> mean, runs, failed
+    arms: dict[str, ArmSummary] = field(default_factory=dict)     # by arm key
     changes: list[ChangeReport] = field(default_factory=list)
     subset: list[int] = field(default_factory=list)        # source seqs that transfer
     subset_vs_baseline: Effect | None = None
@@ -130,7 +142,8 @@ class PromotionReport:
         return {"source": self.source, "tag": self.tag, "scale": self.scale,
                 "source_scale": self.source_scale, "metric": self.metric,
                 "direction": self.direction, "min_effect": self.min_effect,
-                "repeats": self.repeats, "arms": self.arms,
+                "repeats": self.repeats,
+                "arms": {k: dataclasses.asdict(a) for k, a in self.arms.items()},
                 "changes": [c.to_dict() for c in self.changes], "subset": self.subset,
                 "subset_vs_baseline": self.subset_vs_baseline.to_dict()
                 if self.subset_vs_baseline else None,
@@ -545,11 +558,7 @@ class Promotion:
                                  self.spec.metric, direction, self.min_effect, self.repeats,
                                  branch=f"autoresearch/{self.opt.tag}")
         for key, arm in self.arms.items():
-            valid, _running, failed = self._counts(arm)
-            vals = self.values(arm)
-            report.arms[key] = {"seq": arm.row.seq if arm.row else None,
-                                "mean": sum(vals) / len(vals) if vals else None,
-                                "runs": valid, "failed": failed, "description": arm.description}
+            report.arms[key] = self._summary(arm)
         src_groups = self.ledger.replicate_groups(self.opt.source)
         best = self.values(self.arms["best"])
         prev_values = self._source_values(self.src.base_commit)
@@ -576,6 +585,12 @@ class Promotion:
             report.changes.append(ChangeReport(c.row.seq, c.row.description, small, large, v, why))
         report.subset = [c.seq for c in report.changes if c.verdict == TRANSFERS]
         return report
+
+    def _summary(self, arm: Arm) -> ArmSummary:
+        vals = self.values(arm)
+        return ArmSummary(arm.row.seq if arm.row else None,
+                          sum(vals) / len(vals) if vals else None, len(vals),
+                          self._counts(arm)[2], arm.description)
 
     def _source_values(self, commit: str, row: Experiment | None = None) -> list[float]:
         """Every valid run of a commit's code in the source run (its tree)."""
@@ -663,10 +678,7 @@ class Promotion:
             return
         vals = self.values(arm)
         report.subset = arm.changes or report.subset
-        report.arms["subset"] = {"seq": arm.row.seq,
-                                 "mean": sum(vals) / len(vals) if vals else None,
-                                 "runs": len(vals), "failed": self._counts(arm)[2],
-                                 "description": arm.description}
+        report.arms["subset"] = self._summary(arm)
         report.subset_vs_baseline = effect(vals, base_vals, self._groups(),
                                            self.spec.direction, self.spec.policy.noise_floor)
         report.subset_vs_best = effect(vals, best_vals, self._groups(), self.spec.direction,
