@@ -308,24 +308,30 @@ def _tiny_run(tmp_path: Path, values: list[float], extra: str = "") -> Path:
     return root
 
 
-def test_a_change_that_cannot_be_left_out_cleanly_is_reported_as_such(tmp_path):
+def test_a_change_that_cannot_be_left_out_is_measured_added_onto_the_best_before_it(tmp_path):
     # both changes rewrite the same line: the first cannot be dropped from the best
     root = _tiny_run(tmp_path, [8.0, 6.0])
     p = ar(root, "promote", "--from", "t", "--scale", "big", "--json")
     assert p.returncode == 0, p.stdout + p.stderr
     report = json.loads(p.stdout)
     first, second = report["changes"]
-    assert first["verdict"] == "unclear" and "cannot be dropped cleanly" in first["why"]
-    # the metric repeats exactly: intervals are points, and the second change is judged exactly
-    assert second["large"]["value"] == second["large"]["low"] == 2.0
-    assert second["verdict"] == "transfers"
     rows = ledger_rows(root, "t-big")
     invalid = [r for r in rows if r["status"] == "invalid"]
     assert len(invalid) == 1 and "cannot be dropped cleanly" in invalid[0]["reason"]
-    # the subset (the second change alone) does not replay onto the baseline, nor can the
-    # first be reverted from the best: the branch stays at the baseline and says why
-    assert not report["promoted"] and "cannot be separated" in report["note"]
-    assert git(root, "rev-parse", "autoresearch/t-big") == rows[0]["commit"]
+    assert invalid[0]["description"].startswith(f"the best without #{first['seq']}")
+    # so it is measured added one by one: the run's best after it against the baseline (10 -> 8)
+    assert "added onto the best before it" in first["why"]
+    assert any(r["description"].startswith(f"the best of t after #{first['seq']}") for r in rows)
+    # the metric repeats exactly: intervals are points
+    assert (first["large"]["value"], first["large"]["low"], first["verdict"]) == \
+        (2.0, 2.0, "transfers")
+    assert (second["large"]["value"], second["verdict"]) == (2.0, "transfers")
+    assert "left out of the best" in second["why"]
+    # both transfer: the branch holds the run's best, replayed change by change
+    assert report["promoted"] and report["subset"] == [first["seq"], second["seq"]]
+    assert git(root, "rev-parse", "autoresearch/t-big^{tree}") == \
+        git(root, "rev-parse", "autoresearch/t^{tree}")
+    assert len(git(root, "log", "--format=%s", "autoresearch/t-big").splitlines()) == 3
 
 
 def test_independent_changes_are_each_judged_and_all_promoted_when_all_transfer(tmp_path):

@@ -326,6 +326,20 @@ class Promotion:
                             f"{c.row.description}", None, best))
         return arms
 
+    def _chain_arm(self, i: int) -> Arm:
+        """The run's best after its i-th kept change (0: the baseline), as an arm: what a change
+        that cannot be left out is measured by, added onto the best before it."""
+        if i == 0:
+            return self.arms["baseline"]
+        if i == len(self.changes):
+            return self.arms["best"]
+        key = f"upto:{self.changes[i - 1].row.seq}"
+        if key not in self.arms:
+            c = self.changes[i - 1]
+            self.arms[key] = Arm(key, f"the best of {self.opt.source} after #{c.row.seq}: "
+                                      f"{c.row.description}", c.commit, c.parent)
+        return self.arms[key]
+
     def _add_arm(self, arm: Arm) -> Experiment:
         """The arm's first row (its commit built and pinned first when it needs one)."""
         assert self.state is not None
@@ -441,6 +455,14 @@ class Promotion:
             if arm.row is not None and arm.row.commit_sha:
                 arm.commit = arm.row.commit_sha
             self.arms[arm.key] = arm
+        for i, c in enumerate(self.changes, 1):
+            # a change that cannot be left out is measured added one by one instead
+            without = self.arms[f"without:{c.row.seq}"]
+            if without.row is None:
+                without.row = self._add_arm(without)
+            if without.row.status == Status.INVALID:
+                for arm in (self._chain_arm(i - 1), self._chain_arm(i)):
+                    arm.row = arm.row or rows.get(arm.key)
         if "subset" in rows:
             e = rows["subset"]
             changes = (e.params or {}).get("promote", {}).get("changes", [])
@@ -567,17 +589,21 @@ class Promotion:
             small = effect(kept_values, prev_values, src_groups, direction, floor)
             prev_values = kept_values
             arm = self.arms[f"without:{c.row.seq}"]
-            large = effect(best, self.values(arm), self._groups(), direction, floor)
+            how = "left out of the best"
             if arm.row is not None and arm.row.status == Status.INVALID:
-                report.changes.append(ChangeReport(c.row.seq, c.row.description, small, large,
-                                                   UNCLEAR, arm.row.reason))
-                continue
+                i = self.changes.index(c) + 1
+                large = effect(self.values(self._chain_arm(i)),
+                               self.values(self._chain_arm(i - 1)), self._groups(), direction,
+                               floor)
+                how = "added onto the best before it (it cannot be left out cleanly)"
+            else:
+                large = effect(best, self.values(arm), self._groups(), direction, floor)
             v = verdict_of(large, self.min_effect)
             why = {TRANSFERS: f"better by more than {self.min_effect:g} at scale "
                               f"{self.opt.scale}",
                    DOES_NOT: f"not better by {self.min_effect:g} at scale {self.opt.scale}",
                    UNCLEAR: "the interval at scale " + self.opt.scale + " holds "
-                            f"{self.min_effect:g}: more --repeats would tell"}[v]
+                            f"{self.min_effect:g}: more --repeats would tell"}[v] + f"; {how}"
             if large.value is None:
                 why = "an arm did not measure (see its runs' reasons)"
             elif large.low is None:
@@ -607,10 +633,11 @@ class Promotion:
             return arm
         if not report.subset:
             return None
-        commit, how = self._build_subset(report.subset)
+        commit, how, seqs = self._build_subset(report.subset)
         if commit is None:
             report.note = how
             return None
+        report.subset = seqs
         names = ", ".join(f"#{s}" for s in report.subset)
         arm = Arm("subset", f"the changes of {self.opt.source} that transfer to scale "
                             f"{self.opt.scale}: {names} ({how})", commit, self.src.base_commit,
@@ -619,9 +646,11 @@ class Promotion:
         self.arms["subset"] = arm
         return arm
 
-    def _build_subset(self, seqs: list[int]) -> tuple[str | None, str]:
-        """The transferring changes replayed in order onto the baseline, one commit each; else
-        the best with the others reverted, newest first. (None, why) when neither merges."""
+    def _build_subset(self, seqs: list[int]) -> tuple[str | None, str, list[int]]:
+        """(commit, how, the changes it holds): the transferring changes replayed in order onto
+        the baseline, one commit each; else the best with the others reverted, newest first;
+        else the run's own best after the longest run of transferring changes from its start
+        (the later ones are left out). None when not even the first change transfers."""
         keep = [c for c in self.changes if c.row.seq in seqs]
         cur: str | None = self.src.base_commit
         for c in keep:
@@ -633,7 +662,7 @@ class Promotion:
             if cur is None:
                 break
         if cur is not None:
-            return cur, "replayed onto the baseline"
+            return cur, "replayed onto the baseline", seqs
         cur = self.changes[-1].commit
         for c in reversed([c for c in self.changes if c.row.seq not in seqs]):
             assert cur is not None
@@ -643,10 +672,20 @@ class Promotion:
                 f"autoresearch promote {self.opt.tag}: it does not transfer to scale "
                 f"{self.opt.scale}")
             if cur is None:
-                return None, ("the changes that transfer cannot be separated cleanly from the "
-                              "others (three-way merge conflicts both ways): the branch stays at "
-                              "the baseline")
-        return cur, "the best with the others reverted"
+                break
+        if cur is not None:
+            return cur, "the best with the others reverted", seqs
+        prefix = []
+        for c in self.changes:
+            if c.row.seq not in seqs:
+                break
+            prefix.append(c)
+        if prefix:
+            return (prefix[-1].commit, f"the run's best after #{prefix[-1].row.seq}: the "
+                    f"others do not separate cleanly", [c.row.seq for c in prefix])
+        return None, ("the changes that transfer cannot be separated cleanly from the others "
+                      "(three-way merge conflicts both ways): the branch stays at the "
+                      "baseline"), []
 
     def _finish(self, report: PromotionReport, subset: Arm | None) -> None:
         """Verdicts into the rows; the subset kept (the branch moves) when it beats the baseline."""
@@ -659,9 +698,9 @@ class Promotion:
             row = arm.row
             if row is None or key in ("baseline", "subset") or row.status != Status.PENDING:
                 continue
-            if key == "best":
-                reason = f"every kept change of {self.opt.source}, at scale {self.opt.scale}"
-                record: dict[str, Any] = {"promotion": {"arm": "best"}}
+            if key == "best" or key.startswith("upto:"):
+                reason = f"{arm.description}, at scale {self.opt.scale}"
+                record: dict[str, Any] = {"promotion": {"arm": key}}
             else:
                 c = by_seq[int(key.split(":")[1])]
                 reason = (f"#{c.seq} {c.verdict}: {c.large.text()} at scale {self.opt.scale} "
