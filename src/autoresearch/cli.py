@@ -708,9 +708,9 @@ def _demo_without_sandbox(dest: Path) -> str | None:
         sandbox.check()
         return None
     except AutoresearchError as e:
-        toml = dest / "autoresearch.toml"
-        toml.write_text(toml.read_text() + "sandbox = false      # set by the demo: " +
-                        str(e).replace("\n", " ")[:120] + "\n")
+        toml = dest / "autoresearch.toml"   # first: a key after a [table] would belong to it
+        toml.write_text("sandbox = false      # set by the demo: " +
+                        str(e).replace("\n", " ")[:120] + "\n" + toml.read_text())
         return str(e)
 
 
