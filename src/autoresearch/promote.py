@@ -7,10 +7,12 @@
     best         run TAG's final best: every kept change
     without #k   the best with kept change #k left out (leave-one-out), one arm per kept change,
                  built with the ratchet's three-way merge (the change's diff reversed onto the
-                 best); a change that later keeps build on cannot be dropped cleanly: it gets an
-                 `invalid` row saying so, and its verdict is "unclear"
+                 best)
+    after #k     the run's own best after change #k: only for a change that cannot be left out
+                 (later keeps rewrote its lines: its `without` row is `invalid` and says so),
+                 which is then measured added one by one, after #k against the one before it
 
-Leave-one-out (rather than adding the changes one by one onto the baseline) measures each change
+Leave-one-out (rather than adding every change one by one onto the baseline) measures each change
 where it will live: beside all the others, so an effect that only shows together with the later
 changes is credited, and the arms number one per change plus two.
 
@@ -22,10 +24,11 @@ each with a 95% interval from the local noise of its scale (policies/noise.py), 
 
     transfers    the interval at scale NAME lies above `min_effect` (better by more than it)
     does not     the interval lies below `min_effect` (with 0: the change makes it worse)
-    unclear      otherwise, or the change could not be left out, or an arm failed to measure
+    unclear      otherwise, or an arm failed to measure
 
-The changes that transfer are replayed in their order onto the baseline (one commit each; the
-best with the others reverted when they do not replay cleanly), and that subset is measured
+The changes that transfer are replayed in their order onto the baseline (one commit each; else
+the best with the others reverted; else the run's own best after the longest run of transferring
+changes from its first), and that subset is measured
 afresh, `repeats` runs of its own: when it is better than the baseline beyond `min_effect` it is
 kept and the branch autoresearch/TAG-NAME moves to it; otherwise the branch stays at the baseline.
 
