@@ -412,3 +412,32 @@ def test_a_baseline_that_fails_at_the_scale_stops_the_promotion_with_its_reason(
     assert "out of memory at width 9" in p.stderr
     rows = ledger_rows(root, "t-big")
     assert [r["status"] for r in rows if r["kind"] == "baseline"] == ["crash"]
+
+
+def test_when_the_changes_do_not_separate_the_branch_takes_the_longest_transferring_start(
+        tmp_path):
+    # a: 10 -> 8 everywhere; b: one better in the run, one worse at the scale (WIDTH 9);
+    # c: rewrites b's line into an unconditional -2. c transfers but cannot be replayed without b
+    # (nor b reverted under c): the branch takes the run's own best after a
+    line = 'import os\n'
+    b_line = 'VALUE = VALUE - 1 if os.environ.get("WIDTH") != "9" else VALUE + 1\n'
+    root = build_target(tmp_path, files={"train.py": train_source(10.0, extra=line)},
+                        extra_toml='[scales]\nbig = { env = { WIDTH = "9" } }\n')
+    script = write_script(tmp_path / "p.jsonl", [
+        {"description": "a", "files": {"train.py": train_source(8.0, extra=line)}},
+        {"description": "b", "files": {"train.py": train_source(8.0, extra=line + b_line)}},
+        {"description": "c", "files": {"train.py": train_source(
+            8.0, extra=line + "VALUE = VALUE - 2\n")}}])
+    p = ar(root, "run", "--tag", "t", "--agent", f"script:{script}", "--policy", "greedy", "-q")
+    assert p.returncode == 0, p.stdout + p.stderr
+    src = {r["description"]: r for r in ledger_rows(root, "t")}
+    assert [src[d]["status"] for d in "abc"] == ["keep"] * 3
+    p = ar(root, "promote", "--from", "t", "--scale", "big", "--json", "--repeats", "2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    report = json.loads(p.stdout)
+    got = {c["description"]: (c["large"]["value"], c["verdict"]) for c in report["changes"]}
+    assert got == {"a": (2.0, "transfers"), "b": (-1.0, "does not"), "c": (3.0, "transfers")}
+    assert "added onto the best before it" in report["changes"][1]["why"]
+    assert report["promoted"] and report["subset"] == [src["a"]["seq"]]
+    assert report["commit"] == src["a"]["commit"] == git(root, "rev-parse", "autoresearch/t-big")
+    assert report["subset_vs_baseline"]["value"] == 2.0
