@@ -613,7 +613,8 @@ def cmd_promote(args) -> int:
     if args.min_effect is not None and args.min_effect < 0:
         raise ConfigError(f"--min-effect must be 0 or more (got {args.min_effect:g})")
     opts = PromoteOptions(source=source, scale=args.scale, tag=tag, budget=args.budget,
-                          workers=args.workers, repeats=args.repeats, min_effect=args.min_effect)
+                          workers=args.workers, repeats=args.repeats, min_effect=args.min_effect,
+                          gpus=[g.strip() for g in args.gpus.split(",")] if args.gpus else None)
     if not args.json:
         console.print(f"[bold]autoresearch promote[/] {_e(source)} to scale [cyan]{_e(args.scale)}"
                       f"[/] as run [cyan]{_e(tag)}[/], branch autoresearch/{_e(tag)}")
@@ -819,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="the promotion's run and branch (default: TAG-SCALE)")
     p.add_argument("--budget", type=float, help="training budget per run, seconds (default: the scale's)")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one worktree each)")
+    p.add_argument("--gpus", help="GPU indices, one per worker: 0,1,2,3")
     p.add_argument("--repeats", type=int, help="runs of each arm (default: the policy's baseline runs, at least 2)")
     p.add_argument("--min-effect", type=float,
                    help="smallest improvement that counts as transferring, in the metric's units "

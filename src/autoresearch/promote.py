@@ -246,6 +246,7 @@ class PromoteOptions:
     tag: str
     budget: float | None = None
     workers: int = 1
+    gpus: list[str] | None = None      # one per worker, as for run --gpus
     repeats: int | None = None
     min_effect: float | None = None     # None: the policy's min_effect
 
@@ -293,7 +294,7 @@ class Promotion:
                                budget=options.budget, seed=0, say=self.say, scale=options.scale,
                                source=options.source)
         self.lines = LineCounter(self.ratchet, self.session.editable)
-        self.executor = LocalExecutor(self.ratchet, workers=options.workers)
+        self.executor = LocalExecutor(self.ratchet, workers=options.workers, gpus=options.gpus)
         self.state: RunState | None = None
         self.arms: dict[str, Arm] = {}
         self.in_flight: dict[int, tuple[Experiment, Future[EvalResult]]] = {}
@@ -515,9 +516,10 @@ class Promotion:
         seed = self.state.runs_before(e.tree_sha, e.id)
         job = self.session.job(e, seed)
         Path(job.log_path).unlink(missing_ok=True)
+        info = self.executor.slot_info(slot)
         self.state.update(e, status=Status.RUNNING, started=time.time(), slot=slot, seed=seed,
-                          log_path=job.log_path)
-        self.ledger.set_slot(self.opt.tag, slot, e.id)
+                          gpu=info.gpu, log_path=job.log_path)
+        self.ledger.set_slot(self.opt.tag, slot, e.id, info.gpu)
         fut = self.executor.submit(job, slot=slot, on_start=lambda pid: self._pids.append((e, pid)))
         self.in_flight[slot] = (e, fut)
         self.say(f"#{e.seq} {e.description}")
