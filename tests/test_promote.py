@@ -35,6 +35,7 @@ from conftest import (
     write_script,
 )
 
+from autoresearch.cli import main
 from autoresearch.config import parse_spec
 from autoresearch.errors import ConfigError
 from autoresearch.ledger import Ledger
@@ -358,18 +359,22 @@ def test_independent_changes_are_each_judged_and_all_promoted_when_all_transfer(
         git(root, "rev-parse", "autoresearch/t^{tree}")
 
 
-def test_promote_bad_input_is_one_line_and_leaves_nothing(tmp_path):
+def test_promote_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
     root = _tiny_run(tmp_path, [8.0])
     cases = {("--from", "nope", "--scale", "big"): "no run with tag 'nope'",
              ("--from", "t", "--scale", "bgi"): "did you mean 'big'?",
              ("--from", "t", "--scale", "big", "--repeats", "1"): "--repeats must be at least 2",
              ("--from", "t", "--scale", "big", "--workers", "0"): "--workers must be at least 1",
              ("--from", "t", "--scale", "big", "--budget", "0"): "--budget must be above 0",
-             ("--from", "t/x", "--scale", "big"): "not a valid tag"}
-    for args, msg in cases.items():
-        p = ar(root, "promote", *args)
-        assert p.returncode == 1 and msg in p.stderr, (args, p.stderr)
-        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+             ("--from", "t/x", "--scale", "big"): "not a valid tag",
+             ("--from", "t", "--scale", "big", "--tag", "t"): "already taken by another run",
+             ("--from", "t", "--scale", "big", "--workers", "2", "--gpus", "0"):
+                 "needs at least 2 GPUs"}
+    for args, msg in cases.items():      # in process: the CLI's own error path, without start-ups
+        code = main(["-C", str(root), "promote", *args])
+        err = capsys.readouterr().err
+        assert code == 1 and msg in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
     ledger = Ledger(root / ".autoresearch" / "ledger.db", readonly=True)
     assert [r.tag for r in ledger.runs()] == ["t"]
     ledger.close()
