@@ -99,6 +99,33 @@ def test_an_unknown_scale_name_is_one_error_with_a_did_you_mean():
         parse_spec(BASE, CFG).at_scale("large", CFG)
 
 
+# == the report's arithmetic ======================================================================
+def test_an_effect_is_an_improvement_with_a_t_interval_whatever_the_direction():
+    from scipy import stats
+
+    from autoresearch.promote import DOES_NOT, TRANSFERS, UNCLEAR, effect, verdict_of
+
+    with_, without = [4.0, 4.2], [5.0, 5.2]
+    groups = [with_, without]
+    lo = effect(with_, without, groups, "minimize")
+    hi = effect(without, with_, groups, "maximize")       # the same gain, read the other way
+    sigma = (0.02 + 0.02) ** 0.5 / 2 ** 0.5                # pooled sd: 0.1414 (2 df)
+    half = stats.t.ppf(0.975, 2) * sigma * (1 / 2 + 1 / 2) ** 0.5
+    for e in (lo, hi):
+        assert e.value == pytest.approx(1.0) and e.runs == (2, 2)
+        assert (e.low, e.high) == (pytest.approx(1.0 - half), pytest.approx(1.0 + half))
+    assert verdict_of(lo, 0.0) == TRANSFERS            # 1 - 0.61 > 0
+    assert verdict_of(lo, 0.5) == UNCLEAR              # the interval holds 0.5
+    assert verdict_of(lo, 2.0) == DOES_NOT             # below the smallest gain worth having
+    # a metric that repeats exactly: no interval to speak of, a zero effect does not transfer
+    same = effect([3.0, 3.0], [3.0, 3.0], [[3.0, 3.0], [3.0, 3.0]], "minimize")
+    assert (same.value, same.low, same.high, verdict_of(same, 0.0)) == (0.0, 0.0, 0.0, DOES_NOT)
+    # measured once each, no noise estimate: unclear, however large the difference looks
+    once = effect([1.0], [9.0], [], "minimize")
+    assert (once.value, once.low, verdict_of(once, 0.0)) == (8.0, None, UNCLEAR)
+    assert effect([], [9.0], [], "minimize").value is None
+
+
 # == run --scale: the env reaches both steps, and the run keeps its scale ==========================
 TRAIN_ENV = ('import os\nUNUSED = 1.0\n'
              'open("out.txt", "w").write(os.environ.get("WIDTH", "0") + " "\n'

@@ -643,7 +643,8 @@ def cmd_promote(args) -> int:
         t.add_column(c)
     colour = {TRANSFERS: "green", DOES_NOT: "red"}
     for c in report.changes:
-        t.add_row(Text(f"#{c.seq} {c.description}"[:60]), c.small.text(), c.large.text(),
+        t.add_row(Text(f"#{c.seq} {c.description}"[:60]), Text(c.small.text()),
+                  Text(c.large.text()),
                   Text(c.verdict, style=colour.get(c.verdict, "yellow")), Text(c.why))
     console.print(t)
     if report.promoted:

@@ -175,8 +175,10 @@ def effect(with_values: list[float], without_values: list[float], groups: list[l
 
 
 def verdict_of(e: Effect, min_effect: float) -> str:
-    if e.low is None or e.high is None:
+    if e.low is None or e.high is None or e.value is None:
         return UNCLEAR
+    if e.low == e.high:        # a metric that repeats exactly: the effect is known
+        return TRANSFERS if e.value > min_effect else DOES_NOT
     if e.low > min_effect:
         return TRANSFERS
     if e.high < min_effect:
