@@ -278,8 +278,12 @@ def test_promote_keeps_the_change_that_transfers_and_drops_the_one_tied_to_the_s
     assert shown.returncode == 0 and "does not" in shown.stdout
     assert "max(int(" in shown.stdout       # its diff against the best: the widening removed
 
-    # promoting again measures nothing more and says the same
-    again = _promote(root)
+    # promoting again measures nothing more and says the same; other settings are refused
+    other = ar(root, "promote", "--from", "src", "--scale", "large", "--min-effect", "0")
+    assert other.returncode == 1 and "was made with --min-effect 0.1" in other.stderr
+    again = json.loads(ar(root, "promote", "--from", "src", "--scale", "large", "--json",
+                          check=True).stdout)
+    assert again["min_effect"] == 0.1
     assert len(ledger_rows(root, "src-large")) == len(rows)
     assert [c["verdict"] for c in again["changes"]] == [c["verdict"] for c in report["changes"]]
     assert again["commit"] == report["commit"] and again["promoted"]

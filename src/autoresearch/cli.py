@@ -630,11 +630,14 @@ def cmd_promote(args) -> int:
         print(dumps(report.to_dict(), indent=2))
         return 0
     arms = report.arms
-    for key in ("baseline", "best", "subset"):
-        a = arms.get(key)
-        if a and a.mean is not None:
-            console.print(f"  {key:<9}{report.metric} {a.mean:.6f} (mean of {a.runs} run(s), "
-                          f"#{a.seq})", markup=False)
+    for key, a in arms.items():
+        failed = f", {a.failed} failed" if a.failed else ""
+        if key in ("baseline", "best", "subset") and a.mean is not None:
+            console.print(f"  {key:<9}{report.metric} {a.mean:.6f} (mean of {a.runs} run(s)"
+                          f"{failed}, #{a.seq})", markup=False)
+        elif a.failed and not a.runs:
+            console.print(f"  #{a.seq} {a.description}: no run measured ({a.failed} failed; "
+                          f"autoresearch show {a.seq} --tag {report.tag})", markup=False)
     t = Table(title=f"does each kept change of {source} transfer to scale {report.scale}? "
                     f"(improvement, {report.metric}, 95% interval)", header_style="bold")
     for c in ("change", f"at {report.source_scale or 'the run'}'s scale" if not report.source_scale

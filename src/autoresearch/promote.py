@@ -412,8 +412,10 @@ class Promotion:
     def run(self) -> PromotionReport:
         """Measure every arm, judge the changes, measure and keep the subset; the report."""
         try:
-            self.state, _queue = self.session.open(lambda: None, self.lines.count,
+            settings = {"promote": {"repeats": self.repeats, "min_effect": self.min_effect}}
+            self.state, _queue = self.session.open(lambda: settings, self.lines.count,
                                                    start=lambda: self.src.base_commit)
+            self._keep_settings()
             self._match_rows()
             self.executor.prepare()
             self.session.setup(self.executor.stop_event, None)
@@ -441,6 +443,21 @@ class Promotion:
             self.executor.shutdown()
             self.session.close(None)
             self.ratchet.close()
+
+    def _keep_settings(self) -> None:
+        """A resumed promotion goes on with the settings it was made with (recorded on its
+        first row): its runs and verdicts so far rest on them."""
+        assert self.state is not None and self.state.baseline is not None
+        made = (self.state.baseline.params or {}).get("promote", {})
+        for flag, given, name in (("--repeats", self.opt.repeats, "repeats"),
+                                  ("--min-effect", self.opt.min_effect, "min_effect")):
+            if name not in made:
+                continue
+            if given is not None and given != made[name]:
+                raise RunStopped(f"promotion '{self.opt.tag}' was made with {flag} "
+                                 f"{made[name]:g} — resume it with that (or without {flag}), "
+                                 f"or give another --tag for a new one")
+            setattr(self, name, made[name])
 
     def _check_baseline(self) -> None:
         """Without a measurement of the baseline at the scale there is nothing to compare: stop
