@@ -240,7 +240,9 @@ def test_promote_keeps_the_change_that_transfers_and_drops_the_one_tied_to_the_s
             small["value"] <= small["high"], c
     # at the large scale: the learning rate is most of the gain, the widening nothing
     assert lr["large"]["low"] > 0.5, lr
-    assert wide["large"]["low"] < 0 < wide["large"]["high"] < 0.1, wide
+    # (the same network at 16 units: its interval holds 0 about 95% of the time, so only its
+    # size and its place below --min-effect are pinned)
+    assert abs(wide["large"]["value"]) < 0.05 and wide["large"]["high"] < 0.1, wide
     assert report["repeats"] == 3 and all(a["runs"] == 3 for a in report["arms"].values())
     assert report["promoted"] and report["subset"] == [lr["seq"]]
 
