@@ -283,6 +283,8 @@ def test_promote_keeps_the_change_that_transfers_and_drops_the_one_tied_to_the_s
     # promoting again measures nothing more and says the same; other settings are refused
     other = ar(root, "promote", "--from", "src", "--scale", "large", "--min-effect", "0")
     assert other.returncode == 1 and "was made with --min-effect 0.1" in other.stderr
+    other = ar(root, "promote", "--from", "src", "--scale", "large", "--budget", "0.7")
+    assert other.returncode == 1 and "budget of 0.5s, not 0.7s" in other.stderr
     again = json.loads(ar(root, "promote", "--from", "src", "--scale", "large", "--json",
                           check=True).stdout)
     assert again["min_effect"] == 0.1

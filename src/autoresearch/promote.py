@@ -412,7 +412,8 @@ class Promotion:
     def run(self) -> PromotionReport:
         """Measure every arm, judge the changes, measure and keep the subset; the report."""
         try:
-            settings = {"promote": {"repeats": self.repeats, "min_effect": self.min_effect}}
+            settings = {"promote": {"repeats": self.repeats, "min_effect": self.min_effect,
+                                    "budget": self.session.budget}}
             self.state, _queue = self.session.open(lambda: settings, self.lines.count,
                                                    start=lambda: self.src.base_commit)
             self._keep_settings()
@@ -458,6 +459,10 @@ class Promotion:
                                  f"{made[name]:g} — resume it with that (or without {flag}), "
                                  f"or give another --tag for a new one")
             setattr(self, name, made[name])
+        if made.get("budget", self.session.budget) != self.session.budget:
+            raise RunStopped(f"promotion '{self.opt.tag}' was measured with a budget of "
+                             f"{made['budget']:g}s, not {self.session.budget:g}s — resume it "
+                             f"with --budget {made['budget']:g}, or give another --tag")
 
     def _check_baseline(self) -> None:
         """Without a measurement of the baseline at the scale there is nothing to compare: stop
