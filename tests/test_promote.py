@@ -276,6 +276,7 @@ def test_promote_keeps_the_change_that_transfers_and_drops_the_one_tied_to_the_s
     info = json.loads(status.stdout)
     assert info["best"]["commit"] == report["commit"]
     assert (info["scale"], info["source"]) == ("large", "src")
+    assert info["holdout"]["best"] is not None      # the verdict kept what the run had recorded
     ablation = next(r for r in rows if r["description"].startswith("the best without #"
                                                                    f"{wide['seq']}"))
     shown = ar(root, "show", str(ablation["seq"]), "--tag", "src-large")

@@ -736,7 +736,8 @@ class Promotion:
                           f"vs {c.small.text()} at the run's scale")
                 record = {"promotion": c.to_dict()}
             self.state.update(row, status=Status.DISCARD, reason=reason,
-                              decision={"verdict": "discard", "reason": reason, "at": now,
+                              decision={**(row.decision or {}), "verdict": "discard",
+                                        "reason": reason, "at": now,
                                         **record})
         arm = self.arms.get("subset")
         if arm is None or arm.row is None:
@@ -765,7 +766,8 @@ class Promotion:
             reason = (f"verified at scale {self.opt.scale}: "
                       f"{report.subset_vs_baseline.text()} against the baseline")
             self.state.update(row, status=Status.KEEP, reason=reason,
-                              decision={"verdict": "keep", "reason": reason, **record})
+                              decision={**(row.decision or {}), "verdict": "keep",
+                                        "reason": reason, **record})
             self.state.incumbent = row
             old = self.ratchet.branch_commit(self.opt.tag)
             self.ratchet.set_branch(self.opt.tag, row.commit_sha or "", expect=old)
@@ -775,7 +777,8 @@ class Promotion:
                       f"{report.subset_vs_baseline.text()} against the baseline — the branch "
                       f"stays at the baseline")
             self.state.update(row, status=Status.DISCARD, reason=reason,
-                              decision={"verdict": "discard", "reason": reason, **record})
+                              decision={**(row.decision or {}), "verdict": "discard",
+                                        "reason": reason, **record})
             report.note, report.commit = reason, self.src.base_commit
 
 
