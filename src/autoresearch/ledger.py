@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS runs (
     policy TEXT,
     locked TEXT,              -- JSON {path: blob id} of locked files at the start
     setup_done INTEGER DEFAULT 0,
-    state TEXT DEFAULT 'active'
+    state TEXT DEFAULT 'active',
+    strategy TEXT             -- ratchet | tree (strategies.py); NULL: ratchet
 );
 CREATE TABLE IF NOT EXISTS experiments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,6 +85,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     notes TEXT DEFAULT '',
     pid INTEGER,
     pid_started REAL,
+    node_parent INTEGER,              -- tree search: the node (experiment id) it was proposed from
+    operator TEXT,                    -- tree search: draft | improve | debug
     UNIQUE (tag, seq)
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
@@ -100,6 +103,19 @@ CREATE TABLE IF NOT EXISTS slots (
 """
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
+
+#: columns added after the first release: (table, column, type), added to older ledgers on open
+_ADDED_COLUMNS = (("runs", "strategy", "TEXT"), ("experiments", "node_parent", "INTEGER"),
+                  ("experiments", "operator", "TEXT"))
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Migrate a ledger written by an older version: ALTER TABLE ... ADD COLUMN for each column
+    it lacks (tables are never recreated, so nothing recorded is lost)."""
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def jsonable(obj: Any) -> Any:
@@ -196,6 +212,8 @@ class Experiment:
     notes: str
     pid: int | None
     pid_started: float | None
+    node_parent: int | None       # tree search: the experiment id of the node it started from
+    operator: str | None          # tree search: draft | improve | debug
 
     def history_entry(self) -> HistoryEntry:
         return HistoryEntry(id=self.id, seq=self.seq, status=self.status, metric=self.metric,
@@ -216,6 +234,7 @@ class Run:
     locked: dict[str, str]
     setup_done: bool
     state: str
+    strategy: str | None = None
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
@@ -243,6 +262,7 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.executescript(_SCHEMA)
+                _add_missing_columns(self._db)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
@@ -272,12 +292,13 @@ class Ledger:
         return Run(**d)
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
-                   policy: str, locked: dict[str, str]) -> Run:
+                   policy: str, locked: dict[str, str], strategy: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, locked)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked)))
+                "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
+                "locked, strategy) VALUES (?,?,?,?,?,?,?,?,?)",
+                (tag, time.time(), base_commit, metric, direction, agent, policy,
+                 json.dumps(locked), strategy))
         run = self.get_run(tag)
         assert run is not None
         return run
@@ -369,6 +390,8 @@ class Ledger:
         d["input_tokens"] = d["input_tokens"] or 0
         d["output_tokens"] = d["output_tokens"] or 0
         d["cost_usd"] = d["cost_usd"] or 0.0
+        for column in ("node_parent", "operator"):   # a read-only look at an older ledger
+            d.setdefault(column, None)
         return Experiment(**d)
 
     def _select(self, where: str, args: Iterable[Any], order: str = "seq",

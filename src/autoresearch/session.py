@@ -53,7 +53,8 @@ from .state import RunState
 class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
                  agent_name: str, policy_name: str, budget: float | None, seed: int,
-                 results_format: str = "native", say: Callable[[str], None] | None = None):
+                 results_format: str = "native", strategy: str = "ratchet",
+                 say: Callable[[str], None] | None = None):
         self.target = target
         self.spec = target.spec
         self.ledger = ledger
@@ -61,6 +62,7 @@ class Session:
         self.tag = tag
         self.agent_name = agent_name
         self.policy_name = policy_name
+        self.strategy = strategy                         # recorded with the run (strategies.py)
         self.seed = seed
         self.original = results_format == "original"    # results.tsv in the original's format
         self.say = say
@@ -123,7 +125,11 @@ class Session:
             files = self.ratchet.list_files(base)
             locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
-                                         self.agent_name, self.policy_name, locked)
+                                         self.agent_name, self.policy_name, locked,
+                                         strategy=self.strategy)
+        elif (run.strategy or "ratchet") != self.strategy:   # resumed with another --strategy
+            self.ledger.update_run(self.tag, strategy=self.strategy)
+            run.strategy = self.strategy
             if self.ratchet.branch_commit(self.tag) is None:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
