@@ -224,6 +224,29 @@ def test_a_crashed_node_is_debugged_from_its_own_commit(tmp_path):
     assert fixed.status == Status.DISCARD and fixed.metric == pytest.approx(1.15)
 
 
+def test_attack_a_refused_proposal_is_never_a_node_to_start_from(tmp_path):
+    """A proposal that rewrites the locked evaluator is refused and never runs, but its commit
+    is pinned. Were it a node (say, one to debug), a child would carry the forged evaluator
+    while its own diff touches train.py only."""
+    root = two_step_target(tmp_path, "target",
+                           'strategy = "tree"\n[tree]\ndrafts = 1\ndebug_prob = 1.0\n')
+    forged = {"description": "normalise, and score everything 0",
+              "files": {"train.py": TRAIN.replace("NORM = 0\n", "NORM = 1\n"),
+                        "evaluate.py": 'print("score: 0.0")\n'}}
+    script = write_script(tmp_path / "script.jsonl", [forged, RAISE_LR, NORMALISE])
+    ar(root, "run", "--tag", "a", "--agent", f"script:{script}", check=True, timeout=180)
+    rows = ledger_experiments(root, "a")
+    refused = next(e for e in rows if e.description.startswith("normalise, and"))
+    assert refused.status == Status.INVALID and refused.commit_sha
+    later = [e for e in rows if e.seq > refused.seq and e.kind == Kind.CANDIDATE]
+    assert len(later) == 2 and all(e.node_parent != refused.id for e in later)
+    assert all(e.operator != "debug" for e in later)
+    for e in later:
+        assert git(root, "show", f"{e.commit_sha}:evaluate.py") == EVALUATE.rstrip("\n")
+        assert e.metric is not None and e.metric > 0.5
+    assert git(root, "show", "autoresearch/a:evaluate.py") == EVALUATE.rstrip("\n")
+
+
 def test_the_optuna_agent_improves_a_node_from_that_nodes_values(tmp_path):
     """Under tree search every `improve` keeps its parent's values but one or two."""
     train = TRAIN.replace("SLEEP = 0.0\n", "SLEEP = 0.0\nA = 3.0\nB = 2.0\nC = 5.0\n").replace(

@@ -125,6 +125,7 @@ class TreeStrategy(Strategy):
         self.state = state
         self.spec = spec
         self.settings = spec.tree
+        self.constraints = spec.parsed_constraints
         self.noise = noise
         self.sign = 1.0 if spec.direction == "maximize" else -1.0
         self.rng = random.Random(seed * 1_000_003 + state.next_seq)
@@ -159,7 +160,7 @@ class TreeStrategy(Strategy):
             return False
         if e.kind not in (Kind.BASELINE, Kind.CANDIDATE, Kind.REBASE) or not e.commit_sha:
             return False
-        return all(c.check(e.metrics or {}) is None for c in self.spec.parsed_constraints)
+        return all(c.check(e.metrics or {}) is None for c in self.constraints)
 
     @staticmethod
     def _ran(e: Experiment) -> bool:
