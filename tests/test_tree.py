@@ -414,3 +414,15 @@ def test_drafts_come_first_then_ucb_and_parallel_slots_spread_out(tmp_path):
     assert two.operator == "improve" and {one.parent.id, two.parent.id} == {rows["A"].id,
                                                                             rows["B"].id}
     ledger.close()
+
+
+def test_the_best_and_the_root_are_always_in_the_population(tmp_path):
+    """A holdout revert can make an evicted node the best again: it is taken back in (and
+    another node leaves, so the population stays bounded)."""
+    ledger, state, rows = _state(tmp_path, {"root": [1.0], "A": [1.2], "B": [0.9]})
+    tree = TreeStrategy(state, _spec(population=2, drafts=0), lambda: None)
+    assert set(tree.population) == {rows["root"].id, rows["B"].id}
+    state.incumbent = rows["A"]
+    tree.choose()
+    assert set(tree.population) == {rows["root"].id, rows["A"].id}
+    ledger.close()

@@ -185,6 +185,8 @@ class TreeStrategy(Strategy):
     def choose(self, busy: Iterable[Experiment] = ()) -> Choice:
         root = self.state.baseline
         assert root is not None and self.state.incumbent is not None
+        for must in (root, self.state.incumbent):   # a holdout revert restores an older best
+            self._admit(must)
         busy_ids = [b.id for b in busy]
         debug = self._debug_candidate(busy_ids)
         if debug is not None and self.rng.random() < self.settings.debug_prob:
@@ -203,13 +205,10 @@ class TreeStrategy(Strategy):
         return None
 
     def scores(self, busy: Iterable[int] = ()) -> list[tuple[tuple[float, float, int], Experiment]]:
-        """Every node that may be expanded with its UCB score (and tie-breaks), for the choice
-        and for `status`-like reports."""
+        """Every node of the population with its UCB score and tie-breaks (rule 5); `busy`:
+        ids of the parents of proposals being made."""
         sigma = self._sigma()
-        nodes = dict(self.population)
-        for must in (self.state.baseline, self.state.incumbent):
-            if must is not None:
-                nodes.setdefault(must.id, must)
+        nodes = self.population
         busy = list(busy)
         stats = {}
         for n in nodes.values():
