@@ -123,6 +123,14 @@ def test_tree_reaches_the_two_step_optimum_and_the_ratchet_does_not(two_runs):
     assert second.node_parent is None and second.operator is None
 
 
+def test_status_reports_the_strategy_and_what_each_operator_yielded(two_runs):
+    tree, ratchet = two_runs
+    out = ar(tree, "status", "--tag", "t", check=True).stdout
+    assert "strategy tree" in out and "1 draft (0 kept), 1 improve (1 kept)" in out
+    out = ar(ratchet, "status", "--tag", "t", check=True).stdout
+    assert "strategy ratchet" in out and "tree " not in out
+
+
 def test_the_branch_only_ever_holds_verified_bests_under_tree_search(two_runs):
     tree, _ = two_runs
     rows = ledger_experiments(tree, "t")

@@ -437,6 +437,9 @@ def cmd_status(args) -> int:
                   f"{_e(info['strategy'])} · branch {_e(info['branch'])}")
     console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
                   + f" · {info['experiments']} total")
+    if info["operators"]:
+        console.print("  tree     " + ", ".join(f"{c['proposed']} {op} ({c['kept']} kept)"
+                                               for op, c in info["operators"].items()))
     base, best = info["baseline"], info["best"]
     if base is not None:
         console.print(f"  baseline {base:.6f} (mean of {info['baseline_runs']} run(s))")

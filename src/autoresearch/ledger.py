@@ -510,6 +510,15 @@ class Ledger:
                 "input_tokens": int(tin), "output_tokens": int(tout),
                 "improvements": improvements}
 
+    def operator_counts(self, tag: str) -> dict[str, dict[str, int]]:
+        """Tree search: proposals and keeps by operator ({"improve": {"proposed": 12,
+        "kept": 2}, ...}); empty for a ratchet run."""
+        rows = self._db.execute(
+            "SELECT operator, COUNT(*), SUM(status = ?) FROM experiments WHERE tag = ? AND "
+            "operator IS NOT NULL GROUP BY operator ORDER BY operator",
+            (Status.KEEP.value, tag))
+        return {op: {"proposed": n, "kept": int(kept or 0)} for op, n, kept in rows}
+
     def running_seqs(self, tag: str) -> list[int]:
         return [r[0] for r in self._db.execute(
             "SELECT seq FROM experiments WHERE tag = ? AND status = ? ORDER BY seq",
