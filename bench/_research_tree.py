@@ -26,7 +26,8 @@ ratchet in at most 10%, and tree in at least 50 points more.
 
     python bench/_research_tree.py [--reps 8] [--experiments 40] [--seed 0]
 
-`run(reps, seed)` returns the figures as a dict (bench/research.py imports it).
+`run(reps, seed)` returns the figures as a dict with `pass`, and `report(result)` the table
+(bench/research.py imports both).
 """
 
 from __future__ import annotations
@@ -188,6 +189,30 @@ def run(reps: int, seed: int, experiments: int = EXPERIMENTS) -> dict:
     return out
 
 
+def report(res: dict) -> str:
+    """The table of a `run` result, with PASS or FAIL (bench/research.py prints it too)."""
+    lines = [f"two-step problem, {res['reps']} reps x {res['experiments']} experiments per "
+             f"strategy (real loop, noise-aware policy, one-change agent); found = true loss "
+             f"<= {FOUND}",
+             f"{'strategy':<9} {'found':>7} {'mean true loss':>15} {'first found at':>15} "
+             f"{'experiments':>12} {'stuck':>6} {'wall s':>7}  target"]
+    for s in ("ratchet", "tree"):
+        r = res[s]
+        at = sorted(x["found_at"] for x in r["runs"] if x["found_at"] is not None)
+        median = f"#{at[len(at) // 2]}" if at else "-"
+        target = f">= {TARGETS['tree']:.0%}" if s == "tree" else f"<= {TARGETS['ratchet']:.0%}"
+        ran = sum(x["experiments"] for x in r["runs"]) / len(r["runs"])
+        stuck = sum(1 for x in r["runs"] if "repeated earlier" in x["stopped"])
+        lines.append(f"{s:<9} {r['success']:>7.0%} {r['mean_true_loss']:>15.3f} {median:>15} "
+                     f"{ran:>12.1f} {stuck:>6} {r['wall']:>7.0f}  {target}")
+    gap = res["tree"]["success"] - res["ratchet"]["success"]
+    lines.append(f"tree - ratchet: {gap:+.0%} (target >= +{TARGETS['gap']:.0%})   "
+                 f"{'PASS' if res['pass'] else 'FAIL'}")
+    lines.append("stuck: runs that ended early because every one-change move from the node "
+                 "they had to start from was tried (a local optimum)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=8)
@@ -196,24 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args(argv)
     res = run(args.reps, args.seed, args.experiments)
-    print(f"two-step problem, {args.reps} reps x {args.experiments} experiments per strategy "
-          f"(real loop, noise-aware policy, one-change agent); found = true loss <= {FOUND}")
-    print(f"{'strategy':<9} {'found':>7} {'mean true loss':>15} {'first found at':>15} "
-          f"{'experiments':>12} {'stuck':>6} {'wall s':>7}  target")
-    for s in ("ratchet", "tree"):
-        r = res[s]
-        at = sorted(x["found_at"] for x in r["runs"] if x["found_at"] is not None)
-        median = f"#{at[len(at) // 2]}" if at else "-"
-        target = f">= {TARGETS['tree']:.0%}" if s == "tree" else f"<= {TARGETS['ratchet']:.0%}"
-        ran = sum(x["experiments"] for x in r["runs"]) / len(r["runs"])
-        stuck = sum(1 for x in r["runs"] if "repeated earlier" in x["stopped"])
-        print(f"{s:<9} {r['success']:>7.0%} {r['mean_true_loss']:>15.3f} {median:>15} "
-              f"{ran:>12.1f} {stuck:>6} {r['wall']:>7.0f}  {target}")
-    gap = res["tree"]["success"] - res["ratchet"]["success"]
-    print(f"tree - ratchet: {gap:+.0%} (target >= +{TARGETS['gap']:.0%})   "
-          f"{'PASS' if res['pass'] else 'FAIL'}")
-    print("stuck: runs that ended early because every one-change move from the node they had to "
-          "start from was tried (a local optimum)")
+    print(report(res))
     if args.json:
         print(json.dumps(res, indent=2))
     return 0 if res["pass"] else 1

@@ -323,6 +323,9 @@ def test_a_bad_strategy_is_one_clear_line(tmp_path):
     p = ar(root, "run", "--tag", "x")
     assert p.returncode == 1 and "'strategy'" in p.stderr + p.stdout
     assert "ratchet" in p.stderr + p.stdout
+    root = two_step_target(tmp_path, "typo", '[tree]\npopulaton = 4\n')
+    p = ar(root, "run", "--tag", "x")
+    assert p.returncode == 1 and "did you mean 'population'" in p.stderr + p.stdout
 
 
 def test_an_older_ledger_gains_the_tree_columns_and_keeps_its_rows(tmp_path):
