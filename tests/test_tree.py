@@ -437,3 +437,33 @@ def test_the_best_and_the_root_are_always_in_the_population(tmp_path):
     tree.choose()
     assert set(tree.population) == {rows["root"].id, rows["A"].id}
     ledger.close()
+
+
+def test_a_walk_downhill_stops_after_max_steps_back(tmp_path):
+    """root 1.0 -> A 1.1 -> B 1.2 -> C 1.3, each worse than its parent: with max_steps_back 2,
+    A and B may still be proposed from (a step back can set up a gain), C may not."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    run = ledger.create_run("w", "base", "loss", "minimize", "script", "greedy", {},
+                            strategy="tree")
+    state = RunState(ledger, run)
+    parent = None
+    rows = []
+    for i, v in enumerate((1.0, 1.1, 1.2, 1.3)):
+        e = state.add(kind=Kind.BASELINE if i == 0 else Kind.CANDIDATE,
+                      status=Status.KEEP if i == 0 else Status.DISCARD, metric=v,
+                      commit_sha=f"c{i}", tree_sha=f"t{i}", description=f"n{i}", started=1.0,
+                      node_parent=parent, operator=None if i == 0 else "improve")
+        parent = e.id
+        rows.append(e)
+    state.incumbent = rows[0]
+    tree = TreeStrategy(state, _spec(drafts=0, max_steps_back=2), lambda: None)
+    assert set(tree.population) == {rows[0].id, rows[1].id, rows[2].id}
+    assert tree.steps_back[rows[3].id] == 3
+    ledger.close()
+
+
+def test_a_node_that_improved_on_its_parent_is_expanded_before_one_that_did_not(tmp_path):
+    ledger, state, rows = _state(tmp_path, {"root": [1.0], "worse": [1.1], "better": [0.9]})
+    tree = TreeStrategy(state, _spec(drafts=0), lambda: None)
+    assert tree.choose().parent.id == rows["better"].id
+    ledger.close()

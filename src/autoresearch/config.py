@@ -154,6 +154,7 @@ class TreeSettings(_Strict):
     window: int = Field(50, ge=1, le=10_000)          # a node's latest children that its score counts
     debug_prob: float = Field(0.5, ge=0, le=1)        # chance that a proposal fixes a crashed node when one is open
     max_debug_depth: int = Field(3, ge=0, le=20)      # debug attempts in a row on one line of crashes
+    max_steps_back: int = Field(2, ge=0, le=20)       # children worse than their parent in a row that may still be proposed from
 
 
 class Price(_Strict):

@@ -30,14 +30,19 @@ The rule of `tree` (the README's "Search strategies" says the same):
 3. Population: at most `[tree] population` nodes. The root and the best always belong; the rest
    are ranked by the lower bound v - sigma / sqrt(runs), so one lucky run is not trusted beyond
    its noise. When a node enters a full population, the lowest-ranked other node leaves for good.
+   A node reached by more than `max_steps_back` children in a row that were each worse than their
+   parent (reward below 0.5, rule 4) never enters: a step back may set up a gain, a walk
+   downhill does not.
 4. Reward of an expansion: a child c of node n earns the probability, under the noise model,
    that it is better than its parent: Phi((v_c - v_n) / (sigma * sqrt(1/m_c + 1/m_n))) with m
    the runs of each (exact comparisons: 1 better, 0.5 equal, 0 worse). A child that failed
    (crash, timeout, over budget, invalid, agent error, pruned, broke a constraint) earns 0; one
    still being proposed, run or judged counts 0.5, so that parallel slots spread out.
-5. Choice (UCB1): score(n) = Q(n) + c * sqrt(ln(1 + K) / (1 + k(n))), where Q(n) = (0.5 + the
-   rewards of its last `window` children) / (1 + k(n)), k(n) is how many children that counts,
-   K the sum of k over the population and c = `exploration`. The highest score is expanded
+5. Choice (UCB1): score(n) = Q(n) + c * sqrt(ln(1 + K) / (1 + k(n))), where Q(n) = (r(n) + the
+   rewards of its last `window` children) / (1 + k(n)), r(n) is the reward n itself earned its
+   parent (its first observation: a node that improved on its parent is likely to be improved
+   on; 0.5 for the root and a debug's fix), k(n) is how many children that counts, K the sum of
+   k over the population and c = `exploration`. The highest score is expanded
    (ties: the higher lower bound, then the older node). Expanding the root is a draft; the root
    is expanded until it has `drafts` children before any other node is.
 6. Debug first: when a failed candidate that has no child yet is open, and fewer than
@@ -133,6 +138,7 @@ class TreeStrategy(Strategy):
         self.children: dict[int, dict[int, Experiment]] = {}  # node id -> {child id: row}
         self.debuggable: deque[Experiment] = deque(maxlen=self.settings.population)
         self.debug_chain: dict[int, int] = {}                # failed id -> debugs in a row
+        self.steps_back: dict[int, int] = {}                 # node id -> worse steps in a row
         for e in state.rows.values():                        # resume: replay the ledger
             self.record(e)
 
@@ -170,12 +176,20 @@ class TreeStrategy(Strategy):
     def _admit(self, e: Experiment) -> None:
         if e.id in self.population:
             return
+        sigma = self._sigma()
+        if e.id not in self.steps_back:
+            parent = self.state.rows.get(e.node_parent) if e.node_parent is not None else None
+            worse = parent is not None and self._is_node(parent) and \
+                (self.reward(parent, e, sigma) or 0.0) < 0.5
+            self.steps_back[e.id] = 1 + self.steps_back.get(parent.id, 0) if worse else 0
+        must = e.id == self._root_id() or e is self.state.incumbent
+        if self.steps_back[e.id] > self.settings.max_steps_back and not must:
+            return
         self.population[e.id] = e
         self.children.setdefault(e.id, {})
         if len(self.population) <= self.settings.population:
             return
         keep = {self._root_id(), self.state.incumbent.id if self.state.incumbent else None}
-        sigma = self._sigma()
         out = min((n for n in self.population.values() if n.id not in keep),
                   key=lambda n: (self._lower(n, sigma), n.id))
         del self.population[out.id]
@@ -221,7 +235,7 @@ class TreeStrategy(Strategy):
         out = []
         for n in nodes.values():
             s, k = stats[n.id]
-            q = (0.5 + s) / (1 + k)
+            q = (self._own_reward(n, sigma) + s) / (1 + k)
             ucb = q + c * math.sqrt(math.log(1 + total) / (1 + k))
             out.append(((ucb, self._lower(n, sigma), -n.id), n))
         return out
@@ -242,6 +256,15 @@ class TreeStrategy(Strategy):
             return 1.0 if d > 0 else 0.5 if d == 0 else 0.0
         z = d / (sigma * math.sqrt(1 / len(vc) + 1 / len(vn)))
         return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+    def _own_reward(self, n: Experiment, sigma: float | None) -> float:
+        """What n earned its own parent: the first observation of its score (0.5 without a
+        measured parent: the root, a debug's fix)."""
+        parent = self.state.rows.get(n.node_parent) if n.node_parent is not None else None
+        if parent is None or not self._is_node(parent):
+            return 0.5
+        r = self.reward(parent, n, sigma)
+        return 0.5 if r is None else r
 
     # -- values -------------------------------------------------------------------------------
     def _sigma(self) -> float | None:
