@@ -150,7 +150,7 @@ class TreeSettings(_Strict):
 
     population: int = Field(16, ge=2, le=1000)        # nodes kept to propose from (the root and the best always among them)
     drafts: int = Field(3, ge=0, le=100)              # children of the root (fresh ideas) before any other node is improved
-    exploration: float = Field(1.0, ge=0)             # UCB's exploration weight c
+    exploration: float = Field(1.414, ge=0)           # UCB's exploration weight c (UCB1: sqrt 2)
     window: int = Field(50, ge=1, le=10_000)          # a node's latest children that its score counts
     debug_prob: float = Field(0.5, ge=0, le=1)        # chance that a proposal fixes a crashed node when one is open
     max_debug_depth: int = Field(3, ge=0, le=20)      # debug attempts in a row on one line of crashes
