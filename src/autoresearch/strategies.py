@@ -42,8 +42,8 @@ The rule of `tree` (the README's "Search strategies" says the same):
    rewards of its last `window` children) / (1 + k(n)), r(n) is the reward n itself earned its
    parent (its first observation: a node that improved on its parent is likely to be improved
    on; 0.5 for the root and a debug's fix), k(n) is how many children that counts, K the sum of
-   k over the population and c = `exploration`. The highest score is expanded
-   (ties: the higher lower bound, then the older node). Expanding the root is a draft; the root
+   k over the population and c = `exploration` (UCB1's sqrt 2 by default). The highest score
+   is expanded (ties: the higher lower bound, then the older node). Expanding the root is a draft; the root
    is expanded until it has `drafts` children before any other node is.
 6. Debug first: when a failed candidate that has no child yet is open, and fewer than
    `max_debug_depth` debug proposals in a row led to it, the newest such node is debugged with
