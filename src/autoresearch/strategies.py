@@ -139,8 +139,10 @@ class TreeStrategy(Strategy):
         self.debuggable: deque[Experiment] = deque(maxlen=self.settings.population)
         self.debug_chain: dict[int, int] = {}                # failed id -> debugs in a row
         self.steps_back: dict[int, int] = {}                 # node id -> worse steps in a row
+        self._replay_sigma: tuple[float | None] | None = (self.noise() or None,)
         for e in state.rows.values():                        # resume: replay the ledger
             self.record(e)
+        self._replay_sigma = None                            # (the noise of now, once)
 
     # -- what the loop tells ----------------------------------------------------------------
     def record(self, e: Experiment) -> None:
@@ -268,6 +270,8 @@ class TreeStrategy(Strategy):
 
     # -- values -------------------------------------------------------------------------------
     def _sigma(self) -> float | None:
+        if self._replay_sigma is not None:
+            return self._replay_sigma[0]
         return self.noise() or None
 
     def _lower(self, n: Experiment, sigma: float | None) -> float:
