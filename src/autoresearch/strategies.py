@@ -66,6 +66,8 @@ from .experiment import Kind, Status
 from .ledger import Experiment
 from .state import RunState
 
+__all__ = ["STRATEGIES", "Choice", "RatchetStrategy", "Strategy", "TreeStrategy", "make_strategy"]
+
 STRATEGIES = ("ratchet", "tree")
 Operator = Literal["draft", "improve", "debug"]
 
