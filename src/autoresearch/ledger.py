@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     locked TEXT,              -- JSON {path: blob id} of locked files at the start
     setup_done INTEGER DEFAULT 0,
     state TEXT DEFAULT 'active',
+    scale TEXT,               -- the [scales] entry it runs at (None: the toml as written)
+    source TEXT,              -- a promotion: the tag of the run it replays
     strategy TEXT             -- ratchet | tree (strategies.py); NULL: ratchet
 );
 CREATE TABLE IF NOT EXISTS experiments (
@@ -103,19 +105,6 @@ CREATE TABLE IF NOT EXISTS slots (
 """
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
-
-#: columns added after the first release: (table, column, type), added to older ledgers on open
-_ADDED_COLUMNS = (("runs", "strategy", "TEXT"), ("experiments", "node_parent", "INTEGER"),
-                  ("experiments", "operator", "TEXT"))
-
-
-def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Migrate a ledger written by an older version: ALTER TABLE ... ADD COLUMN for each column
-    it lacks (tables are never recreated, so nothing recorded is lost)."""
-    for table, column, kind in _ADDED_COLUMNS:
-        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def jsonable(obj: Any) -> Any:
@@ -234,7 +223,9 @@ class Run:
     locked: dict[str, str]
     setup_done: bool
     state: str
-    strategy: str | None = None
+    scale: str | None = None     # the [scales] entry it runs at
+    source: str | None = None    # a promotion (promote.py): the run it replays
+    strategy: str | None = None  # ratchet | tree (strategies.py)
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
@@ -262,13 +253,25 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.executescript(_SCHEMA)
-                _add_missing_columns(self._db)
+                self._migrate()
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{self.path}: cannot open the ledger ({e}) — move the file aside "
                               f"to start a new one") from None
         self._lock = threading.RLock()
+
+    #: columns added after the first schema: (table, column, type), added to older ledgers
+    _ADDED_COLUMNS = (("runs", "scale", "TEXT"), ("runs", "source", "TEXT"),
+                      ("runs", "strategy", "TEXT"), ("experiments", "node_parent", "INTEGER"),
+                      ("experiments", "operator", "TEXT"))
+
+    def _migrate(self) -> None:
+        """Add the columns an older ledger lacks (never a table rebuilt: nothing is lost)."""
+        for table, column, kind in self._ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -292,13 +295,14 @@ class Ledger:
         return Run(**d)
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
-                   policy: str, locked: dict[str, str], strategy: str | None = None) -> Run:
+                   policy: str, locked: dict[str, str], *, scale: str | None = None,
+                   source: str | None = None, strategy: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
                 "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
-                "locked, strategy) VALUES (?,?,?,?,?,?,?,?,?)",
-                (tag, time.time(), base_commit, metric, direction, agent, policy,
-                 json.dumps(locked), strategy))
+                "locked, scale, source, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked),
+                 scale, source, strategy))
         run = self.get_run(tag)
         assert run is not None
         return run

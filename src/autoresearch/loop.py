@@ -62,6 +62,7 @@ class LoopOptions:
     seed: int = 0
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
     results_format: str = "native"      # results.tsv: "native" or "original" (export.py)
+    scale: str | None = None            # the [scales] entry the target's spec is at
     strategy: str = "ratchet"           # where proposals start: "ratchet" or "tree"
 
 
@@ -82,7 +83,7 @@ class Loop:
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
                                policy_name=policy.name, budget=options.budget, seed=options.seed,
                                results_format=options.results_format, strategy=options.strategy,
-                               say=reporter.message if reporter else None)
+                               say=reporter.message if reporter else None, scale=options.scale)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)
@@ -116,9 +117,8 @@ class Loop:
                                       self.opt.seed)
         self.session.write_results(state, self.judge.values(self.session.original))
         self.proposals = Proposals(self.session, state, self.ratchet, self.agent, self.judge,
-                                   self.lines, self.executor.slots, self.opt.ahead,
-                                   strategy=self.strategy, enqueue=self.enqueue,
-                                   finished=self.finished)
+                                   self.lines, self.executor.slots, self.opt.ahead, self.strategy,
+                                   enqueue=self.enqueue, finished=self.finished)
         # every row, running and pending ones included: a replayed script must not repeat them
         self.agent.resume([e.history_entry() for e in state.rows.values()])
         return state

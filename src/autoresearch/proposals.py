@@ -86,8 +86,8 @@ class LineCounter:
 
 class Proposals:
     def __init__(self, session: Session, state: RunState, ratchet: Ratchet, agent: Agent,
-                 judge: Judge, lines: LineCounter, slots: int, ahead: int | None, *,
-                 strategy: Strategy, enqueue: Callable[[Experiment], None],
+                 judge: Judge, lines: LineCounter, slots: int, ahead: int | None,
+                 strategy: Strategy, *, enqueue: Callable[[Experiment], None],
                  finished: Callable[[Experiment], None]):
         self.session = session
         self.spec = session.spec

@@ -289,6 +289,7 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
         "policy": run.policy, "strategy": run.strategy or "ratchet",
         "operators": ledger.operator_counts(tag),
         "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
+        "scale": run.scale, "source": run.source,
         "counts": totals["counts"], "baseline": baseline,
         "baseline_runs": len(base_values), "best": best_info,
         "improvements": improvements, "cost_usd": cost,
