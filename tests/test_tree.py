@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -331,12 +332,10 @@ def test_a_bad_strategy_is_one_clear_line(tmp_path):
 def test_an_older_ledger_gains_the_tree_columns_and_keeps_its_rows(tmp_path):
     from autoresearch import ledger as ledger_module
 
-    old = (ledger_module._SCHEMA.replace(",\n    strategy TEXT             -- ratchet | tree "
-                                         "(strategies.py); NULL: ratchet", "")
-           .replace("    node_parent INTEGER,              -- tree search: the node (experiment "
-                    "id) it was proposed from\n", "")
-           .replace("    operator TEXT,                    -- tree search: draft | improve | "
-                    "debug\n", ""))
+    # the schema as it stood before tree search: its three columns taken out
+    lines = [ln for ln in ledger_module._SCHEMA.splitlines()
+             if not re.match(r"\s*(strategy|node_parent|operator) ", ln)]
+    old = re.sub(r",(\s*--[^\n]*)?\n\);", r"\1\n);", "\n".join(lines))
     assert "node_parent" not in old and "strategy" not in old
     path = tmp_path / "ledger.db"
     db = sqlite3.connect(path)
