@@ -1,8 +1,9 @@
 """Proposals: the agent thread, proposals made ahead of time, commits, duplicates, refusals.
 
 Guarantees:
-- The agent is asked on its own thread, always against the best known at the moment of asking
-  (`_Pending.base`); the proposal is committed on that thread too (a private temporary index),
+- The agent is asked on its own thread, against the node the strategy chose at the moment of
+  asking (`_Pending.base`: the best under `ratchet`; any node of the population under `tree`,
+  strategies.py); the proposal is committed on that thread too (a private temporary index),
   so git stays off the driver thread. Agents that are not `concurrent` are called one at a time.
 - Instant agents are asked only when a slot is free, so they see every result first; agents
   that declare `ahead` have one proposal in the making per slot.
@@ -34,6 +35,7 @@ from .metrics import tail_lines
 from .ratchet import CommitResult, Ratchet
 from .session import Session
 from .state import RunState
+from .strategies import Choice, Strategy
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
 
@@ -50,11 +52,15 @@ class _Prepared:
 
 @dataclass
 class _Pending:
-    """A proposal on its way: asked of the agent against `base`."""
+    """A proposal on its way: asked of the agent against `base` (the strategy's choice)."""
 
-    base: Experiment
+    choice: Choice
     future: Future
     asked: float = field(default_factory=time.time)
+
+    @property
+    def base(self) -> Experiment:
+        return self.choice.parent
 
 
 class LineCounter:
@@ -80,8 +86,8 @@ class LineCounter:
 
 class Proposals:
     def __init__(self, session: Session, state: RunState, ratchet: Ratchet, agent: Agent,
-                 judge: Judge, lines: LineCounter, slots: int, ahead: int | None, *,
-                 enqueue: Callable[[Experiment], None],
+                 judge: Judge, lines: LineCounter, slots: int, ahead: int | None,
+                 strategy: Strategy, *, enqueue: Callable[[Experiment], None],
                  finished: Callable[[Experiment], None]):
         self.session = session
         self.spec = session.spec
@@ -93,6 +99,7 @@ class Proposals:
         self.lines = lines
         self.slots = slots
         self.ahead_option = ahead
+        self.strategy = strategy
         self.enqueue = enqueue
         self.finished = finished
         self.pending: deque[_Pending] = deque()
@@ -128,13 +135,15 @@ class Proposals:
         return bool(self.pending) and self.pending[0].future.done()
 
     def _ask(self) -> _Pending:
-        base = self.state.incumbent
-        assert base is not None
-        ctx = self._context(base)
+        choice = self.strategy.choose([p.base for p in self.pending])
+        base = choice.parent
+        ctx = self._context(base, choice.operator)
         fut: Future = Future()
 
         def work() -> None:
             try:
+                if ctx.parent is not None:    # git off the driver thread: the node's diff
+                    ctx.parent_diff = self._node_diff(base)
                 with self._agent_lock if not self.agent.concurrent else contextlib.nullcontext():
                     proposal = self.agent.propose(ctx)
                 # committing here keeps git off the driver thread (a temporary index is private)
@@ -143,14 +152,25 @@ class Proposals:
                 fut.set_exception(e)
 
         threading.Thread(target=work, name="agent", daemon=True).start()
-        return _Pending(base, fut)
+        return _Pending(choice, fut)
 
-    def _context(self, base: Experiment) -> AgentContext:
+    def _node_diff(self, node: Experiment) -> str:
+        """The node's editable files against the best's, as a diff (tree search)."""
+        best = self.state.incumbent
+        assert best is not None and best.commit_sha and node.commit_sha
+        if best.tree_sha == node.tree_sha:
+            return ""
+        return self.ratchet.diff(best.commit_sha, node.commit_sha)
+
+    def _context(self, base: Experiment, operator: str | None = None) -> AgentContext:
         assert base.commit_sha is not None
         files = self.ratchet.list_files(base.commit_sha)
         editable = [p for p in files if self.session.editable(p)]
         crash, crash_log = self.state.last_crash, None
-        if crash is not None and crash.log_path and crash.status in (Status.CRASH, Status.TIMEOUT):
+        if operator == "debug":        # the node to fix is the crash to read
+            crash = base
+        if crash is not None and crash.log_path and (
+                crash.status in (Status.CRASH, Status.TIMEOUT) or operator == "debug"):
             crash_log = f"experiment #{crash.seq} ({crash.description}): {crash.reason}\n" + \
                 "\n".join(tail_lines(Path(crash.log_path), 50))
         feedback = "\n".join(self.judge.feedback) or None
@@ -165,12 +185,15 @@ class Proposals:
             wt = self.ratchet.worktree(f"propose-{threading.get_ident() % 1000}-{counter['n'] % 4}")
             return self.ratchet.checkout(wt, base.commit_sha)
 
+        best = self.state.incumbent or base
         return AgentContext(
             program=program, files={p: texts[p] for p in editable if p in texts},
-            history=self.state.history(), best=base.history_entry(), spec=self.spec,
+            history=self.state.history(), best=best.history_entry(), spec=self.spec,
             base_commit=base.commit_sha, experiment_seq=seq, last_crash_log=crash_log,
             feedback=feedback, workspace=workspace, editable=self.session.editable,
-            log_dir=self.session.log_dir / "agent")
+            log_dir=self.session.log_dir / "agent", operator=operator,
+            parent=base.history_entry() if operator else None,
+            parent_values=self.state.sample(base).values if operator else [])
 
     # -- taking a proposal -------------------------------------------------------------------
     def take(self, duplicates: int = 0, pending: _Pending | None = None) -> None:
@@ -183,23 +206,23 @@ class Proposals:
             self.pending.clear()
             return
         except AgentError as e:
-            self._agent_error(pending.base, e.reason, e.usage, e.agent_log)
+            self._agent_error(pending.choice, e.reason, e.usage, e.agent_log)
             return
         except AutoresearchError:
             raise
         except Exception as e:  # an agent bug must not end an overnight run
-            self._agent_error(pending.base, f"{type(e).__name__}: {e}", Usage(), None)
+            self._agent_error(pending.choice, f"{type(e).__name__}: {e}", Usage(), None)
             return
-        self._accept(prepared, pending.base, duplicates)
+        self._accept(prepared, pending.choice, duplicates)
 
-    def _agent_error(self, base: Experiment, reason: str, usage: Usage,
+    def _agent_error(self, choice: Choice, reason: str, usage: Usage,
                      agent_log: str | None) -> None:
         self.consecutive_errors += 1
         e = self.state.add(
-            kind=Kind.CANDIDATE, parent=base.commit_sha, agent=self.session.agent_name,
+            kind=Kind.CANDIDATE, parent=choice.parent.commit_sha, agent=self.session.agent_name,
             description="(no proposal)", status=Status.AGENT_ERROR, reason=reason,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cost_usd=usage.cost_usd, finished=time.time(), log_path=agent_log)
+            cost_usd=usage.cost_usd, finished=time.time(), log_path=agent_log, **choice.fields())
         self.finished(e)
         self._check_error_streak(reason)
 
@@ -224,21 +247,22 @@ class Proposals:
             return _Prepared(proposal, error=str(e))
         return _Prepared(proposal, cr, None, self.lines.count(cr.sha))
 
-    def _accept(self, prepared: _Prepared, base: Experiment, duplicates: int) -> None:
+    def _accept(self, prepared: _Prepared, choice: Choice, duplicates: int) -> None:
         """Record a committed proposal as an experiment and queue it (or refuse it)."""
+        base = choice.parent
         assert base.commit_sha is not None
         proposal, cr = prepared.proposal, prepared.commit
         if cr is None:
-            self._agent_error(base, prepared.error or "no commit", proposal.usage,
+            self._agent_error(choice, prepared.error or "no commit", proposal.usage,
                               proposal.agent_log)
             return
         dup_of = self.state.trees.get(cr.tree)
         if dup_of is not None or not cr.changed:
             earlier = self.state.get(dup_of) if dup_of else base
             if proposal.refused:
-                self._refused_duplicate(proposal, base, earlier)
+                self._refused_duplicate(proposal, choice, earlier)
             else:
-                self._duplicate(proposal, base, earlier, duplicates)
+                self._duplicate(proposal, choice, earlier, duplicates)
             return
         outside = [p for p in cr.changed if not self.session.editable(p)]
         # an agent that only ever breaks the rules must stop too
@@ -252,7 +276,8 @@ class Proposals:
             diff_removed=cr.removed, code_lines=prepared.lines,
             input_tokens=proposal.usage.input_tokens, output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd, notes=_notes(proposal),
-            log_path=proposal.agent_log, finished=time.time() if outside else None)
+            log_path=proposal.agent_log, finished=time.time() if outside else None,
+            **choice.fields())
         self.ratchet.pin(self.tag, e.seq, cr.sha)
         if outside:
             self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
@@ -260,19 +285,21 @@ class Proposals:
             self._check_error_streak(reason)
             return
         self.judge.proposals[e.id] = proposal
+        self.strategy.record(e)
         self.enqueue(e)
 
-    def _refused_duplicate(self, proposal: Proposal, base: Experiment,
+    def _refused_duplicate(self, proposal: Proposal, choice: Choice,
                            earlier: Experiment) -> None:
         """A proposal whose edits to locked files were dropped and whose rest repeats an earlier
         experiment: refused, so it is an `invalid` row (not a silent duplicate)."""
         reason = (f"edited file(s) that are not editable (dropped): {', '.join(proposal.refused)}; "
                   f"the rest repeats experiment #{earlier.seq}")
         self.consecutive_errors += 1
-        e = self.state.add(**refused_row(parent=base.commit_sha, agent=self.session.agent_name,
+        e = self.state.add(**refused_row(parent=choice.parent.commit_sha,
+                                         agent=self.session.agent_name,
                                          description=proposal.description, reason=reason,
                                          usage=proposal.usage, notes="; ".join(proposal.notes),
-                                         log_path=proposal.agent_log))
+                                         log_path=proposal.agent_log), **choice.fields())
         self.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
         self.finished(e)
         self._check_error_streak(reason)
@@ -313,7 +340,8 @@ class Proposals:
                         diff_added=cr.added, diff_removed=cr.removed, code_lines=prepared.lines,
                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                         cost_usd=usage.cost_usd, notes=_notes(prepared.proposal),
-                        log_path=prepared.proposal.agent_log, finished=time.time())
+                        log_path=prepared.proposal.agent_log, finished=time.time(),
+                        **p.choice.fields())
                     self.ratchet.pin(self.tag, e.seq, cr.sha)
                 else:
                     error = p.future.exception() if p.future.done() else None
@@ -327,18 +355,19 @@ class Proposals:
                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                         cost_usd=usage.cost_usd, finished=time.time(),
                         log_path=(error.agent_log if isinstance(error, AgentError) else None) or (
-                            prepared.proposal.agent_log if prepared else None))
+                            prepared.proposal.agent_log if prepared else None),
+                        **p.choice.fields())
             except AutoresearchError:
                 continue                 # a stopping run must not fail on its bookkeeping
             self.finished(e)
 
-    def _duplicate(self, proposal: Proposal, base: Experiment, earlier: Experiment,
+    def _duplicate(self, proposal: Proposal, choice: Choice, earlier: Experiment,
                    duplicates: int) -> None:
         self.agent.observe(proposal, Outcome(None, earlier.status, earlier.metric,
                                              reason="duplicate", duplicate_of=earlier.seq,
                                              metrics=earlier.metrics or {}))
         if duplicates + 1 >= MAX_DUPLICATES:
-            self._agent_error(base, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
+            self._agent_error(choice, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
                               f"experiments", proposal.usage, proposal.agent_log)
             return
         self.judge.feedback.append(

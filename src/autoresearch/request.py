@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .globs import matches
 from .ledger import Ledger
 from .loop import Loop, LoopOptions
+from .strategies import STRATEGIES
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RunRequest:
     seed: int = 0
     results_format: str = "native"      # results.tsv: native or original (export.py)
     scale: str | None = None            # a [scales] entry; None: the run's recorded one, if any
+    strategy: str | None = None         # None: the run's recorded strategy, else the toml's
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -56,6 +58,9 @@ class RunRequest:
             if value is not None and (value < low or (low == 0 and value <= 0)):
                 raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} "
                                   f"(got {value:g})")
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy '{self.strategy}' — use "
+                              f"{' or '.join(STRATEGIES)}")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"unknown --executor '{self.executor}' — use local or ray")
 
@@ -111,5 +116,6 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format, scale=scale)
+            results_format=self.results_format, scale=scale,
+            strategy=self.strategy or (run.strategy if run and run.strategy else target.spec.strategy))
         return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
