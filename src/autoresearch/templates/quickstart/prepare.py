@@ -1,8 +1,13 @@
 """Quickstart target: fixed data and evaluation (LOCKED: the agent may not change this file).
 
 The task: classify points of three interleaved 2-D spirals. The data is generated from a fixed
-seed at run time, so there is nothing to download and every machine sees the same numbers.
+seed at run time, so there is nothing to download and every machine sees the same numbers. The
+holdout split is the exception: `python prepare.py --holdout` (the toml's holdout_setup) draws
+it once from a secret seed into $AUTORESEARCH_HOLDOUT, which only the holdout step can read.
 """
+
+import os
+import sys
 
 import numpy as np
 
@@ -31,12 +36,35 @@ def val_data() -> tuple[np.ndarray, np.ndarray]:
     return make_split(VAL_POINTS, DATA_SEED + 1)
 
 
+HOLDOUT_FILE = "holdout.npz"   # in $AUTORESEARCH_HOLDOUT, which only the holdout step can read
+
+
+def write_holdout(folder: str) -> None:
+    """The holdout split, drawn once from a secret seed (so no code can regenerate it) into
+    folder: only `evaluate.py --holdout` (the run's Goodhart guard) reads it. An existing split
+    is kept, so every run of this target is judged on the same holdout."""
+    path = os.path.join(folder, HOLDOUT_FILE)
+    if os.path.exists(path):
+        return
+    x, y = make_split(VAL_POINTS, int.from_bytes(os.urandom(8), "little"))
+    np.savez(path + ".tmp.npz", x=x, y=y)
+    os.replace(path + ".tmp.npz", path)
+
+
 def holdout_data() -> tuple[np.ndarray, np.ndarray]:
-    """The holdout split: only `evaluate.py --holdout` (the run's Goodhart guard) reads it."""
-    return make_split(VAL_POINTS, DATA_SEED + 2)
+    """The holdout split that `write_holdout` prepared (readable in the holdout step only)."""
+    with np.load(os.path.join(os.environ["AUTORESEARCH_HOLDOUT"], HOLDOUT_FILE)) as f:
+        return f["x"], f["y"]
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(-logp[np.arange(len(y)), y].mean())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--holdout"]:
+        sys.exit("usage: python prepare.py --holdout   (writes the holdout split into "
+                 "$AUTORESEARCH_HOLDOUT)")
+    write_holdout(os.environ["AUTORESEARCH_HOLDOUT"])
