@@ -487,6 +487,9 @@ def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
     assert rows[1]["metrics"]["uniform_bpb"] == uniform
     assert metrics[0] < 0.8 * uniform, (metrics, uniform)
     assert metrics[1] > 0.1 and metrics[1] != 0.001
+    # the holdout step scored the baseline on the holdout shard, by the same rule
+    hold = rows[0]["decision"]["holdout"]
+    assert math.isfinite(hold) and hold < 0.8 * uniform and hold != metrics[0]
     print(f"end-to-end run took {took:.0f}s; val_bpb {metrics}, uniform {uniform:.3f}")
 
 

@@ -16,6 +16,9 @@ NUM_CLASSES = 3
 TRAIN_POINTS = 3000       # per split
 VAL_POINTS = 3000
 NOISE = 0.6               # label noise of the spirals, in input units
+TRAIN_MACS = 2e9          # compute of one training run, in multiply-adds: fixed, so that every
+                          # candidate gets the same compute on any machine (see train_steps)
+STEP_OVERHEAD = 1e6       # multiply-adds a step costs beyond its matrix products (numpy calls)
 
 
 def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +58,13 @@ def holdout_data() -> tuple[np.ndarray, np.ndarray]:
     """The holdout split that `write_holdout` prepared (readable in the holdout step only)."""
     with np.load(os.path.join(os.environ["AUTORESEARCH_HOLDOUT"], HOLDOUT_FILE)) as f:
         return f["x"], f["y"]
+
+
+def train_steps(weights: int, batch_size: int) -> int:
+    """SGD steps that spend TRAIN_MACS: forward and backward cost about 3 multiply-adds per
+    weight per example, plus a fixed overhead per step. A larger network or batch gets fewer
+    steps: the trade-off a time budget makes, without the clock's noise."""
+    return max(1, int(TRAIN_MACS // (3 * weights * batch_size + STEP_OVERHEAD)))
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
