@@ -293,3 +293,23 @@ def test_a_hidden_file_reads_empty_and_a_hidden_folder_is_empty(tmp_path):
                               readonly=(folder,)), ["/bin/sh", "-c", script])
     p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert "SECRET-A" in p.stdout and "SECRET-B" not in p.stdout
+
+
+@needs_bwrap
+def test_the_coding_agent_sees_neither_the_state_dir_nor_the_declared_holdout_data(tmp_path):
+    from autoresearch.agents.cli import agent_sandbox
+
+    root = tmp_path / "target"
+    ws = root / ".autoresearch" / "agent" / "scratch"
+    ws.mkdir(parents=True)
+    (root / ".autoresearch" / "holdout").mkdir()
+    (root / ".autoresearch" / "holdout" / "h.txt").write_text("SECRET-PREPARED")
+    (root / "heldout").mkdir()
+    (root / "heldout" / "h.txt").write_text("SECRET-DECLARED")
+    script = (f"cat {root}/.autoresearch/holdout/h.txt {root}/heldout/h.txt; "
+              f"grep -r SECRET {root} ; echo done")
+    with agent_sandbox(ws, [], ["heldout"]) as box:
+        p = subprocess.run(box.argv(["/bin/sh", "-c", script]), capture_output=True, text=True,
+                           timeout=60, env=box.env)
+    assert "done" in p.stdout, p.stderr
+    assert "SECRET" not in p.stdout
