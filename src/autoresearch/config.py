@@ -348,6 +348,8 @@ def _format_error(path: Path, err: dict) -> str:
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     value = err.get("input")
     shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    if not loc:             # a rule across keys names them itself
+        return f"{path}: {msg}"
     return f"{path}: key '{key}': {msg}{shown}"
 
 
