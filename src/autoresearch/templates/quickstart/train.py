@@ -9,6 +9,7 @@ machine's load); the harness enforces the time budget, and a run past it is `ove
 saves its weights to model.npz; evaluate.py measures them.
 """
 
+import os
 import time
 
 import numpy as np
@@ -23,9 +24,13 @@ WEIGHT_DECAY = 0.01       # L2 penalty
 MOMENTUM = 0.5            # heavy-ball momentum
 INIT_SCALE = 0.2          # weight init, times 1/sqrt(fan_in)
 
+# The model's width: the scale's, when the target runs at one ([scales] in autoresearch.toml set
+# WIDTH for `run --scale` and `promote --scale`); HIDDEN_SIZE otherwise.
+WIDTH = int(os.environ.get("WIDTH", HIDDEN_SIZE))
+
 
 def init_params(rng: np.random.Generator) -> dict:
-    sizes = [2, HIDDEN_SIZE, HIDDEN_SIZE, 3]
+    sizes = [2, WIDTH, WIDTH, 3]
     params = {}
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         params[f"w{i}"] = rng.normal(0.0, INIT_SCALE / np.sqrt(a), size=(a, b))
