@@ -1,5 +1,10 @@
 """Real noise of the quickstart target: train + evaluate at two code points, several seeds, twice.
 
+The template as shipped is deterministic (a fixed seed and a fixed compute budget): `shipped`
+checks that. The noise model is checked against its wall-clock form (`WALL_CLOCK`: seeded by
+AUTORESEARCH_SEED, training until the time budget runs out, as the original's train.py and the
+template's first version did), the noise any time-budgeted target shows.
+
 Used by bench/policies.py to check the simulation's noise model against what the loop sees:
 - the spread of one commit's runs across seeds (the noise the policy tests against);
 - how much of it follows the seed (the correlation of two commits' runs at the same seed);
@@ -29,6 +34,14 @@ CODE_POINTS = {
 }
 
 
+# the shipped train.py -> its wall-clock form
+WALL_CLOCK = {
+    "import time\n": "import os\nimport time\n",
+    "np.random.default_rng(0)": "np.random.default_rng(int(os.environ['AUTORESEARCH_SEED']))",
+    "while step < total:": "while time.time() - start < float(os.environ['AUTORESEARCH_BUDGET_SECONDS']):",
+}
+
+
 def _run(target: Path, seed: int, budget: float) -> float:
     env = {**os.environ, "AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_BUDGET_SECONDS": f"{budget:g}"}
     for cmd in (["train.py"], ["evaluate.py"]):
@@ -51,7 +64,7 @@ def measure(seeds: int = 4, repeats: int = 2, budget: float = 1.5) -> dict[str, 
             d.mkdir()
             write_template("quickstart", d)
             src = (d / "train.py").read_text()
-            for a, b in edits.items():
+            for a, b in {**WALL_CLOCK, **edits}.items():
                 assert a in src, a
                 src = src.replace(a, b)
             (d / "train.py").write_text(src)
@@ -63,6 +76,16 @@ def measure(seeds: int = 4, repeats: int = 2, budget: float = 1.5) -> dict[str, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def shipped(seeds: int = 2, budget: float = 3.0) -> list[float]:
+    """val_loss of the template as shipped, at `seeds` different seeds (one after the other)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ar-qnoise-"))
+    try:
+        write_template("quickstart", tmp)
+        return [_run(tmp, s, budget) for s in range(seeds)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def noise_structure(vals: dict[str, np.ndarray]) -> dict[str, float]:

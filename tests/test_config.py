@@ -135,3 +135,17 @@ def test_load_target_without_a_config_says_to_run_init(tmp_path):
         load_target(tmp_path)
     assert "no autoresearch.toml" in str(info.value)
     assert "autoresearch init" in str(info.value)
+
+
+def test_holdout_data_and_setup_need_a_holdout_command_and_paths_without_wildcards():
+    base = {"editable": ["train.py"], "run": "python train.py", "metric": "loss"}
+    with pytest.raises(ConfigError) as e:
+        parse_spec({**base, "holdout_setup": "python prepare.py --holdout"}, Path("t.toml"))
+    assert str(e.value).startswith("t.toml: holdout_setup is given but holdout is not")
+    with pytest.raises(ConfigError) as e:
+        parse_spec({**base, "holdout": "python evaluate.py --holdout",
+                    "holdout_data": ["held/*.bin"]}, Path("t.toml"))
+    assert "'holdout_data'" in str(e.value) and "without wildcards" in str(e.value)
+    spec = parse_spec({**base, "holdout": "python evaluate.py --holdout",
+                       "holdout_data": ["heldout", "/data/holdout.bin"]}, Path("t.toml"))
+    assert spec.holdout_data == ["heldout", "/data/holdout.bin"]

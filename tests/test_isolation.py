@@ -270,3 +270,46 @@ def test_a_nested_user_namespace_cannot_make_the_read_only_filesystem_writable(t
     # the namespace is created only where allowed, and the write fails either way
     assert ("NESTED" in p.stdout) == nested, (p.stdout, p.stderr)
     assert not victim.exists()
+
+
+@needs_bwrap
+def test_a_hidden_file_reads_empty_and_a_hidden_folder_is_empty(tmp_path):
+    """How the holdout data is kept from every step but the holdout step: a hidden folder is
+    an empty tmpfs, a hidden file an empty file, whatever path reaches them."""
+    work, folder = tmp_path / "work", tmp_path / "heldout"
+    work.mkdir()
+    folder.mkdir()
+    (folder / "a.txt").write_text("SECRET-A")
+    (tmp_path / "b.txt").write_text("SECRET-B")
+    script = (f"cat {folder}/a.txt {tmp_path}/b.txt /proc/self/root{tmp_path}/b.txt; "
+              f"ls -A {folder}; echo done")
+    argv = wrap(SandboxPolicy(cwd=work, writable=(work,),
+                              hidden=(folder, tmp_path / "b.txt")), ["/bin/sh", "-c", script])
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "done" in p.stdout, p.stderr
+    assert "SECRET" not in p.stdout + p.stderr
+    # and shown again, read-only, where the policy re-exposes them
+    argv = wrap(SandboxPolicy(cwd=work, writable=(work,), hidden=(tmp_path / "b.txt",),
+                              readonly=(folder,)), ["/bin/sh", "-c", script])
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "SECRET-A" in p.stdout and "SECRET-B" not in p.stdout
+
+
+@needs_bwrap
+def test_the_coding_agent_sees_neither_the_state_dir_nor_the_declared_holdout_data(tmp_path):
+    from autoresearch.agents.cli import agent_sandbox
+
+    root = tmp_path / "target"
+    ws = root / ".autoresearch" / "agent" / "scratch"
+    ws.mkdir(parents=True)
+    (root / ".autoresearch" / "holdout").mkdir()
+    (root / ".autoresearch" / "holdout" / "h.txt").write_text("SECRET-PREPARED")
+    (root / "heldout").mkdir()
+    (root / "heldout" / "h.txt").write_text("SECRET-DECLARED")
+    script = (f"cat {root}/.autoresearch/holdout/h.txt {root}/heldout/h.txt; "
+              f"grep -r SECRET {root} ; echo done")
+    with agent_sandbox(ws, [], ["heldout"]) as box:
+        p = subprocess.run(box.argv(["/bin/sh", "-c", script]), capture_output=True, text=True,
+                           timeout=60, env=box.env)
+    assert "done" in p.stdout, p.stderr
+    assert "SECRET" not in p.stdout

@@ -315,6 +315,66 @@ def test_evaluation_refuses_changed_pinned_rows(trained, cache, tmp_path):
     assert "val_bpb" not in _metrics(r.stdout)
 
 
+# --- the holdout split (the Goodhart guard) ----------------------------------------------------
+
+
+def test_offline_holdout_slice_is_disjoint_from_training_and_validation(prepare_mod):
+    train, val = prepare_mod.offline_documents(2_000_000)
+    holdout = prepare_mod.offline_holdout_documents(2_000_000)
+    assert holdout and holdout == prepare_mod.offline_holdout_documents(2_000_000)
+    assert not set(holdout) & set(train) and not set(holdout) & set(val)
+
+
+def test_climbmix_holdout_shard_is_downloaded_and_pinned_by_sha256(prepare_mod, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    _write_shard(served / "shard_06541.parquet", 20, "holdout")
+    server = _FlakyServer(served, truncate_first={"shard_06541.parquet"})
+    root = tmp_path / "holdout"
+    try:
+        path = prepare_mod.fetch_holdout_shard(root, base_url=server.url, backoff=0.01)
+        assert path.name == "shard_06541.parquet" and pq.read_table(path).num_rows == 20
+        pins = json.loads((root / "pins.json").read_text())
+        import hashlib
+        assert pins == {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+        # a different shard under the same name (a mirror, a re-download) is refused
+        path.unlink()
+        _write_shard(served / "shard_06541.parquet", 20, "other")
+        with pytest.raises(prepare_mod.EvalFailure, match="sha256 mismatch"):
+            prepare_mod.fetch_holdout_shard(root, base_url=server.url, backoff=0.01)
+    finally:
+        server.close()
+
+
+def test_holdout_scores_the_model_by_the_validation_rule_on_its_own_rows(trained, cache,
+                                                                       tmp_path):
+    src, honest = trained
+    hold = tmp_path / "holdout"
+    env = _env(cache, AUTORESEARCH_HOLDOUT=str(hold))
+    r = _run(["prepare.py", "--holdout-setup"], src, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = _run(["prepare.py", "--evaluate", "--holdout"], src, env)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    m = _metrics(ev.stdout)
+    # a real score of the same model, on other rows: not the validation figure
+    assert math.isfinite(m["val_bpb"]) and m["val_bpb"] < 0.8 * m["uniform_bpb"]
+    assert m["val_bpb"] != honest["val_bpb"]
+    assert "holdout offline_holdout.parquet" in ev.stdout
+    import numpy as np
+    rows_file = next(hold.glob("nanochat/eval-*/eval_rows.npy"))
+    val_rows = np.load(next((cache / "nanochat" / "eval").glob("*/eval_rows.npy")))
+    assert np.load(rows_file).shape == val_rows.shape
+    # without the folder the harness mounts for the holdout step there is no holdout score
+    no = _run(["prepare.py", "--evaluate", "--holdout"], src, _env(cache))
+    assert no.returncode == 1 and "AUTORESEARCH_HOLDOUT is not set" in no.stdout
+    # and the pinned holdout rows cannot be changed under it
+    rows = np.load(rows_file)
+    rows[:, 1:] = rows[:, :1]
+    np.save(rows_file, rows)
+    bad = _run(["prepare.py", "--evaluate", "--holdout"], src, env)
+    assert bad.returncode == 1 and "differs from the one pinned" in bad.stdout
+
+
 def _original_eval_rows(val_path: Path, tok, n_rows: int, T: int) -> list[list[int]]:
     """The original's validation loader, written independently: row groups in batches of 128
     documents, endless; the buffer refilled (a batch at a time) while under 1000 documents;
@@ -427,6 +487,9 @@ def test_cli_run_records_real_val_bpb_and_ignores_printed_one(tmp_path):
     assert rows[1]["metrics"]["uniform_bpb"] == uniform
     assert metrics[0] < 0.8 * uniform, (metrics, uniform)
     assert metrics[1] > 0.1 and metrics[1] != 0.001
+    # the holdout step scored the baseline on the holdout shard, by the same rule
+    hold = rows[0]["decision"]["holdout"]
+    assert math.isfinite(hold) and hold < 0.8 * uniform and hold != metrics[0]
     print(f"end-to-end run took {took:.0f}s; val_bpb {metrics}, uniform {uniform:.3f}")
 
 

@@ -215,6 +215,8 @@ class TargetSpec(_Strict):
     holdout_metric: str | None = None                 # the name the holdout prints; default: metric
     holdout_every: int = Field(1, ge=1)               # run the holdout on every Nth candidate (and the baseline)
     on_divergence: Literal["warn", "stop", "revert"] = "warn"   # when validation improves but the holdout worsens
+    holdout_setup: str | None = None                  # locked command: writes $AUTORESEARCH_HOLDOUT once
+    holdout_data: list[str] = Field(default_factory=list)  # paths only the holdout step may read
     budget: float = Field(300, gt=0)                  # seconds of training per experiment
     timeout: float | None = Field(None, gt=0)         # hard limit; default 2 * budget + 60
     setup_timeout: float = Field(3600, gt=0)
@@ -294,7 +296,24 @@ class TargetSpec(_Strict):
             raise ValueError(f"metric name {v!r} must be a word such as 'val_bpb'")
         return v
 
-    @field_validator("run", "setup", "evaluate", "holdout")
+    @field_validator("holdout_data")
+    @classmethod
+    def _holdout_data(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip() or any(c in name for c in "*?[") or Path(name).parts[:1] == ("..",):
+                raise ValueError(f"holdout_data entry {name!r} must be a path (a file or folder, "
+                                 f"relative to the target or absolute), without wildcards")
+        return v
+
+    @model_validator(mode="after")
+    def _holdout_needs_command(self) -> TargetSpec:
+        for key in ("holdout_setup", "holdout_data"):
+            if getattr(self, key) and not self.holdout:
+                raise ValueError(f"{key} is given but holdout is not: add the holdout command "
+                                 f"that reads it, e.g. holdout = \"python evaluate.py --holdout\"")
+        return self
+
+    @field_validator("run", "setup", "evaluate", "holdout", "holdout_setup")
     @classmethod
     def _command(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
@@ -331,12 +350,27 @@ class Target:
         return self.root / STATE_DIR
 
     @property
+    def holdout_dir(self) -> Path:
+        """Where `holdout_setup` writes the holdout data ($AUTORESEARCH_HOLDOUT)."""
+        return self.state_dir / "holdout"
+
+    def holdout_paths(self) -> list[Path]:
+        """Everything only the holdout step may read: the prepared holdout directory and the
+        declared `holdout_data`, resolved (a symlink is hidden at its destination)."""
+        return [self.holdout_dir.resolve(), *holdout_data_paths(self.spec, self.root)]
+
+    @property
     def program_path(self) -> Path:
         return self.root / PROGRAM_NAME
 
     @property
     def results_path(self) -> Path:
         return self.root / RESULTS_NAME
+
+
+def holdout_data_paths(spec: TargetSpec, root: Path) -> list[Path]:
+    """The declared `holdout_data`, absolute and resolved (relative ones against root)."""
+    return [(Path(p) if Path(p).is_absolute() else root / p).resolve() for p in spec.holdout_data]
 
 
 def _all_fields(model: type[BaseModel]) -> list[str]:
@@ -382,6 +416,8 @@ def _format_error(path: Path, err: dict) -> str:
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     value = err.get("input")
     shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    if not loc:             # a rule across keys names them itself
+        return f"{path}: {msg}"
     return f"{path}: key '{key}': {msg}{shown}"
 
 

@@ -15,7 +15,10 @@
     holdout   (when the job asks) the locked holdout command, after a successful evaluate, in the
               same fresh directory: a second metric on data the agent never sees. Its output goes
               to a log of its own (LOG.holdout), never into the experiment's metrics or log, and
-              its failure is recorded as "no holdout value", not as a crash of the experiment
+              its failure is recorded as "no holdout value", not as a crash of the experiment.
+              The holdout data (`job.holdout_paths`: $AUTORESEARCH_HOLDOUT and the declared
+              `holdout_data`) is mounted, read-only, in this step's sandbox alone: the run and
+              evaluate steps see an empty directory (or an empty file) in its place
 With `job.sandbox` both steps run under bubblewrap (see sandbox.py): the run step can write its
 worktree, a private TMPDIR and a compiler cache, nothing else, and sees no host process and no
 network; the evaluate step can write only its fresh directory. Without the sandbox the checks
@@ -100,6 +103,9 @@ class Job:
     scratch: str | None = None    # where private temp dirs go (emptied on resume); None: /tmp
     holdout: str | None = None            # the holdout command, when this job computes it
     holdout_metric: str | None = None     # the name it prints
+    # only the holdout step may read these (the prepared holdout dir first, then the declared
+    # holdout_data): hidden from the run and evaluate steps, read-only in the holdout step
+    holdout_paths: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -449,13 +455,21 @@ def copy_artifacts(run_dir: Path, eval_dir: Path, names: list[str], cap: int) ->
     return None
 
 
-def _policy(job: Job, cwd: Path, writable: list[Path], env: dict[str, str],
-            locked_step: bool) -> SandboxPolicy:
+def _policy(job: Job, step: str, cwd: Path, writable: list[Path],
+            env: dict[str, str]) -> SandboxPolicy:
     cache = env.get("AUTORESEARCH_CACHE")
+    readonly = [Path(p) for p in [cache] if p]
+    hidden = [Path(h) for h in job.hidden]
+    if step == "holdout":    # the one step that reads the holdout data
+        readonly += [Path(p) for p in job.holdout_paths]
+    else:
+        hidden += [Path(p) for p in job.holdout_paths]
     return SandboxPolicy(cwd=cwd, writable=tuple(writable), network=job.network,
-                         hidden=tuple(Path(h) for h in job.hidden if os.path.isdir(h)),
-                         readonly=tuple(Path(p) for p in [cache] if p),
-                         nested_sandbox=locked_step)
+                         hidden=tuple(h for h in hidden if os.path.exists(h)),
+                         readonly=tuple(readonly),
+                         # the evaluate and holdout steps run locked code, which may sandbox
+                         # the model code again (autoresearch.isolate)
+                         nested_sandbox=step != "run")
 
 
 def _compiler_cache(job: Job, step: str, env: dict[str, str]) -> list[Path]:
@@ -511,8 +525,7 @@ def _step(name: str, command: str, cwd: Path, env: dict[str, str], writable: lis
                   run_token=job.token)
     if not job.sandbox:
         return run_command(command, cwd=cwd, env=env, **common)
-    # the evaluate and holdout steps run locked code, which may sandbox the model code again
-    policy = _policy(job, cwd, writable, env, locked_step=name != "run")
+    policy = _policy(job, name, cwd, writable, env)
     with Sandbox(policy, env, tmp_root=_scratch(job)) as sb:
         return run_command(command, cwd=cwd, env=sb.env, wrap=sb.argv, **common)
 
@@ -626,7 +639,10 @@ def _holdout(where: Path, job: Job, env: dict[str, str],
              stop_event: threading.Event | None) -> float | None:
     """The holdout step: its metric, or None when it fails. Its output stays in its own log."""
     assert job.holdout
-    r = _step("holdout", job.holdout, where, dict(env), [where], job,
+    env = dict(env)
+    if job.holdout_paths:
+        env["AUTORESEARCH_HOLDOUT"] = job.holdout_paths[0]
+    r = _step("holdout", job.holdout, where, env, [where], job,
               Path(job.log_path + ".holdout"), stop_event=stop_event)
     value = r.metrics.get(job.holdout_metric or job.metric) if r.ok else None
     return value if value is not None and math.isfinite(value) else None

@@ -11,8 +11,9 @@ agent's CLI) goes through `wrap(policy, argv)`. What a sandboxed process gets, b
   processes, nothing outside to signal), its own IPC namespace and a new session (no TIOCSTI);
 - the whole filesystem read-only; writable are only `policy.writable` (the experiment's own
   directory, a compiler cache) and a private temp directory (`TMPDIR`) that `Sandbox` removes
-  when the step ends; `policy.hidden` paths (the harness's state: ledger, logs, other slots) are
-  replaced by an empty tmpfs, with `policy.readonly` re-exposed read-only inside them;
+  when the step ends; `policy.hidden` paths (the harness's state: ledger, logs, other slots; the
+  holdout data outside the holdout step) are replaced by an empty tmpfs (a file: by an empty
+  one), with `policy.readonly` re-exposed read-only inside them;
 - a fresh `/dev` with a private tmpfs `/dev/shm`, plus the GPU devices (`gpu_devices()`);
 - no network unless `policy.network` (the coding agent needs its API; steps opt in with
   `network = true`).
@@ -57,7 +58,7 @@ class SandboxPolicy:
     cwd: Path
     writable: tuple[Path, ...] = ()          # bound read-write (created if missing)
     readonly: tuple[Path, ...] = ()          # re-exposed read-only (inside a hidden path)
-    hidden: tuple[Path, ...] = ()            # replaced by an empty tmpfs
+    hidden: tuple[Path, ...] = ()            # replaced by an empty tmpfs (files: /dev/null)
     network: bool = False
     gpu: bool = True                         # pass the GPU device nodes through
     uid: int = NOBODY
@@ -113,11 +114,17 @@ def wrap(policy: SandboxPolicy, argv: Sequence[str]) -> list[str]:
             args += ["--dev-bind", path, path]
     # parents before children, so a hidden state dir inside a writable path stays hidden and a
     # worktree inside the hidden state dir is mounted on top of its tmpfs
-    mounts = [(Path(p), "--tmpfs") for p in policy.hidden if os.path.isdir(p)]
+    mounts = [(Path(p), "--tmpfs" if os.path.isdir(p) else "--hide-file")
+              for p in policy.hidden if os.path.exists(p)]
     mounts += [(Path(p), "--ro-bind") for p in policy.readonly if os.path.exists(p)]
     mounts += [(Path(p), "--bind") for p in (*policy.writable, *([policy.tmpdir] if policy.tmpdir else []))]
     for path, kind in sorted(mounts, key=lambda m: len(m[0].parts)):
-        args += [kind, str(path)] if kind == "--tmpfs" else [kind, str(path), str(path)]
+        if kind == "--tmpfs":
+            args += [kind, str(path)]
+        elif kind == "--hide-file":       # a hidden file reads as empty
+            args += ["--ro-bind", "/dev/null", str(path)]
+        else:
+            args += [kind, str(path), str(path)]
     args += ["--chdir", str(policy.cwd), "--", *argv]
     return args
 
@@ -214,13 +221,15 @@ class AgentSandbox(Sandbox):
     """The coding agent's sandbox: the network (for its API), its scratch checkout writable,
     and a private HOME holding a copy of its configuration; nothing else it writes persists.
 
-    The harness's state directory (ledger, logs, other slots) is hidden from it.
+    The harness's state directory (ledger, logs, other slots) is hidden from it, and so are
+    `hidden` paths (the declared holdout data).
     """
 
     def __init__(self, workspace: Path, env: dict[str, str], *, state_dir: Path | None = None,
-                 writable: tuple[Path, ...] = (), home: Path | None = None):
+                 writable: tuple[Path, ...] = (), home: Path | None = None,
+                 hidden: tuple[Path, ...] = ()):
         policy = SandboxPolicy(cwd=workspace, writable=(workspace, *writable), network=True,
-                               gpu=False, hidden=(state_dir,) if state_dir else ())
+                               gpu=False, hidden=((state_dir,) if state_dir else ()) + hidden)
         super().__init__(policy, env)
         self._home = Path(home or os.path.expanduser("~"))
 

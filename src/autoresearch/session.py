@@ -19,7 +19,9 @@ Guarantees:
 - A new run starts from the branch if it exists, else from `start()` when given (a hub's best,
   contributor mode), else from HEAD.
 - A job computes the holdout (when the toml has one) for the baseline and for every
-  `holdout_every`-th candidate or rebase; never for a repeat.
+  `holdout_every`-th candidate or rebase; never for a repeat. Every job carries the holdout
+  data's paths (the prepared .autoresearch/holdout and the declared `holdout_data`) so that only
+  its holdout step can read them; declared data tracked by git is refused when the run opens.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import IO
 
 import psutil
 
-from .config import CONFIG_NAME, Target
+from .config import CONFIG_NAME, Target, holdout_data_paths
 from .evaluation import Job, command_env, pin_cache
 from .experiment import Kind, Status
 from .export import write_results_tsv
@@ -145,6 +147,7 @@ class Session:
             remove_tree(self.target.state_dir / "scratch")
         self._check_sandbox()
         self._check_locked_unchanged()
+        self._check_holdout_data(run.base_commit)
         state = RunState.load(self.ledger, run)
         self.resumed = state.count > 1
         queue = []
@@ -199,6 +202,29 @@ class Session:
         except SandboxUnavailable as e:
             raise RunStopped(f"autoresearch.toml: {e}") from None
 
+    def _check_holdout_data(self, base: str) -> None:
+        """The declared holdout data must exist, outside git (or every worktree and the agent's
+        checkout would hold it) and outside the target's own folder tree above it."""
+        self.target.holdout_dir.mkdir(parents=True, exist_ok=True)
+        files = self.ratchet.list_files(base) if self.spec.holdout_data else {}
+        root = self.target.root.resolve()
+        for entry, path in zip(self.spec.holdout_data,
+                               holdout_data_paths(self.spec, self.target.root), strict=True):
+            where = f"{self.target.config_path}: holdout_data entry {entry!r}"
+            if not path.exists():
+                raise RunStopped(f"{where}: {path} does not exist — write the holdout data there "
+                                 f"first, or prepare it with holdout_setup into $AUTORESEARCH_HOLDOUT")
+            if path == root or path in root.parents:
+                raise RunStopped(f"{where} holds the whole target — name the holdout data's own "
+                                 f"file or folder")
+            if path.is_relative_to(root):
+                rel = path.relative_to(root).as_posix()
+                if any(f == rel or f.startswith(rel + "/") for f in files):
+                    raise RunStopped(
+                        f"{where} is committed to git, so every worktree and the agent's checkout "
+                        f"hold it — untrack it (git rm -r --cached {rel}, and add it to "
+                        f".gitignore), commit, and start a new --tag")
+
     # -- the ledger is written by this process alone ------------------------------------------
     def _tamper_mark(self) -> Path:
         return self.target.state_dir / f"TAMPERED-{self.tag}"
@@ -244,25 +270,31 @@ class Session:
 
     # -- setup and jobs -----------------------------------------------------------------------
     def setup(self, stop_event, reporter) -> None:
-        """Run the toml's setup command once per run, before the baseline."""
+        """Run the toml's setup command, then its holdout_setup, once per run, before the
+        baseline. holdout_setup alone is told $AUTORESEARCH_HOLDOUT; its log is its own."""
         assert self.run is not None
-        if not self.spec.setup or self.run.setup_done:
+        steps = [(cmd, name, env) for cmd, name, env in (
+            (self.spec.setup, "setup", {}),
+            (self.spec.holdout_setup, "holdout-setup",
+             {"AUTORESEARCH_HOLDOUT": str(self.target.holdout_dir)})) if cmd]
+        if not steps or self.run.setup_done:
             return
         wt = self.ratchet.worktree("slot-0")
         target_dir = self.ratchet.checkout(wt, self.run.base_commit)
-        log = self.log_dir / "setup.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        if reporter:
-            reporter.message(f"setup: {self.spec.setup}  (log: {log})")
-        r = run_command(self.spec.setup, cwd=target_dir, env=command_env(self.job()), log_path=log,
-                        timeout=self.spec.setup_timeout, stop_event=stop_event,
-                        header=f"$ {self.spec.setup}   # setup")
-        if r.interrupted:
-            raise KeyboardInterrupt
-        if not r.ok:
-            why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
-            tail = "\n".join(tail_lines(log, 20))
-            raise RunStopped(f"setup command {self.spec.setup!r} {why} — see {log}\n{tail}")
+        for command, name, extra in steps:
+            log = self.log_dir / f"{name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            if reporter:
+                reporter.message(f"{name}: {command}  (log: {log})")
+            r = run_command(command, cwd=target_dir, env={**command_env(self.job()), **extra},
+                            log_path=log, timeout=self.spec.setup_timeout,
+                            stop_event=stop_event, header=f"$ {command}   # {name}")
+            if r.interrupted:
+                raise KeyboardInterrupt
+            if not r.ok:
+                why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
+                tail = "\n".join(tail_lines(log, 20))
+                raise RunStopped(f"{name} command {command!r} {why} — see {log}\n{tail}")
         self.ledger.update_run(self.tag, setup_done=1)
         self.run.setup_done = True
 
@@ -279,6 +311,7 @@ class Session:
         holdout = self.spec.holdout if e is not None and self._holdout_of(e) else None
         return Job(
             holdout=holdout, holdout_metric=self.spec.holdout_metric if holdout else None,
+            holdout_paths=[str(p) for p in self.target.holdout_paths()] if self.spec.holdout else [],
             experiment_id=e.id if e else 0, seq=e.seq if e else 0,
             commit=(e.commit_sha if e else self.run.base_commit) or "", run=self.spec.run,
             evaluate=self.spec.evaluate, metric=self.spec.metric, budget=self.budget,

@@ -107,15 +107,20 @@ PRESETS = {
 AGENT_WRITABLE_ENV = "AUTORESEARCH_AGENT_WRITABLE"  # more paths the agent may write (os.pathsep list)
 
 
-def agent_sandbox(workspace: Path, writable: list[str]):  # noqa: ANN201 - an AgentSandbox
+def agent_sandbox(workspace: Path, writable: list[str],
+                  holdout_data: list[str] = ()):  # noqa: ANN201 - an AgentSandbox
     """The coding agent's bubblewrap sandbox for a scratch checkout under the state directory
-    (which it does not see): network on, only the checkout and a private HOME copy writable."""
+    (which it does not see, nor the declared holdout data): network on, only the checkout and a
+    private HOME copy writable."""
     from ..sandbox import AgentSandbox
 
     state = next((p for p in Path(workspace).parents if p.name == STATE_DIR), None)
     extra = [p for p in os.environ.get(AGENT_WRITABLE_ENV, "").split(os.pathsep) if os.path.isabs(p)]
+    root = state.parent if state else Path(workspace)
+    hidden = [(Path(p) if os.path.isabs(p) else root / p).resolve() for p in holdout_data]
     return AgentSandbox(Path(workspace), dict(os.environ), state_dir=state,
-                        writable=tuple(Path(p) for p in [*writable, *extra]))
+                        writable=tuple(Path(p) for p in [*writable, *extra]),
+                        hidden=tuple(hidden))
 
 
 @dataclass
@@ -169,6 +174,7 @@ class CodingAgentCLI(Agent):
         self.settings = settings
         self.output = output
         self.writable: list[str] = []   # absolute paths the agent may write besides its checkout
+        self.holdout_data: list[str] = []   # the declared holdout data, hidden from the agent
         self.preset_spec = preset
         self._procs: set[subprocess.Popen] = set()
         self._procs_lock = threading.Lock()
@@ -259,7 +265,7 @@ class CodingAgentCLI(Agent):
         timeout = self.settings.timeout if timeout is None else timeout
         stall = self.settings.stall_timeout if stall is None else stall
         if sandbox:   # only the scratch checkout (and a private HOME copy) persists
-            with agent_sandbox(cwd, self.writable) as box:
+            with agent_sandbox(cwd, self.writable, self.holdout_data) as box:
                 return self._run(cwd, prompt, prompt_file, env={**box.env, **(env or {})},
                                  argv=box.argv(["/bin/bash", "-c", cmd] if shell else list(cmd)),
                                  timeout=timeout, stall=stall)
@@ -426,6 +432,7 @@ class CodingAgentCLI(Agent):
             prompt_file = Path(tmp) / "prompt.md"
             prompt_file.write_text(prompt, encoding="utf-8")
             self.writable = [p for p in context.spec.sandbox_writable if os.path.isabs(p)]
+            self.holdout_data = list(context.spec.holdout_data)
             run = self._run(root, prompt, prompt_file, sandbox=context.spec.sandbox)
         out = self._parse_output(run.stdout)
         usage = out.usage

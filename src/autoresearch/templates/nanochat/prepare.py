@@ -1,11 +1,19 @@
 """Locked half of the nanochat target: data, tokenizer, dataloader and the fixed evaluation.
 
-    python prepare.py               # one-time setup: data + BPE tokenizer into the cache
-    python prepare.py --evaluate    # score train.py's saved model (a fresh process, the metric)
+    python prepare.py                        # one-time setup: data + BPE tokenizer into the cache
+    python prepare.py --evaluate             # score train.py's saved model (the metric)
+    python prepare.py --holdout-setup        # the holdout split into $AUTORESEARCH_HOLDOUT
+    python prepare.py --evaluate --holdout   # the same score on the holdout split
 
 The agent edits train.py only. Everything that defines the metric lives here: the platform
 profile (sequence length, evaluation tokens, vocabulary), the pinned validation set and the
 bits-per-byte computation, which takes logits from the model and computes the loss itself.
+
+The holdout split (the run's Goodhart guard) is a second pinned set of documents the agent's
+code never reads: ClimbMix's shard 6541 (the validation shard is 6542), or a slice of the
+offline corpus disjoint from its training and validation files. It lives in
+$AUTORESEARCH_HOLDOUT, which only the harness's holdout step can read, pinned by SHA-256 when it
+is first prepared; `--holdout` scores it by exactly the validation rule.
 
 Environment (all optional):
     AUTORESEARCH_CACHE       cache root (default ~/.cache/autoresearch); data under nanochat/
@@ -14,6 +22,7 @@ Environment (all optional):
                              huggingface.co answers within 3 s, else offline)
     AUTORESEARCH_DATA_URL    base URL of a mirror of the dataset files
     AUTORESEARCH_NUM_SHARDS  ClimbMix training shards to download (default: per profile)
+    AUTORESEARCH_HOLDOUT     the holdout split's folder (set by the harness for holdout steps)
 """
 
 from __future__ import annotations
@@ -238,6 +247,7 @@ BOS_TOKEN = SPECIAL_TOKENS[0]
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 CLIMBMIX_LAST_SHARD = 6542                       # shard_06542.parquet is the last one
 CLIMBMIX_VAL_SHARD = CLIMBMIX_LAST_SHARD         # pinned validation shard
+CLIMBMIX_HOLDOUT_SHARD = CLIMBMIX_LAST_SHARD - 1  # pinned holdout shard (never trained on)
 TINYSTORIES_URL = "https://huggingface.co/datasets/karpathy/tinystories-gpt4-clean/resolve/main"
 TINYSTORIES_FILE = "tinystories_gpt4_clean.parquet"
 TINYSTORIES_VAL_DOCS = 10_000                    # the last rows of the file are validation
@@ -353,8 +363,19 @@ def offline_documents(max_chars: int) -> tuple[list[str], list[str]]:
     """The standard library's own .py files, cut into documents: text every Python carries.
 
     Deterministic for a given interpreter: files in sorted order, ~5% of files (chosen by a
-    hash of their path) are validation, training documents shuffled with a fixed seed.
+    hash of their path) are validation, another ~5% the holdout (`offline_holdout_documents`,
+    never trained on), training documents shuffled with a fixed seed.
     """
+    train, val, _ = _offline_split(max_chars)
+    return train, val
+
+
+def offline_holdout_documents(max_chars: int) -> list[str]:
+    """The offline corpus's holdout slice: files disjoint from training and validation."""
+    return _offline_split(max_chars)[2]
+
+
+def _offline_split(max_chars: int) -> tuple[list[str], list[str], list[str]]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
     files = []
@@ -362,7 +383,7 @@ def offline_documents(max_chars: int) -> tuple[list[str], list[str]]:
         dirs[:] = [d for d in dirs if d not in skip]  # never descend into installed packages
         files.extend(Path(root) / n for n in names if n.endswith(".py"))
     files.sort()
-    train, val, total = [], [], 0
+    train, val, holdout, total = [], [], [], 0
     for path in files:
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
@@ -370,12 +391,13 @@ def offline_documents(max_chars: int) -> tuple[list[str], list[str]]:
             continue
         rel = path.relative_to(stdlib).as_posix()
         docs = _chunk(text, OFFLINE_DOC_CHARS)
-        (val if zlib.crc32(rel.encode()) % 20 == 0 else train).extend(docs)
+        split = zlib.crc32(rel.encode()) % 20
+        (val if split == 0 else holdout if split == 1 else train).extend(docs)
         total += len(text)
         if total >= max_chars:
             break
     random.Random(1337).shuffle(train)
-    return train, val
+    return train, val, holdout
 
 
 def _chunk(text: str, size: int) -> list[str]:
@@ -392,13 +414,19 @@ def _chunk(text: str, size: int) -> list[str]:
     return out
 
 
+OFFLINE_SPLIT = "split-v2.json"   # marks a corpus whose training files exclude the holdout slice
+
+
 def prepare_offline(profile: Profile) -> None:
     out = data_dir("offline")
-    if (out / "val.parquet").exists():
+    if (out / "val.parquet").exists() and (out / OFFLINE_SPLIT).exists():
         print(f"Data: offline corpus cached in {out}", flush=True)
         return
     train, val = offline_documents(profile.scale.offline_chars)
+    for old in out.glob("*.parquet"):   # an older corpus trained on the holdout slice too
+        old.unlink()
     _write_split(out, train, val)
+    _atomic_write(out / OFFLINE_SPLIT, b'{"val": "crc32 % 20 == 0", "holdout": "crc32 % 20 == 1"}')
     print(f"Data: offline corpus from the standard library: {len(train)} train and "
           f"{len(val)} val documents in {out}", flush=True)
 
@@ -735,13 +763,14 @@ def eval_dir(source: str, profile: Profile = PROFILE) -> Path:
     return cache_root() / "eval" / f"{source}-{profile.scale.name}"
 
 
-def build_eval_rows(tokenizer: Tokenizer, profile: Profile = PROFILE):
-    """The original's evaluation rows: the validation file packed from its start (cycling, as
-    its endless loader does) with the 1000-document buffer, EVAL_TOKENS // MAX_SEQ_LEN rows
-    (its `steps * batch_size` for any batch size dividing that). Returns (rows int32 array,
-    the documents left in the buffer)."""
+def build_eval_rows(tokenizer: Tokenizer, profile: Profile = PROFILE, val_path: Path | None = None):
+    """The original's evaluation rows: the validation file (or `val_path`: the holdout's)
+    packed from its start (cycling, as its endless loader does) with the 1000-document buffer,
+    EVAL_TOKENS // MAX_SEQ_LEN rows (its `steps * batch_size` for any batch size dividing
+    that). Returns (rows int32 array, the documents left in the buffer)."""
     import numpy as np
-    _, val_path = split_files(data_source(profile))
+    if val_path is None:
+        _, val_path = split_files(data_source(profile))
     n_rows = max(1, profile.eval_tokens // profile.seq_len)
     buffer: list[list[int]] = []
     batches = token_batches(tokenizer, doc_batches([val_path], cycle=True))
@@ -810,6 +839,87 @@ def setup(profile: Profile = PROFILE) -> str:
     return source
 
 # ---------------------------------------------------------------------------
+# The holdout split (the Goodhart guard): prepared into $AUTORESEARCH_HOLDOUT, read only there
+# ---------------------------------------------------------------------------
+
+
+def holdout_root() -> Path:
+    where = os.environ.get("AUTORESEARCH_HOLDOUT", "").strip()
+    if not where:
+        raise EvalFailure("AUTORESEARCH_HOLDOUT is not set: the holdout split lives only where "
+                          "the harness's holdout step can read it (holdout_setup in "
+                          "autoresearch.toml prepares it)")
+    return Path(where) / "nanochat"
+
+
+def holdout_manifest_path(profile: Profile = PROFILE) -> Path:
+    return holdout_root() / f"holdout-{profile.scale.name}.json"
+
+
+def _pin_documents(path: Path, pins: Path) -> str:
+    """SHA-256 of the holdout documents, recorded on first use in `pins` and checked on every
+    later one: the holdout never changes under a run."""
+    digest = _sha256(path.read_bytes())
+    known = json.loads(pins.read_text()) if pins.exists() else {}
+    if known.get(path.name, digest) != digest:
+        raise EvalFailure(f"{path} differs from the holdout documents pinned in {pins} "
+                          f"(sha256 mismatch): restore them, or start a new holdout folder")
+    if path.name not in known:
+        _atomic_write(pins, json.dumps({**known, path.name: digest}, indent=1).encode())
+    return digest
+
+
+def fetch_holdout_shard(root: Path, base_url: str | None = None, backoff: float = 2.0) -> Path:
+    """ClimbMix's holdout shard, downloaded into root and pinned by SHA-256."""
+    base_url = (base_url or os.environ.get("AUTORESEARCH_DATA_URL") or CLIMBMIX_URL).rstrip("/")
+    path = root / shard_name(CLIMBMIX_HOLDOUT_SHARD)
+    if not download_file(f"{base_url}/{path.name}", path, backoff=backoff):
+        raise EvalFailure(f"the ClimbMix holdout shard {path.name} failed to download")
+    _pin_documents(path, root / "pins.json")
+    return path
+
+
+def setup_holdout(profile: Profile = PROFILE) -> None:
+    """The holdout split of the prepared source: its documents, packed into evaluation rows by
+    the validation rule, with its own manifest of SHA-256 pins."""
+    import numpy as np
+    try:
+        manifest = json.loads(manifest_path(profile).read_text())
+    except (OSError, ValueError):
+        raise EvalFailure(f"no prepared data for scale {profile.scale.name}: run `python "
+                          f"prepare.py` first") from None
+    source, root = manifest["source"], holdout_root()
+    if source == "climbmix":
+        docs = fetch_holdout_shard(root)
+    elif source == "offline":
+        docs = root / "offline_holdout.parquet"
+        if not docs.exists():
+            texts = offline_holdout_documents(profile.scale.offline_chars)
+            tmp = docs.with_name(docs.name + ".tmp")
+            root.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"text": texts}), tmp, row_group_size=1024)
+            os.replace(tmp, docs)
+        _pin_documents(docs, root / "pins.json")
+    else:
+        raise EvalFailure(f"the {source} source has no holdout split (its documents are all "
+                          f"in the training and validation files): use climbmix or offline")
+    tdir = tokenizer_dir(source, profile.vocab_size)
+    tok = Tokenizer.from_directory(tdir)
+    rows, left = build_eval_rows(tok, profile, docs)
+    probe = np.concatenate([[len(left)], [len(d) for d in left], *left]).astype(np.int64)
+    edir = root / f"eval-{source}-{profile.scale.name}"
+    rows_data, probe_data = _npy_bytes(rows), _npy_bytes(probe)
+    _atomic_write(edir / EVAL_ROWS_FILE, rows_data)
+    _atomic_write(edir / PROBE_DOCS_FILE, probe_data)
+    hold = {"source": source, "documents": docs.name, "eval_rows": int(rows.shape[0]),
+            "sha256": {"documents": _sha256(docs.read_bytes()),
+                       "tokenizer": manifest["sha256"]["tokenizer"],
+                       "eval_rows": _sha256(rows_data), "probe_docs": _sha256(probe_data)}}
+    _atomic_write(holdout_manifest_path(profile), json.dumps(hold, indent=1).encode())
+    print(f"Holdout: {rows.shape[0]} rows x {profile.seq_len} tokens from {docs.name}, sha256 "
+          f"{hold['sha256']['eval_rows'][:16]}", flush=True)
+
+# ---------------------------------------------------------------------------
 # Evaluation (DO NOT CHANGE: this is the fixed metric)
 # ---------------------------------------------------------------------------
 #
@@ -852,13 +962,23 @@ def isolated_model(workdir: Path, device: str, options: dict):
     return logits
 
 
-def _verify_inputs(manifest: dict, profile: Profile):
-    """The pinned tokenizer, token-byte table and evaluation rows, checked against the hashes
-    recorded at setup; the byte table is also recomputed from the tokenizer."""
+def _verify_inputs(manifest: dict, profile: Profile, holdout: dict | None = None):
+    """The pinned tokenizer, token-byte table and evaluation rows (the holdout's, given its
+    manifest), checked against the hashes recorded at setup; the byte table is also
+    recomputed from the tokenizer."""
     import numpy as np
     source = manifest["source"]
-    pins = manifest.get("sha256") or {}
+    pins = dict(manifest.get("sha256") or {})
     tdir, edir = tokenizer_dir(source, profile.vocab_size), eval_dir(source, profile)
+    if holdout is not None:
+        if holdout.get("source") != source or holdout["sha256"].get("tokenizer") != pins.get("tokenizer"):
+            raise EvalFailure(f"the holdout split was prepared for other data or another "
+                              f"tokenizer than {source}'s: run `python prepare.py "
+                              f"--holdout-setup` again")
+        edir = holdout_root() / f"eval-{source}-{profile.scale.name}"
+        pins.update(eval_rows=holdout["sha256"]["eval_rows"],
+                    probe_docs=holdout["sha256"]["probe_docs"])
+        manifest = {**manifest, "eval_rows": holdout["eval_rows"]}
     files = {"tokenizer": tdir / TOKENIZER_FILE, "token_bytes": tdir / TOKEN_BYTES_FILE,
              "eval_rows": edir / EVAL_ROWS_FILE, "probe_docs": edir / PROBE_DOCS_FILE}
     data = {}
@@ -946,7 +1066,7 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
         env["OMP_NUM_THREADS"] = str(max(1, profile.threads // 2))
     hosts = [ModelProcess("prepare:isolated_model", workdir, device=profile.device,
                           out_capacity=B * T * vocab, log_path=workdir / TRAIN_LOG,
-                          sandbox=sandbox, env=env, hidden=[str(cache_root())])
+                          sandbox=sandbox, env=env, hidden=[str(cache_root()), *_holdout_hidden()])
              for _ in range(2)]
     chunks = [[q[k:k + B] for k in range(0, len(q), B)] for q in queues]
     try:
@@ -1022,6 +1142,11 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
             "sandboxed": int(all(h.sandboxed for h in hosts))}
 
 
+def _holdout_hidden() -> list[str]:
+    where = os.environ.get("AUTORESEARCH_HOLDOUT", "").strip()
+    return [where] if where else []
+
+
 def uniform_bpb(rows, token_bytes: torch.Tensor, vocab: int) -> float:
     """The score of a model that knows nothing (uniform over the vocabulary)."""
     y = torch.from_numpy(rows[:, 1:].astype("int64")).reshape(-1)
@@ -1038,8 +1163,9 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def evaluate(workdir: Path = Path(".")) -> int:
-    """Score the saved model; prints `name: value` lines. Returns the exit status."""
+def evaluate(workdir: Path = Path("."), holdout: bool = False) -> int:
+    """Score the saved model (on the holdout split with `holdout`); prints `name: value`
+    lines. Returns the exit status."""
     t0 = time.time()
     profile = PROFILE
     workdir = workdir.resolve()
@@ -1053,7 +1179,14 @@ def evaluate(workdir: Path = Path(".")) -> int:
             print(f"eval_error: {name} is missing: train.py must save the model")
             return 1
     try:
-        tok, table, rows, pool = _verify_inputs(manifest, profile)
+        hold = None
+        if holdout:
+            try:
+                hold = json.loads(holdout_manifest_path(profile).read_text())
+            except (OSError, ValueError):
+                raise EvalFailure(f"no holdout split in {holdout_root()}: run `python "
+                                  f"prepare.py --holdout-setup`") from None
+        tok, table, rows, pool = _verify_inputs(manifest, profile, hold)
         vocab = tok.get_vocab_size()
         sandbox = os.environ.get("AUTORESEARCH_ISOLATE", "sandbox") != "plain"
         # bf16 or fp16 kernels may round differently between calls; a peeking model moves
@@ -1088,7 +1221,8 @@ def evaluate(workdir: Path = Path(".")) -> int:
     print(f"causal_probes: {figures['causal_probes']}")
     print(f"causal_max_diff: {figures['causal_max_diff']:.3g}")
     print(f"eval_sandboxed: {figures['sandboxed']}")
-    print(f"# profile {profile.name} ({profile.reason}), data {manifest['source']}")
+    print(f"# profile {profile.name} ({profile.reason}), data {manifest['source']}"
+          + (f", holdout {hold['documents']}" if hold else ""))
     print(f"val_bpb: {val_bpb:.6f}")
     return 0
 
@@ -1100,9 +1234,19 @@ def evaluate(workdir: Path = Path(".")) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="nanochat target: data setup and evaluation")
     parser.add_argument("--evaluate", action="store_true", help="score the saved model")
+    parser.add_argument("--holdout", action="store_true",
+                        help="with --evaluate: score it on the holdout split")
+    parser.add_argument("--holdout-setup", action="store_true",
+                        help="prepare the holdout split into $AUTORESEARCH_HOLDOUT")
     args = parser.parse_args()
     if args.evaluate:
-        sys.exit(evaluate())
+        sys.exit(evaluate(holdout=args.holdout))
+    if args.holdout_setup:
+        try:
+            setup_holdout()
+        except EvalFailure as e:
+            sys.exit(f"holdout setup failed: {e}")
+        sys.exit(0)
     print(f"Cache: {cache_root()}  profile: {PROFILE.name} ({PROFILE.reason})", flush=True)
     setup()
     print("Done: ready to train.", flush=True)

@@ -1,7 +1,12 @@
 """Quickstart target: the training script (EDITABLE: the agent changes this file).
 
-A small ReLU network trained with SGD + momentum on the spirals of prepare.py, for a fixed time
-budget. It saves its weights to model.npz; evaluate.py measures them.
+A small ReLU network trained with SGD + momentum on the spirals of prepare.py, from a fixed
+seed, for a fixed compute budget (prepare.TRAIN_MACS multiply-adds: a larger network or batch
+gets fewer steps, the trade-off a time budget makes), so its metric is a deterministic function
+of this file: the same code scores the same on a quiet or a loaded machine, and a change is
+judged on one run. Nothing here stops on the clock (that would make the score depend on the
+machine's load); the harness enforces the time budget, and a run past it is `over-budget`. It
+saves its weights to model.npz; evaluate.py measures them.
 """
 
 import os
@@ -9,7 +14,7 @@ import time
 
 import numpy as np
 
-from prepare import cross_entropy, train_data
+from prepare import cross_entropy, train_data, train_steps
 
 # Hyperparameters: deliberately mediocre starting values.
 LEARNING_RATE = 0.002     # step size of SGD
@@ -22,8 +27,6 @@ INIT_SCALE = 0.2          # weight init, times 1/sqrt(fan_in)
 # The model's width: the scale's, when the target runs at one ([scales] in autoresearch.toml set
 # WIDTH for `run --scale` and `promote --scale`); HIDDEN_SIZE otherwise.
 WIDTH = int(os.environ.get("WIDTH", HIDDEN_SIZE))
-TIME_BUDGET = float(os.environ.get("AUTORESEARCH_BUDGET_SECONDS", "1.5"))  # seconds of training
-SEED = int(os.environ.get("AUTORESEARCH_SEED", "0"))
 
 
 def init_params(rng: np.random.Generator) -> dict:
@@ -61,21 +64,22 @@ def forward_backward(params: dict, x: np.ndarray, y: np.ndarray) -> tuple[float,
 
 
 def main() -> None:
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(0)   # fixed, as the original fixes its own seed
     x, y = train_data()
     params = init_params(rng)
     velocity = {k: np.zeros_like(v) for k, v in params.items()}
     start = time.time()
-    step, loss, next_report = 0, float("nan"), 0.1
-    while (elapsed := time.time() - start) < TIME_BUDGET:
+    weights = sum(v.size for k, v in params.items() if k.startswith("w"))
+    step, loss, next_report, total = 0, float("nan"), 0.1, train_steps(weights, BATCH_SIZE)
+    while step < total:
         idx = rng.integers(0, len(x), size=BATCH_SIZE)
         loss, grads = forward_backward(params, x[idx], y[idx])
         for k in params:
             velocity[k] = MOMENTUM * velocity[k] - LEARNING_RATE * grads[k]
             params[k] += velocity[k]
         step += 1
-        if elapsed / TIME_BUDGET >= next_report:
-            print(f"progress: {elapsed / TIME_BUDGET:.2f} train_loss: {loss:.4f}")
+        if step / total >= next_report:
+            print(f"progress: {step / total:.2f} train_loss: {loss:.4f}")
             next_report += 0.1
     np.savez("model.npz", **params)
     print(f"train_loss: {loss:.6f}")
