@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +35,9 @@ from .config import (
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger, dumps
+
+if TYPE_CHECKING:
+    from .compare import CompareSpec
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -755,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results.tsv format (see 'run --help')")
     p.set_defaults(func=cmd_demo)
     _hub_commands(sub)
+    _research_commands(sub)
     return parser
 
 
@@ -772,6 +777,140 @@ def _hub_run_flags(p: argparse.ArgumentParser) -> None:
 def _hub_contributor(loop, args, reporter) -> None:
     from .hub.commands import attach_contributor
     attach_contributor(loop, args, say=reporter.message if reporter else None)
+
+
+# == research organisations: `compare` and `evolve-program` (compare.py, evolve.py) ===========
+def _research_commands(sub) -> None:
+    p = sub.add_parser("compare", help="compare research organisations (program.md variants, "
+                                       "each with its agent) on this target, with statistics")
+    p.add_argument("programs", nargs="+", metavar="[NAME=]PROGRAM.md[@AGENT]",
+                   help="an organisation: a program.md variant, optionally named and paired with "
+                        "its agent (explorer.md@claude, tuner=program.md@optuna)")
+    _compare_flags(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("evolve-program", help="meta-research: an agent writes program.md variants, "
+                                              "compare keeps a significantly better one")
+    p.add_argument("--generations", type=int, default=1, help="rounds of write-and-compare")
+    p.add_argument("--variants", type=int, default=1, help="new program.md variants per generation")
+    p.add_argument("--writer", help="the agent that writes program.md variants: openai:MODEL, "
+                                    "anthropic:MODEL, claude, codex, command:CMD, script:PATH "
+                                    "(default: --agent)")
+    p.add_argument("--tag", help="meta run name: branch autoresearch/meta-TAG (default: today)")
+    p.add_argument("--program", help="the incumbent program.md (default: the target's program.md, "
+                                     "or the meta branch's latest winner)")
+    _compare_flags(p)
+    p.set_defaults(func=cmd_evolve_program)
+
+
+def _compare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", action="append",
+                   help="the agent of each organisation: once for all, or once per organisation "
+                        "in order (default: optuna)")
+    p.add_argument("--experiments", type=int, help="experiments per run (the baseline and repeats "
+                                                   "count)")
+    p.add_argument("--hours", type=float, help="wall time of the whole comparison, shared equally "
+                                               "between its runs")
+    p.add_argument("--repeats", type=int, default=3, help="independent runs per organisation")
+    p.add_argument("--workers", type=int, default=1, help="slots shared by all runs, in turns")
+    p.add_argument("--policy", help="acceptance policy of every run (default: noise-aware)")
+    p.add_argument("--budget", type=float, help="training budget per experiment, seconds")
+    p.add_argument("--seed", type=int, default=0, help="base seed (each run gets its own)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-corrected)")
+    p.add_argument("--name", help="the comparison's name (default: from its organisations); the "
+                                  "same name continues it")
+    p.add_argument("-o", "--output", help="directory for compare.json and compare.png "
+                                          "(default: .autoresearch/compare/NAME)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
+
+
+def _compare_spec(args, orgs) -> CompareSpec:
+    from .compare import CompareSpec
+
+    return CompareSpec(orgs=orgs, name=args.name, repeats=args.repeats,
+                       experiments=args.experiments, hours=args.hours, workers=args.workers,
+                       policy=args.policy, budget=args.budget, seed=args.seed, alpha=args.alpha)
+
+
+def _turn_line(turn) -> None:
+    console.print(f"  {turn.tag}: {turn.experiments} experiments, turn {turn.seconds:.1f}s — "
+                  f"{turn.stopped}", markup=False)
+
+
+def _reporter_for(target: Target, quiet: bool):
+    from .ui import Reporter
+
+    return lambda tag: None if quiet else Reporter(console, target.spec.metric, quiet=True)
+
+
+def cmd_compare(args) -> int:
+    from .compare import parse_organisations, report, run_comparison, write_report
+
+    target = _target(args)
+    _warn_uncommitted(target)
+    orgs = parse_organisations(args.programs, args.agent, root=target.root)
+    spec = _compare_spec(args, orgs)
+    spec.check()
+    ledger = _ledger(target)
+    name = spec.resolved_name()
+    console.print(f"[bold]autoresearch compare[/] {_e(name)}: {len(orgs)} organisations x "
+                  f"{spec.repeats} repeats on {_e(target.root)} — "
+                  + ", ".join(f"{_e(o.name)} ({_e(o.program)} @ {_e(o.agent)})" for o in orgs))
+    try:
+        record = run_comparison(target, ledger, spec, on_turn=_turn_line,
+                                reporter_for=_reporter_for(target, args.quiet))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: run the same command again to continue "
+                      f"comparison {_e(name)}")
+        return 130
+    rep = report(ledger, record, spec.alpha)
+    js, png = write_report(target, rep, Path(args.output) if args.output else None)
+    if args.json:
+        sys.stdout.write(dumps(rep, indent=2) + "\n")
+    else:
+        print_comparison(rep)
+    console.print(f"  report {js}\n  plot   {png}", markup=False)
+    return 0
+
+
+def print_comparison(rep: dict) -> None:
+    """The comparison as a table (one row per organisation) and one line per test."""
+    from rich.table import Table
+
+    from .compare import Interval
+
+    a = rep["analysis"]
+    level = 1 - a["alpha"]
+    t = Table(title=f"compare {rep['name']}: {rep['metric']} ({a['metric_direction']}), pooled "
+                    f"baseline {a['pooled_baseline'] if a['pooled_baseline'] is None else round(a['pooled_baseline'], 6)}; "
+                    f"means over repeats [{level:.0%} t interval]", header_style="bold")
+    for col in ("organisation", "runs", "improvement", "per experiment", "per hour", "best",
+                "keep rate", "cost $", "failures"):
+        t.add_column(col, justify="left" if col in ("organisation", "failures") else "right")
+    for o in a["organisations"]:
+        iv = {k: Interval(**o[k]) for k in ("improvement", "improvement_per_experiment",
+                                            "improvement_per_hour", "best", "keep_rate",
+                                            "cost_usd")}
+        fails = ", ".join(f"{n} {s}" for s, n in sorted(o["failures"].items())) or "—"
+        t.add_row(Text(o["org"]), str(o["runs"]), iv["improvement"].text(),
+                  iv["improvement_per_experiment"].text(), iv["improvement_per_hour"].text(),
+                  iv["best"].text("{:.6g}"), iv["keep_rate"].text("{:.2f}"),
+                  iv["cost_usd"].text("{:.4f}"), Text(fails))
+    console.print(t)
+    for s in a["tests"]:
+        if s["p"] is None:
+            verdict = "not tested (each organisation needs 2+ runs with a result)"
+        else:
+            verdict = (f"{s['better']} is better" if s["significant"] else "no significant difference")
+            verdict += (f" (difference {s['difference']:+.4g} [{s['low']:+.4g}, {s['high']:+.4g}], "
+                        f"Welch p={s['p']:.3g}, Holm p={s['holm_p']:.3g}, "
+                        f"Mann-Whitney p={s['mannwhitney_p']:.3g})")
+        console.print(f"  {s['a']} vs {s['b']}: {verdict}", markup=False)
+
+
+def cmd_evolve_program(args) -> int:
+    raise AutoresearchError("evolve-program: not built yet")
 
 
 def main(argv: list[str] | None = None) -> int:

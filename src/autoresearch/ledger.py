@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS runs (
     policy TEXT,
     locked TEXT,              -- JSON {path: blob id} of locked files at the start
     setup_done INTEGER DEFAULT 0,
-    state TEXT DEFAULT 'active'
+    state TEXT DEFAULT 'active',
+    org TEXT                  -- the organisation of a `compare` run (compare.py), else NULL
 );
 CREATE TABLE IF NOT EXISTS experiments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     notes TEXT DEFAULT '',
     pid INTEGER,
     pid_started REAL,
+    org TEXT,                         -- its run's organisation (compare.py), else NULL
     UNIQUE (tag, seq)
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
@@ -97,7 +99,31 @@ CREATE TABLE IF NOT EXISTS slots (
     host TEXT,
     PRIMARY KEY (tag, slot)
 );
+CREATE TABLE IF NOT EXISTS comparisons (   -- `autoresearch compare`: one row per comparison
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    spec TEXT NOT NULL                -- JSON: organisations, budgets, repeats, base commit
+);
+CREATE TABLE IF NOT EXISTS comparison_runs (
+    comparison TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    org TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    seconds REAL DEFAULT 0,           -- wall time spent in its turns
+    done TEXT,                        -- why it needs no more turns; NULL while it does
+    PRIMARY KEY (comparison, tag)
+);
+CREATE TABLE IF NOT EXISTS generations (   -- `autoresearch evolve-program`
+    meta TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    created REAL NOT NULL,
+    record TEXT NOT NULL,             -- JSON: incumbent, variants, comparison, winner, commit
+    PRIMARY KEY (meta, generation)
+);
 """
+
+#: columns added after the first release: (table, column, type), added to older ledgers on open
+_MIGRATIONS = (("runs", "org", "TEXT"), ("experiments", "org", "TEXT"))
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
 
@@ -196,6 +222,7 @@ class Experiment:
     notes: str
     pid: int | None
     pid_started: float | None
+    org: str | None = None              # its run's organisation (compare.py)
 
     def history_entry(self) -> HistoryEntry:
         return HistoryEntry(id=self.id, seq=self.seq, status=self.status, metric=self.metric,
@@ -216,6 +243,7 @@ class Run:
     locked: dict[str, str]
     setup_done: bool
     state: str
+    org: str | None = None              # the organisation of a `compare` run
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
@@ -243,12 +271,20 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.executescript(_SCHEMA)
+                self._migrate()
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{self.path}: cannot open the ledger ({e}) — move the file aside "
                               f"to start a new one") from None
         self._lock = threading.RLock()
+
+    def _migrate(self) -> None:
+        """Columns newer than the ledger: added in place, never by recreating a table."""
+        for table, column, kind in _MIGRATIONS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -272,12 +308,13 @@ class Ledger:
         return Run(**d)
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
-                   policy: str, locked: dict[str, str]) -> Run:
+                   policy: str, locked: dict[str, str], org: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, locked)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked)))
+                "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
+                "locked, org) VALUES (?,?,?,?,?,?,?,?,?)",
+                (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked),
+                 org))
         run = self.get_run(tag)
         assert run is not None
         return run
@@ -512,3 +549,52 @@ class Ledger:
     def clear_slots(self, tag: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM slots WHERE tag = ?", (tag,))
+
+    # -- comparisons (compare.py) and program generations (evolve.py) --------------------------
+    def get_comparison(self, name: str) -> dict[str, Any] | None:
+        """The spec a comparison was started with (JSON), or None."""
+        r = self._db.execute("SELECT spec FROM comparisons WHERE name = ?", (name,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def create_comparison(self, name: str, spec: dict[str, Any],
+                          runs: list[tuple[str, str, int]]) -> None:
+        """A comparison and its runs (tag, org, repeat), in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO comparisons VALUES (?,?,?)",
+                                 (name, time.time(), dumps(spec)))
+                self._db.executemany(
+                    "INSERT INTO comparison_runs (comparison, tag, org, repeat) VALUES (?,?,?,?)",
+                    [(name, tag, org, k) for tag, org, k in runs])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def comparison_runs(self, name: str) -> list[dict[str, Any]]:
+        """The runs of a comparison (tag, org, repeat, seconds, done), in planning order."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT tag, org, repeat, seconds, done FROM comparison_runs WHERE comparison = ? "
+            "ORDER BY rowid", (name,))]
+
+    def update_comparison_run(self, name: str, tag: str, *, add_seconds: float = 0.0,
+                              done: str | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE comparison_runs SET seconds = seconds + ?, done = COALESCE(?, done) "
+                "WHERE comparison = ? AND tag = ?", (add_seconds, done, name, tag))
+
+    def comparisons(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM comparisons ORDER BY created")]
+
+    def record_generation(self, meta: str, generation: int, record: dict[str, Any]) -> None:
+        """One generation of `evolve-program` (written again as it advances)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO generations VALUES (?,?,?,?)",
+                             (meta, generation, time.time(), dumps(record)))
+
+    def generations(self, meta: str) -> list[dict[str, Any]]:
+        """Every recorded generation of a meta run, oldest first."""
+        return [json.loads(r[0]) for r in self._db.execute(
+            "SELECT record FROM generations WHERE meta = ? ORDER BY generation", (meta,))]

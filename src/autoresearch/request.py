@@ -36,6 +36,7 @@ class RunRequest:
     ahead: int | None = None
     seed: int = 0
     results_format: str = "native"      # results.tsv: native or original (export.py)
+    org: str | None = None              # a new run's organisation (`compare`, compare.py)
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -98,5 +99,5 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format)
+            results_format=self.results_format, org=self.org)
         return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)

@@ -53,8 +53,10 @@ from .state import RunState
 class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
                  agent_name: str, policy_name: str, budget: float | None, seed: int,
-                 results_format: str = "native", say: Callable[[str], None] | None = None):
+                 results_format: str = "native", say: Callable[[str], None] | None = None,
+                 org: str | None = None):
         self.target = target
+        self.org = org           # the organisation a new run is tagged with (compare.py)
         self.spec = target.spec
         self.ledger = ledger
         self.ratchet = ratchet
@@ -123,7 +125,7 @@ class Session:
             files = self.ratchet.list_files(base)
             locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
-                                         self.agent_name, self.policy_name, locked)
+                                         self.agent_name, self.policy_name, locked, org=self.org)
             if self.ratchet.branch_commit(self.tag) is None:
                 self.ratchet.set_branch(self.tag, base)
         self.run = run
