@@ -910,7 +910,50 @@ def print_comparison(rep: dict) -> None:
 
 
 def cmd_evolve_program(args) -> int:
-    raise AutoresearchError("evolve-program: not built yet")
+    from .evolve import EvolveSpec, evolve, meta_branch
+
+    tag = check_tag(args.tag or default_tag())
+    target = _target(args)
+    _warn_uncommitted(target)
+    agents = args.agent or ["optuna"]
+    if len(agents) != 1:
+        raise ConfigError("evolve-program takes one --agent (the research agent of every "
+                          "organisation); the writer of program.md is --writer")
+    writer = args.writer or agents[0]
+    program = None
+    if args.program:
+        program = Path(args.program)
+        if not program.is_file():
+            raise ConfigError(f"--program {args.program!r}: no such file — give a program.md variant")
+    spec = EvolveSpec(tag=tag, agent=agents[0], writer=writer, generations=args.generations,
+                      variants=args.variants, program=program, repeats=args.repeats,
+                      experiments=args.experiments, hours=args.hours, workers=args.workers,
+                      policy=args.policy, budget=args.budget, seed=args.seed, alpha=args.alpha)
+    ledger = _ledger(target)
+    console.print(f"[bold]autoresearch evolve-program[/] {_e(tag)}: {spec.generations} generation(s) "
+                  f"of {spec.variants} variant(s) written by {_e(writer)}, research agent "
+                  f"{_e(spec.agent)}, {spec.repeats} repeats; meta branch "
+                  f"autoresearch/{meta_branch(tag)}")
+
+    def said(gen) -> None:
+        won = (f"[green]{_e(gen.winner)} is significantly better[/]: committed "
+               f"{(gen.commit or '')[:10]}" if gen.winner else "no variant is significantly "
+               "better: the incumbent stays")
+        console.print(f"generation {gen.generation}: variants {_e(', '.join(gen.variants) or '—')}; "
+                      f"comparison {_e(gen.comparison)}; {won}")
+        for f in gen.failures:
+            console.print(f"  writer: {f}", markup=False)
+
+    try:
+        evolve(target, ledger, spec, on_turn=None if args.quiet else _turn_line,
+               on_generation=said, reporter_for=_reporter_for(target, args.quiet))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: run the same command again to continue "
+                      f"evolve-program {_e(tag)}")
+        return 130
+    console.print(f"program.md of the winner: git show autoresearch/{meta_branch(tag)}:"
+                  f"{PROGRAM_NAME}", markup=False)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -285,17 +285,15 @@ def run_comparison(target: Target, ledger: Ledger, spec: CompareSpec, *,
     share = spec.hours * 3600 / len(runs) if spec.hours is not None else None
     rounds = 0
     while True:
-        active = [r for r in ledger.comparison_runs(name) if not r["done"]]
+        # a run spent by the budget is not marked done: a larger budget continues it
+        active = [r for r in ledger.comparison_runs(name) if not r["done"]
+                  and not _spent(spec, ledger.count(r["tag"]), r["seconds"], share)]
         if not active:
             break
         shift = rounds % len(active)
         for r in active[shift:] + active[:shift]:
             tag, (index, org) = r["tag"], orgs[r["org"]]
             count = ledger.count(tag)
-            why = _spent(spec, count, r["seconds"], share)
-            if why:
-                ledger.update_comparison_run(name, tag, done=why)
-                continue
             cap = count + step if spec.experiments is None else min(spec.experiments, count + step)
             left = share - r["seconds"] if share is not None else None
             request = RunRequest(tag=tag, agent=org.agent, policy=spec.policy, max_experiments=cap,
