@@ -929,6 +929,7 @@ def cmd_evolve_program(args) -> int:
                       variants=args.variants, program=program, repeats=args.repeats,
                       experiments=args.experiments, hours=args.hours, workers=args.workers,
                       policy=args.policy, budget=args.budget, seed=args.seed, alpha=args.alpha)
+    spec.check()        # bad input leaves nothing behind
     ledger = _ledger(target)
     console.print(f"[bold]autoresearch evolve-program[/] {_e(tag)}: {spec.generations} generation(s) "
                   f"of {spec.variants} variant(s) written by {_e(writer)}, research agent "
