@@ -841,7 +841,7 @@ def _turn_line(turn) -> None:
 def _reporter_for(target: Target, quiet: bool):
     from .ui import Reporter
 
-    return lambda tag: None if quiet else Reporter(console, target.spec.metric, quiet=True)
+    return lambda tag: None if quiet else Reporter(console, target.spec.metric)
 
 
 def cmd_compare(args) -> int:

@@ -210,35 +210,44 @@ def prepare(target: Target, ledger: Ledger, spec: CompareSpec) -> dict[str, Any]
     stored = ledger.get_comparison(name)
     if stored is not None:
         _check_same(name, stored["identity"], spec.identity())
-        return stored
     ratchet = Ratchet(target.root)
     try:
-        base = ratchet.head()
-        rel = target.program_path.relative_to(target.root).as_posix()
-        current = ratchet.read_files(base, [rel]).get(rel)
-        commits: dict[str, str] = {}
-        for org in spec.orgs:
-            if org.text == current:
-                commits[org.name] = base
-            else:
-                commits[org.name] = ratchet.make_commit(
-                    base, f"autoresearch compare {name}: {PROGRAM_NAME} of organisation "
-                          f"{org.name} ({org.program})", files={rel: org.text}).sha
-        runs = [(run_tag(name, org.name, k), org.name, k)
-                for k in range(1, spec.repeats + 1) for org in spec.orgs]
-        taken = [t for t, _, _ in runs if ratchet.branch_commit(t) is not None
-                 or ledger.get_run(t) is not None]
-        if taken:
-            raise ConfigError(f"compare: branch autoresearch/{taken[0]} already exists and belongs to "
-                              f"no comparison named {name!r} — give another --name")
-        too_long = next((t for t, _, _ in runs if len(t) > 100), None)
-        if too_long:
-            raise ConfigError(f"compare: run tag {too_long!r} is longer than 100 characters — "
-                              f"give shorter organisation names (NAME=PROGRAM.md) or --name")
-        for tag, org, _ in runs:
-            ratchet.set_branch(tag, commits[org])
+        if stored is None:
+            stored = _create(target, ledger, ratchet, spec, name)
+        # the ledger first, then the branches: a kill in between is repaired here
+        for r in ledger.comparison_runs(name):
+            if ratchet.branch_commit(r["tag"]) is None and ledger.get_run(r["tag"]) is None:
+                ratchet.set_branch(r["tag"], stored["commits"][r["org"]])
     finally:
         ratchet.close()
+    return stored
+
+
+def _create(target: Target, ledger: Ledger, ratchet: Any, spec: CompareSpec,
+            name: str) -> dict[str, Any]:
+    """A new comparison: one commit of each organisation's program.md on HEAD, recorded."""
+    base = ratchet.head()
+    rel = target.program_path.relative_to(target.root).as_posix()
+    current = ratchet.read_files(base, [rel]).get(rel)
+    runs = [(run_tag(name, org.name, k), org.name, k)
+            for k in range(1, spec.repeats + 1) for org in spec.orgs]
+    too_long = next((t for t, _, _ in runs if len(t) > 100), None)
+    if too_long:
+        raise ConfigError(f"compare: run tag {too_long!r} is longer than 100 characters — "
+                          f"give shorter organisation names (NAME=PROGRAM.md) or --name")
+    taken = [t for t, _, _ in runs if ratchet.branch_commit(t) is not None
+             or ledger.get_run(t) is not None]
+    if taken:
+        raise ConfigError(f"compare: branch autoresearch/{taken[0]} already exists and belongs to "
+                          f"no comparison named {name!r} — give another --name")
+    commits: dict[str, str] = {}
+    for org in spec.orgs:
+        if org.text == current:
+            commits[org.name] = base
+        else:
+            commits[org.name] = ratchet.make_commit(
+                base, f"autoresearch compare {name}: {PROGRAM_NAME} of organisation "
+                      f"{org.name} ({org.program})", files={rel: org.text}).sha
     record = {"name": name, "identity": spec.identity(), "base": base, "commits": commits,
               "metric": target.spec.metric, "direction": target.spec.direction,
               "created": time.time()}
@@ -530,6 +539,7 @@ def plot_comparison(rep: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     level = 1 - rep["analysis"]["alpha"]
     fig, ax = plt.subplots(figsize=(10, 6), dpi=110)
@@ -552,6 +562,7 @@ def plot_comparison(rep: dict[str, Any], path: Path) -> Path:
         ax.step(xs, mean, where="post", color=colour, lw=2,
                 label=f"{org} (n={len(curves)})")
         ax.fill_between(xs, low, high, step="post", color=colour, alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment")
     ax.set_ylabel(f"best {rep['metric']} so far")
     ax.set_title(f"autoresearch compare {rep['name']}: mean of the repeats, "
