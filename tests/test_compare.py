@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ledger_experiments
+from conftest import build_target, ledger_experiments
 from scipy import stats
 
 from autoresearch import templates
@@ -176,6 +176,21 @@ def test_compare_killed_mid_turn_is_finished_by_the_same_command(tmp_path):
         assert [e.seq for e in rows] == [1, 2, 3, 4]
         assert [e.id for e in rows][:len(before.get(tag, []))] == before.get(tag, [])
         assert all(e.status.finished for e in rows), [(e.seq, e.status) for e in rows]
+
+
+def test_hours_are_shared_equally_between_the_runs(tmp_path):
+    root = build_target(tmp_path)                 # a tiny target: about a second per turn
+    for name in ("a.md", "b.md"):
+        (root / name).write_text(f"organisation {name}\n")
+    r = run(["compare", "a.md", "b.md", "--hours", "0.002", "--repeats", "1", "--policy",
+             "greedy", "--name", "h", "--json", "-q"], root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout[r.stdout.index("{\n"):r.stdout.rindex("}") + 1])
+    share = 0.002 * 3600 / 2
+    assert {x["org"] for x in rep["runs"]} == {"a", "b"}
+    for x in rep["runs"]:         # turns go on until each run has used its share, then stop
+        assert x["seconds"] >= share and x["experiments"] >= 1 and x["done"] is None
+    assert all(o["improvement_per_hour"]["n"] == 1 for o in rep["analysis"]["organisations"])
 
 
 def test_an_organisation_whose_agent_keeps_failing_is_recorded_and_the_others_go_on(tmp_path):

@@ -940,8 +940,9 @@ def cmd_evolve_program(args) -> int:
         won = (f"[green]{_e(gen.winner)} is significantly better[/]: committed "
                f"{(gen.commit or '')[:10]}" if gen.winner else "no variant is significantly "
                "better: the incumbent stays")
-        console.print(f"generation {gen.generation}: variants {_e(', '.join(gen.variants) or '—')}; "
-                      f"comparison {_e(gen.comparison)}; {won}")
+        cost = f" (writer ${gen.writer_cost:.4f})" if gen.writer_cost else ""
+        console.print(f"generation {gen.generation}: variants {_e(', '.join(gen.variants) or '—')}"
+                      f"{cost}; comparison {_e(gen.comparison)}; {won}")
         for f in gen.failures:
             console.print(f"  writer: {f}", markup=False)
 

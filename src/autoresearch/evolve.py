@@ -114,6 +114,7 @@ class Generation:
     winner: str | None
     commit: str | None
     failures: list[str] = field(default_factory=list)
+    writer_cost: float = 0.0           # USD the writer's answers cost (failed ones included)
 
 
 def meta_branch(tag: str) -> str:
@@ -174,15 +175,16 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
     rec = done.get(g)
     if rec is not None and rec.get("finished"):
         return Generation(g, [v["name"] for v in rec["variants"]], rec["comparison"],
-                          rec.get("winner"), rec.get("commit"), rec.get("failures", []))
+                          rec.get("winner"), rec.get("commit"), rec.get("failures", []),
+                          rec.get("writer_cost", 0.0))
     tip, incumbent = _incumbent(target, ratchet, spec)
     if rec is None:
         previous = done.get(g - 1)
         results = _previous_results(ledger, previous, ratchet) if previous else None
-        variants, failures = _write_variants(target, spec, g, incumbent, tip, results,
-                                             list(done.values()))
+        variants, failures, cost = _write_variants(target, spec, g, incumbent, tip, results,
+                                                   list(done.values()))
         rec = {"generation": g, "incumbent_commit": tip, "incumbent": incumbent,
-               "variants": variants, "failures": failures,
+               "variants": variants, "failures": failures, "writer_cost": cost,
                "comparison": spec.compare_spec([], g).name, "finished": False}
         ledger.record_generation(meta, g, rec)
     where = target.state_dir / "meta" / spec.tag / f"g{g}"
@@ -196,7 +198,8 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
     if len(orgs) < 2:
         rec.update(finished=True, winner=None, commit=None)
         ledger.record_generation(meta, g, rec)
-        return Generation(g, [], rec["comparison"], None, None, rec["failures"])
+        return Generation(g, [], rec["comparison"], None, None, rec["failures"],
+                          rec["writer_cost"])
     cspec = spec.compare_spec(orgs, g)
     record = run_comparison(target, ledger, cspec, on_turn=on_turn, reporter_for=reporter_for)
     rep = report(ledger, record, spec.alpha)
@@ -222,7 +225,7 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
     rec.update(commit=commit, finished=True)
     ledger.record_generation(meta, g, rec)
     return Generation(g, [v["name"] for v in rec["variants"]], rec["comparison"], winner, commit,
-                      rec["failures"])
+                      rec["failures"], rec.get("writer_cost", 0.0))
 
 
 def _winner(rep: dict[str, Any], variants: list[str]) -> str | None:
@@ -239,8 +242,9 @@ def _winner(rep: dict[str, Any], variants: list[str]) -> str | None:
 # == the writer ================================================================================
 def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, tip: str,
                     results: str | None, history: list[dict[str, Any]]
-                    ) -> tuple[list[dict[str, str]], list[str]]:
-    """Ask the writer for `spec.variants` new program.md texts; (variants, why others failed)."""
+                    ) -> tuple[list[dict[str, Any]], list[str], float]:
+    """Ask the writer for `spec.variants` new program.md texts; (variants, why others failed,
+    what the writer cost in USD)."""
     rel = _rel(target)
     agent = make_agent(spec.writer, target, files={rel: incumbent}, seed=spec.seed + g)
     agent.check()
@@ -248,8 +252,9 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
     meta_spec = target.spec.model_copy(update={
         "editable": [rel], "metric": f"improvement of {target.spec.metric}",
         "direction": "maximize"})
-    variants: list[dict[str, str]] = []
+    variants: list[dict[str, Any]] = []
     failures: list[str] = []
+    cost = 0.0
     entries = _history(history)
     last = max(history, key=lambda r: r["generation"]) if history else None
     mine = ((last or {}).get("analysis") or {}).get("organisations", [])
@@ -288,7 +293,9 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
                 break
             except AgentError as e:
                 failures.append(f"variant {i}: {e.reason}")
+                cost += e.usage.cost_usd
                 continue
+            cost += proposal.usage.cost_usd
             text = (proposal.files or {}).get(rel)
             if proposal.patch and text is None:
                 failures.append(f"variant {i}: the writer sent a patch; program.md variants are "
@@ -305,7 +312,7 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
                              "cost_usd": proposal.usage.cost_usd})
     finally:
         agent.close()
-    return variants, failures
+    return variants, failures, cost
 
 
 def _history(records: list[dict[str, Any]]) -> list[HistoryEntry]:
