@@ -222,8 +222,10 @@ def test_organisations_are_named_after_their_files_paired_with_agents(tmp_path):
     assert [(o.name, o.agent, o.text) for o in orgs] == [("program", "optuna", "program.md"),
                                                          ("explorer", "claude", "explorer.md")]
     orgs = parse_organisations(["program.md", "program.md"], ["openai:a", "openai:b"], root=tmp_path)
-    assert [o.name for o in orgs] == ["program-openai", "program-openai-2"]
+    assert [o.name for o in orgs] == ["program-openai-a", "program-openai-b"]
     assert [o.agent for o in orgs] == ["openai:a", "openai:b"]
+    orgs = parse_organisations(["program.md", "program.md"], None, root=tmp_path)
+    assert [o.name for o in orgs] == ["program-optuna", "program-optuna-2"]
     orgs = parse_organisations(["x=program.md", "y=program.md@command:ssh a@b"], ["codex"],
                                root=tmp_path)
     assert [(o.name, o.agent) for o in orgs] == [("x", "codex"), ("y", "command:ssh a@b")]

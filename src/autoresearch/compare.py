@@ -136,7 +136,7 @@ def _names(parsed: list[tuple[str | None, str, str, str | None]]) -> list[str]:
     stems = list(names)
     for i, (n, _, _, agent) in enumerate(parsed):
         if n is None and stems.count(stems[i]) > 1:
-            names[i] = _safe(f"{stems[i]}-{(agent or '').split(':')[0]}")
+            names[i] = _safe(f"{stems[i]}-{agent or ''}")
     for i in range(len(names)):
         k = 2
         while names[i] in names[:i]:
