@@ -103,6 +103,7 @@ def test_no_better_variant_leaves_the_incumbent_and_the_next_writer_reads_the_re
     second = prompts[1].read_text()
     assert "Comparison meta-t2-g1" in second and "## g1v1: improvement 0" in second
     assert "failures: none" in second and "variant 1" in second
+    assert "VALUE = 10.0" in second                   # the target's editable file, for reference
 
 
 def test_a_writer_that_cannot_write_text_is_refused_before_anything_runs(tmp_path):

@@ -45,7 +45,8 @@ from .errors import ConfigError
 from .experiment import HistoryEntry, Status
 from .ledger import Ledger
 
-REPORT_CHARS = 12_000        # the results shown to the writer, at most
+REPORT_CHARS = 7_000         # the results shown to the writer, at most
+TARGET_CHARS = 3_000         # the target's editable files shown to the writer, at most
 DIFF_CHARS = 1_500           # per kept change
 CURVE_POINTS = 12            # points of each best-so-far curve shown
 
@@ -65,6 +66,9 @@ avoid, how big a step to take). Edit program.md only.
 
 # Results of the last comparison
 {results}
+
+# The target's editable files at the start (for reference: you edit program.md only)
+{target_files}
 """
 
 
@@ -181,8 +185,8 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
     if rec is None:
         previous = done.get(g - 1)
         results = _previous_results(ledger, previous, ratchet) if previous else None
-        variants, failures, cost = _write_variants(target, spec, g, incumbent, tip, results,
-                                                   list(done.values()))
+        variants, failures, cost = _write_variants(target, ratchet, spec, g, incumbent, tip,
+                                                   results, list(done.values()))
         rec = {"generation": g, "incumbent_commit": tip, "incumbent": incumbent,
                "variants": variants, "failures": failures, "writer_cost": cost,
                "comparison": spec.compare_spec([], g).name, "finished": False}
@@ -240,12 +244,13 @@ def _winner(rep: dict[str, Any], variants: list[str]) -> str | None:
 
 
 # == the writer ================================================================================
-def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, tip: str,
-                    results: str | None, history: list[dict[str, Any]]
+def _write_variants(target: Target, ratchet: Any, spec: EvolveSpec, g: int, incumbent: str,
+                    tip: str, results: str | None, history: list[dict[str, Any]]
                     ) -> tuple[list[dict[str, Any]], list[str], float]:
     """Ask the writer for `spec.variants` new program.md texts; (variants, why others failed,
     what the writer cost in USD)."""
     rel = _rel(target)
+    code = _target_files(editable_files(target, ratchet, tip))
     agent = make_agent(spec.writer, target, files={rel: incumbent}, seed=spec.seed + g)
     agent.check()
     # to the writer, program.md is the editable file and the research's improvement the metric
@@ -258,8 +263,8 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
     entries = _history(history)
     last = max(history, key=lambda r: r["generation"]) if history else None
     mine = ((last or {}).get("analysis") or {}).get("organisations", [])
-    incumbent_gain = next((o["improvement"]["mean"] for o in mine if o["org"] == "incumbent"
-                           or o["org"] == (last or {}).get("winner")), None)
+    now = ((last or {}).get("winner")) or "incumbent"     # the incumbent now, last compared as
+    incumbent_gain = next((o["improvement"]["mean"] for o in mine if o["org"] == now), None)
     best = HistoryEntry(id=0, seq=0, status=Status.KEEP, metric=incumbent_gain,
                         description="the incumbent program.md (the meta branch's tip)")
     where = target.state_dir / "meta" / spec.tag / f"g{g}"
@@ -269,7 +274,7 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
                     f"from the others in its approach." if spec.variants > 1 else "")
             program = META_PROGRAM.format(
                 editable=", ".join(target.spec.editable), metric=target.spec.metric,
-                direction=target.spec.direction, variant_note=note,
+                direction=target.spec.direction, variant_note=note, target_files=code,
                 results=results or "No comparison has run yet: this is the first generation. "
                                    "Judge from program.md and the target itself.")
 
@@ -279,6 +284,7 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
                 (ws / rel).parent.mkdir(parents=True, exist_ok=True)
                 (ws / rel).write_text(incumbent)
                 (ws / "RESULTS.md").write_text(results or "No comparison has run yet.\n")
+                (ws / "TARGET.md").write_text(code)
                 return ws
 
             ctx = AgentContext(program=program, files={rel: incumbent}, history=entries,
@@ -313,6 +319,21 @@ def _write_variants(target: Target, spec: EvolveSpec, g: int, incumbent: str, ti
     finally:
         agent.close()
     return variants, failures, cost
+
+
+def editable_files(target: Target, ratchet: Any, commit: str) -> dict[str, str]:
+    """The target's editable files at a commit."""
+    from .globs import matches
+
+    spec = target.spec
+    paths = [p for p in ratchet.list_files(commit)
+             if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
+    return ratchet.read_files(commit, paths)
+
+
+def _target_files(files: dict[str, str]) -> str:
+    text = "\n\n".join(f"{p}\n```\n{t}\n```" for p, t in sorted(files.items()))
+    return text if len(text) <= TARGET_CHARS else text[:TARGET_CHARS] + "\n[... cut ...]"
 
 
 def _history(records: list[dict[str, Any]]) -> list[HistoryEntry]:
