@@ -121,6 +121,8 @@ def test_compare_runs_each_organisation_interleaved_and_finds_the_better_one(tmp
     assert stats_by_org["plain"]["keep_rate"]["mean"] == 0.0
     (test,) = rep["analysis"]["tests"]
     assert test["significant"] and test["better"] == "magic" and test["holm_p"] < 0.05
+    status = run(["status", "--tag", "cmp-t1-magic-r2"], target)
+    assert "organisation magic" in status.stdout
     out = target / ".autoresearch" / "compare" / "t1"
     assert json.loads((out / "compare.json").read_text())["name"] == "t1"
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -436,7 +436,8 @@ def cmd_status(args) -> int:
         print(dumps(info, indent=2))
         return 0
     console.print(f"[bold]run {_e(tag)}[/] · {_e(info['metric'])} ({info['direction']}) · agent "
-                  f"{_e(info['agent'])} · policy {_e(info['policy'])} · branch {_e(info['branch'])}")
+                  f"{_e(info['agent'])} · policy {_e(info['policy'])} · branch {_e(info['branch'])}"
+                  + (f" · organisation {_e(info['org'])}" if info.get("org") else ""))
     console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
                   + f" · {info['experiments']} total")
     base, best = info["baseline"], info["best"]
@@ -864,7 +865,7 @@ def cmd_compare(args) -> int:
         console.print(f"[yellow]interrupted[/]: run the same command again to continue "
                       f"comparison {_e(name)}")
         return 130
-    rep = report(ledger, record, spec.alpha)
+    rep = report(ledger, record, spec.alpha, target.spec.policy)
     js, png = write_report(target, rep, Path(args.output) if args.output else None)
     if args.json:
         sys.stdout.write(dumps(rep, indent=2) + "\n")

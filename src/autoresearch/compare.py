@@ -41,7 +41,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from .config import PROGRAM_NAME, Target
+from .config import PROGRAM_NAME, PolicySettings, Target
 from .errors import ConfigError
 from .experiment import Kind, Status
 from .judge import AgentFailing
@@ -357,8 +357,9 @@ class RunResult:
     done: str | None = None
 
 
-def collect(ledger: Ledger, name: str) -> list[RunResult]:
-    """Every run of a comparison, read from the ledger."""
+def collect(ledger: Ledger, name: str, settings: PolicySettings | None = None
+            ) -> list[RunResult]:
+    """Every run of a comparison, read from the ledger (`settings`: the toml's [policy])."""
     from .summary import kept_order, reported_best, reported_values, sample_of
 
     out = []
@@ -372,7 +373,7 @@ def collect(ledger: Ledger, name: str) -> list[RunResult]:
         base = exps[0]
         values = sample_of(ledger, tag, base).values
         baseline = sum(values) / len(values) if values else None
-        rep = reported_best(ledger, tag)
+        rep = reported_best(ledger, tag, settings)
         best = rep.value if rep is not None and rep.value is not None else baseline
         kept = sorted((e for e in exps if e.status == Status.KEEP), key=kept_order)
         shown = reported_values(ledger, tag, kept)
@@ -521,9 +522,10 @@ def significantly_better(analysis: dict[str, Any], challenger: str, incumbent: s
                for t in analysis["tests"])
 
 
-def report(ledger: Ledger, record: dict[str, Any], alpha: float) -> dict[str, Any]:
+def report(ledger: Ledger, record: dict[str, Any], alpha: float,
+           settings: PolicySettings | None = None) -> dict[str, Any]:
     """The whole report of a comparison, JSON-ready: its setup, statistics and runs."""
-    results = collect(ledger, record["name"])
+    results = collect(ledger, record["name"], settings)
     orgs = [o["name"] for o in record["identity"]["orgs"]]
     return {"name": record["name"], "metric": record["metric"], "base_commit": record["base"],
             "organisations": record["identity"]["orgs"], "repeats": record["identity"]["repeats"],

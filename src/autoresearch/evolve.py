@@ -184,7 +184,7 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
     tip, incumbent = _incumbent(target, ratchet, spec)
     if rec is None:
         previous = done.get(g - 1)
-        results = _previous_results(ledger, previous, ratchet) if previous else None
+        results = _previous_results(target, ledger, previous, ratchet) if previous else None
         variants, failures, cost = _write_variants(target, ratchet, spec, g, incumbent, tip,
                                                    results, list(done.values()))
         rec = {"generation": g, "incumbent_commit": tip, "incumbent": incumbent,
@@ -206,7 +206,7 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
                           rec["writer_cost"])
     cspec = spec.compare_spec(orgs, g)
     record = run_comparison(target, ledger, cspec, on_turn=on_turn, reporter_for=reporter_for)
-    rep = report(ledger, record, spec.alpha)
+    rep = report(ledger, record, spec.alpha, target.spec.policy)
     write_report(target, rep, where)
     winner = _winner(rep, [v["name"] for v in rec["variants"]])
     rec.update(winner=winner, analysis=rep["analysis"])
@@ -350,15 +350,17 @@ def _history(records: list[dict[str, Any]]) -> list[HistoryEntry]:
     return out
 
 
-def _previous_results(ledger: Ledger, rec: dict[str, Any], ratchet: Any) -> str | None:
+def _previous_results(target: Target, ledger: Ledger, rec: dict[str, Any],
+                      ratchet: Any) -> str | None:
     """The previous generation's comparison as the writer reads it."""
     from .compare import collect
 
     record = ledger.get_comparison(rec["comparison"])
     if record is None:
         return None
-    rep = report(ledger, record, (rec.get("analysis") or {}).get("alpha", DEFAULT_ALPHA))
-    return results_text(ledger, rep, ratchet, collect(ledger, record["name"]))
+    settings = target.spec.policy
+    rep = report(ledger, record, (rec.get("analysis") or {}).get("alpha", DEFAULT_ALPHA), settings)
+    return results_text(ledger, rep, ratchet, collect(ledger, record["name"], settings))
 
 
 def results_text(ledger: Ledger, rep: dict[str, Any], ratchet: Any, runs: list[Any],
