@@ -68,8 +68,9 @@ class Organisation:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
     def identity(self) -> dict[str, str]:
-        return {"name": self.name, "program": self.program, "sha256": self.digest,
-                "agent": self.agent}
+        """What makes it this organisation: its name, its program's text and its agent (not
+        where the file lies, so a rerun from another directory continues it)."""
+        return {"name": self.name, "sha256": self.digest, "agent": self.agent}
 
 
 def _safe(text: str) -> str:
@@ -249,6 +250,7 @@ def _create(target: Target, ledger: Ledger, ratchet: Any, spec: CompareSpec,
                 base, f"autoresearch compare {name}: {PROGRAM_NAME} of organisation "
                       f"{org.name} ({org.program})", files={rel: org.text}).sha
     record = {"name": name, "identity": spec.identity(), "base": base, "commits": commits,
+              "programs": {o.name: o.program for o in spec.orgs},
               "metric": target.spec.metric, "direction": target.spec.direction,
               "created": time.time()}
     ledger.create_comparison(name, record, runs)
@@ -259,7 +261,7 @@ def _check_same(name: str, was: dict[str, Any], now: dict[str, Any]) -> None:
     for key in ("orgs", "repeats", "workers", "policy", "budget", "seed"):
         if was.get(key) != now.get(key):
             if key == "orgs":
-                a = [f"{o['name']}={o['program']}@{o['agent']} ({o['sha256']})" for o in was[key]]
+                a = [f"{o['name']}@{o['agent']} (program sha256 {o['sha256']})" for o in was[key]]
                 why = "organisations " + ", ".join(a)
             else:
                 why = f"--{key} {was.get(key)}"
@@ -528,7 +530,9 @@ def report(ledger: Ledger, record: dict[str, Any], alpha: float,
     results = collect(ledger, record["name"], settings)
     orgs = [o["name"] for o in record["identity"]["orgs"]]
     return {"name": record["name"], "metric": record["metric"], "base_commit": record["base"],
-            "organisations": record["identity"]["orgs"], "repeats": record["identity"]["repeats"],
+            "organisations": [{**o, "program": record.get("programs", {}).get(o["name"])}
+                              for o in record["identity"]["orgs"]],
+            "repeats": record["identity"]["repeats"],
             "analysis": analyse(results, orgs, record["direction"], alpha),
             "runs": [asdict(r) for r in results]}
 
