@@ -228,6 +228,8 @@ def test_organisations_are_named_after_their_files_paired_with_agents(tmp_path):
     assert [o.agent for o in orgs] == ["openai:a", "openai:b"]
     orgs = parse_organisations(["program.md", "program.md"], None, root=tmp_path)
     assert [o.name for o in orgs] == ["program-optuna", "program-optuna-2"]
+    orgs = parse_organisations(["program.md", "program=explorer.md"], None, root=tmp_path)
+    assert [o.name for o in orgs] == ["program-optuna", "program"]     # a given name wins
     orgs = parse_organisations(["x=program.md", "y=program.md@command:ssh a@b"], ["codex"],
                                root=tmp_path)
     assert [(o.name, o.agent) for o in orgs] == [("x", "codex"), ("y", "command:ssh a@b")]

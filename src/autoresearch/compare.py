@@ -138,10 +138,10 @@ def _names(parsed: list[tuple[str | None, str, str, str | None]]) -> list[str]:
     for i, (n, _, _, agent) in enumerate(parsed):
         if n is None and stems.count(stems[i]) > 1:
             names[i] = _safe(f"{stems[i]}-{agent or ''}")
-    for i in range(len(names)):
-        k = 2
-        while names[i] in names[:i]:
-            names[i] = f"{_safe(names[i])}-{k}"
+    for i, (n, *_) in enumerate(parsed):       # a given name wins; a derived one gets a number
+        base, k = names[i], 2
+        while n is None and (names[i] in names[:i] or names[i] in given):
+            names[i] = f"{base}-{k}"
             k += 1
     return names
 
