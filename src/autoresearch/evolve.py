@@ -205,7 +205,10 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
         return Generation(g, [], rec["comparison"], None, None, rec["failures"],
                           rec["writer_cost"])
     cspec = spec.compare_spec(orgs, g)
-    record = run_comparison(target, ledger, cspec, on_turn=on_turn, reporter_for=reporter_for)
+    try:
+        record = run_comparison(target, ledger, cspec, on_turn=on_turn, reporter_for=reporter_for)
+    except ConfigError as e:         # a continued generation run with other settings
+        raise ConfigError(str(e).replace("give another --name", "give another --tag")) from None
     rep = report(ledger, record, spec.alpha, target.spec.policy)
     write_report(target, rep, where)
     winner = _winner(rep, [v["name"] for v in rec["variants"]])
@@ -218,12 +221,13 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
         if current == text:                          # committed before a kill: once is enough
             commit = tip
         else:
-            figures = next(o for o in rep["analysis"]["organisations"] if o["org"] == winner)
-            imp = figures["improvement"]
+            figures = {o["org"]: o["improvement"] for o in rep["analysis"]["organisations"]}
+            imp, inc = figures[winner], figures["incumbent"]
             commit = ratchet.make_commit(
                 tip, f"program.md: generation {g} winner {winner} (evolve-program {spec.tag})\n\n"
-                     f"improvement {imp['mean']:.6g} [{imp['low']:.6g}, {imp['high']:.6g}] "
-                     f"against the incumbent's in comparison {rec['comparison']} "
+                     f"improvement {_num(imp['mean'])} [{_num(imp['low'])}, {_num(imp['high'])}] "
+                     f"against the incumbent's {_num(inc['mean'])} [{_num(inc['low'])}, "
+                     f"{_num(inc['high'])}] in comparison {rec['comparison']} "
                      f"({spec.repeats} repeats each)", files={_rel(target): text}).sha
             ratchet.set_branch(meta, commit, expect=tip)
     rec.update(commit=commit, finished=True)
