@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_target, ledger_experiments
+from conftest import build_target, ledger_experiments, proposal, write_script
 from scipy import stats
 
 from autoresearch import templates
@@ -128,22 +128,34 @@ def test_compare_runs_each_organisation_interleaved_and_finds_the_better_one(tmp
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def tiny(tmp_path: Path, sleep: float = 0.0) -> tuple[Path, Path]:
+    """A tiny deterministic target (conftest) and a script of four better proposals."""
+    root = build_target(tmp_path, sleep=sleep, files={"program.md": "# the tiny target\n"})
+    script = write_script(tmp_path / "s.jsonl", [proposal(v, sleep) for v in (9.0, 8.0, 7.0, 6.0)])
+    return root, script
+
+
 def test_compare_again_continues_its_runs_and_a_changed_organisation_is_refused(tmp_path):
-    target = quickstart(tmp_path)
-    args = ["compare", "a=program.md", "b=program.md", "--experiments", "2", "--repeats", "1",
-            "--budget", "0.2", "--policy", "greedy", "--name", "again", "-q"]
-    r = run(args, target)
+    root, script = tiny(tmp_path)
+
+    def args(n: int, b: str = "program.md") -> list[str]:
+        return ["compare", f"a=program.md@script:{script}", f"b={b}@script:{script}",
+                "--experiments", str(n), "--repeats", "1", "--policy", "greedy", "--name",
+                "again", "-q"]
+
+    r = run(args(2), root)
     assert r.returncode == 0, r.stdout + r.stderr
-    first = {tag: [e.id for e in rows] for tag, rows in rows_of(target).items()}
+    first = {tag: [e.id for e in rows] for tag, rows in rows_of(root).items()}
+    assert set(first) == {"cmp-again-a-r1", "cmp-again-b-r1"}
     assert all(len(ids) == 2 for ids in first.values())
-    r = run([*args[:3], "--experiments", "3", *args[5:]], target)     # a larger budget: continued
+    r = run(args(3), root)                       # a larger budget: the same runs, continued
     assert r.returncode == 0, r.stdout + r.stderr
-    after = rows_of(target)
+    after = rows_of(root)
     for tag, ids in first.items():
         assert [e.id for e in after[tag]][:2] == ids and [e.seq for e in after[tag]] == [1, 2, 3]
-    (target / "other.md").write_text("a different organisation\n")
-    r = run(["compare", "a=program.md", "b=other.md", "--experiments", "3", "--repeats", "1",
-             "--budget", "0.2", "--policy", "greedy", "--name", "again"], target)
+        assert [e.description for e in after[tag]] == ["baseline", "value 9.0", "value 8.0"]
+    (root / "other.md").write_text("a different organisation\n")
+    r = run(args(3, "other.md"), root)
     assert r.returncode == 1
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "comparison 'again' was started with organisations" in err
@@ -151,17 +163,17 @@ def test_compare_again_continues_its_runs_and_a_changed_organisation_is_refused(
 
 
 def test_compare_killed_mid_turn_is_finished_by_the_same_command(tmp_path):
-    target = quickstart(tmp_path)
-    args = ["compare", "a=program.md", "b=program.md", "--experiments", "4", "--repeats", "1",
-            "--budget", "0.5", "--policy", "greedy", "--name", "k9", "-q"]
-    proc = subprocess.Popen(CLI + args, cwd=target, stdout=subprocess.DEVNULL,
+    root, script = tiny(tmp_path, sleep=0.5)
+    args = ["compare", f"a=program.md@script:{script}", f"b=program.md@script:{script}",
+            "--experiments", "4", "--repeats", "1", "--policy", "greedy", "--name", "k9", "-q"]
+    proc = subprocess.Popen(CLI + args, cwd=root, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    db = target / ".autoresearch" / "ledger.db"
     deadline = time.time() + 120
     try:
         while time.time() < deadline:         # wait until a turn is under way past the baselines
-            if db.exists() and sum(len(v) for v in rows_of(target).values()) >= 3 and any(
-                    e.status.value == "running" for v in rows_of(target).values() for e in v):
+            rows = rows_of(root)
+            if sum(len(v) for v in rows.values()) >= 3 and any(
+                    e.status.value == "running" for v in rows.values() for e in v):
                 break
             time.sleep(0.05)
         else:
@@ -169,15 +181,18 @@ def test_compare_killed_mid_turn_is_finished_by_the_same_command(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = {tag: [e.id for e in rows] for tag, rows in rows_of(target).items()}
-    r = run(args, target)
+    before = {tag: [e.id for e in rows] for tag, rows in rows_of(root).items()}
+    r = run(args, root)
     assert r.returncode == 0, r.stdout + r.stderr
-    after = rows_of(target)
+    after = rows_of(root)
     assert set(after) == {"cmp-k9-a-r1", "cmp-k9-b-r1"}
     for tag, rows in after.items():
         assert [e.seq for e in rows] == [1, 2, 3, 4]
         assert [e.id for e in rows][:len(before.get(tag, []))] == before.get(tag, [])
         assert all(e.status.finished for e in rows), [(e.seq, e.status) for e in rows]
+        # nothing proposed twice, nothing lost: the script's lines in order, each once
+        assert [e.description for e in rows] == ["baseline", "value 9.0", "value 8.0", "value 7.0"]
+        assert [e.metric for e in rows] == [10.0, 9.0, 8.0, 7.0]
 
 
 def test_hours_are_shared_equally_between_the_runs(tmp_path):
@@ -196,24 +211,22 @@ def test_hours_are_shared_equally_between_the_runs(tmp_path):
 
 
 def test_an_organisation_whose_agent_keeps_failing_is_recorded_and_the_others_go_on(tmp_path):
-    target = quickstart(tmp_path)
-    with open(target / "autoresearch.toml", "a") as f:
-        f.write("\n[agent]\nmax_consecutive_errors = 1\nmax_retries = 0\n")
-    git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "agent settings")
-    script = tmp_path / "s.jsonl"
-    script.write_text(json.dumps({"description": "x", "files": {"train.py": "\n".join(TRAIN)
-                                  .replace(LR_OLD, LR_NEW).replace(MOMENTUM_OLD, MOMENTUM_NEW) + "\n"}}) + "\n")
+    root = build_target(tmp_path, files={"program.md": "# the tiny target\n"},
+                        extra_toml="[agent]\nmax_consecutive_errors = 1\nmax_retries = 0\n")
+    script = write_script(tmp_path / "s.jsonl", [proposal(v) for v in (9.0, 8.0)])
     with FakeOpenAIServer(["I am not sure what to change."] * 4) as server:
         r = run(["compare", f"good=program.md@script:{script}", "broken=program.md@openai:fake",
-                 "--experiments", "2", "--repeats", "1", "--budget", "0.2", "--policy", "greedy",
-                 "--name", "fail", "--json", "-q"], target, server.env())
+                 "--experiments", "3", "--repeats", "1", "--policy", "greedy", "--name", "fail",
+                 "--json", "-q"], root, server.env())
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads(r.stdout[r.stdout.index("{\n"):r.stdout.rindex("}") + 1])
     by_org = {o["org"]: o for o in rep["analysis"]["organisations"]}
     assert by_org["broken"]["failures"] == {"agent-error": 1}
     assert by_org["good"]["keep_rate"]["mean"] == 1.0
-    done = {x["tag"]: x["done"] for x in rep["runs"]}
-    assert "the agent failed 1 times in a row" in done["cmp-fail-broken-r1"]
+    runs = {x["tag"]: x for x in rep["runs"]}
+    assert "the agent failed 1 times in a row" in runs["cmp-fail-broken-r1"]["done"]
+    assert runs["cmp-fail-broken-r1"]["experiments"] == 2          # no more turns for it
+    assert runs["cmp-fail-good-r1"]["experiments"] == 3            # the other one went on
 
 
 # -- organisations from the command line ----------------------------------------------------------
