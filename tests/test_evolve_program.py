@@ -113,3 +113,21 @@ def test_a_writer_that_cannot_write_text_is_refused_before_anything_runs(tmp_pat
     assert "--writer optuna cannot write program.md" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert git(root, "branch", "--list", "autoresearch/*").strip() == ""
+
+
+def test_the_winner_is_significantly_better_than_the_incumbent_after_holm():
+    from autoresearch.evolve import _winner
+
+    def rep(p1: float, p2: float, d1: float = 0.3, d2: float = 0.5) -> dict:
+        tests = [{"a": "incumbent", "b": "g1v1", "difference": -d1, "p": p1},
+                 {"a": "incumbent", "b": "g1v2", "difference": -d2, "p": p2},
+                 {"a": "g1v1", "b": "g1v2", "difference": d1 - d2, "p": 0.9}]
+        orgs = [{"org": o, "improvement": {"mean": m}}
+                for o, m in (("incumbent", 0.0), ("g1v1", d1), ("g1v2", d2))]
+        return {"analysis": {"tests": tests, "organisations": orgs}}
+
+    names = ["g1v1", "g1v2"]
+    assert _winner(rep(0.01, 0.04), names, 0.05) == "g1v2"     # Holm: 0.02 and 0.04, larger mean
+    assert _winner(rep(0.01, 0.03, d2=0.1), names, 0.05) == "g1v1"
+    assert _winner(rep(0.03, 0.04), names, 0.05) is None       # Holm: 0.06 and 0.06
+    assert _winner(rep(0.001, 0.5, d1=-0.3), names, 0.05) is None   # significantly worse

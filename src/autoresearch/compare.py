@@ -518,12 +518,6 @@ def analyse(results: list[RunResult], orgs: list[str], direction: str,
             "organisations": summaries, "tests": tests}
 
 
-def significantly_better(analysis: dict[str, Any], challenger: str, incumbent: str) -> bool:
-    """Did `challenger` beat `incumbent` with significance (Holm-corrected)?"""
-    return any(t["better"] == challenger and incumbent in (t["a"], t["b"])
-               for t in analysis["tests"])
-
-
 def report(ledger: Ledger, record: dict[str, Any], alpha: float,
            settings: PolicySettings | None = None) -> dict[str, Any]:
     """The whole report of a comparison, JSON-ready: its setup, statistics and runs."""

@@ -7,8 +7,8 @@ Each generation:
    its failure modes) and writes `--variants` new program.md variants; to the agent this is an
    ordinary proposal whose one editable file is program.md;
 2. `compare` runs the incumbent and the variants (same target, baseline and budgets);
-3. a variant that is significantly better than the incumbent (Welch, Holm-corrected over every
-   pair, at alpha) is committed as program.md on the meta branch `autoresearch/meta-TAG`, and
+3. a variant that is significantly better than the incumbent (Welch, Holm-corrected over the
+   variants' tests against the incumbent, at alpha) is committed as program.md on the meta branch `autoresearch/meta-TAG`, and
    becomes the incumbent; otherwise the incumbent stays.
 
 Guarantees:
@@ -37,7 +37,6 @@ from .compare import (
     TurnReport,
     report,
     run_comparison,
-    significantly_better,
     write_report,
 )
 from .config import Target
@@ -211,7 +210,7 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
         raise ConfigError(str(e).replace("give another --name", "give another --tag")) from None
     rep = report(ledger, record, spec.alpha, target.spec.policy)
     write_report(target, rep, where)
-    winner = _winner(rep, [v["name"] for v in rec["variants"]])
+    winner = _winner(rep, [v["name"] for v in rec["variants"]], spec.alpha)
     rec.update(winner=winner, analysis=rep["analysis"])
     ledger.record_generation(meta, g, rec)          # the winner, before the branch moves
     commit = None
@@ -236,11 +235,19 @@ def _generation(target: Target, ledger: Ledger, ratchet: Any, spec: EvolveSpec, 
                       rec["failures"], rec.get("writer_cost", 0.0))
 
 
-def _winner(rep: dict[str, Any], variants: list[str]) -> str | None:
+def _winner(rep: dict[str, Any], variants: list[str], alpha: float) -> str | None:
     """The variant with the largest mean improvement among those significantly better than the
-    incumbent; None when there is none."""
+    incumbent (Welch, Holm over the variant-against-incumbent tests only); None when none is."""
+    from .compare import holm
+
     a = rep["analysis"]
-    better = [v for v in variants if significantly_better(a, v, "incumbent")]
+    against = [t for t in a["tests"] if "incumbent" in (t["a"], t["b"])]
+    better = []
+    for t, p in zip(against, holm([t["p"] for t in against]), strict=True):
+        variant = t["b"] if t["a"] == "incumbent" else t["a"]
+        gain = t["difference"] if t["a"] == variant else -t["difference"]
+        if p is not None and p < alpha and gain > 0 and variant in variants:
+            better.append(variant)
     if not better:
         return None
     mean = {o["org"]: o["improvement"]["mean"] for o in a["organisations"]}
