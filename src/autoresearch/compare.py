@@ -317,6 +317,9 @@ def run_comparison(target: Target, ledger: Ledger, spec: CompareSpec, *,
                 stopped = loop.run_forever()
             except AgentFailing as e:          # this organisation's agent gave up: its result
                 stopped = done = str(e)
+            except BaseException:              # Ctrl-C, a stop: the time spent still counts
+                ledger.update_comparison_run(name, tag, add_seconds=time.time() - t0)
+                raise
             finally:
                 if loop.reporter is not None:
                     loop.reporter.close()
