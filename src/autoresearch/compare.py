@@ -561,12 +561,15 @@ def plot_comparison(rep: dict[str, Any], path: Path) -> Path:
             mean.append(iv.mean)
             low.append(iv.low if iv.low is not None else iv.mean)
             high.append(iv.high if iv.high is not None else iv.mean)
+        if xs:                                 # the last value holds to the end of its step
+            xs, mean, low, high = xs + [xs[-1] + 1], mean + mean[-1:], low + low[-1:], \
+                high + high[-1:]
         colour = f"C{i % 10}"
         ax.step(xs, mean, where="post", color=colour, lw=2,
                 label=f"{org} (n={len(curves)})")
         ax.fill_between(xs, low, high, step="post", color=colour, alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("experiment")
+    ax.set_xlabel("experiment (each step: the best after it)")
     ax.set_ylabel(f"best {rep['metric']} so far")
     ax.set_title(f"autoresearch compare {rep['name']}: mean of the repeats, "
                  f"{level:.0%} band")
