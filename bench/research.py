@@ -2,6 +2,7 @@
 (when bench/_research_tree.py is present) tree search against the ratchet on a two-step problem.
 
     python bench/research.py [--comparisons 2000] [--repeats 4] [--experiments 40] [--seed 0]
+                             [--tree-reps 8] [--only compare|tree]
 
 Compare half: two IDENTICAL organisations are compared many times; each comparison's runs are
 simulated with bench/_synthetic.py's driver (the real noise-aware policy deciding every keep,
@@ -11,8 +12,8 @@ compare` (compare.analyse: Welch's t test on the per-repeat improvement, Holm-co
 alpha 0.05). The share of comparisons that report a significant difference is the false
 difference rate. Target: at most 5 % (alpha). PASS/FAIL is printed with the measured figure.
 
-Tree half: `_research_tree.run(reps, seed) -> dict`, written with `--strategy tree`; its figures
-and verdict are printed as they come.
+Tree half: `_research_tree.run(reps, seed) -> dict` (with `--strategy tree`), printed with its
+own `report` table and verdict (`pass`). Exit status 0 when every half run passes.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def false_difference_rate(comparisons: int, repeats: int, experiments: int, seed
             "mean_improvement": float(np.mean(gains)), "pass": rate <= TARGET_RATE}
 
 
-def tree_half(reps: int, seed: int) -> dict | None:
+def tree_half(reps: int, seed: int) -> tuple[dict, str] | None:
+    """The tree half's result and its printed table (its `report`), or None when absent."""
     path = Path(__file__).parent / "_research_tree.py"
     if not path.exists():
         return None
@@ -76,7 +78,11 @@ def tree_half(reps: int, seed: int) -> dict | None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.run(reps, seed)
+    res = module.run(reps, seed)
+    if hasattr(module, "report"):
+        return res, module.report(res)
+    flat = {k: v for k, v in res.items() if isinstance(v, (int, float, str, bool))}
+    return res, ", ".join(f"{k} {v}" for k, v in flat.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,10 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--comparisons", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=4, help="runs per organisation")
     p.add_argument("--experiments", type=int, default=40, help="experiments per run")
-    p.add_argument("--tree-reps", type=int, default=20, help="repetitions of the tree half")
+    p.add_argument("--tree-reps", type=int, default=8, help="runs per strategy in the tree half")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=["compare", "tree"], help="run one half only")
     args = p.parse_args(argv)
 
+    ok = True
+    if args.only != "tree":
+        ok = compare_half(args)
+    if args.only != "compare":
+        ok = tree_report(args) and ok
+    return 0 if ok else 1
+
+
+def compare_half(args: argparse.Namespace) -> bool:
     t0 = time.time()
     r = false_difference_rate(args.comparisons, args.repeats, args.experiments, args.seed)
     print(f"compare, two identical organisations: {r['comparisons']} comparisons of "
@@ -97,19 +113,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['rate']:.1%} ± {r['se']:.1%} (Mann-Whitney alone: {r['mannwhitney_rate']:.1%}); "
           f"mean improvement {r['mean_improvement']:.4g}; {time.time() - t0:.0f} s")
     print(f"  false difference rate <= {TARGET_RATE:.0%}: {'PASS' if r['pass'] else 'FAIL'}")
-    ok = r["pass"]
+    return bool(r["pass"])
 
-    tree = tree_half(args.tree_reps, args.seed)
-    if tree is None:
+
+def tree_report(args: argparse.Namespace) -> bool:
+    got = tree_half(args.tree_reps, args.seed)
+    if got is None:
         print("tree vs ratchet (two-step problem): bench/_research_tree.py is not on this branch")
-    else:
-        print("tree vs ratchet (two-step problem): " + ", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in tree.items()))
-        if "pass" in tree:
-            print(f"  tree finds the two-step change, ratchet does not: "
-                  f"{'PASS' if tree['pass'] else 'FAIL'}")
-            ok = ok and bool(tree["pass"])
-    return 0 if ok else 1
+        return True
+    res, table = got
+    print("tree vs ratchet (two-step problem):")
+    print(table)
+    return bool(res.get("pass", False))
 
 
 if __name__ == "__main__":
