@@ -1,5 +1,7 @@
 """The command line: init, run, start, try, status, log, show, export, plot, demo.
 
+compare and evolve-program (research organisations) have their own section at the end.
+
 Only AutoresearchError is caught here: it becomes one red line and exit code 1. Ctrl-C exits
 130 after the running experiment was recorded as interrupted. Anything else is a bug and keeps
 its traceback.
@@ -788,6 +790,11 @@ def _research_commands(sub) -> None:
                    help="an organisation: a program.md variant, optionally named and paired with "
                         "its agent (explorer.md@claude, tuner=program.md@optuna)")
     _compare_flags(p)
+    p.add_argument("--name", help="the comparison's name (default: from its organisations); the "
+                                  "same name continues it")
+    p.add_argument("-o", "--output", help="directory for compare.json and compare.png "
+                                          "(default: .autoresearch/compare/NAME)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evolve-program", help="meta-research: an agent writes program.md variants, "
@@ -818,11 +825,6 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds")
     p.add_argument("--seed", type=int, default=0, help="base seed (each run gets its own)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-corrected)")
-    p.add_argument("--name", help="the comparison's name (default: from its organisations); the "
-                                  "same name continues it")
-    p.add_argument("-o", "--output", help="directory for compare.json and compare.png "
-                                          "(default: .autoresearch/compare/NAME)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
 
 
