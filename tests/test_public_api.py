@@ -26,7 +26,7 @@ EXPORTED = [
 ]
 
 SUBCOMMANDS = ["init", "run", "start", "try", "status", "log", "show", "export", "plot", "demo",
-               "dashboard", "hub", "verify", "compare", "evolve-program"]
+               "dashboard", "hub", "verify", "promote", "compare", "evolve-program"]
 
 
 def test_all_is_exactly_the_public_names():

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     locked TEXT,              -- JSON {path: blob id} of locked files at the start
     setup_done INTEGER DEFAULT 0,
     state TEXT DEFAULT 'active',
+    scale TEXT,               -- the [scales] entry it runs at (None: the toml as written)
+    source TEXT,              -- a promotion: the tag of the run it replays
     org TEXT                  -- the organisation of a `compare` run (compare.py), else NULL
 );
 CREATE TABLE IF NOT EXISTS experiments (
@@ -121,9 +123,6 @@ CREATE TABLE IF NOT EXISTS generations (   -- `autoresearch evolve-program`
     PRIMARY KEY (meta, generation)
 );
 """
-
-#: columns added after the first release: (table, column, type), added to older ledgers on open
-_MIGRATIONS = (("runs", "org", "TEXT"), ("experiments", "org", "TEXT"))
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
 
@@ -243,6 +242,8 @@ class Run:
     locked: dict[str, str]
     setup_done: bool
     state: str
+    scale: str | None = None     # the [scales] entry it runs at
+    source: str | None = None    # a promotion (promote.py): the run it replays
     org: str | None = None              # the organisation of a `compare` run
 
 
@@ -279,9 +280,13 @@ class Ledger:
                               f"to start a new one") from None
         self._lock = threading.RLock()
 
+    #: columns added after the first schema: (table, column, type), added to older ledgers
+    _ADDED_COLUMNS = (("runs", "scale", "TEXT"), ("runs", "source", "TEXT"),
+                      ("runs", "org", "TEXT"), ("experiments", "org", "TEXT"))
+
     def _migrate(self) -> None:
-        """Columns newer than the ledger: added in place, never by recreating a table."""
-        for table, column, kind in _MIGRATIONS:
+        """Add the columns an older ledger lacks (never a table rebuilt: nothing is lost)."""
+        for table, column, kind in self._ADDED_COLUMNS:
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -308,13 +313,14 @@ class Ledger:
         return Run(**d)
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
-                   policy: str, locked: dict[str, str], org: str | None = None) -> Run:
+                   policy: str, locked: dict[str, str], *, scale: str | None = None,
+                   source: str | None = None, org: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
                 "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
-                "locked, org) VALUES (?,?,?,?,?,?,?,?,?)",
+                "locked, scale, source, org) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked),
-                 org))
+                 scale, source, org))
         run = self.get_run(tag)
         assert run is not None
         return run

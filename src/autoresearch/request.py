@@ -36,6 +36,7 @@ class RunRequest:
     ahead: int | None = None
     seed: int = 0
     results_format: str = "native"      # results.tsv: native or original (export.py)
+    scale: str | None = None            # a [scales] entry; None: the run's recorded one, if any
     org: str | None = None              # a new run's organisation (`compare`, compare.py)
 
     @classmethod
@@ -73,8 +74,20 @@ class RunRequest:
         base = ratchet.branch_commit(self.tag) or ratchet.head()
         check_globs(target.spec, target.root, target.config_path,
                     files=list(ratchet.list_files(base)))
+        if self.scale:
+            target.spec.at_scale(self.scale, target.config_path)   # an unknown name: one error
         ledger = Ledger(target.state_dir / "ledger.db")
         run = ledger.get_run(self.tag)
+        if run is not None and run.source:
+            raise ConfigError(f"'{self.tag}' is a promotion of run '{run.source}', not a loop — "
+                              f"resume it with autoresearch promote --from {run.source} --scale "
+                              f"{run.scale}, or give run another --tag")
+        scale = self.scale or (run.scale if run else None)
+        if run is not None and self.scale and run.scale != self.scale:
+            at = f"at scale '{run.scale}'" if run.scale else "without a scale"
+            raise ConfigError(f"run '{self.tag}' was made {at}, not at --scale {self.scale} — "
+                              f"resume it without --scale, or start a new --tag")
+        target = dataclasses.replace(target, spec=target.spec.at_scale(scale, target.config_path))
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
         name = agent_name or self.agent or (run.agent if run and run.agent else "optuna")
         if agent is None:
@@ -99,5 +112,5 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format, org=self.org)
+            results_format=self.results_format, scale=scale, org=self.org)
         return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
