@@ -26,7 +26,7 @@ EXPORTED = [
 ]
 
 SUBCOMMANDS = ["init", "run", "start", "try", "status", "log", "show", "export", "plot", "demo",
-               "dashboard", "hub", "verify", "promote"]
+               "dashboard", "hub", "verify", "promote", "compare", "evolve-program"]
 
 
 def test_all_is_exactly_the_public_names():

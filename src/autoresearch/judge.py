@@ -71,6 +71,11 @@ class RunStopped(AutoresearchError):
     """The run ended for a reason the user must hear about (baseline failed, agent keeps failing)."""
 
 
+class AgentFailing(RunStopped):
+    """The agent failed `max_consecutive_errors` times in a row: a fault of the agent, not of the
+    target (a comparison records it as that organisation's failure and goes on)."""
+
+
 class Event(str, enum.Enum):
     FAILED = "failed"                        # the evaluation ended without a valid measurement
     BROKE_CONSTRAINT = "broke-constraint"    # measured, but outside a [constraints] bound

@@ -64,6 +64,7 @@ class LoopOptions:
     results_format: str = "native"      # results.tsv: "native" or "original" (export.py)
     scale: str | None = None            # the [scales] entry the target's spec is at
     strategy: str = "ratchet"           # where proposals start: "ratchet" or "tree"
+    org: str | None = None              # a new run's organisation (compare.py)
 
 
 class Loop:
@@ -83,7 +84,8 @@ class Loop:
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
                                policy_name=policy.name, budget=options.budget, seed=options.seed,
                                results_format=options.results_format, strategy=options.strategy,
-                               say=reporter.message if reporter else None, scale=options.scale)
+                               say=reporter.message if reporter else None, scale=options.scale,
+                               org=options.org)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)

@@ -29,7 +29,7 @@ from pathlib import Path
 from .agents import Agent, AgentContext, AgentError, ProposalsExhausted
 from .errors import AutoresearchError, GitError
 from .experiment import Kind, Outcome, Proposal, Status, Usage
-from .judge import Judge, RunStopped
+from .judge import AgentFailing, Judge
 from .ledger import Experiment, Ledger
 from .metrics import tail_lines
 from .ratchet import CommitResult, Ratchet
@@ -229,7 +229,7 @@ class Proposals:
     def _check_error_streak(self, reason: str) -> None:
         limit = self.spec.agent.max_consecutive_errors
         if self.consecutive_errors >= limit:
-            raise RunStopped(f"the agent failed {limit} times in a row; last error: {reason} — "
+            raise AgentFailing(f"the agent failed {limit} times in a row; last error: {reason} — "
                              f"check the agent's setup ([agent] max_consecutive_errors = {limit})")
 
     def _prepare(self, proposal: Proposal, base: Experiment) -> _Prepared:

@@ -53,6 +53,9 @@ class RunState:
 
     # -- writes (ledger first, then memory) ---------------------------------------------------
     def add(self, **fields: Any) -> Experiment:
+        """A new row; it carries its run's organisation (compare.py), if any."""
+        if self.run.org is not None:
+            fields.setdefault("org", self.run.org)
         e = self.ledger.add_experiment(self.tag, seq=self.next_seq, **fields)
         self._index(e, new=True)
         return e

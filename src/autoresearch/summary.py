@@ -286,6 +286,7 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
                      "reported": rep.to_dict() if rep else None}
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
+        "org": run.org,
         "policy": run.policy, "strategy": run.strategy or "ratchet",
         "operators": ledger.operator_counts(tag),
         "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
