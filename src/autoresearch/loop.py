@@ -174,15 +174,12 @@ class Loop:
         assert self.judge is not None
         self.judge.remeasure_best()
         self._submit_queued()
-        self.proposals.keep_coming(self._needed())
+        self.proposals.keep_coming(len(self.executor.free_slots()) - len(self.queue))
         while self.executor.free_slots() and not self.queue and self.proposals.ready() \
                 and self._want_new():
             self.proposals.take()
             self._submit_queued()
-            self.proposals.keep_coming(self._needed())
-
-    def _needed(self) -> int:
-        return max(0, len(self.executor.free_slots()) - len(self.queue))
+            self.proposals.keep_coming(len(self.executor.free_slots()) - len(self.queue))
 
     def _submit_queued(self) -> None:
         free = self.executor.free_slots()
