@@ -651,7 +651,10 @@ def _demo_without_sandbox(dest: Path) -> str | None:
 # == argument parsing ==========================================================================
 def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> None:
     p.add_argument("--tag", required=tag_required, help="run name; branch autoresearch/TAG (default: today, e.g. nov23)")
-    p.add_argument("--agent", help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, anthropic:MODEL")
+    p.add_argument("--agent", dest="agents", action="append", metavar="AGENT[:SLOTS]",
+                   help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, "
+                        "anthropic:MODEL; repeat it for a portfolio, each with its share of the "
+                        "slots: --agent claude:3 --agent optuna:1")
     p.add_argument("--max-experiments", type=int, help="stop after N experiments (the baseline and repeats count)")
     p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")

@@ -88,6 +88,11 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
 CREATE INDEX IF NOT EXISTS experiments_commit ON experiments(commit_sha);
+CREATE TABLE IF NOT EXISTS research_notes (
+    tag TEXT PRIMARY KEY,             -- one notes text per run, written by its agents (notes.py)
+    text TEXT NOT NULL DEFAULT '',
+    updated REAL
+);
 CREATE TABLE IF NOT EXISTS slots (
     tag TEXT NOT NULL,
     slot INTEGER NOT NULL,
@@ -98,6 +103,9 @@ CREATE TABLE IF NOT EXISTS slots (
     PRIMARY KEY (tag, slot)
 );
 """
+
+#: columns added after the first release: (table, column, type), added to older ledgers on open
+_ADDED_COLUMNS = (("experiments", "role", "TEXT"),)   # role: the proposer's portfolio role
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
 
@@ -196,12 +204,13 @@ class Experiment:
     notes: str
     pid: int | None
     pid_started: float | None
+    role: str | None = None           # the proposer's role in a portfolio ([[agents]] role)
 
     def history_entry(self) -> HistoryEntry:
         return HistoryEntry(id=self.id, seq=self.seq, status=self.status, metric=self.metric,
                             description=self.description, metrics=self.metrics,
                             params=self.params, commit=self.commit_sha, parent=self.parent,
-                            candidate_of=self.candidate_of)
+                            candidate_of=self.candidate_of, agent=self.agent, role=self.role)
 
 
 @dataclass
@@ -243,12 +252,20 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.executescript(_SCHEMA)
+                self._add_columns()
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"{self.path}: cannot open the ledger ({e}) — move the file aside "
                               f"to start a new one") from None
         self._lock = threading.RLock()
+
+    def _add_columns(self) -> None:
+        """Migrate an older ledger in place: each missing column is added (never a rebuild)."""
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -497,6 +514,20 @@ class Ledger:
         if not ids:
             return {}
         return {e.id: e for e in self._select(f"id IN ({','.join('?' * len(ids))})", ids)}
+
+    # -- research notes (notes.py): one bounded text per run --------------------------------
+    def research_notes(self, tag: str) -> str:
+        """The run's research notes ("" when none were written, or in an older ledger)."""
+        try:
+            r = self._db.execute("SELECT text FROM research_notes WHERE tag = ?", (tag,)).fetchone()
+        except sqlite3.OperationalError:      # a read-only view of a ledger from before notes
+            return ""
+        return r[0] if r else ""
+
+    def set_research_notes(self, tag: str, text: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO research_notes VALUES (?,?,?)",
+                             (tag, text, time.time()))
 
     # -- slots (what each worker is doing, for `status`) -------------------------------------
     def set_slot(self, tag: str, slot: int, experiment_id: int | None, gpu: str | None = None,

@@ -12,17 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agents import Agent
-from .config import Target, check_globs
+from .config import PROGRAM_NAME, Target, check_globs
 from .errors import ConfigError
 from .globs import matches
 from .ledger import Ledger
 from .loop import Loop, LoopOptions
+from .portfolio import Member, Portfolio, entries_from_flags, parse_recorded
 
 
 @dataclass
 class RunRequest:
     tag: str
-    agent: str | None = None            # None: the run's recorded agent, else optuna
+    agent: str | None = None            # one --agent value (same as agents=[agent])
+    agents: list[str] | None = None     # --agent repeated: a portfolio (portfolio.py); None: the
+                                        # toml's [[agents]], else the run's recorded agents, else optuna
     policy: str | None = None           # None: the run's recorded policy, else the default
     max_experiments: int | None = None
     max_time: float | None = None
@@ -62,7 +65,6 @@ class RunRequest:
               reporter: Any | None = None) -> Loop:
         """The loop this request describes. `agent` replaces the named one (start, try, tests);
         `agent_name` is what the ledger records for it."""
-        from .agents import make_agent
         from .executors import LocalExecutor
         from .policies import DEFAULT_POLICY, make_policy
         from .ratchet import Ratchet
@@ -75,14 +77,12 @@ class RunRequest:
         ledger = Ledger(target.state_dir / "ledger.db")
         run = ledger.get_run(self.tag)
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
-        name = agent_name or self.agent or (run.agent if run and run.agent else "optuna")
-        if agent is None:
-            spec = target.spec
-            editable = [p for p in ratchet.list_files(base)
-                        if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
-            agent = make_agent(name, target, files=ratchet.read_files(base, editable),
-                               seed=self.seed)
-            agent.check()   # fail fast: an unreachable endpoint or a rejected key is one line
+        if agent is not None:
+            portfolio = Portfolio.single(agent_name or self.agent or "agent", agent)
+        else:
+            portfolio = self._portfolio(target, ratchet, base, run.agent if run else None)
+            portfolio.check()   # fail fast: an unreachable endpoint or a rejected key is one line
+        name = agent_name or portfolio.name
         gpus = [g.strip() for g in self.gpus.split(",")] if self.gpus else None
         if self.executor == "ray":
             try:
@@ -99,4 +99,28 @@ class RunRequest:
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
             results_format=self.results_format)
-        return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
+        return Loop(target, ledger, ratchet, portfolio, policy, executor, options, reporter)
+
+    def _portfolio(self, target: Target, ratchet: Any, base: str,
+                   recorded: str | None) -> Portfolio:
+        """The agents: --agent flags, else [[agents]], else the run's recorded ones, else optuna.
+        Each member's program must be in the commit the run starts from."""
+        from .agents import make_agent
+
+        spec = target.spec
+        flags = [*(self.agents or []), *([self.agent] if self.agent else [])]
+        entries = (entries_from_flags(flags) if flags else spec.agents or
+                   entries_from_flags(parse_recorded(recorded) if recorded else ["optuna"]))
+        files = ratchet.list_files(base)
+        editable = [p for p in files if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
+        texts = ratchet.read_files(base, editable)
+        members = []
+        for i, e in enumerate(entries):
+            program = e.program or PROGRAM_NAME
+            if e.program and e.program not in files:
+                raise ConfigError(f"{target.config_path}: [[agents]] {e.agent} has program = "
+                                  f"{e.program!r}, which is not committed in the target — add and "
+                                  f"commit it, or remove the key")
+            agent = make_agent(e.agent, target, files=texts, seed=self.seed + i)
+            members.append(Member(e.agent, agent, e.slots, e.role, program))
+        return Portfolio(members)

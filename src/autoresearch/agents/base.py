@@ -60,6 +60,10 @@ class AgentContext:
     workspace: Callable[[], Path] | None = None
     editable: Callable[[str], bool] = field(default=lambda p: True)  # is this path editable?
     log_dir: Path | None = None               # where the agent may save its transcript
+    role: str | None = None                   # its role in a portfolio ([[agents]] role)
+    research_notes: str = ""                  # the run's research notes (notes.py), shared
+    notes_chars: int = 0                      # their size limit; 0: notes are off
+    tried: str = ""                           # the machine-made summary of what was tried
 
 
 class Agent(ABC):

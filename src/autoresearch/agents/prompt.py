@@ -1,9 +1,11 @@
 """The context builder shared by every agent: one bounded prompt from program, files and history.
 
-Sections, in order: the goal, program.md, the best run's recorded metrics, the experiment history
-(a compact table: the kept experiments, best first, then the most recent, newest first), the last crash's
-log tail, the editable files at the best commit, and the harness's feedback (e.g. "that
-duplicated experiment #12"). The prompt never exceeds `max_chars`, whatever the length of the
+Sections, in order: the goal, program.md (the role's own with a portfolio), the best run's
+recorded metrics, the experiment history (a compact table: the kept experiments, best first, then
+the most recent, newest first; with a "by" column when several agents share the run), the
+research notes and the summary of what was tried by theme (notes.py), the last crash's log tail,
+the editable files at the best commit, and the harness's feedback (e.g. "that duplicated
+experiment #12"). The prompt never exceeds `max_chars`, whatever the length of the
 history: a 1,000-experiment run sends a prompt the size of a 60-experiment one.
 """
 
@@ -18,6 +20,8 @@ from .base import AgentContext
 PROGRAM_SHARE = 0.25
 HISTORY_SHARE = 0.25
 CRASH_SHARE = 0.08
+NOTES_SHARE = 0.12           # the research notes
+TRIED_SHARE = 0.10           # the summary of what was tried
 DESCRIPTION_CHARS = 120      # per history row
 BEST_ROWS_SHARE = 0.25       # of history_rows, reserved for the best experiments
 TRUNCATED = "\n[... {n} characters cut to fit the prompt budget ...]\n"
@@ -60,11 +64,15 @@ def history_table(ctx: AgentContext, rows: int, max_chars: int) -> str:
     chosen_ids = {e.id for e in best}
     recent = [e for e in reversed(history) if e.id not in chosen_ids][:max(0, rows - len(best))]
     best_metric = ctx.best.metric if ctx.best is not None else None
-    header = ["| id | status | metric | vs best | description |", "|---|---|---|---|---|"]
+    several = len({(e.agent, e.role) for e in history if e.agent}) > 1
+    header = ["| id | status | metric | vs best |" + (" by |" if several else "") +
+              " description |", "|---|---|---|---|" + ("---|" if several else "") + "---|"]
 
     def row(e: HistoryEntry) -> str:
         delta = "-" if e.metric is None or best_metric is None else f"{e.metric - best_metric:+.4g}"
-        return f"| {e.id} | {e.status} | {_fmt(e.metric)} | {delta} | {_one_line(e.description)} |"
+        by = f" {_one_line(e.role or e.agent or '-', 30)} |" if several else ""
+        return (f"| {e.id} | {e.status} | {_fmt(e.metric)} | {delta} |{by} "
+                f"{_one_line(e.description)} |")
 
     parts = [summary]
     shown = 0
@@ -101,7 +109,24 @@ def _fenced(title: str, text: str) -> str:
     return f"{title}\n```\n{text}{'' if not text or text.endswith(chr(10)) else chr(10)}```"
 
 
-def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int) -> str:
+def research_section(ctx: AgentContext, max_chars: int, how: str = "") -> str:
+    """The research notes (shared by the run's agents) and the summary of what was tried.
+    `how`: how this kind of agent writes its notes ("" when it cannot)."""
+    if not ctx.notes_chars:
+        return ""
+    notes = ctx.research_notes.strip() or "(none yet)"
+    parts = [f"# Research notes (shared by every agent of this run, at most {ctx.notes_chars} "
+             f"characters)\n" + _cut(notes, int(max_chars * NOTES_SHARE), keep="tail")]
+    if how:
+        parts.append(how)
+    if ctx.tried:
+        parts.append("# What was tried, by theme (made by the harness from the ledger)\n" +
+                     _cut(ctx.tried, int(max_chars * TRIED_SHARE)))
+    return "\n\n".join(parts)
+
+
+def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int,
+                 notes_how: str = "") -> str:
     """The context for one proposal, at most `max_chars` characters."""
     spec = ctx.spec
     goal = (f"# Goal\n{spec.direction.capitalize()} the metric `{spec.metric}`. Propose ONE change "
@@ -121,16 +146,19 @@ def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int) -> str
         best, feedback = _cut(best, max_chars // 8), _cut(feedback, max_chars // 8)
         fixed = len(goal) + len(best) + len(feedback) + 200
 
-    program = "# Program (program.md)\n" + _cut(ctx.program.strip(), int(max_chars * PROGRAM_SHARE))
+    role = f" of your role, {ctx.role}" if ctx.role else " (program.md)"
+    program = f"# Program{role}\n" + _cut(ctx.program.strip(), int(max_chars * PROGRAM_SHARE))
     history = "# History\n" + history_table(ctx, history_rows, int(max_chars * HISTORY_SHARE))
+    research = research_section(ctx, max_chars, notes_how)
     crash = ""
     if ctx.last_crash_log:
         crash = ("# Log tail of the last crash\n```\n" +
                  _cut(ctx.last_crash_log.rstrip(), int(max_chars * CRASH_SHARE), keep="tail") + "\n```")
     title = f"# Editable files at the best commit ({ctx.base_commit[:10]})\n"
-    room = max_chars - fixed - len(program) - len(history) - len(crash) - len(title)
+    room = (max_chars - fixed - len(program) - len(history) - len(research) - len(crash)
+            - len(title))
     files = title + _files_section(ctx.files, max(0, room))
 
-    sections = [goal, program, best, history, crash, files, feedback]
+    sections = [goal, program, best, history, research, crash, files, feedback]
     text = "\n\n".join(s for s in sections if s) + "\n"
     return _cut(text, max_chars)

@@ -1,0 +1,165 @@
+"""Research notes that survive context loss, and the machine-made summary of what was tried.
+
+The notes: one text per run, kept in the ledger (`Ledger.research_notes`), shared by every agent
+of the run and shown in each prompt. Agents write them outside the editable code:
+- a coding-agent CLI edits `.autoresearch-notes.md` in its scratch checkout (the harness writes
+  the current notes there and reads the file back after the proposal; it is never committed
+  and never counts as an edit of a locked file);
+- an LLM API agent adds `Research note: ...` lines to its answer (appended, signed with the
+  experiment number and the agent);
+- a script agent's line may carry `"notes": "..."` (appended).
+They are bounded by `[notes] max_chars`: past it, the oldest lines are dropped (and the agent
+is told). The agent never sees the holdout, so its notes cannot hold it.
+
+The summary (`Tried`): every candidate grouped by theme (a top-level constant of a Python file,
+other code of a file, a non-Python file, a file added or deleted) with its outcomes (kept,
+discarded, failed, near-duplicates) and the best effect seen, against the best each was proposed
+against, in the metric's units. It is made from the same rows and metrics the agent's history
+shows (never the holdout, which lives in the decision records), bounded by
+`[notes] summary_chars`: the most tried themes first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .agents.params import find_constants
+from .experiment import Kind, Status
+from .ledger import Experiment
+from .neardup import fingerprint
+
+NOTES_FILE = ".autoresearch-notes.md"     # in a coding agent's scratch checkout
+DROPPED = "[older notes dropped to stay within {n} characters]"
+
+
+def bound(text: str, max_chars: int) -> tuple[str, bool]:
+    """`text` within max_chars: the oldest (first) lines dropped first; True when cut."""
+    text = text.strip()
+    if len(text) <= max_chars:
+        return text, False
+    head = DROPPED.format(n=max_chars)
+    lines = text.splitlines()
+    while lines and len(head) + 1 + len("\n".join(lines)) > max_chars:
+        lines.pop(0)
+    if not lines:       # one line longer than the bound: its end is kept
+        return head + "\n" + text[-(max_chars - len(head) - 1):], True
+    return head + "\n" + "\n".join(lines), True
+
+
+def add_entry(notes: str, entry: str, *, seq: int | None, who: str,
+              max_chars: int) -> tuple[str, bool]:
+    """The notes with one entry appended, signed with its experiment (if it became one) and
+    its agent (bounded)."""
+    line = " ".join(entry.split())
+    sign = f"#{seq} ({who})" if seq is not None else f"({who})"
+    body = (notes.strip() + "\n" if notes.strip() else "") + f"- {sign}: {line}"
+    return bound(body, max_chars)
+
+
+# == the machine-made summary =====================================================================
+def themes_of(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What a change touched, from the editable files before and after it."""
+    out: list[str] = []
+    for path in sorted(set(before) | set(after)):
+        a, b = before.get(path), after.get(path)
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"{path} (new file)")
+            continue
+        if b is None:
+            out.append(f"{path} (deleted)")
+            continue
+        if not path.endswith(".py"):
+            out.append(path)
+            continue
+        old = {c.name: c.value for c in find_constants(path, a)}
+        new = {c.name: c.value for c in find_constants(path, b)}
+        names = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+        out.extend(f"{path}: {n}" for n in names)
+        fa, fb = fingerprint(path, a), fingerprint(path, b)
+        if fa.skeleton != fb.skeleton or not names and fa.canon != fb.canon:
+            out.append(f"{path} (code)")
+    return out
+
+
+@dataclass
+class _Theme:
+    tried: int = 0
+    kept: int = 0
+    discarded: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    best: float | None = None      # the best effect (positive: better), in metric units
+    best_seq: int | None = None
+
+
+@dataclass
+class Tried:
+    """Themes per experiment, computed once each from its commit and parent."""
+
+    read: Callable[[str], dict[str, str]]      # a commit's editable files
+    direction: str
+    max_chars: int
+    _themes: dict[int, list[str]] = field(default_factory=dict)    # experiment id -> themes
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, e: Experiment, themes: list[str] | None = None) -> None:
+        """Remember an experiment's themes (computed from git when not given)."""
+        if themes is None:
+            if not (e.commit_sha and e.parent):
+                return
+            themes = themes_of(self.read(e.parent), self.read(e.commit_sha))
+        with self._lock:
+            self._themes[e.id] = themes
+
+    def render(self, rows: list[Experiment], value: Callable[[Experiment], float | None]) -> str:
+        """The summary table, at most max_chars. `value`: an experiment's measured mean."""
+        sign = -1.0 if self.direction == "minimize" else 1.0
+        by_commit = {e.commit_sha: e for e in rows if e.commit_sha and e.kind != Kind.REPEAT}
+        themes: dict[str, _Theme] = {}
+        with self._lock:
+            known = dict(self._themes)
+        for e in rows:
+            if e.kind != Kind.CANDIDATE or e.id not in known:
+                continue
+            effect = None
+            parent = by_commit.get(e.parent)
+            if e.status in (Status.KEEP, Status.DISCARD, Status.REBASED) and parent is not None:
+                mine, theirs = value(e), value(parent)
+                if mine is not None and theirs is not None:
+                    effect = sign * (mine - theirs)
+            for name in known[e.id]:
+                t = themes.setdefault(name, _Theme())
+                t.tried += 1
+                if e.status in (Status.KEEP, Status.REBASED):
+                    t.kept += 1
+                elif e.status in (Status.DISCARD, Status.PRUNED):
+                    t.discarded += 1
+                elif e.status == Status.DUPLICATE:
+                    t.duplicates += 1
+                elif e.status.failed:
+                    t.failed += 1
+                if effect is not None and (t.best is None or effect > t.best):
+                    t.best, t.best_seq = effect, e.seq
+        if not themes:
+            return ""
+        head = ("| theme | tried | kept | discarded | failed | near-duplicates | best effect |\n"
+                "|---|---|---|---|---|---|---|")
+        lines, used = [], len(head) + 120
+        order = sorted(themes.items(), key=lambda kv: (-kv[1].tried, kv[0]))
+        for name, t in order:
+            best = "-" if t.best is None else f"{t.best:+.4g} (#{t.best_seq})"
+            line = (f"| {name} | {t.tried} | {t.kept} | {t.discarded} | {t.failed} | "
+                    f"{t.duplicates} | {best} |")
+            if used + len(line) + 1 > self.max_chars:
+                break
+            lines.append(line)
+            used += len(line) + 1
+        rest = len(order) - len(lines)
+        tail = f"\n({rest} rarer themes not shown.)" if rest else ""
+        better = "lower" if self.direction == "minimize" else "higher"
+        return (f"Effect: the metric's change against the best each was proposed against "
+                f"(positive = better, i.e. {better}).\n{head}\n" + "\n".join(lines) + tail)
