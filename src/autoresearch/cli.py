@@ -8,6 +8,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import re
@@ -262,6 +263,22 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
                       f"{len(kept)} kept; results: {target.results_path}", markup=False)
 
 
+def _print_yield(agents: list[dict]) -> None:
+    """`status`: what each agent of the run brought (summary.yield_by_agent)."""
+    from rich.table import Table
+
+    if not agents:
+        return
+    t = Table(title="yield by agent", header_style="bold")
+    for c in ("agent", "role", "proposals", "kept", "keep rate", "improvement", "cost"):
+        t.add_column(c)
+    for y in agents:
+        rate = "-" if y["keep_rate"] is None else f"{y['keep_rate']:.0%}"
+        t.add_row(Text(y["agent"]), Text(y["role"] or "-"), str(y["proposals"]), str(y["kept"]),
+                  rate, f"{y['improvement']:+.6g}", f"${y['cost_usd']:.4f}")
+    console.print(t)
+
+
 # == agent-driven mode =========================================================================
 def cmd_start(args) -> int:
     from .ui import Reporter
@@ -423,11 +440,13 @@ def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from .summary import run_summary
+    from .summary import run_summary, yield_by_agent
     from .ui import experiments_table
 
     target, ledger, tag = _open_run(args)
     info = run_summary(ledger, tag, target.spec.policy)
+    info["agents"] = [dataclasses.asdict(y) for y in
+                      yield_by_agent(list(ledger.iter_experiments(tag)), info["direction"])]
     if args.json:
         print(dumps(info, indent=2))
         return 0
@@ -457,6 +476,7 @@ def cmd_status(args) -> int:
                if info["cost_per_improvement"] is not None else "")
         console.print(f"  cost ${info['cost_usd']:.4f}{per} · tokens {info['tokens']['input']} in, "
                       f"{info['tokens']['output']} out")
+    _print_yield(info["agents"])
     if info["slots"]:
         t = Table(title="slots", header_style="bold")
         for c in ("slot", "gpu", "running", "for", "proposal"):

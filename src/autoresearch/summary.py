@@ -329,3 +329,56 @@ def experiment_detail(ledger: Ledger, tag: str, seq: int, root: Path,
             d["diff_error"] = str(err)
     d["log_tail"] = tail_lines(Path(e.log_path), log_lines) if e.log_path else []
     return d
+
+
+@dataclass
+class AgentYield:
+    """What one agent of a run (a portfolio member) brought: `status`, `compare` and the JSON."""
+
+    agent: str
+    role: str | None
+    proposals: int            # its candidates: run, refused, failed and near-duplicates alike
+    kept: int                 # of them, kept (directly or after a rebase)
+    keep_rate: float | None   # kept / proposals
+    improvement: float        # the best's gain it contributed (metric units, positive = better)
+    cost_usd: float           # what its proposals cost, repeats of them excluded (they cost none)
+
+
+def yield_by_agent(rows: list[Experiment], direction: str) -> list[AgentYield]:
+    """Per agent and role, in order of first proposal. The improvement of a keep is the step
+    it made along the kept chain (the mean of its measurements against the previous best's),
+    credited to the agent that proposed it; the baseline is nobody's improvement."""
+    sign = -1.0 if direction == "minimize" else 1.0
+    by_tree: dict[str, list[float]] = {}
+    for e in rows:
+        if e.tree_sha and e.metric is not None and math.isfinite(e.metric) and e.status in (
+                Status.KEEP, Status.DISCARD, Status.REPEAT, Status.PENDING, Status.REBASED):
+            by_tree.setdefault(e.tree_sha, []).append(e.metric)
+
+    def mean(e: Experiment) -> float | None:
+        values = by_tree.get(e.tree_sha or "", [])
+        return sum(values) / len(values) if values else e.metric
+
+    out: dict[tuple[str, str | None], AgentYield] = {}
+
+    def of(e: Experiment) -> AgentYield:
+        key = (e.agent or "-", e.role)
+        return out.setdefault(key, AgentYield(key[0], key[1], 0, 0, None, 0.0, 0.0))
+
+    for e in rows:
+        if e.kind == Kind.CANDIDATE:
+            y = of(e)
+            y.proposals += 1
+            y.cost_usd += e.cost_usd
+    chain = sorted((e for e in rows if e.status == Status.KEEP), key=kept_order)
+    for before, after in zip(chain, chain[1:], strict=False):
+        if after.kind == Kind.BASELINE:
+            continue
+        a, b = mean(before), mean(after)
+        y = of(after)
+        y.kept += 1
+        if a is not None and b is not None:
+            y.improvement += sign * (a - b)
+    for y in out.values():
+        y.keep_rate = y.kept / y.proposals if y.proposals else None
+    return [y for y in out.values() if y.proposals or y.kept]
