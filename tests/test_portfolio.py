@@ -184,6 +184,8 @@ def test_a_coding_agent_keeps_notes_in_its_scratch_file_never_committed(tmp_path
     second = (tmp_path / "cli.jsonl.prompts" / "2.txt").read_text()
     assert "LR 0.004 trains faster." in second and ".autoresearch-notes.md" in second
     assert notes_of(target) == "LR 0.004 trains faster.\nTry width next."
+    shown = ar(target, "notes", "--tag", "t", check=True).stdout
+    assert "LR 0.004 trains faster.\nTry width next." in shown
     for s in (2, 3):
         listed = git(target, "ls-tree", "-r", "--name-only", rows[s]["commit"])
         assert ".autoresearch-notes.md" not in listed.split()

@@ -497,6 +497,17 @@ def _check_limit(limit: int | None) -> None:
         raise ConfigError(f"--limit must be at least 1 (got {limit})")
 
 
+def cmd_notes(args) -> int:
+    """The run's research notes (notes.py), verbatim: they are the agents' text."""
+    _, ledger, tag = _open_run(args)
+    text = ledger.research_notes(tag)
+    if text:
+        console.print(text, markup=False, highlight=False)
+    else:
+        console.print(f"no research notes in run {_e(tag)} yet")
+    return 0
+
+
 def cmd_log(args) -> int:
     from .export import row
     from .ui import experiments_table
@@ -741,6 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "log":
             p.add_argument("--limit", type=int)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("notes", help="the research notes of a run, as its agents wrote them")
+    p.add_argument("--tag")
+    p.set_defaults(func=cmd_notes)
 
     p = sub.add_parser("show", help="one experiment: metrics, decision, diff, log tail")
     p.add_argument("id", type=int, help="experiment number (#N)")

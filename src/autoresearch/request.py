@@ -78,7 +78,8 @@ class RunRequest:
         run = ledger.get_run(self.tag)
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
         if agent is not None:
-            portfolio = Portfolio.single(agent_name or self.agent or "agent", agent)
+            portfolio = Portfolio.single(agent_name or self.agent or (
+                run.agent if run and run.agent else "optuna"), agent)
         else:
             portfolio = self._portfolio(target, ratchet, base, run.agent if run else None)
             portfolio.check()   # fail fast: an unreachable endpoint or a rejected key is one line
