@@ -1,23 +1,11 @@
-"""The near-duplicate rules (neardup.py), the notes' bounds and themes (notes.py), and the
-portfolio's shares (portfolio.py), as pure functions over hand-made versions."""
+"""The near-duplicate rules (neardup.py) and the notes' bounds and themes (notes.py), as pure
+functions over hand-made versions of the files."""
 
 from __future__ import annotations
 
-import pytest
-
-from autoresearch.agents.base import Agent
-from autoresearch.config import AgentEntry, NotesSettings
-from autoresearch.errors import ConfigError
+from autoresearch.config import NotesSettings
 from autoresearch.neardup import NearDuplicates, fingerprint, within
 from autoresearch.notes import add_entry, bound, themes_of
-from autoresearch.portfolio import (
-    Member,
-    Portfolio,
-    describe,
-    entries_from_flags,
-    parse_recorded,
-    split_share,
-)
 
 TRAIN = '''"""Training (EDITABLE)."""
 LR = 0.01          # step size
@@ -168,59 +156,35 @@ def test_themes_name_constants_code_and_files():
         "c.yaml", "new.py (new file)"]
 
 
-# == portfolio ====================================================================================
-class _Idle(Agent):
-    def propose(self, context):  # pragma: no cover - never asked here
-        raise AssertionError
+def test_the_summary_groups_outcomes_by_theme_with_the_best_effect(tmp_path):
+    from autoresearch.experiment import Kind, Status
+    from autoresearch.ledger import Ledger
+    from autoresearch.notes import Tried
 
-
-def test_a_trailing_number_is_a_share_only_where_it_cannot_be_the_spec():
-    assert split_share("claude:3") == ("claude", 3)
-    assert split_share("script:steps.jsonl:2") == ("script:steps.jsonl", 2)
-    assert split_share("openai:qwen:7") == ("openai:qwen", 7)
-    assert split_share("openai:7") == ("openai:7", None)         # a model named 7
-    assert split_share("openai:llama3:8b") == ("openai:llama3:8b", None)
-    assert split_share("optuna") == ("optuna", None)
-    with pytest.raises(ConfigError, match="at least 1"):
-        split_share("claude:0")
-    with pytest.raises(ConfigError, match="given twice"):
-        entries_from_flags(["optuna", "optuna:2"])
-
-
-def test_a_recorded_portfolio_parses_back_to_its_flags():
-    entries = [AgentEntry(agent="claude", slots=3, role="explorer"), AgentEntry(agent="optuna")]
-    text = describe(entries)
-    assert text == "claude:3 (explorer) + optuna:1"
-    assert parse_recorded(text) == ["claude:3", "optuna:1"]
-    assert describe([AgentEntry(agent="optuna")]) == "optuna"
-
-
-def test_on_one_slot_proposals_follow_the_shares():
-    claude, optuna = Member("claude", _Idle(), slots=3), Member("optuna", _Idle(), slots=1)
-    p = Portfolio([claude, optuna])
-    order = []
-    for _ in range(40):
-        m = p.choose({}, {})
-        m.asked += 1
-        order.append(m.spec)
-    assert order.count("claude") == 30 and order.count("optuna") == 10
-
-
-def test_with_slots_in_use_the_member_below_its_share_is_asked():
-    claude, optuna = Member("claude", _Idle(), slots=3), Member("optuna", _Idle(), slots=1)
-    p = Portfolio([claude, optuna])
-    assert p.choose({claude: 3, optuna: 0}, {}) is optuna
-    assert p.choose({claude: 2, optuna: 1}, {}) is claude
-    claude.exhausted = True
-    assert p.choose({claude: 0, optuna: 5}, {}) is optuna
-    optuna.exhausted = True
-    assert p.choose({}, {}) is None and p.exhausted
-
-
-def test_an_agent_that_works_one_at_a_time_is_not_asked_while_it_is_busy():
-    class OneAtATime(_Idle):
-        concurrent = False
-
-    slow, other = Member("slow", OneAtATime(), slots=5), Member("other", _Idle(), slots=1)
-    p = Portfolio([slow, other])
-    assert p.choose({slow: 1, other: 3}, {slow: 1}) is other
+    commits = {"base": TRAIN, "lr": TRAIN.replace("LR = 0.01", "LR = 0.02"),
+               "lr2": TRAIN.replace("LR = 0.01", "LR = 0.05"),
+               "code": TRAIN.replace("return x * LR + WIDTH", "return x * LR"),
+               "both": TRAIN.replace("LR = 0.01", "LR = 0.03").replace("WIDTH = 64", "WIDTH = 8")}
+    ledger = Ledger(tmp_path / "l.db")
+    rows = [ledger.add_experiment("t", kind=Kind.BASELINE, status=Status.KEEP, commit_sha="base",
+                                  metric=1.0, decision={"holdout": 0.123456})]
+    for commit, status, metric in [("lr", Status.DISCARD, 1.1), ("lr2", Status.KEEP, 0.9),
+                                   ("code", Status.CRASH, None), ("both", Status.DUPLICATE, None)]:
+        rows.append(ledger.add_experiment("t", kind=Kind.CANDIDATE, status=status, parent="base",
+                                          commit_sha=commit, metric=metric))
+    tried = Tried(lambda c: {"train.py": commits[c]}, "minimize", max_chars=2000)
+    for e in rows:
+        tried.note(e)
+    text = tried.render(rows, lambda e: e.metric)
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| train")}
+    assert lines["train.py: LR"] == "| train.py: LR | 3 | 1 | 1 | 0 | 1 | +0.1 (#3) |"
+    assert lines["train.py: WIDTH"] == "| train.py: WIDTH | 1 | 0 | 0 | 0 | 1 | - |"
+    assert lines["train.py (code)"] == "| train.py (code) | 1 | 0 | 0 | 1 | 0 | - |"
+    assert "0.1235" not in text and "0.123456" not in text       # never the holdout
+    short = Tried(tried.read, "minimize", max_chars=330)
+    for e in rows:
+        short.note(e)
+    cut = short.render(rows, lambda e: e.metric)
+    assert len(cut) <= 330 and "rarer themes not shown" in cut
+    assert "train.py: LR" in cut                                 # the most tried first
+    ledger.close()

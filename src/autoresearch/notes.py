@@ -146,9 +146,12 @@ class Tried:
                     t.best, t.best_seq = effect, e.seq
         if not themes:
             return ""
+        better = "lower" if self.direction == "minimize" else "higher"
+        preface = (f"Effect: the metric's change against the best each was proposed against "
+                   f"(positive = better, i.e. {better}).")
         head = ("| theme | tried | kept | discarded | failed | near-duplicates | best effect |\n"
                 "|---|---|---|---|---|---|---|")
-        lines, used = [], len(head) + 120
+        lines, used = [], len(preface) + len(head) + 40     # 40: the line of themes not shown
         order = sorted(themes.items(), key=lambda kv: (-kv[1].tried, kv[0]))
         for name, t in order:
             best = "-" if t.best is None else f"{t.best:+.4g} (#{t.best_seq})"
@@ -160,6 +163,4 @@ class Tried:
             used += len(line) + 1
         rest = len(order) - len(lines)
         tail = f"\n({rest} rarer themes not shown.)" if rest else ""
-        better = "lower" if self.direction == "minimize" else "higher"
-        return (f"Effect: the metric's change against the best each was proposed against "
-                f"(positive = better, i.e. {better}).\n{head}\n" + "\n".join(lines) + tail)
+        return f"{preface}\n{head}\n" + "\n".join(lines) + tail

@@ -378,7 +378,7 @@ def yield_by_agent(rows: list[Experiment], direction: str) -> list[AgentYield]:
         y = of(after)
         y.kept += 1
         if a is not None and b is not None:
-            y.improvement += sign * (a - b)
+            y.improvement += sign * (b - a)
     for y in out.values():
         y.keep_rate = y.kept / y.proposals if y.proposals else None
     return [y for y in out.values() if y.proposals or y.kept]
