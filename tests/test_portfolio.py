@@ -228,3 +228,16 @@ def test_near_duplicate_detection_can_be_turned_off(tmp_path):
     rows = ledger_rows(target, "t")
     assert [r["status"] == "duplicate" for r in rows] == [False, False, False]
     assert rows[2]["metric"] is not None
+
+
+def test_bad_portfolios_are_one_line_errors_that_leave_nothing_behind(tmp_path):
+    target = quickstart(tmp_path, '[[agents]]\nagent = "optuna"\nprogram = "tuner.md"\n')
+    cases = [(["--agent", "optuna", "--agent", "optuna:2"], "--agent optuna is given twice"),
+             (["--agent", "claude:0"], "share of slots must be at least 1"),
+             ([], "program = 'tuner.md', which is not committed")]
+    for flags, message in cases:
+        p = ar(target, "run", "--tag", "t", "--max-experiments", "2", *flags)
+        assert p.returncode == 1, p.stdout + p.stderr
+        out = (p.stdout + p.stderr).strip()
+        assert message in out and len(out.splitlines()) == 1, out
+        assert not (target / ".autoresearch" / "ledger.db").exists()

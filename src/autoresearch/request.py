@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agents import Agent
-from .config import PROGRAM_NAME, Target, check_globs
+from .config import PROGRAM_NAME, AgentEntry, Target, check_globs
 from .errors import ConfigError
 from .globs import matches
 from .ledger import Ledger
@@ -60,6 +60,10 @@ class RunRequest:
                                   f"(got {value:g})")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"unknown --executor '{self.executor}' — use local or ray")
+        self._flag_entries()
+
+    def _flag_entries(self) -> list[AgentEntry]:
+        return entries_from_flags([*(self.agents or []), *([self.agent] if self.agent else [])])
 
     def build(self, target: Target, *, agent: Agent | None = None, agent_name: str | None = None,
               reporter: Any | None = None) -> Loop:
@@ -72,8 +76,13 @@ class RunRequest:
         self.check()   # flags first: bad input must not leave anything behind
         ratchet = Ratchet(target.root)
         base = ratchet.branch_commit(self.tag) or ratchet.head()
-        check_globs(target.spec, target.root, target.config_path,
-                    files=list(ratchet.list_files(base)))
+        files = ratchet.list_files(base)
+        check_globs(target.spec, target.root, target.config_path, files=list(files))
+        for e in ([] if agent is not None or self._flag_entries() else target.spec.agents):
+            if e.program and e.program not in files:
+                raise ConfigError(f"{target.config_path}: [[agents]] {e.agent} has program = "
+                                  f"{e.program!r}, which is not committed in the target — add "
+                                  f"and commit it, or remove the key")
         ledger = Ledger(target.state_dir / "ledger.db")
         run = ledger.get_run(self.tag)
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
@@ -104,24 +113,17 @@ class RunRequest:
 
     def _portfolio(self, target: Target, ratchet: Any, base: str,
                    recorded: str | None) -> Portfolio:
-        """The agents: --agent flags, else [[agents]], else the run's recorded ones, else optuna.
-        Each member's program must be in the commit the run starts from."""
+        """The agents: --agent flags, else [[agents]], else the run's recorded ones, else optuna
+        (each member's seed is --seed plus its place, so two optuna members differ)."""
         from .agents import make_agent
 
         spec = target.spec
-        flags = [*(self.agents or []), *([self.agent] if self.agent else [])]
-        entries = (entries_from_flags(flags) if flags else spec.agents or
+        entries = (self._flag_entries() or spec.agents or
                    entries_from_flags(parse_recorded(recorded) if recorded else ["optuna"]))
         files = ratchet.list_files(base)
         editable = [p for p in files if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
         texts = ratchet.read_files(base, editable)
-        members = []
-        for i, e in enumerate(entries):
-            program = e.program or PROGRAM_NAME
-            if e.program and e.program not in files:
-                raise ConfigError(f"{target.config_path}: [[agents]] {e.agent} has program = "
-                                  f"{e.program!r}, which is not committed in the target — add and "
-                                  f"commit it, or remove the key")
-            agent = make_agent(e.agent, target, files=texts, seed=self.seed + i)
-            members.append(Member(e.agent, agent, e.slots, e.role, program))
+        members = [Member(e.agent, make_agent(e.agent, target, files=texts, seed=self.seed + i),
+                          e.slots, e.role, e.program or PROGRAM_NAME)
+                   for i, e in enumerate(entries)]
         return Portfolio(members)
