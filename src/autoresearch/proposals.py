@@ -261,9 +261,11 @@ class Proposals:
         except Exception as e:  # an agent bug must not end an overnight run
             self._agent_error(pending.base, f"{type(e).__name__}: {e}", Usage(), None, member)
             return
-        seq = self.state.next_seq
+        cr = prepared.commit
+        repeat = cr is not None and (cr.tree in self.state.trees or not cr.changed)
+        # first the notes: an exact repeat has no row, any other proposal gets the next seq
+        self._take_notes(prepared.proposal, member, None if repeat else self.state.next_seq)
         self._accept(prepared, pending.base, duplicates, member)
-        self._take_notes(prepared.proposal, member, seq if self.state.next_seq > seq else None)
 
     def _take_notes(self, proposal: Proposal, member: Member, seq: int | None) -> None:
         """What the proposal wrote to the research notes, bounded and stored in the ledger."""
