@@ -172,19 +172,27 @@ def test_the_summary_groups_outcomes_by_theme_with_the_best_effect(tmp_path):
                                    ("code", Status.CRASH, None), ("both", Status.DUPLICATE, None)]:
         rows.append(ledger.add_experiment("t", kind=Kind.CANDIDATE, status=status, parent="base",
                                           commit_sha=commit, metric=metric))
-    tried = Tried(lambda c: {"train.py": commits[c]}, "minimize", max_chars=2000)
+    by_commit = {e.commit_sha: e for e in rows}
+    tried = Tried(lambda c: {"train.py": commits[c]}, "minimize", max_chars=2000,
+                  commit_row=by_commit.get)
     for e in rows:
         tried.note(e)
-    text = tried.render(rows, lambda e: e.metric)
+    text = tried.render()
     lines = {ln.split(" | ")[0].strip("| "): ln for ln in text.splitlines() if ln.startswith("| train")}
     assert lines["train.py: LR"] == "| train.py: LR | 3 | 1 | 1 | 0 | 1 | +0.1 (#3) |"
     assert lines["train.py: WIDTH"] == "| train.py: WIDTH | 1 | 0 | 0 | 0 | 1 | - |"
     assert lines["train.py (code)"] == "| train.py (code) | 1 | 0 | 0 | 1 | 0 | - |"
     assert "0.1235" not in text and "0.123456" not in text       # never the holdout
-    short = Tried(tried.read, "minimize", max_chars=330)
+    short = Tried(tried.read, "minimize", max_chars=330, commit_row=by_commit.get)
     for e in rows:
         short.note(e)
-    cut = short.render(rows, lambda e: e.metric)
+    cut = short.render()
     assert len(cut) <= 330 and "rarer themes not shown" in cut
     assert "train.py: LR" in cut                                 # the most tried first
+    # a row that changes is counted again where it now belongs (a keep the holdout reverted)
+    ledger.update(rows[2].id, status=Status.DISCARD)
+    rows[2].status = Status.DISCARD
+    tried.observe(rows[2])
+    lr = next(ln for ln in tried.render().splitlines() if ln.startswith("| train.py: LR "))
+    assert lr == "| train.py: LR | 3 | 0 | 2 | 0 | 1 | +0.1 (#3) |"
     ledger.close()

@@ -16,9 +16,9 @@ baseline, candidates and rebases, whatever their status), under three rules, in 
    have a Jaccard similarity of at least `[notes] similarity` (0.9 by default). Only the same
    best: the same idea tried again on a newer best is a new experiment.
 
-Fingerprints are computed once per file content (git blob) and indexed, so a check costs a
-dictionary lookup for rules 1 and 2 and one comparison per experiment of the same best for
-rule 3, however long the run.
+Fingerprints are computed once per file content (git blob) and indexed: rule 1 is a dictionary
+lookup; rules 2 and 3 compare with at most the latest `WINDOW` experiments of the same code
+skeleton and of the same best, so a check costs the same at experiment 10,000 as at 10.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from .config import NotesSettings
 
+WINDOW = 500          # rules 2 and 3: the latest experiments compared with
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
 _PLACEHOLDER = "\x00"
 
@@ -55,7 +56,6 @@ class FileFingerprint:
     canon: str
     skeleton: str
     numbers: tuple[float, ...]
-    lines: tuple[str, ...]          # whitespace-normalised lines (for rule 3's diffs)
 
 
 class _Numbers(ast.NodeTransformer):
@@ -71,7 +71,7 @@ class _Numbers(ast.NodeTransformer):
 
 
 def fingerprint(path: str, text: str) -> FileFingerprint:
-    lines = tuple(normal_lines(text))
+    lines = normal_lines(text)
     if path.endswith(".py"):
         try:
             tree = ast.parse(text)
@@ -81,11 +81,11 @@ def fingerprint(path: str, text: str) -> FileFingerprint:
             canon = ast.dump(tree)
             numbers = _Numbers()
             skeleton = ast.dump(numbers.visit(tree))
-            return FileFingerprint(_hash(canon), _hash(skeleton), tuple(numbers.found), lines)
+            return FileFingerprint(_hash(canon), _hash(skeleton), tuple(numbers.found))
     joined = "\n".join(lines)
     numbers_text = [float(m.group()) for m in _NUMBER.finditer(joined)]
     return FileFingerprint(_hash(joined), _hash(_NUMBER.sub(_PLACEHOLDER, joined)),
-                           tuple(numbers_text), lines)
+                           tuple(numbers_text))
 
 
 @dataclass(frozen=True)
@@ -106,20 +106,17 @@ class Version:
     def numbers(self) -> tuple[float, ...]:
         return tuple(n for _, f in self.files for n in f.numbers)
 
-    def lines(self) -> dict[str, tuple[str, ...]]:
-        return {p: f.lines for p, f in self.files}
 
-
-def changed_lines(before: Version, after: Version) -> Counter[str]:
-    """The change from one version to another as a multiset of `path -line` / `path +line`."""
+def changed_lines(before: dict[str, str], after: dict[str, str]) -> Counter[str]:
+    """The change between two versions' files as a multiset of `path -line` / `path +line`
+    (whitespace-normalised lines)."""
     import difflib
 
-    old, new = before.lines(), after.lines()
     out: Counter[str] = Counter()
-    for path in sorted(set(old) | set(new)):
-        a, b = old.get(path, ()), new.get(path, ())
-        if a == b:
+    for path in sorted(set(before) | set(after)):
+        if before.get(path) == after.get(path):
             continue
+        a, b = normal_lines(before.get(path, "")), normal_lines(after.get(path, ""))
         for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
             if tag == "equal":
                 continue
@@ -155,7 +152,8 @@ class _Known:
     exp_id: int
     version: Version
     parent: str | None
-    change: Counter[str] | None = None
+    commit: str
+    change: Counter[str] | None = None     # against its parent (rule 3), kept small: changed lines
 
 
 @dataclass
@@ -170,7 +168,22 @@ class NearDuplicates:
     _canon: dict[str, int] = field(default_factory=dict)          # -> experiment id
     _skeleton: dict[str, list[_Known]] = field(default_factory=dict)
     _by_parent: dict[str, list[_Known]] = field(default_factory=dict)
+    _changes: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)   # recent ones
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def change(self, commit: str, parent: str) -> Counter[str]:
+        """A commit's change against its parent (any thread; the latest WINDOW are cached)."""
+        with self._lock:
+            known = self._changes.get((commit, parent))
+        if known is not None:
+            return known
+        texts = {p: t for p, (_, t) in self.read(parent).items()}
+        mine = changed_lines(texts, {p: t for p, (_, t) in self.read(commit).items()})
+        with self._lock:
+            self._changes[(commit, parent)] = mine
+            while len(self._changes) > WINDOW:
+                self._changes.pop(next(iter(self._changes)))
+        return mine
 
     def version(self, commit: str) -> Version:
         """The fingerprints of a commit's editable files (any thread)."""
@@ -195,7 +208,7 @@ class NearDuplicates:
     def add(self, exp_id: int, commit: str, parent: str | None) -> None:
         """Index an experiment's code (an earlier version keeps its first experiment)."""
         v = self.version(commit)
-        known = _Known(exp_id, v, parent)
+        known = _Known(exp_id, v, parent, commit)
         self._canon.setdefault(v.canon, exp_id)
         self._skeleton.setdefault(v.skeleton, []).append(known)
         if parent is not None:
@@ -207,7 +220,7 @@ class NearDuplicates:
         v = self.version(commit)
         if (exp_id := self._canon.get(v.canon)) is not None:
             return Match(exp_id, "formatting", "the same code up to formatting and comments")
-        for k in self._skeleton.get(v.skeleton, ()):
+        for k in reversed(self._skeleton.get(v.skeleton, [])[-WINDOW:]):
             pairs = [(a, b) for a, b in zip(v.numbers, k.version.numbers, strict=True)
                      if a != b]
             if pairs and all(within(a, b, s.constant_tolerance) for a, b in pairs):
@@ -215,11 +228,11 @@ class NearDuplicates:
                 return Match(k.exp_id, "constants", f"the same code with constants within "
                              f"{s.constant_tolerance:.0%} of those tried: {shown}")
         mine: Counter[str] | None = None
-        for k in self._by_parent.get(parent, ()):
+        for k in reversed(self._by_parent.get(parent, [])[-WINDOW:]):
             if mine is None:
-                mine = changed_lines(self.version(parent), v)
+                mine = self.change(commit, parent)
             if k.change is None:
-                k.change = changed_lines(self.version(parent), k.version)
+                k.change = self.change(k.commit, parent)
             sim = jaccard(mine, k.change)
             if mine and sim >= s.similarity:
                 return Match(k.exp_id, "similar", f"a change {sim:.0%} similar to it, against the "

@@ -22,6 +22,7 @@ shows (never the holdout, which lives in the decision records), bounded by
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -87,63 +88,86 @@ def themes_of(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 @dataclass
 class _Theme:
-    tried: int = 0
-    kept: int = 0
-    discarded: int = 0
-    failed: int = 0
-    duplicates: int = 0
+    counts: Counter[str] = field(default_factory=Counter)   # outcome -> experiments
     best: float | None = None      # the best effect (positive: better), in metric units
     best_seq: int | None = None
 
 
+def _outcome(status: Status) -> str:
+    if status in (Status.KEEP, Status.REBASED):
+        return "kept"
+    if status in (Status.DISCARD, Status.PRUNED):
+        return "discarded"
+    if status == Status.DUPLICATE:
+        return "duplicates"
+    return "failed" if status.failed else "open"
+
+
 @dataclass
 class Tried:
-    """Themes per experiment, computed once each from its commit and parent."""
+    """Themes per experiment, and per theme its outcomes, kept up to date as rows change
+    (`observe`, a RunState watcher): rendering costs the same at experiment 10,000 as at 10.
 
-    read: Callable[[str], dict[str, str]]      # a commit's editable files
+    `read(commit)`: a commit's editable files; `value(e)`: the mean of e's measurements;
+    `commit_row(sha)`: the experiment of a commit (the best a candidate was proposed against).
+    A candidate's effect is taken once, when it is first judged (kept, discarded, rebased).
+    """
+
+    read: Callable[[str], dict[str, str]]
     direction: str
     max_chars: int
+    value: Callable[[Experiment], float | None] = lambda e: e.metric
+    commit_row: Callable[[str], Experiment | None] = lambda sha: None
     _themes: dict[int, list[str]] = field(default_factory=dict)    # experiment id -> themes
+    _outcome: dict[int, str] = field(default_factory=dict)         # experiment id -> counted as
+    _judged: set[int] = field(default_factory=set)
+    _by_theme: dict[str, _Theme] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, e: Experiment, themes: list[str] | None = None) -> None:
-        """Remember an experiment's themes (computed from git when not given)."""
+        """Remember a candidate's themes (computed from git when not given) and count it."""
+        if e.kind != Kind.CANDIDATE:
+            return
         if themes is None:
             if not (e.commit_sha and e.parent):
                 return
             themes = themes_of(self.read(e.parent), self.read(e.commit_sha))
         with self._lock:
             self._themes[e.id] = themes
+        self.observe(e)
 
-    def render(self, rows: list[Experiment], value: Callable[[Experiment], float | None]) -> str:
-        """The summary table, at most max_chars. `value`: an experiment's measured mean."""
-        sign = -1.0 if self.direction == "minimize" else 1.0
-        by_commit = {e.commit_sha: e for e in rows if e.commit_sha and e.kind != Kind.REPEAT}
-        themes: dict[str, _Theme] = {}
+    def observe(self, e: Experiment) -> None:
+        """A row was written: move its count to its new outcome; take its effect once judged."""
+        themes = self._themes.get(e.id)
+        if themes is None:
+            return
+        outcome = _outcome(e.status)
+        effect = None
+        if e.id not in self._judged and e.status in (Status.KEEP, Status.DISCARD,
+                                                     Status.REBASED):
+            self._judged.add(e.id)
+            parent = self.commit_row(e.parent) if e.parent else None
+            mine, theirs = self.value(e), self.value(parent) if parent is not None else None
+            if mine is not None and theirs is not None:
+                effect = (theirs - mine) if self.direction == "minimize" else (mine - theirs)
         with self._lock:
-            known = dict(self._themes)
-        for e in rows:
-            if e.kind != Kind.CANDIDATE or e.id not in known:
-                continue
-            effect = None
-            parent = by_commit.get(e.parent)
-            if e.status in (Status.KEEP, Status.DISCARD, Status.REBASED) and parent is not None:
-                mine, theirs = value(e), value(parent)
-                if mine is not None and theirs is not None:
-                    effect = sign * (mine - theirs)
-            for name in known[e.id]:
-                t = themes.setdefault(name, _Theme())
-                t.tried += 1
-                if e.status in (Status.KEEP, Status.REBASED):
-                    t.kept += 1
-                elif e.status in (Status.DISCARD, Status.PRUNED):
-                    t.discarded += 1
-                elif e.status == Status.DUPLICATE:
-                    t.duplicates += 1
-                elif e.status.failed:
-                    t.failed += 1
+            before = self._outcome.get(e.id)
+            self._outcome[e.id] = outcome
+            for name in themes:
+                t = self._by_theme.setdefault(name, _Theme())
+                if before is None:
+                    t.counts["tried"] += 1
+                elif before != outcome:
+                    t.counts[before] -= 1
+                if before != outcome:
+                    t.counts[outcome] += 1
                 if effect is not None and (t.best is None or effect > t.best):
                     t.best, t.best_seq = effect, e.seq
+
+    def render(self) -> str:
+        """The summary table, at most max_chars: the most tried themes first."""
+        with self._lock:
+            themes = {n: (Counter(t.counts), t.best, t.best_seq) for n, t in self._by_theme.items()}
         if not themes:
             return ""
         better = "lower" if self.direction == "minimize" else "higher"
@@ -152,11 +176,11 @@ class Tried:
         head = ("| theme | tried | kept | discarded | failed | near-duplicates | best effect |\n"
                 "|---|---|---|---|---|---|---|")
         lines, used = [], len(preface) + len(head) + 40     # 40: the line of themes not shown
-        order = sorted(themes.items(), key=lambda kv: (-kv[1].tried, kv[0]))
-        for name, t in order:
-            best = "-" if t.best is None else f"{t.best:+.4g} (#{t.best_seq})"
-            line = (f"| {name} | {t.tried} | {t.kept} | {t.discarded} | {t.failed} | "
-                    f"{t.duplicates} | {best} |")
+        order = sorted(themes.items(), key=lambda kv: (-kv[1][0]["tried"], kv[0]))
+        for name, (c, best, seq) in order:
+            shown = "-" if best is None else f"{best:+.4g} (#{seq})"
+            line = (f"| {name} | {c['tried']} | {c['kept']} | {c['discarded']} | {c['failed']} | "
+                    f"{c['duplicates']} | {shown} |")
             if used + len(line) + 1 > self.max_chars:
                 break
             lines.append(line)

@@ -108,10 +108,24 @@ class Proposals:
         self.pending: deque[_Pending] = deque()
         settings = self.spec.notes
         self.near = NearDuplicates(settings, self._read_versioned)
-        self.tried = Tried(self._read, self.spec.direction, settings.summary_chars)
+        self._by_commit: dict[str, Experiment] = {}
+        self.tried = Tried(self._read, self.spec.direction, settings.summary_chars,
+                           value=self._mean, commit_row=self._by_commit.get)
         self.notes = session.ledger.research_notes(self.tag)
         for e in state.rows.values():       # a resumed run: what was tried before
+            self._watch(e)
             self._index(e)
+        state.watchers.append(self._watch)
+
+    def _watch(self, e: Experiment) -> None:
+        """Every row written: the commit index and the summary's counts follow it."""
+        if e.commit_sha and e.kind != Kind.REPEAT:
+            self._by_commit.setdefault(e.commit_sha, e)
+        self.tried.observe(e)
+
+    def _mean(self, e: Experiment) -> float | None:
+        values = self.state.sample(e).values
+        return sum(values) / len(values) if values else None
 
     @property
     def exhausted(self) -> bool:
@@ -232,13 +246,8 @@ class Proposals:
         settings = self.spec.notes
         if not settings.enabled:
             return {}
-
-        def value(e: Experiment) -> float | None:
-            values = self.state.sample(e).values
-            return sum(values) / len(values) if values else None
-
         return dict(research_notes=self.notes, notes_chars=settings.max_chars,
-                    tried=self.tried.render(list(self.state.rows.values()), value))
+                    tried=self.tried.render())
 
     # -- taking a proposal -------------------------------------------------------------------
     def take(self, duplicates: int = 0, pending: _Pending | None = None) -> None:
@@ -321,6 +330,7 @@ class Proposals:
                                    self.ratchet.read_files(cr.sha, paths))
             if self.spec.notes.near_duplicates and cr.changed:
                 self.near.version(cr.sha)           # fingerprinted here, off the driver thread
+                self.near.change(cr.sha, base.commit_sha)
         except GitError as e:
             return _Prepared(proposal, error=str(e))
         return _Prepared(proposal, cr, None, self.lines.count(cr.sha), themes)

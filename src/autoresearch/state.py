@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .experiment import HistoryEntry, Kind, Status
@@ -46,6 +46,7 @@ class RunState:
         self.last_crash: Experiment | None = None       # the latest crash or timeout with a log
         self.running_by: Counter[tuple[str | None, str | None]] = Counter()  # (agent, role) -> rows queued or running
         self._never_run = 0                             # near-duplicate rows (not experiments)
+        self.watchers: list[Callable[[Experiment], None]] = []   # told of every row written
         for e in rows:
             self._index(e, new=True)
         self.incumbent = best_of(list(self.rows.values()))
@@ -58,6 +59,8 @@ class RunState:
     def add(self, **fields: Any) -> Experiment:
         e = self.ledger.add_experiment(self.tag, seq=self.next_seq, **fields)
         self._index(e, new=True)
+        for watch in self.watchers:
+            watch(e)
         return e
 
     def update(self, e: Experiment, **fields: Any) -> Experiment:
@@ -67,6 +70,8 @@ class RunState:
         for k, v in as_stored(fields).items():
             setattr(e, k, v)
         self._index(e, new=False)
+        for watch in self.watchers:
+            watch(e)
         return e
 
     def _unindex(self, e: Experiment) -> None:
