@@ -18,7 +18,7 @@ from autoresearch.portfolio import (
     parse_recorded,
     split_share,
 )
-from autoresearch.summary import yield_by_agent
+from autoresearch.summary import agent_yield, yield_by_agent
 
 
 class _Idle(Agent):
@@ -106,6 +106,11 @@ def test_the_yield_credits_each_step_of_the_kept_chain_to_its_proposer(tmp_path)
     assert claude.keep_rate == pytest.approx(1 / 3)
     assert (optuna.proposals, optuna.kept) == (2, 1)
     assert optuna.improvement == pytest.approx(0.85 - 0.75) and optuna.keep_rate == 0.5
-    maxi = {y.agent: y for y in yield_by_agent(
-        Ledger(tmp_path / "l.db").experiments("t"), "maximize")}
+    again = Ledger(tmp_path / "l.db")
+    maxi = {y.agent: y for y in yield_by_agent(again.experiments("t"), "maximize")}
     assert maxi["claude"].improvement == pytest.approx(-(1.1 - 0.85))   # direction counts
+    # what `status` reads (an SQL aggregate and the kept rows only) is the same answer
+    for direction in ("minimize", "maximize"):
+        assert agent_yield(again, "t", direction) == yield_by_agent(again.experiments("t"),
+                                                                    direction)
+    again.close()

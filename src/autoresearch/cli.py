@@ -440,13 +440,12 @@ def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from .summary import run_summary, yield_by_agent
+    from .summary import agent_yield, run_summary
     from .ui import experiments_table
 
     target, ledger, tag = _open_run(args)
     info = run_summary(ledger, tag, target.spec.policy)
-    info["agents"] = [dataclasses.asdict(y) for y in
-                      yield_by_agent(list(ledger.iter_experiments(tag)), info["direction"])]
+    info["agents"] = [dataclasses.asdict(y) for y in agent_yield(ledger, tag, info["direction"])]
     if args.json:
         print(dumps(info, indent=2))
         return 0

@@ -504,6 +504,13 @@ class Ledger:
                 "input_tokens": int(tin), "output_tokens": int(tout),
                 "improvements": improvements}
 
+    def proposals_by_agent(self, tag: str) -> list[tuple[str | None, str | None, int, float]]:
+        """(agent, role, candidates, their cost) of a run, in order of first proposal."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT agent, role, COUNT(*), COALESCE(SUM(cost_usd), 0) FROM experiments "
+            "WHERE tag = ? AND kind = ? GROUP BY agent, role ORDER BY MIN(id)",
+            (tag, Kind.CANDIDATE.value))]
+
     def running_seqs(self, tag: str) -> list[int]:
         return [r[0] for r in self._db.execute(
             "SELECT seq FROM experiments WHERE tag = ? AND status = ? ORDER BY seq",
