@@ -25,7 +25,7 @@ EXPORTED = [
     "load_target",
 ]
 
-SUBCOMMANDS = ["init", "run", "start", "try", "status", "log", "show", "export", "plot", "demo",
+SUBCOMMANDS = ["init", "run", "start", "try", "status", "notes", "log", "show", "export", "plot", "demo",
                "dashboard", "hub", "verify"]
 
 
