@@ -107,9 +107,9 @@ class Version:
         return tuple(n for _, f in self.files for n in f.numbers)
 
 
-def changed_lines(before: dict[str, str], after: dict[str, str]) -> Counter[str]:
-    """The change between two versions' files as a multiset of `path -line` / `path +line`
-    (whitespace-normalised lines)."""
+def changed_lines(before: dict[str, str], after: dict[str, str]) -> frozenset[str]:
+    """The change between two versions' files as the set of `path -line` / `path +line`
+    (whitespace-normalised lines; a line changed twice counts twice)."""
     import difflib
 
     out: Counter[str] = Counter()
@@ -122,12 +122,14 @@ def changed_lines(before: dict[str, str], after: dict[str, str]) -> Counter[str]
                 continue
             out.update(f"{path} -{ln}" for ln in a[i1:i2])
             out.update(f"{path} +{ln}" for ln in b[j1:j2])
-    return out
+    return frozenset(f"{line}\x00{k}" for line, n in out.items() for k in range(n))
 
 
-def jaccard(a: Counter[str], b: Counter[str]) -> float:
-    union = sum((a | b).values())
-    return sum((a & b).values()) / union if union else 1.0
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
 
 
 def within(a: float, b: float, tolerance: float) -> bool:
@@ -153,7 +155,7 @@ class _Known:
     version: Version
     parent: str | None
     commit: str
-    change: Counter[str] | None = None     # against its parent (rule 3), kept small: changed lines
+    change: frozenset[str] | None = None    # against its parent (rule 3), kept small: changed lines
 
 
 @dataclass
@@ -168,10 +170,10 @@ class NearDuplicates:
     _canon: dict[str, int] = field(default_factory=dict)          # -> experiment id
     _skeleton: dict[str, list[_Known]] = field(default_factory=dict)
     _by_parent: dict[str, list[_Known]] = field(default_factory=dict)
-    _changes: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)   # recent ones
+    _changes: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)   # recent ones
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def change(self, commit: str, parent: str) -> Counter[str]:
+    def change(self, commit: str, parent: str) -> frozenset[str]:
         """A commit's change against its parent (any thread; the latest WINDOW are cached)."""
         with self._lock:
             known = self._changes.get((commit, parent))
@@ -227,12 +229,15 @@ class NearDuplicates:
                 shown = ", ".join(f"{_num(a)} vs {_num(b)}" for a, b in pairs[:3])
                 return Match(k.exp_id, "constants", f"the same code with constants within "
                              f"{s.constant_tolerance:.0%} of those tried: {shown}")
-        mine: Counter[str] | None = None
+        mine: frozenset[str] | None = None
         for k in reversed(self._by_parent.get(parent, [])[-WINDOW:]):
             if mine is None:
                 mine = self.change(commit, parent)
             if k.change is None:
                 k.change = self.change(k.commit, parent)
+            small, large = sorted((len(mine), len(k.change)))
+            if small < s.similarity * large:       # its bound, min/max, is below the threshold
+                continue
             sim = jaccard(mine, k.change)
             if mine and sim >= s.similarity:
                 return Match(k.exp_id, "similar", f"a change {sim:.0%} similar to it, against the "
