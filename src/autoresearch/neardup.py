@@ -149,10 +149,10 @@ class Match:
     detail: str
 
 
-@dataclass
+@dataclass(slots=True)
 class _Known:
     exp_id: int
-    version: Version
+    numbers: tuple[float, ...]
     parent: str | None
     commit: str
     change: frozenset[str] | None = None    # against its parent (rule 3), kept small: changed lines
@@ -181,11 +181,15 @@ class NearDuplicates:
             return known
         texts = {p: t for p, (_, t) in self.read(parent).items()}
         mine = changed_lines(texts, {p: t for p, (_, t) in self.read(commit).items()})
-        with self._lock:
-            self._changes[(commit, parent)] = mine
-            while len(self._changes) > WINDOW:
-                self._changes.pop(next(iter(self._changes)))
+        self._keep(self._changes, (commit, parent), mine, WINDOW)
         return mine
+
+    def _keep(self, cache: dict, key: object, value: object, size: int) -> None:
+        """A bounded cache: the oldest entries go first (memory stays flat on long runs)."""
+        with self._lock:
+            cache[key] = value
+            while len(cache) > size:
+                cache.pop(next(iter(cache)))
 
     def version(self, commit: str) -> Version:
         """The fingerprints of a commit's editable files (any thread)."""
@@ -199,18 +203,16 @@ class NearDuplicates:
                 fp = self._by_blob.get(oid)
             if fp is None:
                 fp = fingerprint(path, text)
-                with self._lock:
-                    self._by_blob[oid] = fp
+                self._keep(self._by_blob, oid, fp, 8 * WINDOW)
             files.append((path, fp))
         v = Version(tuple(files))
-        with self._lock:
-            self._by_commit[commit] = v
+        self._keep(self._by_commit, commit, v, 2 * WINDOW)
         return v
 
     def add(self, exp_id: int, commit: str, parent: str | None) -> None:
         """Index an experiment's code (an earlier version keeps its first experiment)."""
         v = self.version(commit)
-        known = _Known(exp_id, v, parent, commit)
+        known = _Known(exp_id, v.numbers, parent, commit)
         self._canon.setdefault(v.canon, exp_id)
         self._skeleton.setdefault(v.skeleton, []).append(known)
         if parent is not None:
@@ -223,8 +225,7 @@ class NearDuplicates:
         if (exp_id := self._canon.get(v.canon)) is not None:
             return Match(exp_id, "formatting", "the same code up to formatting and comments")
         for k in reversed(self._skeleton.get(v.skeleton, [])[-WINDOW:]):
-            pairs = [(a, b) for a, b in zip(v.numbers, k.version.numbers, strict=True)
-                     if a != b]
+            pairs = [(a, b) for a, b in zip(v.numbers, k.numbers, strict=True) if a != b]
             if pairs and all(within(a, b, s.constant_tolerance) for a, b in pairs):
                 shown = ", ".join(f"{_num(a)} vs {_num(b)}" for a, b in pairs[:3])
                 return Match(k.exp_id, "constants", f"the same code with constants within "

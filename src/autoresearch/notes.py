@@ -21,6 +21,7 @@ shows (never the holdout, which lives in the decision records), bounded by
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -118,7 +119,7 @@ class Tried:
     max_chars: int
     value: Callable[[Experiment], float | None] = lambda e: e.metric
     commit_row: Callable[[str], Experiment | None] = lambda sha: None
-    _themes: dict[int, list[str]] = field(default_factory=dict)    # experiment id -> themes
+    _themes: dict[int, tuple[str, ...]] = field(default_factory=dict)   # experiment id -> themes
     _outcome: dict[int, str] = field(default_factory=dict)         # experiment id -> counted as
     _judged: set[int] = field(default_factory=set)
     _by_theme: dict[str, _Theme] = field(default_factory=dict)
@@ -133,7 +134,7 @@ class Tried:
                 return
             themes = themes_of(self.read(e.parent), self.read(e.commit_sha))
         with self._lock:
-            self._themes[e.id] = themes
+            self._themes[e.id] = tuple(sys.intern(t) for t in themes)
         self.observe(e)
 
     def observe(self, e: Experiment) -> None:
