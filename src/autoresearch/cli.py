@@ -1,4 +1,4 @@
-"""The command line: init, run, start, try, status, log, show, export, plot, demo.
+"""The command line: init, run, start, try, status, log, show, export, plot, promote, demo.
 
 Only AutoresearchError is caught here: it becomes one red line and exit code 1. Ctrl-C exits
 130 after the running experiment was recorded as interrupted. Anything else is a bug and keeps
@@ -451,6 +451,12 @@ def cmd_status(args) -> int:
         return 0
     console.print(f"[bold]run {_e(tag)}[/] · {_e(info['metric'])} ({info['direction']}) · agent "
                   f"{_e(info['agent'])} · policy {_e(info['policy'])} · branch {_e(info['branch'])}")
+    if info["source"]:
+        console.print(f"  promotion of run {_e(info['source'])} at scale {_e(info['scale'])} "
+                      f"(autoresearch promote --from {_e(info['source'])} --scale "
+                      f"{_e(info['scale'])} prints its report)")
+    elif info["scale"]:
+        console.print(f"  at scale {_e(info['scale'])}")
     console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
                   + f" · {info['experiments']} total")
     base, best = info["baseline"], info["best"]
@@ -618,6 +624,71 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+# == promote ===================================================================================
+def cmd_promote(args) -> int:
+    from rich.table import Table
+
+    from .promote import DOES_NOT, TRANSFERS, PromoteOptions, promote
+
+    source = check_tag(args.source)
+    target = _target(args)
+    target.spec.at_scale(args.scale, target.config_path)   # an unknown scale: one error first
+    tag = check_tag(args.tag or f"{source}-{args.scale}")
+    for flag, value in (("--workers", args.workers), ("--repeats", args.repeats)):
+        if value is not None and value < (2 if flag == "--repeats" else 1):
+            raise ConfigError(f"{flag} must be at least {2 if flag == '--repeats' else 1} "
+                              f"(got {value})")
+    if args.budget is not None and args.budget <= 0:
+        raise ConfigError(f"--budget must be above 0 (got {args.budget:g})")
+    if args.min_effect is not None and args.min_effect < 0:
+        raise ConfigError(f"--min-effect must be 0 or more (got {args.min_effect:g})")
+    opts = PromoteOptions(source=source, scale=args.scale, tag=tag, budget=args.budget,
+                          workers=args.workers, repeats=args.repeats, min_effect=args.min_effect,
+                          gpus=[g.strip() for g in args.gpus.split(",")] if args.gpus else None)
+    if not args.json:
+        console.print(f"[bold]autoresearch promote[/] {_e(source)} to scale [cyan]{_e(args.scale)}"
+                      f"[/] as run [cyan]{_e(tag)}[/], branch autoresearch/{_e(tag)}")
+    say = None if args.json or args.quiet else (lambda text: console.print("  " + text,
+                                                                          markup=False))
+    try:
+        report = promote(target, opts, say=say)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: runs in flight were recorded as interrupted; "
+                      "resume with the same command")
+        return 130
+    if args.json:
+        print(dumps(report.to_dict(), indent=2))
+        return 0
+    arms = report.arms
+    for key, a in arms.items():
+        failed = f", {a.failed} failed" if a.failed else ""
+        if key in ("baseline", "best", "subset") and a.mean is not None:
+            console.print(f"  {key:<9}{report.metric} {a.mean:.6f} (mean of {a.runs} run(s)"
+                          f"{failed}, #{a.seq})", markup=False)
+        elif a.failed and not a.runs:
+            console.print(f"  #{a.seq} {a.description}: no run measured ({a.failed} failed; "
+                          f"autoresearch show {a.seq} --tag {report.tag})", markup=False)
+    t = Table(title=f"does each kept change of {source} transfer to scale {report.scale}? "
+                    f"(improvement, {report.metric}, 95% interval)", header_style="bold")
+    for c in ("change", f"at {report.source_scale or 'the run'}'s scale" if not report.source_scale
+              else f"at {report.source_scale} (the run)", f"at {report.scale}",
+              "verdict", "why"):
+        t.add_column(c)
+    colour = {TRANSFERS: "green", DOES_NOT: "red"}
+    for c in report.changes:
+        t.add_row(Text(f"#{c.seq} {c.description}"[:60]), Text(c.small.text()),
+                  Text(c.large.text()),
+                  Text(c.verdict, style=colour.get(c.verdict, "yellow")), Text(c.why))
+    console.print(t)
+    if report.promoted:
+        console.print(f"[green]promoted[/]: {', '.join(f'#{s}' for s in report.subset)} on branch "
+                      f"{_e(report.branch)} ({_e((report.commit or '')[:12])}); against the "
+                      f"baseline {_e(report.subset_vs_baseline.text() if report.subset_vs_baseline else '')}")
+    else:
+        console.print(f"[yellow]not promoted[/]: {_e(report.note)}")
+    return 0
+
+
 # == demo ======================================================================================
 def cmd_demo(args) -> int:
     from .plot import plot_progress
@@ -672,9 +743,9 @@ def _demo_without_sandbox(dest: Path) -> str | None:
         sandbox.check()
         return None
     except AutoresearchError as e:
-        toml = dest / "autoresearch.toml"
-        toml.write_text(toml.read_text() + "sandbox = false      # set by the demo: " +
-                        str(e).replace("\n", " ")[:120] + "\n")
+        toml = dest / "autoresearch.toml"   # first: a key after a [table] would belong to it
+        toml.write_text("sandbox = false      # set by the demo: " +
+                        str(e).replace("\n", " ")[:120] + "\n" + toml.read_text())
         return str(e)
 
 
@@ -697,6 +768,8 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--ahead", type=int, help="proposals kept ready ahead of time (default: slots for slow agents)")
     p.add_argument("--seed", type=int, default=0, help="base value of AUTORESEARCH_SEED")
+    p.add_argument("--scale", help="run at this [scales] entry of autoresearch.toml (its env, "
+                                   "budget and timeout); a resumed run keeps its scale")
     p.add_argument("--results-format", choices=["native", "original"], default="native",
                    help="results.tsv: native (every experiment) or original (one row per candidate, "
                         "repeats folded into its mean, keep/discard/crash: the original's analysis.ipynb)")
@@ -780,6 +853,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--tag", help="follow this run (default: the latest)")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("promote", help="replay a run's kept changes at a larger [scales] entry; "
+                                       "keep the ones that transfer")
+    p.add_argument("--from", dest="source", required=True, metavar="TAG", help="the run to promote")
+    p.add_argument("--scale", required=True, help="a [scales] entry of autoresearch.toml")
+    p.add_argument("--tag", help="the promotion's run and branch (default: TAG-SCALE)")
+    p.add_argument("--budget", type=float, help="training budget per run, seconds (default: the scale's)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (one worktree each)")
+    p.add_argument("--gpus", help="GPU indices, one per worker: 0,1,2,3")
+    p.add_argument("--repeats", type=int, help="runs of each arm (default: the policy's baseline runs, at least 2)")
+    p.add_argument("--min-effect", type=float,
+                   help="smallest improvement that counts as transferring, in the metric's units "
+                        "(default: [policy] min_effect)")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("demo", help="run the quickstart target end to end")
     p.add_argument("demo_dir", nargs="?", metavar="DIR")

@@ -210,6 +210,29 @@ class NotesSettings(_Strict):
     similarity: float = Field(0.9, gt=0, le=1)        # Jaccard of changed lines (same base) that repeats
 
 
+class Scale(_Strict):
+    """[scales] NAME: one size of the experiment (`run --scale`, `promote --scale`).
+
+    `env` is added to the toml's `env` for every command (the scale wins on a shared name);
+    `budget` replaces the toml's budget (`--budget` still overrides both); `timeout` the hard
+    limit (default: the toml's when the budget is the toml's, else 2 x budget + 60);
+    `constraints` are added to the toml's (a check that the code really ran at this scale,
+    e.g. "width == 128" on a width the locked evaluator reports).
+    """
+
+    env: dict[str, str] = Field(default_factory=dict)
+    budget: float | None = Field(None, gt=0)          # seconds of training at this scale
+    timeout: float | None = Field(None, gt=0)         # hard limit per command at this scale
+    constraints: list[str] = Field(default_factory=list)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: list[str]) -> list[str]:
+        for c in v:
+            Constraint.parse(c)
+        return v
+
+
 class TargetSpec(_Strict):
     """The contents of autoresearch.toml."""
 
@@ -257,6 +280,38 @@ class TargetSpec(_Strict):
                                  f"({a.role or 'none'}) — give each entry its own role")
             seen.add((a.agent, a.role))
         return v
+
+    scales: dict[str, Scale] = Field(default_factory=dict)   # run --scale, promote --scale
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: dict[str, Scale]) -> dict[str, Scale]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}", name):
+                raise ValueError(f"scale name {name!r} must be a word of letters, digits, '_' "
+                                 f"and '-' (it becomes part of a tag and a branch name)")
+        return v
+
+    def at_scale(self, name: str | None, path: Path | str = CONFIG_NAME) -> TargetSpec:
+        """This spec as it runs at scale `name` (None: unchanged): the scale's env added, its
+        budget and timeout in force. An unknown name is one error with a "did you mean"."""
+        if name is None:
+            return self
+        scale = self.scales.get(name)
+        if scale is None:
+            known = sorted(self.scales)
+            guess = difflib.get_close_matches(name, known, n=1)
+            hint = (f"did you mean '{guess[0]}'?" if guess else
+                    f"known scales: {', '.join(known)}" if known else
+                    "declare it, e.g. [scales] large = { env = { WIDTH = \"128\" }, budget = 900 }")
+            raise ConfigError(f"{path}: no scale '{name}' in [scales] — {hint}")
+        timeout = scale.timeout
+        if timeout is None:
+            timeout = self.timeout if scale.budget is None else 2 * scale.budget + 60
+        return self.model_copy(update={
+            "env": {**self.env, **scale.env},
+            "budget": scale.budget if scale.budget is not None else self.budget,
+            "timeout": timeout, "constraints": [*self.constraints, *scale.constraints]})
 
     @field_validator("constraints")
     @classmethod
@@ -337,7 +392,7 @@ def _all_fields(model: type[BaseModel]) -> list[str]:
 
 # tables whose keys the user names (constants, model names), and the model of each entry
 _NAMED_TABLES: dict[tuple[str, ...], type[BaseModel]] = {
-    ("search",): SearchParam, ("agent", "prices"): Price}
+    ("search",): SearchParam, ("agent", "prices"): Price, ("scales",): Scale}
 
 
 def _model_at(loc: tuple) -> type[BaseModel]:
@@ -414,6 +469,11 @@ def load_spec(path: Path) -> TargetSpec:
         raise ConfigError(f"{path}: line {line}, column {col}: byte 0x{raw[e.start]:02x} is not UTF-8 "
                           f"— TOML files must be UTF-8; re-save it as UTF-8 (e.g. iconv -f latin1 "
                           f"-t utf-8)") from None
+    return spec_from_text(text, path)
+
+
+def spec_from_text(text: str, path: Path) -> TargetSpec:
+    """A toml's text (a committed version of it, say) as a spec; errors name `path`."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

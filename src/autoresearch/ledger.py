@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS runs (
     policy TEXT,
     locked TEXT,              -- JSON {path: blob id} of locked files at the start
     setup_done INTEGER DEFAULT 0,
-    state TEXT DEFAULT 'active'
+    state TEXT DEFAULT 'active',
+    scale TEXT,               -- the [scales] entry it runs at (None: the toml as written)
+    source TEXT               -- a promotion: the tag of the run it replays
 );
 CREATE TABLE IF NOT EXISTS experiments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,9 +105,6 @@ CREATE TABLE IF NOT EXISTS slots (
     PRIMARY KEY (tag, slot)
 );
 """
-
-#: columns added after the first release: (table, column, type), added to older ledgers on open
-_ADDED_COLUMNS = (("experiments", "role", "TEXT"),)   # role: the proposer's portfolio role
 
 _JSON_COLS = {"metrics", "params", "decision", "curve"}
 
@@ -225,6 +224,8 @@ class Run:
     locked: dict[str, str]
     setup_done: bool
     state: str
+    scale: str | None = None     # the [scales] entry it runs at
+    source: str | None = None    # a promotion (promote.py): the run it replays
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
@@ -252,7 +253,7 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._db.executescript(_SCHEMA)
-                self._add_columns()
+                self._migrate()
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
@@ -260,9 +261,13 @@ class Ledger:
                               f"to start a new one") from None
         self._lock = threading.RLock()
 
-    def _add_columns(self) -> None:
-        """Migrate an older ledger in place: each missing column is added (never a rebuild)."""
-        for table, column, kind in _ADDED_COLUMNS:
+    #: columns added after the first schema: (table, column, type), added to older ledgers
+    _ADDED_COLUMNS = (("runs", "scale", "TEXT"), ("runs", "source", "TEXT"),
+                      ("experiments", "role", "TEXT"))   # role: a portfolio member's
+
+    def _migrate(self) -> None:
+        """Add the columns an older ledger lacks (never a table rebuilt: nothing is lost)."""
+        for table, column, kind in self._ADDED_COLUMNS:
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
@@ -289,12 +294,14 @@ class Ledger:
         return Run(**d)
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
-                   policy: str, locked: dict[str, str]) -> Run:
+                   policy: str, locked: dict[str, str], *, scale: str | None = None,
+                   source: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, locked)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked)))
+                "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
+                "locked, scale, source) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked),
+                 scale, source))
         run = self.get_run(tag)
         assert run is not None
         return run

@@ -60,6 +60,7 @@ class LoopOptions:
     seed: int = 0
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
     results_format: str = "native"      # results.tsv: "native" or "original" (export.py)
+    scale: str | None = None            # the [scales] entry the target's spec is at
 
 
 class Loop:
@@ -79,7 +80,7 @@ class Loop:
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
                                policy_name=policy.name, budget=options.budget, seed=options.seed,
                                results_format=options.results_format,
-                               say=reporter.message if reporter else None)
+                               say=reporter.message if reporter else None, scale=options.scale)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)

@@ -39,6 +39,7 @@ class RunRequest:
     ahead: int | None = None
     seed: int = 0
     results_format: str = "native"      # results.tsv: native or original (export.py)
+    scale: str | None = None            # a [scales] entry; None: the run's recorded one, if any
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -83,8 +84,20 @@ class RunRequest:
                 raise ConfigError(f"{target.config_path}: [[agents]] {e.agent} has program = "
                                   f"{e.program!r}, which is not committed in the target — add "
                                   f"and commit it, or remove the key")
+        if self.scale:
+            target.spec.at_scale(self.scale, target.config_path)   # an unknown name: one error
         ledger = Ledger(target.state_dir / "ledger.db")
         run = ledger.get_run(self.tag)
+        if run is not None and run.source:
+            raise ConfigError(f"'{self.tag}' is a promotion of run '{run.source}', not a loop — "
+                              f"resume it with autoresearch promote --from {run.source} --scale "
+                              f"{run.scale}, or give run another --tag")
+        scale = self.scale or (run.scale if run else None)
+        if run is not None and self.scale and run.scale != self.scale:
+            at = f"at scale '{run.scale}'" if run.scale else "without a scale"
+            raise ConfigError(f"run '{self.tag}' was made {at}, not at --scale {self.scale} — "
+                              f"resume it without --scale, or start a new --tag")
+        target = dataclasses.replace(target, spec=target.spec.at_scale(scale, target.config_path))
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
         if agent is not None:
             portfolio = Portfolio.single(agent_name or self.agent or (
@@ -108,7 +121,7 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format)
+            results_format=self.results_format, scale=scale)
         return Loop(target, ledger, ratchet, portfolio, policy, executor, options, reporter)
 
     def _portfolio(self, target: Target, ratchet: Any, base: str,

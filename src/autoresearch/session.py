@@ -53,8 +53,11 @@ from .state import RunState
 class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
                  agent_name: str, policy_name: str, budget: float | None, seed: int,
-                 results_format: str = "native", say: Callable[[str], None] | None = None):
+                 results_format: str = "native", say: Callable[[str], None] | None = None,
+                 scale: str | None = None, source: str | None = None):
         self.target = target
+        self.scale = scale       # the [scales] entry target.spec is at (recorded on the run)
+        self.source = source     # a promotion's source run (promote.py)
         self.spec = target.spec
         self.ledger = ledger
         self.ratchet = ratchet
@@ -123,9 +126,14 @@ class Session:
             files = self.ratchet.list_files(base)
             locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
-                                         self.agent_name, self.policy_name, locked)
+                                         self.agent_name, self.policy_name, locked,
+                                         scale=self.scale, source=self.source)
             if self.ratchet.branch_commit(self.tag) is None:
                 self.ratchet.set_branch(self.tag, base)
+        elif run.scale != self.scale:
+            at = f"at scale '{run.scale}'" if run.scale else "without a scale"
+            raise RunStopped(f"run '{self.tag}' was made {at} — resume it the same way "
+                             f"(--scale {run.scale or '...'} as it was), or start a new --tag")
         self.run = run
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if (self.target.state_dir / "scratch").exists():   # temp dirs a kill -9 left behind
@@ -216,7 +224,8 @@ class Session:
         if recorded is None:
             raise RunStopped(f"{self.target.config_path} is not committed — commit it first: it is "
                              f"locked, and the run must use exactly the committed version")
-        if self.hashes.blob_id(self.target.config_path) != recorded:
+        # a promotion checks the toml itself: it may differ in [scales] only (promote.py)
+        if self.source is None and self.hashes.blob_id(self.target.config_path) != recorded:
             raise RunStopped(
                 f"{self.target.config_path} differs from the version run '{self.tag}' started with — "
                 f"restore it (git checkout -- {CONFIG_NAME}), or commit the change and start a new "

@@ -287,6 +287,7 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
         "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
+        "scale": run.scale, "source": run.source,
         "counts": totals["counts"], "baseline": baseline,
         "baseline_runs": len(base_values), "best": best_info,
         "improvements": improvements, "cost_usd": cost,

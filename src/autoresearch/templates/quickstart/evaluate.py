@@ -35,6 +35,7 @@ def main() -> int:
         return 1
     print(f"val_loss: {cross_entropy(logits, y):.6f}")
     print(f"val_accuracy: {float((logits.argmax(axis=1) == y).mean()):.4f}")
+    print(f"width: {params['w0'].shape[1]}")   # hidden units of the model measured ([scales])
     return 0
 
 

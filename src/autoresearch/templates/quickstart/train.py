@@ -19,12 +19,15 @@ WEIGHT_DECAY = 0.01       # L2 penalty
 MOMENTUM = 0.5            # heavy-ball momentum
 INIT_SCALE = 0.2          # weight init, times 1/sqrt(fan_in)
 
+# The model's width: the scale's, when the target runs at one ([scales] in autoresearch.toml set
+# WIDTH for `run --scale` and `promote --scale`); HIDDEN_SIZE otherwise.
+WIDTH = int(os.environ.get("WIDTH", HIDDEN_SIZE))
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_BUDGET_SECONDS", "1.5"))  # seconds of training
 SEED = int(os.environ.get("AUTORESEARCH_SEED", "0"))
 
 
 def init_params(rng: np.random.Generator) -> dict:
-    sizes = [2, HIDDEN_SIZE, HIDDEN_SIZE, 3]
+    sizes = [2, WIDTH, WIDTH, 3]
     params = {}
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         params[f"w{i}"] = rng.normal(0.0, INIT_SCALE / np.sqrt(a), size=(a, b))
