@@ -34,6 +34,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import random
 import statistics
@@ -49,6 +50,7 @@ import psutil
 
 from autoresearch.cli import build_loop
 from autoresearch.config import load_target
+from autoresearch.ratchet import PLUMBING_ENV, pygit2
 
 MEDIAN_TARGET_MS = 100.0   # harness overhead per experiment
 RSS_TARGET_MB = 150.0      # peak resident memory of the harness process
@@ -221,16 +223,15 @@ def main() -> int:
     ap.add_argument("--bare-runs", type=int, default=100)
     ap.add_argument("--large", action="store_true", help="also on a large repository")
     ap.add_argument("--profile", action="store_true", help="cProfile the loop even when it passes")
-    ap.add_argument("--stat-cache", action="store_true",
-                    help="evaluation's locked/tracked check through lockcheck's stat cache (what "
-                         "evaluation.locked_violations would do if it called it)")
+    ap.add_argument("--plumbing", action="store_true",
+                    help="build commits and checkouts with git processes even when pygit2 is "
+                         "installed (AUTORESEARCH_GIT_PLUMBING=1): the figure before pygit2")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    if a.stat_cache:
-        import autoresearch.evaluation as evaluation
-        from autoresearch.lockcheck import PROCESS_HASHES
-        evaluation.locked_violations = PROCESS_HASHES.violations
-        print("evaluation's file checks: through the stat cache (lockcheck.PROCESS_HASHES)")
+    if a.plumbing:
+        os.environ[PLUMBING_ENV] = "1"
+    print(f"git work: {'plumbing processes' if a.plumbing or pygit2 is None else 'in-process (pygit2)'}"
+          f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ok = True
     with tempfile.TemporaryDirectory(prefix="ar-bench-") as tmp:
         root = Path(tmp) / "small" / "target"

@@ -3,14 +3,24 @@
 A tiny target is a git repo with autoresearch.toml, an editable train.py that writes its VALUE
 to out.txt (after sleeping SLEEP seconds), and a locked evaluate.py that prints
 `score: <value>`. An experiment costs two Python start-ups, so whole runs take seconds.
+
+The suite runs in parallel (pytest-xdist, `-n auto` in pyproject.toml: two workers per core, at
+most `MAX_WORKERS`, since the tests mostly wait on subprocesses). Each worker gets a TMPDIR of its
+own under its pytest base directory, and its own PostgreSQL cluster; tests that look for
+processes find them by a unique marker or token, never by a shared name; tests that share an
+expensive fixture run on one worker (`_SHARED`, `--dist loadgroup`), and the few that write
+shared places or measure time run alone (`_RUNS_ALONE`, a file lock across the workers).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +28,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+MAX_WORKERS = 4   # xdist workers for `-n auto` (the tests wait more than they compute)
+SHARED_TMP_ENV = "AR_TESTS_SHARED_TMPDIR"   # the system's temp dir, for other users' files
 GIT_ID = ["-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
 
 EVALUATE_PY = '''"""The evaluator (LOCKED)."""
@@ -77,6 +89,84 @@ def build_target(base: Path, *, name: str = "target", value: float = 10.0, sleep
         git(root, "init", "-q", "-b", "main")
         commit_all(root, "tiny target")
     return root
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: PYTEST_XDIST_AUTO_NUM_WORKERS when set, else two workers per core, capped."""
+    if (env := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")).isdigit():
+        return int(env)
+    return max(1, min(MAX_WORKERS, 2 * (os.cpu_count() or 1)))
+
+
+#: expensive module- or session-scoped fixtures: under xdist, the tests that share one run on
+#: one worker (`--dist loadgroup`), so the fixture is built once, not once per worker
+_SHARED = {"cache": "nanochat", "trained": "nanochat", "prepare_mod": "nanochat",
+           "honest": "nanochat-cheats", "finished_run": "cli-run", "run_root": "dashboard-run",
+           "world": "hub-world", "replayed": "loop-replay", "local_ray": "ray"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for f, g in _SHARED.items() if f in item.fixturenames), None)
+        if "outcomes" in item.fixturenames:   # the attack batches: one per family (or template)
+            params = getattr(item, "callspec", None)
+            params = params.params if params is not None else {}
+            key = params.get("template") or getattr(params.get("attack"), "family", "")
+            group = f"{item.path.stem}::{item.originalname}::{key}"
+            if (item.originalname, key) in _RUNS_ALONE:
+                item.add_marker(pytest.mark.runs_alone)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tmpdir_per_worker():
+    """Under xdist, everything a test or the code under test puts in the temp directory goes
+    to a directory of this worker's own (tests that look at temp files see only their own). It
+    sits right in the system's temp directory: Unix socket paths under it (Ray's) stay short."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        yield
+        return
+    shared = os.environ.setdefault(SHARED_TMP_ENV, tempfile.gettempdir())
+    tmp = tempfile.mkdtemp(prefix=f"ar-{worker}-", dir=shared)
+    for var in ("TMPDIR", "TMP", "TEMP"):
+        os.environ[var] = tmp
+    tempfile.tempdir = None   # recomputed from TMPDIR on the next gettempdir()
+    yield
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: attack batches that run alone under xdist: the unsandboxed families that plant files in the
+#: interpreter's shared site directories (an unsandboxed step elsewhere would rightly see the
+#: plant as its own and come back invalid), and the latency template's, whose metric is a time
+#: that the other workers' load would make noisy enough to move the branch
+_RUNS_ALONE = {("test_attack_is_blocked_without_the_sandbox", "interpreter startup hooks"),
+               ("test_attack_is_blocked_without_the_sandbox", "the coding agent planting files"),
+               ("test_attack_is_blocked_without_the_sandbox", "bytecode planting"),
+               ("test_template_attack_is_blocked_with_the_default_sandbox", "latency")}
+
+
+@pytest.fixture(autouse=True)
+def _runs_alone_lock(request: pytest.FixtureRequest):
+    """Under xdist: a shared lock for every test, an exclusive one for `runs_alone` tests. A
+    turnstile lock taken first keeps a waiting one from being starved by a stream of others."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        yield
+        return
+    exclusive = request.node.get_closest_marker("runs_alone") is not None
+    base = os.path.join(os.environ.get(SHARED_TMP_ENV, tempfile.gettempdir()), f"ar-alone-{run}")
+    with open(base + ".turnstile", "a") as turn, open(base + ".lock", "a") as lock:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(turn, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -58,7 +58,9 @@ class Cluster:
                 return None
         from hubkit import free_port
 
-        self.dir = Path(tempfile.mkdtemp(prefix="ar-pg-"))
+        # not under a test worker's private TMPDIR: the postgres user must be able to enter it
+        self.dir = Path(tempfile.mkdtemp(prefix="ar-pg-", dir=os.environ.get(
+            "AR_TESTS_SHARED_TMPDIR")))
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)

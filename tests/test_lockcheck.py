@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
+import pytest
+
+from autoresearch import lockcheck
 from autoresearch.lockcheck import CHUNK, FileHashes, git_blob_hash_file
 from autoresearch.ratchet import git_blob_hash
 
@@ -14,6 +18,12 @@ def _old(path, seconds=100):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
 
 
+@pytest.fixture
+def later(monkeypatch):
+    """The racy rule's clock, 100 s ahead: files written by the test count as settled."""
+    monkeypatch.setattr(lockcheck, "_clock", lambda: time.time() + 100)
+
+
 def test_the_streamed_id_is_gits(tmp_path):
     p = tmp_path / "w.bin"
     p.write_bytes(os.urandom(3 * CHUNK + 17))
@@ -21,7 +31,7 @@ def test_the_streamed_id_is_gits(tmp_path):
     assert git_blob_hash_file(p) == git.strip() == git_blob_hash(p.read_bytes())
 
 
-def test_an_unchanged_file_is_not_read_again(tmp_path, monkeypatch):
+def test_an_unchanged_file_is_not_read_again(tmp_path, monkeypatch, later):
     p = tmp_path / "locked.py"
     p.write_text("x = 1\n")
     _old(p)
@@ -33,7 +43,7 @@ def test_an_unchanged_file_is_not_read_again(tmp_path, monkeypatch):
     assert hashes.blob_id(p) == first and calls == []
 
 
-def test_a_rewrite_that_restores_size_and_mtime_is_still_seen(tmp_path):
+def test_a_rewrite_that_restores_size_and_mtime_is_still_seen(tmp_path, later):
     p = tmp_path / "locked.py"
     p.write_text("x = 1\n")
     _old(p)
@@ -56,7 +66,7 @@ def test_a_file_modified_just_now_is_not_cached(tmp_path):
     assert not hashes._seen    # racy: it could change again within the same timestamp
 
 
-def test_the_cache_survives_a_restart_and_a_broken_cache_file_costs_only_a_rehash(tmp_path):
+def test_the_cache_survives_a_restart_and_a_broken_cache_file_costs_only_a_rehash(tmp_path, later):
     p = tmp_path / "locked.py"
     p.write_text("x\n")
     _old(p)
@@ -67,3 +77,15 @@ def test_the_cache_survives_a_restart_and_a_broken_cache_file_costs_only_a_rehas
     assert FileHashes(store)._seen[str(p)][1] == oid
     store.write_text("{not json")
     assert FileHashes(store).blob_id(p) == oid
+
+
+def test_a_file_written_just_now_with_an_old_mtime_is_not_cached(tmp_path):
+    """Attack: rewrite a file and set its mtime back, so the racy rule would think it settled;
+    a second rewrite within the same timestamp tick could then reuse the cached id. The rule
+    reads ctime, which no process can set back."""
+    p = tmp_path / "locked.py"
+    p.write_text("x = 1\n")
+    _old(p)                      # mtime 100 s ago, ctime now
+    hashes = FileHashes()
+    hashes.blob_id(p)
+    assert not hashes._seen

@@ -239,3 +239,81 @@ def test_repository_without_commits(tmp_path):
     with pytest.raises(GitError) as info:
         Ratchet(empty).head()
     assert "has no commits yet" in str(info.value)
+
+
+# --- in-process commits (pygit2) against the plumbing ------------------------------------------
+_EDITS = [
+    {"src/a/b.py": "z = 1\n", "new/dir/c.py": "q\n"},      # nested, and new directories
+    {"src/a/b.py": None},                                   # a directory emptied goes away
+    {"run.sh": "echo changed\n", "not/there.py": None},     # an executable rewritten; a no-op delete
+    {"run.sh": None, "src/a/b.py": None, "top.txt": None},  # everything deleted: the empty tree
+    {"top.txt": "t\n"},                                     # no change at all
+    {"ünï cöde.txt": "x\n", "bin.dat": "\0\1\2\n"},         # unusual names, binary content
+]
+
+
+@pytest.mark.parametrize("files", _EDITS)
+@pytest.mark.parametrize("subdir", ["", "proj"])
+def test_in_process_commits_are_the_objects_git_plumbing_writes(tmp_path, monkeypatch, files,
+                                                                 subdir):
+    pytest.importorskip("pygit2")
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0130")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "@1700000001 -0500")
+    repo = make_repo(tmp_path / "repo", {f"{subdir}/{p}".lstrip("/"): t for p, t in
+                                         {"src/a/b.py": "x\n", "top.txt": "t\n",
+                                          "run.sh": "#!/bin/sh\n", "bin.dat": "\0\0\n"}.items()})
+    git(repo, "update-index", "--chmod=+x", f"{subdir}/run.sh".lstrip("/"))
+    git(repo, "commit", "-q", "-m", "executable")
+    target = repo / subdir if subdir else repo
+    monkeypatch.delenv("AUTORESEARCH_GIT_PLUMBING", raising=False)
+    lib = Ratchet(target)
+    monkeypatch.setenv("AUTORESEARCH_GIT_PLUMBING", "1")
+    plumbing = Ratchet(target)
+    assert lib.in_process and not plumbing.in_process
+    base = lib.head()
+    for message in ("one line", "multi\n\nline\n"):
+        a = lib.make_commit(base, message, files=files)
+        b = plumbing.make_commit(base, message, files=files)
+        assert (a.sha, a.tree, sorted(a.changed), a.added, a.removed) == \
+            (b.sha, b.tree, sorted(b.changed), b.added, b.removed)
+        assert lib.commit_tree(a.tree, base, message) == plumbing.commit_tree(a.tree, base, message)
+        assert list(lib._entries(a.sha, whole_repo=False)) == \
+            list(plumbing._entries(a.sha, whole_repo=False))
+        assert lib.archive(a.sha) == plumbing.archive(a.sha)
+    assert lib.resolve("refs/heads/main") == plumbing.resolve("refs/heads/main") == base
+    assert lib.resolve("refs/heads/missing") is None is plumbing.resolve("refs/heads/missing")
+
+
+def test_in_process_commit_of_a_file_where_a_directory_was_falls_back_to_plumbing(tmp_path):
+    pytest.importorskip("pygit2")
+    repo = make_repo(tmp_path / "repo", {"pkg/mod.py": "x\n"})
+    rat = Ratchet(repo)
+    cr = rat.make_commit(rat.head(), "dir to file", files={"pkg/mod.py": None, "pkg": "file\n"})
+    assert rat.read_files(cr.sha, ["pkg"]) == {"pkg": "file\n"}
+    assert "pkg/mod.py" not in rat.list_files(cr.sha)
+
+
+def test_in_process_dates_in_a_form_only_git_reads_are_left_to_git(tmp_path, monkeypatch):
+    pytest.importorskip("pygit2")
+    repo = make_repo(tmp_path / "repo", {"a.py": "x\n"})
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "2005-04-07T22:13:13+02:00")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2005-04-07T22:13:13+02:00")
+    rat = Ratchet(repo)
+    cr = rat.make_commit(rat.head(), "dated", files={"a.py": "y\n"})
+    assert git(repo, "log", "-1", "--format=%ad %cd", "--date=iso-strict", cr.sha) == \
+        "2005-04-07T22:13:13+02:00 2005-04-07T22:13:13+02:00"
+
+
+@pytest.mark.parametrize("subdir", ["", "proj"])
+def test_in_process_file_lists_are_ls_trees(tmp_path, monkeypatch, subdir):
+    pytest.importorskip("pygit2")
+    repo = make_repo(tmp_path / "repo", {f"{subdir}/{p}".lstrip("/"): "x\n" for p in
+                                         ("a.py", "d/e/f.py", "ünï.txt")} | {"outside.txt": "o\n"})
+    target = repo / subdir if subdir else repo
+    monkeypatch.delenv("AUTORESEARCH_GIT_PLUMBING", raising=False)
+    lib = Ratchet(target)
+    monkeypatch.setenv("AUTORESEARCH_GIT_PLUMBING", "1")
+    plumbing = Ratchet(target)
+    head = lib.head()
+    assert lib.list_files(head) == plumbing.list_files(head)
+    assert sorted(lib.list_files(head))[:2] == ["a.py", "d/e/f.py"]

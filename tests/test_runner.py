@@ -342,3 +342,40 @@ def test_peak_memory_counts_a_grandchild(tmp_path: Path) -> None:
     alloc = "import time; b = b'x' * 200_000_000; time.sleep(1)"
     r = _run(tmp_path, f'{PY} -c "{alloc}" & wait')
     assert r.exit_code == 0 and r.peak_memory_mb > 150
+
+
+# --- the subreaper's own death with the harness ---------------------------------------------------
+
+
+def test_the_subreaper_runs_nothing_when_its_harness_is_already_gone(tmp_path: Path) -> None:
+    """Spawned without a preexec_fn, the subreaper arms PR_SET_PDEATHSIG itself; a harness that
+    died before it did (its parent is not the pid it was given) means: run nothing."""
+    flag = tmp_path / "ran"
+    p = subprocess.run([*runner._REAPER_ARGV, f"touch {flag}", str(os.getpid() + 10**6)],
+                       capture_output=True, timeout=20)
+    assert p.returncode == 128 + signal.SIGKILL and not flag.exists()
+    p = subprocess.run([*runner._REAPER_ARGV, f"touch {flag}", str(os.getpid())],
+                       capture_output=True, timeout=20)
+    assert p.returncode == 0 and flag.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_subreaper_and_its_command_die_with_the_harness(tmp_path: Path) -> None:
+    """A harness killed with SIGKILL mid-step takes the step's subreaper and command with it."""
+    pids = tmp_path / "pids"
+    harness = subprocess.Popen([PY, "-c", (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from autoresearch.runner import run_command\n"
+        f"run_command('echo $$ >> {pids}; sleep 60', cwd=Path({str(tmp_path)!r}),\n"
+        f"            env=dict(os.environ), log_path=Path({str(tmp_path / 'h.log')!r}),\n"
+        "            timeout=60, on_start=lambda pid: open(sys.argv[1], 'a').write(f'{pid}\\n'))\n"),
+        str(tmp_path / "reaper")])
+    try:
+        reaper = _wait_pid_file(tmp_path / "reaper", timeout=20)
+        command = _wait_pid_file(pids, timeout=20)
+        harness.kill()
+        harness.wait(timeout=10)
+        assert _wait_gone(reaper, 10) and _wait_gone(command, 10)
+    finally:
+        harness.kill()

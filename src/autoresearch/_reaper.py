@@ -1,17 +1,19 @@
 """Runs one shell command as a child subreaper, so nothing it starts can outlive it.
 
-    python -I -S _reaper.py COMMAND
+    python -I -S _reaper.py COMMAND [HARNESS_PID]
 
 On Linux, prctl(PR_SET_CHILD_SUBREAPER) makes every orphaned descendant (a double fork, a setsid
 daemon) a child of this process instead of init. When the command ends, whatever it left behind
 is killed before this process exits with the command's exit status, so a step's processes end
 with the step. Termination signals are passed on to the command. Elsewhere it only runs the
-command. Started with -I -S, it imports nothing outside the standard library's core.
+command. With HARNESS_PID it is SIGKILLed when its parent dies (PR_SET_PDEATHSIG), and exits at
+once when its parent is already not HARNESS_PID. Started with -I -S, it imports nothing outside
+the standard library's core (`_signal`, not `signal`, whose enums cost milliseconds per step).
 """
 
+import _signal as signal
 import ctypes
 import os
-import signal
 import sys
 import time
 
@@ -106,6 +108,10 @@ def _kill_leftovers() -> None:
 
 def main() -> int:
     command = sys.argv[1]
+    if len(sys.argv) > 2:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != int(sys.argv[2]):   # the harness died before prctl took effect
+            return 128 + signal.SIGKILL
     subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     child = os.fork()
     if child == 0:

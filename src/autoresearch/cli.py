@@ -228,6 +228,7 @@ def cmd_run(args) -> int:
     _hub_contributor(loop, args, reporter)
     console.print(f"[bold]autoresearch[/] run [cyan]{_e(tag)}[/] on {_e(target.root)} — agent "
                   f"[bold]{_e(loop.opt.agent_name)}[/], policy [bold]{_e(loop.policy.name)}[/], "
+                  f"strategy [bold]{_e(loop.opt.strategy)}[/], "
                   f"{loop.executor.slots} slot(s), budget {loop.budget:g}s, branch autoresearch/{tag}")
     code = _run_loop(loop, console)
     _print_summary(loop.ledger, tag, target)
@@ -450,7 +451,8 @@ def cmd_status(args) -> int:
         print(dumps(info, indent=2))
         return 0
     console.print(f"[bold]run {_e(tag)}[/] · {_e(info['metric'])} ({info['direction']}) · agent "
-                  f"{_e(info['agent'])} · policy {_e(info['policy'])} · branch {_e(info['branch'])}")
+                  f"{_e(info['agent'])} · policy {_e(info['policy'])} · strategy "
+                  f"{_e(info['strategy'])} · branch {_e(info['branch'])}")
     if info["source"]:
         console.print(f"  promotion of run {_e(info['source'])} at scale {_e(info['scale'])} "
                       f"(autoresearch promote --from {_e(info['source'])} --scale "
@@ -459,6 +461,9 @@ def cmd_status(args) -> int:
         console.print(f"  at scale {_e(info['scale'])}")
     console.print("  " + ", ".join(f"{v} {k}" for k, v in sorted(info["counts"].items()))
                   + f" · {info['experiments']} total")
+    if info["operators"]:
+        console.print("  tree     " + ", ".join(f"{c['proposed']} {op} ({c['kept']} kept)"
+                                               for op, c in info["operators"].items()))
     base, best = info["baseline"], info["best"]
     if base is not None:
         console.print(f"  baseline {base:.6f} (mean of {info['baseline_runs']} run(s))")
@@ -544,6 +549,8 @@ def cmd_show(args) -> int:
                   f"parent {d['parent']}", markup=False)
     if d["candidate_seq"] is not None:
         console.print(f"  measured for candidate #{d['candidate_seq']}")
+    if d["node_seq"] is not None:
+        console.print(f"  tree search: {d['operator']} of node #{d['node_seq']}", markup=False)
     if d["wall_time"] is not None:
         console.print(f"  wall {d['wall_time']:.2f}s, peak memory {d['peak_memory_mb'] or 0:.0f} MB, "
                       f"exit {d['exit_code']}")
@@ -760,6 +767,7 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
     p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")
     p.add_argument("--policy", help="noise-aware (default), greedy or noise-aware-v1")
+    _strategy_flag(p)
     p.add_argument("--prune", action="store_true", help="stop runs whose progress curve is clearly worse")
     p.add_argument("--max-cost", type=float, help="stop when the agent has cost USD")
     p.add_argument("--workers", type=int, default=1, help="experiments at once (one worktree each)")
@@ -774,6 +782,11 @@ def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> Non
                    help="results.tsv: native (every experiment) or original (one row per candidate, "
                         "repeats folded into its mean, keep/discard/crash: the original's analysis.ipynb)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
+
+
+def _strategy_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", help="ratchet (default: every proposal improves the best) or tree "
+                   "(AIDE-style search over a population of nodes; strategy in autoresearch.toml)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -146,6 +146,18 @@ class PruneSettings(_Strict):
     catch_up: float = Field(0.5, ge=0)                # slack: a run may still learn this much faster than the best
 
 
+class TreeSettings(_Strict):
+    """[tree]: settings of the tree search (strategy = "tree"; see strategies.py)."""
+
+    population: int = Field(16, ge=2, le=1000)        # nodes kept to propose from (the root and the best always among them)
+    drafts: int = Field(3, ge=0, le=100)              # children of the root (fresh ideas) before any other node is improved
+    exploration: float = Field(1.414, ge=0)           # UCB's exploration weight c (UCB1: sqrt 2)
+    window: int = Field(50, ge=1, le=10_000)          # a node's latest children that its score counts
+    debug_prob: float = Field(0.5, ge=0, le=1)        # chance that a proposal fixes a crashed node when one is open
+    max_debug_depth: int = Field(3, ge=0, le=20)      # debug attempts in a row on one line of crashes
+    max_steps_back: int = Field(2, ge=0, le=20)       # children worse than their parent in a row that may still be proposed from
+
+
 class Price(_Strict):
     input: float = Field(ge=0)    # USD per million input tokens
     output: float = Field(ge=0)   # USD per million output tokens
@@ -265,6 +277,8 @@ class TargetSpec(_Strict):
     training_seconds_metric: str | None = "training_seconds"  # reported training time, checked too
     search: dict[str, SearchParam] = Field(default_factory=dict)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    strategy: Literal["ratchet", "tree"] = "ratchet"  # which node a proposal starts from (strategies.py)
+    tree: TreeSettings = Field(default_factory=TreeSettings)
     prune: PruneSettings = Field(default_factory=PruneSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     agents: list[AgentEntry] = Field(default_factory=list)   # a portfolio (portfolio.py)

@@ -27,6 +27,7 @@ Outcomes are data (`Outcome`), never exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import math
@@ -43,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lockcheck import PROCESS_HASHES, RACY_SECONDS
 from .ratchet import git_blob_hash
 from .runner import RunResult, run_command
 from .sandbox import Sandbox, SandboxPolicy, remove_tree
@@ -157,11 +159,14 @@ def evaluator_env(env: dict[str, str], job: Job) -> dict[str, str]:
 
 
 def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
+    """The paths whose files are not these blob ids: changed, missing, unreadable or symlinks.
+    Ids come through the process's stat cache (lockcheck), streamed: an unchanged file (size,
+    mtime, ctime, inode, device) is not read again, and a large one never sits in memory."""
     bad = []
     for rel, oid in locked.items():
         p = target_dir / rel
         try:
-            if p.is_symlink() or git_blob_hash(p.read_bytes()) != oid:
+            if p.is_symlink() or PROCESS_HASHES.blob_id(p) != oid:
                 bad.append(rel)
         except OSError:
             bad.append(rel)
@@ -237,10 +242,20 @@ def startup_hook_dirs() -> list[str]:
     """Where an interpreter picks up startup code: site-packages (.pth files, sitecustomize),
     the user site, and the standard library's directory (sitecustomize.py there runs too)."""
     dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+    paths = sysconfig.get_paths()
     for key in ("purelib", "platlib", "stdlib"):
-        dirs.append(sysconfig.get_paths().get(key, ""))
+        dirs.append(paths.get(key, ""))
     dirs += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
     return sorted({d for d in dirs if d})
+
+
+def _stat_key(path: str) -> tuple[int, ...] | None:
+    """What a change to path changes (ctime cannot be set back); None when it is missing."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def _is_hook(name: str) -> bool:
@@ -253,12 +268,15 @@ class _Guard:
     `restore()` puts back what changed since (removing what was planted) and names it.
 
     One baseline per process, not per step: with several slots, a snapshot taken while another
-    step's plant is in place must not become the state to restore.
+    step's plant is in place must not become the state to restore. A file whose stat key (mode,
+    size, mtime, ctime, inode, device) is the one it had when last seen equal to the baseline,
+    and that had settled then (its ctime `RACY_SECONDS` old, as in lockcheck), is not read again.
     """
 
     _lock = threading.Lock()
     _baseline: dict[str, bytes | None] = {}
     _roots: set[tuple[str, bool]] = set()
+    _same: dict[str, tuple[int, ...]] = {}   # path -> stat key when last seen equal to baseline
 
     def __init__(self, protected: list[str]) -> None:
         self.roots = [(r, True) for r in protected] + [(r, False) for r in startup_hook_dirs()]
@@ -278,23 +296,40 @@ class _Guard:
         out = []
         if not all_entries:
             try:
-                names = os.listdir(root)
+                names = _Guard._hooks_in(root)
             except OSError:
                 return []
             for name in names:
                 p = os.path.join(root, name)
-                if _is_hook(name):
-                    out += (_Guard._walk(p, True) if os.path.isdir(p) and not os.path.islink(p)
-                            else [p])
+                out += (_Guard._walk(p, True) if os.path.isdir(p) and not os.path.islink(p)
+                        else [p])
             pyc = os.path.join(root, "__pycache__")
             if os.path.isdir(pyc):
-                out += [os.path.join(pyc, n) for n in os.listdir(pyc) if _is_hook(n)]
+                with contextlib.suppress(OSError):
+                    out += [os.path.join(pyc, n) for n in _Guard._hooks_in(pyc)]
             return out
         for dirpath, dirnames, filenames in os.walk(root):
             out += [os.path.join(dirpath, n) for n in filenames]
             out += [os.path.join(dirpath, d) for d in dirnames
                     if os.path.islink(os.path.join(dirpath, d))]
         return out
+
+    _listings: dict[str, tuple[tuple[int, ...], list[str]]] = {}
+
+    @staticmethod
+    def _hooks_in(directory: str) -> list[str]:
+        """The startup-hook names in a directory. A site-packages holds thousands of entries;
+        its listing is reused while the directory's stat key (an entry added, removed or
+        renamed changes its mtime and ctime) is the one it had, settled, when listed."""
+        key = _stat_key(directory)
+        hit = _Guard._listings.get(directory)
+        if key is not None and hit is not None and hit[0] == key:
+            return hit[1]
+        names = [n for n in os.listdir(directory) if _is_hook(n)]
+        if key is not None and key == _stat_key(directory) \
+                and time.time() - key[3] / 1e9 > RACY_SECONDS:
+            _Guard._listings[directory] = (key, names)
+        return names
 
     @staticmethod
     def _read(path: str) -> bytes | None:
@@ -305,6 +340,18 @@ class _Guard:
                 return f.read()
         except OSError:
             return None
+
+    def _current(self, path: str) -> bytes | None:
+        """path's bytes now, unread when its stat key says it is still the baseline's."""
+        key = _stat_key(path)
+        if key is not None and self._same.get(path) == key:
+            return self._baseline.get(path)
+        data = self._read(path)
+        if key is None or data != self._baseline.get(path) or key != _stat_key(path):
+            self._same.pop(path, None)
+        elif time.time() - key[3] / 1e9 > RACY_SECONDS:
+            self._same[path] = key
+        return data
 
     def _root_of(self, path: str) -> bool | None:
         """True under a protected root, False under a site directory, None elsewhere."""
@@ -318,7 +365,7 @@ class _Guard:
         not re-created); the paths that had changed."""
         changed = []
         with self._lock:
-            now = {path: self._read(path) for root in self.roots for path in self._walk(*root)}
+            now = {path: self._current(path) for root in self.roots for path in self._walk(*root)}
             mine = {p for p in self._baseline if self._root_of(p) is not None}
             for path in sorted(set(now) | mine):
                 before, after = self._baseline.get(path), now.get(path)

@@ -24,7 +24,8 @@ The experiment's state machine (every transition the loop makes; nothing else wr
     pending       baseline: first measurement                   keep          baseline
     pending       the policy: keep, on top of the best          keep          candidate, rebase
     pending       the policy: keep, proposed against an older   rebased       candidate, rebase
-                  best (a `rebase` row measures it again)
+                  best (a `rebase` row measures it again; never
+                  a tree search's child, kept as measured)
     pending       the policy: discard / no verdict within cap   discard       candidate, rebase
     pending       the policy: measure again                     pending       candidate, rebase
     pending       one of its repeats failed                     discard       candidate, rebase

@@ -114,7 +114,7 @@ EXPORT_FIELDS = ("tag", "seq", "id", "kind", "status", "reason", "metric", "desc
                  "parent", "candidate_of", "agent", "role", "seed", "slot", "gpu", "wall_time",
                  "peak_memory_mb", "exit_code", "diff_added", "diff_removed", "code_lines",
                  "input_tokens", "output_tokens", "cost_usd", "started", "finished", "log_path",
-                 "notes")
+                 "notes", "node_parent", "operator")
 
 
 def row(e: Experiment) -> dict:

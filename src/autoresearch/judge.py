@@ -18,7 +18,9 @@
                                                          a hub contributor claims it
     candidate, rebase    keep-stale        rebased       replay onto the newer best as a `rebase`
                                                          row (discard if it conflicts, repeats an
-                                                         earlier tree, or the run is out of room)
+                                                         earlier tree, or the run is out of room);
+                                                         never for a tree node's child (node_parent
+                                                         set): it is kept as it was measured
     candidate, rebase    discard           discard       tell the agent
     candidate, rebase    more              pending       add a `repeat` row (of it or of the best)
     candidate, rebase    no-verdict        discard       tell the agent (twice max_runs repeats)
@@ -192,7 +194,8 @@ class Judge:
                 self.apply(cand, Event.MORE, reason=d.reason, decision=record,
                            then={"who": inc if d.rerun == "incumbent" else cand})
         elif d.verdict == Verdict.KEEP:
-            stale = cand.parent != inc.commit_sha
+            # a tree search's child was measured as a whole: keep it as it is
+            stale = cand.parent != inc.commit_sha and cand.node_parent is None
             self.apply(cand, Event.KEEP_STALE if stale else Event.KEEP, reason=d.reason,
                        decision=record)
         else:

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     setup_done INTEGER DEFAULT 0,
     state TEXT DEFAULT 'active',
     scale TEXT,               -- the [scales] entry it runs at (None: the toml as written)
-    source TEXT               -- a promotion: the tag of the run it replays
+    source TEXT,              -- a promotion: the tag of the run it replays
+    strategy TEXT             -- ratchet | tree (strategies.py); NULL: ratchet
 );
 CREATE TABLE IF NOT EXISTS experiments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,6 +87,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     notes TEXT DEFAULT '',
     pid INTEGER,
     pid_started REAL,
+    node_parent INTEGER,              -- tree search: the node (experiment id) it was proposed from
+    operator TEXT,                    -- tree search: draft | improve | debug
     UNIQUE (tag, seq)
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
@@ -203,6 +206,8 @@ class Experiment:
     notes: str
     pid: int | None
     pid_started: float | None
+    node_parent: int | None       # tree search: the experiment id of the node it started from
+    operator: str | None          # tree search: draft | improve | debug
     role: str | None = None           # the proposer's role in a portfolio ([[agents]] role)
 
     def history_entry(self) -> HistoryEntry:
@@ -226,6 +231,7 @@ class Run:
     state: str
     scale: str | None = None     # the [scales] entry it runs at
     source: str | None = None    # a promotion (promote.py): the run it replays
+    strategy: str | None = None  # ratchet | tree (strategies.py)
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
@@ -263,6 +269,8 @@ class Ledger:
 
     #: columns added after the first schema: (table, column, type), added to older ledgers
     _ADDED_COLUMNS = (("runs", "scale", "TEXT"), ("runs", "source", "TEXT"),
+                      ("runs", "strategy", "TEXT"), ("experiments", "node_parent", "INTEGER"),
+                      ("experiments", "operator", "TEXT"),
                       ("experiments", "role", "TEXT"))   # role: a portfolio member's
 
     def _migrate(self) -> None:
@@ -295,13 +303,13 @@ class Ledger:
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
                    policy: str, locked: dict[str, str], *, scale: str | None = None,
-                   source: str | None = None) -> Run:
+                   source: str | None = None, strategy: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
                 "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
-                "locked, scale, source) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "locked, scale, source, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked),
-                 scale, source))
+                 scale, source, strategy))
         run = self.get_run(tag)
         assert run is not None
         return run
@@ -393,6 +401,8 @@ class Ledger:
         d["input_tokens"] = d["input_tokens"] or 0
         d["output_tokens"] = d["output_tokens"] or 0
         d["cost_usd"] = d["cost_usd"] or 0.0
+        for column in ("node_parent", "operator"):   # a read-only look at an older ledger
+            d.setdefault(column, None)
         return Experiment(**d)
 
     def _select(self, where: str, args: Iterable[Any], order: str = "seq",
@@ -517,6 +527,15 @@ class Ledger:
             "SELECT agent, role, COUNT(*), COALESCE(SUM(cost_usd), 0) FROM experiments "
             "WHERE tag = ? AND kind = ? GROUP BY agent, role ORDER BY MIN(id)",
             (tag, Kind.CANDIDATE.value))]
+
+    def operator_counts(self, tag: str) -> dict[str, dict[str, int]]:
+        """Tree search: proposals and keeps by operator ({"improve": {"proposed": 12,
+        "kept": 2}, ...}); empty for a ratchet run."""
+        rows = self._db.execute(
+            "SELECT operator, COUNT(*), SUM(status = ?) FROM experiments WHERE tag = ? AND "
+            "operator IS NOT NULL GROUP BY operator ORDER BY operator",
+            (Status.KEEP.value, tag))
+        return {op: {"proposed": n, "kept": int(kept or 0)} for op, n, kept in rows}
 
     def running_seqs(self, tag: str) -> list[int]:
         return [r[0] for r in self._db.execute(

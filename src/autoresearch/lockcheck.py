@@ -7,7 +7,8 @@ Guarantees:
 - A file is re-hashed unless its size, mtime, ctime, inode and device all equal those seen when
   it was last hashed. ctime cannot be set by a process (utime and every write change it), so
   restoring a file's mtime after rewriting it does not hide the change. As in git's "racy"
-  rule, a file modified within `RACY_SECONDS` of being hashed is not cached.
+  rule, a file changed within `RACY_SECONDS` of being hashed is not cached; "changed" is read
+  from ctime, so setting the mtime back cannot make a fresh file look settled.
 - The cache may be saved to a JSON file (the session keeps one under .autoresearch/); a
   missing, unreadable or foreign cache file only costs a re-hash.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 CHUNK = 1 << 20
 RACY_SECONDS = 2.0
+_clock = time.time   # the racy rule's clock (tests move it forward instead of waiting)
 
 
 def git_blob_hash_file(path: Path) -> str:
@@ -63,7 +65,7 @@ class FileHashes:
             return hit[1]
         oid = git_blob_hash_file(Path(name))
         after = os.stat(name)
-        if _key(after) == key and time.time() - after.st_mtime > RACY_SECONDS:
+        if _key(after) == key and _clock() - after.st_ctime > RACY_SECONDS:
             with self._lock:
                 self._seen[name] = (key, oid)
                 self._dirty = True

@@ -3,7 +3,8 @@
 One driver thread owns the run. Around it:
 - `session.py` holds the driver lock and opens, resumes and repairs the run;
 - `state.py` is the run in memory, written through to the ledger and never read back;
-- `proposals.py` asks the agent (own thread, ahead of time) and turns proposals into commits;
+- `proposals.py` asks the agent (own thread, ahead of time) and turns proposals into commits,
+  each from the node the strategy chooses (`strategies.py`: the best, or a tree's node);
 - the executor's slots evaluate commits (local worktrees, or Ray workers);
 - `judge.py` turns results and the policy's verdicts into statuses (one table of transitions).
 
@@ -41,6 +42,7 @@ from .proposals import LineCounter, Proposals, record_refused
 from .ratchet import Ratchet
 from .session import Session
 from .state import RunState
+from .strategies import Strategy, make_strategy
 
 if TYPE_CHECKING:
     from .hub.contributor import HubContributor
@@ -61,6 +63,7 @@ class LoopOptions:
     ahead: int | None = None            # proposals kept ready; default: slots for slow agents
     results_format: str = "native"      # results.tsv: "native" or "original" (export.py)
     scale: str | None = None            # the [scales] entry the target's spec is at
+    strategy: str = "ratchet"           # where proposals start: "ratchet" or "tree"
 
 
 class Loop:
@@ -79,13 +82,14 @@ class Loop:
         self.reporter = reporter
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
                                policy_name=policy.name, budget=options.budget, seed=options.seed,
-                               results_format=options.results_format,
+                               results_format=options.results_format, strategy=options.strategy,
                                say=reporter.message if reporter else None, scale=options.scale)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)
         self.state: RunState | None = None
         self.judge: Judge | None = None
+        self.strategy: Strategy | None = None
         self.proposals: Proposals | None = None
         self.queue: deque[Experiment] = deque()              # experiments to measure, in order
         self.in_flight: dict[int, tuple[Experiment, Future]] = {}   # slot -> its experiment
@@ -109,9 +113,11 @@ class Loop:
                            seed=self.opt.seed, slots=self.executor.slots,
                            say=self.reporter.message if self.reporter else None)
         self.judge.hub = self.hub
+        self.strategy = make_strategy(self.opt.strategy, state, self.spec, self.judge.noise,
+                                      self.opt.seed)
         self.session.write_results(state, self.judge.values(self.session.original))
         self.proposals = Proposals(self.session, state, self.ratchet, self.agent, self.judge,
-                                   self.lines, self.executor.slots, self.opt.ahead,
+                                   self.lines, self.executor.slots, self.opt.ahead, self.strategy,
                                    enqueue=self.enqueue, finished=self.finished)
         # every row, running and pending ones included: a replayed script must not repeat them
         self.agent.resume([e.history_entry() for e in state.rows.values()])
@@ -134,12 +140,11 @@ class Loop:
                 while True:
                     self._dispatch()
                     if not self.in_flight and not self.queue and not self._want_new():
-                        if not self._waiting_on_agent():
+                        if not self.proposals or not self.proposals.waiting() or self.stopping:
                             break
                     self._wait(0.1)
             except BaseException:
-                # Ctrl-C, or a stop (baseline failed, agent keeps failing): experiments still
-                # running are killed and recorded as interrupted; the next run measures them
+                # Ctrl-C or a stop: running experiments are killed, recorded as interrupted
                 self.stopping = self.stopping or "interrupted"
                 self._drain_after_interrupt()
                 raise
@@ -226,10 +231,6 @@ class Loop:
         if self.reporter:
             self.reporter.tick(self)
 
-    def _waiting_on_agent(self) -> bool:
-        assert self.proposals is not None
-        return bool(self.proposals.waiting()) and not self.stopping
-
     def _drain_after_interrupt(self) -> None:
         self.executor.interrupt()
         for e, fut in list(self.in_flight.values()):
@@ -280,14 +281,12 @@ class Loop:
 
     # == what the judge and the proposals ask of the driver ======================================
     def enqueue(self, e: Experiment, first: bool = False) -> None:
-        if first:
-            self.queue.appendleft(e)
-        else:
-            self.queue.append(e)
+        (self.queue.appendleft if first else self.queue.append)(e)
 
     def finished(self, e: Experiment) -> None:
-        """An experiment reached its final status: its line in results.tsv, the reporter."""
-        assert self.state is not None and self.judge is not None
+        """An experiment reached its final status: the strategy, results.tsv, the reporter."""
+        assert self.state is not None and self.judge is not None and self.strategy is not None
+        self.strategy.record(e)
         value = self.judge.value_of(e) if self.session.original or e.status == Status.KEEP else None
         append_results_tsv(e, self.spec, self.target.results_path, value, self.session.original)
         if self.reporter:

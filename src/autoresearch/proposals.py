@@ -1,8 +1,9 @@
 """Proposals: the agent thread, proposals made ahead of time, commits, duplicates, refusals.
 
 Guarantees:
-- The agent is asked on its own thread, always against the best known at the moment of asking
-  (`_Pending.base`); the proposal is committed on that thread too (a private temporary index),
+- The agent is asked on its own thread, against the node the strategy chose at the moment of
+  asking (`_Pending.base`: the best under `ratchet`; any node of the population under `tree`,
+  strategies.py); the proposal is committed on that thread too (a private temporary index),
   so git stays off the driver thread. Agents that are not `concurrent` are called one at a time.
 - Instant agents are asked only when a slot is free, so they see every result first; agents
   that declare `ahead` have one proposal in the making per slot.
@@ -42,6 +43,7 @@ from .portfolio import Member, Portfolio
 from .ratchet import CommitResult, Ratchet
 from .session import Session
 from .state import RunState
+from .strategies import Choice, Strategy
 
 MAX_DUPLICATES = 12          # duplicate proposals in a row before it counts as an agent error
 
@@ -59,12 +61,16 @@ class _Prepared:
 
 @dataclass
 class _Pending:
-    """A proposal on its way: asked of the agent against `base`."""
+    """A proposal on its way: asked of the agent against `base` (the strategy's choice)."""
 
-    base: Experiment
+    choice: Choice
     future: Future
     member: Member
     asked: float = field(default_factory=time.time)
+
+    @property
+    def base(self) -> Experiment:
+        return self.choice.parent
 
 
 class LineCounter:
@@ -90,8 +96,8 @@ class LineCounter:
 
 class Proposals:
     def __init__(self, session: Session, state: RunState, ratchet: Ratchet, portfolio: Portfolio,
-                 judge: Judge, lines: LineCounter, slots: int, ahead: int | None, *,
-                 enqueue: Callable[[Experiment], None],
+                 judge: Judge, lines: LineCounter, slots: int, ahead: int | None,
+                 strategy: Strategy, *, enqueue: Callable[[Experiment], None],
                  finished: Callable[[Experiment], None]):
         self.session = session
         self.spec = session.spec
@@ -103,6 +109,7 @@ class Proposals:
         self.lines = lines
         self.slots = slots
         self.ahead_option = ahead
+        self.strategy = strategy
         self.enqueue = enqueue
         self.finished = finished
         self.pending: deque[_Pending] = deque()
@@ -193,15 +200,17 @@ class Proposals:
         return self._next_ready() is not None
 
     def _ask(self, member: Member) -> _Pending:
-        base = self.state.incumbent
-        assert base is not None
-        ctx = self._context(base, member)
+        choice = self.strategy.choose([p.base for p in self.pending])
+        base = choice.parent
+        ctx = self._context(base, member, choice.operator)
         fut: Future = Future()
         member.asked += 1
         agent = member.agent
 
         def work() -> None:
             try:
+                if ctx.parent is not None:    # git off the driver thread: the node's diff
+                    ctx.parent_diff = self._node_diff(base)
                 with member.lock if not agent.concurrent else contextlib.nullcontext():
                     proposal = agent.propose(ctx)
                 proposal.agent = member.label
@@ -211,14 +220,26 @@ class Proposals:
                 fut.set_exception(e)
 
         threading.Thread(target=work, name="agent", daemon=True).start()
-        return _Pending(base, fut, member)
+        return _Pending(choice, fut, member)
 
-    def _context(self, base: Experiment, member: Member) -> AgentContext:
+    def _node_diff(self, node: Experiment) -> str:
+        """The node's editable files against the best's, as a diff (tree search)."""
+        best = self.state.incumbent
+        assert best is not None and best.commit_sha and node.commit_sha
+        if best.tree_sha == node.tree_sha:
+            return ""
+        return self.ratchet.diff(best.commit_sha, node.commit_sha)
+
+    def _context(self, base: Experiment, member: Member,
+                 operator: str | None = None) -> AgentContext:
         assert base.commit_sha is not None
         files = self.ratchet.list_files(base.commit_sha)
         editable = [p for p in files if self.session.editable(p)]
         crash, crash_log = self.state.last_crash, None
-        if crash is not None and crash.log_path and crash.status in (Status.CRASH, Status.TIMEOUT):
+        if operator == "debug":        # the node to fix is the crash to read
+            crash = base
+        if crash is not None and crash.log_path and (
+                crash.status in (Status.CRASH, Status.TIMEOUT) or operator == "debug"):
             crash_log = f"experiment #{crash.seq} ({crash.description}): {crash.reason}\n" + \
                 "\n".join(tail_lines(Path(crash.log_path), 50))
         feedback = "\n".join(self.judge.feedback + member.feedback) or None
@@ -234,12 +255,16 @@ class Proposals:
             wt = self.ratchet.worktree(f"propose-{threading.get_ident() % 1000}-{counter['n'] % 4}")
             return self.ratchet.checkout(wt, base.commit_sha)
 
+        best = self.state.incumbent or base
         return AgentContext(
             program=program, files={p: texts[p] for p in editable if p in texts},
-            history=self.state.history(), best=base.history_entry(), spec=self.spec,
+            history=self.state.history(), best=best.history_entry(), spec=self.spec,
             base_commit=base.commit_sha, experiment_seq=seq, last_crash_log=crash_log,
             feedback=feedback, workspace=workspace, editable=self.session.editable,
-            log_dir=self.session.log_dir / "agent", role=member.role, **self._research())
+            log_dir=self.session.log_dir / "agent", operator=operator,
+            parent=base.history_entry() if operator else None,
+            parent_values=self.state.sample(base).values if operator else [],
+            role=member.role, **self._research())
 
     def _research(self) -> dict:
         """The notes and the summary of what was tried, for a context (none when disabled)."""
@@ -263,18 +288,18 @@ class Proposals:
             self.pending = deque(p for p in self.pending if p.member is not member)
             return
         except AgentError as e:
-            self._agent_error(pending.base, e.reason, e.usage, e.agent_log, member)
+            self._agent_error(pending.choice, e.reason, e.usage, e.agent_log, member)
             return
         except AutoresearchError:
             raise
         except Exception as e:  # an agent bug must not end an overnight run
-            self._agent_error(pending.base, f"{type(e).__name__}: {e}", Usage(), None, member)
+            self._agent_error(pending.choice, f"{type(e).__name__}: {e}", Usage(), None, member)
             return
         cr = prepared.commit
         repeat = cr is not None and (cr.tree in self.state.trees or not cr.changed)
         # first the notes: an exact repeat has no row, any other proposal gets the next seq
         self._take_notes(prepared.proposal, member, None if repeat else self.state.next_seq)
-        self._accept(prepared, pending.base, duplicates, member)
+        self._accept(prepared, pending.choice, duplicates, member)
 
     def _take_notes(self, proposal: Proposal, member: Member, seq: int | None) -> None:
         """What the proposal wrote to the research notes, bounded and stored in the ledger."""
@@ -294,14 +319,14 @@ class Proposals:
             self.notes = text
             self.session.ledger.set_research_notes(self.tag, text)
 
-    def _agent_error(self, base: Experiment, reason: str, usage: Usage,
+    def _agent_error(self, choice: Choice, reason: str, usage: Usage,
                      agent_log: str | None, member: Member) -> None:
         member.errors += 1
         e = self.state.add(
-            kind=Kind.CANDIDATE, parent=base.commit_sha, agent=member.spec, role=member.role,
-            description="(no proposal)", status=Status.AGENT_ERROR, reason=reason,
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cost_usd=usage.cost_usd, finished=time.time(), log_path=agent_log)
+            kind=Kind.CANDIDATE, parent=choice.parent.commit_sha, agent=member.spec,
+            role=member.role, description="(no proposal)", status=Status.AGENT_ERROR,
+            reason=reason, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd, finished=time.time(), log_path=agent_log, **choice.fields())
         self.finished(e)
         self._check_error_streak(reason, member)
 
@@ -335,22 +360,23 @@ class Proposals:
             return _Prepared(proposal, error=str(e))
         return _Prepared(proposal, cr, None, self.lines.count(cr.sha), themes)
 
-    def _accept(self, prepared: _Prepared, base: Experiment, duplicates: int,
+    def _accept(self, prepared: _Prepared, choice: Choice, duplicates: int,
                 member: Member) -> None:
         """Record a committed proposal as an experiment and queue it (or refuse it)."""
+        base = choice.parent
         assert base.commit_sha is not None
         proposal, cr = prepared.proposal, prepared.commit
         if cr is None:
-            self._agent_error(base, prepared.error or "no commit", proposal.usage,
+            self._agent_error(choice, prepared.error or "no commit", proposal.usage,
                               proposal.agent_log, member)
             return
         dup_of = self.state.trees.get(cr.tree)
         if dup_of is not None or not cr.changed:
             earlier = self.state.get(dup_of) if dup_of else base
             if proposal.refused:
-                self._refused_duplicate(proposal, base, earlier, member)
+                self._refused_duplicate(proposal, choice, earlier, member)
             else:
-                self._duplicate(proposal, base, earlier, duplicates, member)
+                self._duplicate(proposal, choice, earlier, duplicates, member)
             return
         outside = [p for p in cr.changed if not self.session.editable(p)]
         # an agent that only ever breaks the rules must stop too
@@ -359,7 +385,7 @@ class Proposals:
         match = (self.near.find(cr.sha, base.commit_sha)
                  if self.spec.notes.near_duplicates and not outside else None)
         if match is not None:
-            self._near_duplicate(prepared, base, match, duplicates, member)
+            self._near_duplicate(prepared, choice, match, duplicates, member)
             return
         e = self.state.add(
             kind=Kind.CANDIDATE, parent=base.commit_sha, commit_sha=cr.sha, tree_sha=cr.tree,
@@ -369,7 +395,8 @@ class Proposals:
             diff_removed=cr.removed, code_lines=prepared.lines,
             input_tokens=proposal.usage.input_tokens, output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd, notes=_notes(proposal),
-            log_path=proposal.agent_log, finished=time.time() if outside else None)
+            log_path=proposal.agent_log, finished=time.time() if outside else None,
+            **choice.fields())
         self.ratchet.pin(self.tag, e.seq, cr.sha)
         if outside:
             member.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
@@ -378,11 +405,13 @@ class Proposals:
             return
         self._index(e, prepared.themes)
         self.judge.proposals[e.id] = proposal
+        self.strategy.record(e)
         self.enqueue(e)
 
-    def _near_duplicate(self, prepared: _Prepared, base: Experiment, match: Match,
+    def _near_duplicate(self, prepared: _Prepared, choice: Choice, match: Match,
                         duplicates: int, member: Member) -> None:
         """Recorded as a `duplicate` row (pinned, never run); the agent is told and asked again."""
+        base = choice.parent
         proposal, cr = prepared.proposal, prepared.commit
         assert cr is not None
         earlier = self.state.get(match.exp_id)
@@ -394,23 +423,24 @@ class Proposals:
             diff_removed=cr.removed, code_lines=prepared.lines,
             input_tokens=proposal.usage.input_tokens, output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd, notes=_notes(proposal),
-            log_path=proposal.agent_log, finished=time.time())
+            log_path=proposal.agent_log, finished=time.time(), **choice.fields())
         self.ratchet.pin(self.tag, e.seq, cr.sha)
         self.tried.note(e, prepared.themes or [])
         self.finished(e)
-        self._duplicate(proposal, base, earlier, duplicates, member, match=match, row=e)
+        self._duplicate(proposal, choice, earlier, duplicates, member, match=match, row=e)
 
-    def _refused_duplicate(self, proposal: Proposal, base: Experiment,
+    def _refused_duplicate(self, proposal: Proposal, choice: Choice,
                            earlier: Experiment, member: Member) -> None:
         """A proposal whose edits to locked files were dropped and whose rest repeats an earlier
         experiment: refused, so it is an `invalid` row (not a silent duplicate)."""
         reason = (f"edited file(s) that are not editable (dropped): {', '.join(proposal.refused)}; "
                   f"the rest repeats experiment #{earlier.seq}")
         member.errors += 1
-        e = self.state.add(**refused_row(parent=base.commit_sha, agent=member.spec,
+        e = self.state.add(**refused_row(parent=choice.parent.commit_sha, agent=member.spec,
                                          description=proposal.description, reason=reason,
                                          usage=proposal.usage, notes="; ".join(proposal.notes),
-                                         log_path=proposal.agent_log), role=member.role)
+                                         log_path=proposal.agent_log), role=member.role,
+                           **choice.fields())
         member.agent.observe(proposal, Outcome(e.id, Status.INVALID, None, reason))
         self.finished(e)
         self._check_error_streak(reason, member)
@@ -451,7 +481,8 @@ class Proposals:
                         diff_added=cr.added, diff_removed=cr.removed, code_lines=prepared.lines,
                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                         cost_usd=usage.cost_usd, notes=_notes(prepared.proposal),
-                        log_path=prepared.proposal.agent_log, finished=time.time())
+                        log_path=prepared.proposal.agent_log, finished=time.time(),
+                        **p.choice.fields())
                     self.ratchet.pin(self.tag, e.seq, cr.sha)
                 else:
                     error = p.future.exception() if p.future.done() else None
@@ -465,12 +496,13 @@ class Proposals:
                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                         cost_usd=usage.cost_usd, finished=time.time(),
                         log_path=(error.agent_log if isinstance(error, AgentError) else None) or (
-                            prepared.proposal.agent_log if prepared else None))
+                            prepared.proposal.agent_log if prepared else None),
+                        **p.choice.fields())
             except AutoresearchError:
                 continue                 # a stopping run must not fail on its bookkeeping
             self.finished(e)
 
-    def _duplicate(self, proposal: Proposal, base: Experiment, earlier: Experiment,
+    def _duplicate(self, proposal: Proposal, choice: Choice, earlier: Experiment,
                    duplicates: int, member: Member, match: Match | None = None,
                    row: Experiment | None = None) -> None:
         """Tell the member which experiment its proposal repeats, and ask it again at once."""
@@ -480,7 +512,7 @@ class Proposals:
             duplicate_of=earlier.seq, metrics=earlier.metrics or {}))
         if duplicates + 1 >= MAX_DUPLICATES:
             usage = Usage() if row else proposal.usage       # a recorded row holds its cost
-            self._agent_error(base, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
+            self._agent_error(choice, f"{MAX_DUPLICATES} proposals in a row repeated earlier "
                               f"experiments", usage, proposal.agent_log, member)
             return
         how = (f"is a near-duplicate of experiment #{earlier.seq}: {match.detail}" if match else

@@ -12,6 +12,14 @@ attributes file, fsmonitor and system config are switched off. A worktree is not
 it is a plain directory that `checkout` wipes and rebuilds from the object store, writing each
 blob's bytes itself (`cat-file --batch`), so no filter, attribute or hook from the tree or from a
 step's leftovers ever runs. `archive` builds its tar the same way.
+
+With pygit2 installed (`pip install 'autoresearch[git]'`) the hot path runs no git process at
+all: a proposal's blobs, trees and commit are written into the object store in-process, and
+checkouts list their trees through libgit2 (their bytes still come from the long-lived
+`cat-file`, which reads a pack several times faster than libgit2 does blob by blob). The objects are byte-for-byte those the
+plumbing would write (the same commit id for the same dates). Without pygit2, when libgit2
+cannot open the repository, or with AUTORESEARCH_GIT_PLUMBING=1, the same work runs through git
+plumbing; refs always move through git's `update-ref` transactions.
 """
 
 from __future__ import annotations
@@ -31,6 +39,11 @@ from pathlib import Path
 from .config import RESULTS_NAME, STATE_DIR
 from .errors import GitError
 
+try:   # optional (autoresearch[git]): commits and checkouts without a git process
+    import pygit2
+except ImportError:   # pragma: no cover - the plumbing path below is the fallback
+    pygit2 = None
+
 _IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost",
              "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null",
              "-c", "core.attributesFile=/dev/null", "-c", "core.fsmonitor=false",
@@ -38,6 +51,7 @@ _IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@loca
 # no system-wide config or attributes, and no prompt for credentials
 _SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
 _BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
+PLUMBING_ENV = "AUTORESEARCH_GIT_PLUMBING"   # "1": never use libgit2 (tests, benchmarks)
 
 
 def safe_git_env() -> dict[str, str]:
@@ -74,6 +88,28 @@ def commit_all(dest: Path, message: str) -> None:
         git("init", "-q", "-b", "main")
     git("add", "-A", ".")
     git("commit", "-q", "-m", message)
+
+
+class _NeedsPlumbing(Exception):
+    """A commit libgit2's tree builder should not attempt; git plumbing builds it instead."""
+
+
+def _is_sha(rev: str) -> bool:
+    return len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+
+
+def _signature(date_var: str) -> pygit2.Signature:
+    """The harness's identity, dated now, or as date_var says when it is set in git's raw form
+    ("SECONDS +HHMM", "@SECONDS +HHMM"); any other form of date is left to git (_NeedsPlumbing)."""
+    if not (value := os.environ.get(date_var)):
+        return pygit2.Signature("autoresearch", "autoresearch@localhost")
+    raw = value.lstrip("@").split()
+    if len(raw) != 2 or not raw[0].isdigit() or len(raw[1]) != 5 or raw[1][0] not in "+-" \
+            or not raw[1][1:].isdigit():
+        raise _NeedsPlumbing
+    tz = int(raw[1][1:3]) * 60 + int(raw[1][3:])
+    return pygit2.Signature("autoresearch", "autoresearch@localhost", int(raw[0]),
+                            tz if raw[1][0] == "+" else -tz)
 
 
 @dataclass
@@ -114,6 +150,18 @@ class Ratchet:
         self._cat_lock = threading.Lock()
         self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`
         self._refs_lock = threading.Lock()
+        self._lib: pygit2.Repository | None = None  # libgit2's view (None: plumbing)
+        self._lib_lock = threading.Lock()
+        if pygit2 is not None and os.environ.get(PLUMBING_ENV) != "1":
+            try:
+                self._lib = pygit2.Repository(str(self.git_dir))
+            except (pygit2.GitError, KeyError, ValueError, OSError):
+                self._lib = None
+
+    @property
+    def in_process(self) -> bool:
+        """Are commits and checkouts built in-process (libgit2) rather than by git plumbing?"""
+        return self._lib is not None
 
     def _spawn(self, *args: str, text: bool, stderr: int) -> subprocess.Popen:
         """A long-lived git process in this repository, talked to through pipes."""
@@ -167,6 +215,12 @@ class Ratchet:
         return p.stdout.strip()
 
     def resolve(self, rev: str) -> str | None:
+        if self._lib is not None and (rev.startswith("refs/") or _is_sha(rev)):
+            with self._lib_lock:
+                try:
+                    return str(self._lib.revparse_single(rev).peel(pygit2.Commit).id)
+                except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+                    return None
         p = self.git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", check=False)
         return p.stdout.strip() if p.returncode == 0 else None
 
@@ -243,6 +297,11 @@ class Ratchet:
         """Target-relative path -> blob id of every file in the target at commit."""
         if len(commit) == 40 and commit in self._tree_cache:   # a full sha never changes
             return dict(self._tree_cache[commit])
+        if self._lib is not None:
+            files = {path: str(oid) for path, _mode, oid in self._lib_rows(commit, False)}
+            if len(commit) == 40:
+                self._remember(commit, files)
+            return files
         args = ["ls-tree", "-r", "-z", commit]
         if self.subdir:
             args += ["--", self.subdir]
@@ -338,6 +397,18 @@ class Ratchet:
 
     def _numstat(self, a: str, b: str) -> tuple[list[str], int, int]:
         """(target-relative changed paths, lines added, lines removed) from a to b."""
+        if self._lib is not None:
+            with self._lib_lock:
+                repo = self._lib
+                diff = repo.diff(repo[a].peel(pygit2.Tree), repo[b].peel(pygit2.Tree))
+                changed, added, removed = [], 0, 0
+                for patch in diff:
+                    delta = patch.delta
+                    changed.append(self._target_rel(delta.new_file.path or delta.old_file.path))
+                    if not delta.is_binary:   # binary files have no line counts, as in git
+                        _ctx, plus, minus = patch.line_stats
+                        added, removed = added + plus, removed + minus
+                return changed, added, removed
         out = self.git("diff-tree", "-r", "--no-commit-id", "--numstat", "-z", a, b)
         changed, added, removed = [], 0, 0
         for entry in out.split("\0"):
@@ -357,9 +428,15 @@ class Ratchet:
                     patch: str | None = None) -> CommitResult:
         """A commit on top of base with these whole files (None deletes) or this patch.
 
-        Built in a temporary index, so no working tree is touched. Raises GitError when the
-        patch does not apply.
+        Built in a temporary index (or in-process, see the module's docstring), so no working
+        tree is touched. Raises GitError when the patch does not apply.
         """
+        if files and not patch and self._lib is not None:
+            with self._lib_lock:
+                built = self._lib_commit(base, message, files)
+            if built is not None:
+                sha, tree, written = built
+                return self._committed(base, sha, tree, written)
         written: dict[str, str | None] = {}   # target-relative path -> new blob (None: deleted)
         with tempfile.TemporaryDirectory(prefix="ar-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -384,7 +461,12 @@ class Ratchet:
                 self._apply_cached(patch, env)
             tree = self.git("write-tree", env=env)
         sha = self.git("commit-tree", tree, "-p", base, "-F", "-", input=message)
-        if files and not patch and len(base) == 40:   # its file list, without an ls-tree
+        return self._committed(base, sha, tree, written if files and not patch else None)
+
+    def _committed(self, base: str, sha: str, tree: str,
+                   written: dict[str, str | None] | None) -> CommitResult:
+        """The result of a new commit; with `written`, its file list is known without ls-tree."""
+        if written is not None and len(base) == 40:
             known = self.list_files(base)
             known.update({rel: oid for rel, oid in written.items() if oid is not None})
             for rel in [r for r, oid in written.items() if oid is None]:
@@ -395,7 +477,78 @@ class Ratchet:
 
     def commit_tree(self, tree: str, parent: str, message: str) -> str:
         """A new commit of an existing tree on top of parent (the kept version of a winner)."""
+        if self._lib is not None and _is_sha(tree) and _is_sha(parent):
+            with self._lib_lock, contextlib.suppress(_NeedsPlumbing):
+                return self._lib_commit_tree(tree, parent, message)
         return self.git("commit-tree", tree, "-p", parent, "-F", "-", input=message)
+
+    # -- in-process (libgit2): callers hold _lib_lock --------------------------------------------
+    def _lib_commit_tree(self, tree: str, parent: str, message: str) -> str:
+        author, committer = _signature("GIT_AUTHOR_DATE"), _signature("GIT_COMMITTER_DATE")
+        oid = self._lib.create_commit(None, author, committer, message, pygit2.Oid(hex=tree),
+                                      [pygit2.Oid(hex=parent)])
+        return str(oid)
+
+    def _lib_commit(self, base: str, message: str, files: dict[str, str | None]
+                    ) -> tuple[str, str, dict[str, str | None]] | None:
+        """(commit, tree, written) built in-process, or None when the plumbing must do it (a
+        path that is a file in one tree and a directory in the other)."""
+        repo = self._lib
+        try:
+            base_commit = repo.revparse_single(base).peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+            raise GitError(f"git read-tree failed: no commit {base} in {self.repo}") from None
+        written: dict[str, str | None] = {}
+        changes: dict[tuple[str, ...], pygit2.Oid | None] = {}
+        for rel, content in files.items():
+            parts = tuple(self._repo_path(rel).split("/"))
+            if content is None:
+                written[rel] = None
+                changes[parts] = None
+            else:
+                oid = repo.create_blob(content.encode())
+                written[rel] = str(oid)
+                changes[parts] = oid
+        try:
+            tree = self._lib_tree(base_commit.tree, changes)
+            if tree is None:
+                tree = repo.TreeBuilder().write()   # everything deleted: the empty tree
+            sha = self._lib_commit_tree(str(tree), str(base_commit.id), message)
+        except _NeedsPlumbing:
+            return None
+        return sha, str(tree), written
+
+    def _lib_tree(self, tree: pygit2.Tree | None,
+                  changes: dict[tuple[str, ...], pygit2.Oid | None]) -> pygit2.Oid | None:
+        """tree with these blobs set (None: removed) at these paths, written; None when the
+        result is empty (git writes no empty directory)."""
+        repo = self._lib
+        builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+        below: dict[str, dict[tuple[str, ...], pygit2.Oid | None]] = {}
+        for parts, oid in changes.items():
+            if len(parts) > 1:
+                below.setdefault(parts[0], {})[parts[1:]] = oid
+                continue
+            entry = builder.get(parts[0])
+            if entry is not None and entry.type_str == "tree":
+                raise _NeedsPlumbing
+            if oid is None:
+                if entry is not None:
+                    builder.remove(parts[0])
+            else:
+                builder.insert(parts[0], oid, pygit2.enums.FileMode.BLOB)
+        for name, sub in below.items():
+            entry = builder.get(name)
+            if entry is not None and entry.type_str != "tree":
+                raise _NeedsPlumbing
+            if entry is None and all(v is None for v in sub.values()):
+                continue   # removing under a directory that does not exist
+            new = self._lib_tree(repo[entry.id] if entry is not None else None, sub)
+            if new is None:
+                builder.remove(name)
+            else:
+                builder.insert(name, new, pygit2.enums.FileMode.TREE)
+        return builder.write() if len(builder) else None
 
     def _apply_cached(self, patch: str, env: dict[str, str]) -> None:
         if not patch.endswith("\n"):
@@ -458,22 +611,48 @@ class Ratchet:
     def _entries(self, commit: str, whole_repo: bool):
         """(path, mode, bytes) of every blob at commit: repo-relative when whole_repo, else
         target-relative within the target's directory."""
-        args = ["ls-tree", "-r", "-z", "--full-tree", commit]
-        if self.subdir and not whole_repo:
-            args += ["--", self.subdir]
-        rows = []
-        for entry in self.git(*args).split("\0"):
-            if not entry:
-                continue
-            meta, path = entry.split("\t", 1)
-            mode, kind, oid = meta.split()
-            if kind == "blob":
-                rows.append((path if whole_repo else self._target_rel(path), mode, oid))
+        if self._lib is not None:   # the listing in-process; the bytes from the long-lived
+            # cat-file, which reads a pack several times faster than libgit2 does blob by blob
+            rows = [(p, m, str(o)) for p, m, o in self._lib_rows(commit, whole_repo)]
+        else:
+            args = ["ls-tree", "-r", "-z", "--full-tree", commit]
+            if self.subdir and not whole_repo:
+                args += ["--", self.subdir]
+            rows = []
+            for entry in self.git(*args).split("\0"):
+                if not entry:
+                    continue
+                meta, path = entry.split("\t", 1)
+                mode, kind, oid = meta.split()
+                if kind == "blob":
+                    rows.append((path if whole_repo else self._target_rel(path), mode, oid))
         for i in range(0, len(rows), _BLOB_BATCH):
             chunk = rows[i:i + _BLOB_BATCH]
             blobs = self.read_blobs(oid for _p, _m, oid in chunk)
             for path, mode, oid in chunk:
                 yield path, mode, blobs[oid]
+
+    def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, pygit2.Oid]]:
+        """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them."""
+        with self._lib_lock:
+            try:
+                root = self._lib.revparse_single(commit).peel(pygit2.Tree)
+            except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+                raise GitError(f"git ls-tree failed: no commit {commit} in {self.repo}") from None
+            rows: list[tuple[str, str, pygit2.Oid]] = []
+
+            def walk(prefix: str, tree: pygit2.Tree) -> None:
+                for entry in tree:
+                    if entry.type_str == "tree":
+                        walk(f"{prefix}{entry.name}/", self._lib[entry.id])
+                    elif entry.type_str == "blob":
+                        rows.append((prefix + entry.name, f"{entry.filemode:06o}", entry.id))
+
+            walk("", root)
+        if self.subdir and not whole_repo:
+            rows = [(self._target_rel(p), m, o) for p, m, o in rows
+                    if p.startswith(self.subdir + "/")]
+        return rows
 
     # -- worktrees --------------------------------------------------------------------------
     def worktree(self, name: str) -> Path:

@@ -18,6 +18,7 @@ from .globs import matches
 from .ledger import Ledger
 from .loop import Loop, LoopOptions
 from .portfolio import Member, Portfolio, entries_from_flags, parse_recorded
+from .strategies import STRATEGIES
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunRequest:
     seed: int = 0
     results_format: str = "native"      # results.tsv: native or original (export.py)
     scale: str | None = None            # a [scales] entry; None: the run's recorded one, if any
+    strategy: str | None = None         # None: the run's recorded strategy, else the toml's
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -59,6 +61,9 @@ class RunRequest:
             if value is not None and (value < low or (low == 0 and value <= 0)):
                 raise ConfigError(f"{flag} must be {'at least 1' if low else 'above 0'} "
                                   f"(got {value:g})")
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown --strategy '{self.strategy}' — use "
+                              f"{' or '.join(STRATEGIES)}")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"unknown --executor '{self.executor}' — use local or ray")
         self._flag_entries()
@@ -121,7 +126,8 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format, scale=scale)
+            results_format=self.results_format, scale=scale,
+            strategy=self.strategy or (run.strategy if run and run.strategy else target.spec.strategy))
         return Loop(target, ledger, ratchet, portfolio, policy, executor, options, reporter)
 
     def _portfolio(self, target: Target, ratchet: Any, base: str,

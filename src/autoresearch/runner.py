@@ -20,6 +20,7 @@ Expected failures (a crash, a timeout, a missing cwd) are fields of RunResult, n
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import re
@@ -124,16 +125,21 @@ def run_command(
     if header:
         log.write_text(header)
 
+    argv = wrap(["/bin/bash", "-c", command]) if wrap else _launcher(command)
+    # the subreaper gives itself SIGKILL at the harness's death (so the child is spawned without
+    # a preexec_fn, which would force a slow fork of this whole process); anything else gets it
+    # from a preexec_fn
+    reaped = argv[:len(_REAPER_ARGV)] == _REAPER_ARGV
     try:
         proc = subprocess.Popen(
-            wrap(["/bin/bash", "-c", command]) if wrap else _launcher(command),
+            argv,
             cwd=cwd,
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_pdeathsig_preexec(os.getpid()),
+            preexec_fn=None if reaped else _pdeathsig_preexec(os.getpid()),
             bufsize=0,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -197,12 +203,14 @@ def run_command(
 
 
 _REAPER = Path(__file__).with_name("_reaper.py")
+_REAPER_ARGV = [sys.executable, "-I", "-S", str(_REAPER)]
 
 
 def _launcher(command: str) -> list[str]:
-    """bash -c COMMAND under the subreaper on Linux, so orphans cannot escape the step."""
+    """bash -c COMMAND under the subreaper on Linux, so orphans cannot escape the step. The
+    subreaper is told this process's pid: it dies with it (PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux") and _REAPER.is_file():
-        return [sys.executable, "-I", "-S", str(_REAPER), command]
+        return [*_REAPER_ARGV, command, str(os.getpid())]
     return ["/bin/bash", "-c", command]
 
 
@@ -263,10 +271,13 @@ class _Tree:
             try:
                 if p.ppid() in alive_pids:
                     continue  # its descendants come with its ancestor's scan
-                for child in p.children(recursive=True):
-                    self.known.setdefault(child.pid, child)
+                below = _descendants(p)
             except psutil.Error:
                 continue
+            for pid in below:
+                if pid not in self.known:
+                    with contextlib.suppress(psutil.Error):
+                        self.known[pid] = psutil.Process(pid)
         rss = 0
         for p in self.alive():
             try:
@@ -274,6 +285,31 @@ class _Tree:
             except psutil.Error:
                 continue
         return rss / 2**20
+
+
+def _descendants(p: psutil.Process) -> list[int]:
+    """Pids below p, from /proc/PID/task/*/children (a few small reads, where psutil would read
+    every process's stat file); psutil where the kernel does not offer them."""
+    found, frontier = [], [p.pid]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except FileNotFoundError:
+                if os.path.isdir(f"/proc/{pid}/task/{tid}"):   # no children files: old kernel
+                    return [c.pid for c in p.children(recursive=True)]
+                continue
+            except OSError:
+                continue
+            found += kids
+            frontier += kids
+    return found
 
 
 def _is_alive(p: psutil.Process) -> bool:
@@ -285,6 +321,8 @@ def _is_alive(p: psutil.Process) -> bool:
 
 def _members(pgid: int | None, token: str | None) -> list[psutil.Process]:
     """Processes in group `pgid` or carrying `token` in their environment."""
+    if os.path.isdir("/proc/self"):
+        return _members_from_proc(pgid, token)
     found = []
     for p in psutil.process_iter():
         try:
@@ -292,6 +330,29 @@ def _members(pgid: int | None, token: str | None) -> list[psutil.Process]:
                 found.append(p)
             elif token is not None and p.environ().get(RUN_TOKEN_ENV) == token:
                 found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _members_from_proc(pgid: int | None, token: str | None) -> list[psutil.Process]:
+    """_members read straight from /proc: the raw environment block is searched for the token's
+    whole entry, without decoding every process's environment (the check after every step)."""
+    entry = f"{RUN_TOKEN_ENV}={token}".encode() if token is not None else None
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            hit = pgid is not None and os.getpgid(pid) == pgid
+            if not hit and entry is not None:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    block = fh.read()
+                hit = block.startswith(entry + b"\0") or b"\0" + entry + b"\0" in block \
+                    or block == entry or block.endswith(b"\0" + entry)
+            if hit:
+                found.append(psutil.Process(pid))
         except (psutil.Error, OSError):
             continue
     return found

@@ -54,7 +54,7 @@ class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
                  agent_name: str, policy_name: str, budget: float | None, seed: int,
                  results_format: str = "native", say: Callable[[str], None] | None = None,
-                 scale: str | None = None, source: str | None = None):
+                 scale: str | None = None, source: str | None = None, strategy: str = "ratchet"):
         self.target = target
         self.scale = scale       # the [scales] entry target.spec is at (recorded on the run)
         self.source = source     # a promotion's source run (promote.py)
@@ -64,6 +64,7 @@ class Session:
         self.tag = tag
         self.agent_name = agent_name
         self.policy_name = policy_name
+        self.strategy = strategy                         # recorded with the run (strategies.py)
         self.seed = seed
         self.original = results_format == "original"    # results.tsv in the original's format
         self.say = say
@@ -127,7 +128,11 @@ class Session:
             locked = {p: oid for p, oid in files.items() if matches(p, self.spec.locked_globs)}
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
                                          self.agent_name, self.policy_name, locked,
-                                         scale=self.scale, source=self.source)
+                                         scale=self.scale, source=self.source,
+                                         strategy=self.strategy)
+        elif (run.strategy or "ratchet") != self.strategy:   # resumed with another --strategy
+            self.ledger.update_run(self.tag, strategy=self.strategy)
+            run.strategy = self.strategy
             if self.ratchet.branch_commit(self.tag) is None:
                 self.ratchet.set_branch(self.tag, base)
         elif run.scale != self.scale:

@@ -286,7 +286,9 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
                      "reported": rep.to_dict() if rep else None}
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
-        "policy": run.policy, "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
+        "policy": run.policy, "strategy": run.strategy or "ratchet",
+        "operators": ledger.operator_counts(tag),
+        "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
         "scale": run.scale, "source": run.source,
         "counts": totals["counts"], "baseline": baseline,
         "baseline_runs": len(base_values), "best": best_info,
@@ -320,6 +322,8 @@ def experiment_detail(ledger: Ledger, tag: str, seq: int, root: Path,
     d = row(e)
     cand = ledger.get(e.candidate_of) if e.candidate_of is not None else None
     d["candidate_seq"] = cand.seq if cand is not None else None
+    node = ledger.get(e.node_parent) if e.node_parent is not None else None
+    d["node_seq"] = node.seq if node is not None else None     # tree search: its parent node
     d["repeats"] = [{"seq": r.seq, "status": r.status.value, "metric": r.metric}
                     for r in ledger.repeats_of(e.id)]
     d["diff"] = d["diff_error"] = None

@@ -42,10 +42,15 @@ class ProposalsExhausted(Exception):
 class AgentContext:
     """Everything an agent may know when it proposes.
 
-    `files` are the editable files at the best commit, keyed by path relative to the target root.
-    `history` holds every finished experiment, oldest first. `workspace()` checks the best commit
-    out into a scratch directory and returns the target root inside it; only agents that edit
-    files in place (coding-agent CLIs) call it.
+    `files` are the editable files at the commit the proposal starts from (`base_commit`: the
+    best, or under the tree strategy the chosen node), keyed by path relative to the target
+    root. `history` holds every finished experiment, oldest first. `workspace()` checks that
+    commit out into a scratch directory and returns the target root inside it; only agents that
+    edit files in place (coding-agent CLIs) call it.
+
+    Tree search (strategies.py) also names the `operator` (draft, improve or debug) and the
+    `parent` node the proposal starts from, with its runs and its diff against the best; under
+    the ratchet these are None and empty, and `best` is the node.
     """
 
     program: str
@@ -60,6 +65,10 @@ class AgentContext:
     workspace: Callable[[], Path] | None = None
     editable: Callable[[str], bool] = field(default=lambda p: True)  # is this path editable?
     log_dir: Path | None = None               # where the agent may save its transcript
+    operator: str | None = None               # tree search: draft | improve | debug
+    parent: HistoryEntry | None = None        # tree search: the node it starts from
+    parent_values: list[float] = field(default_factory=list)   # that node's runs
+    parent_diff: str | None = None            # that node against the best ("" when the same)
     role: str | None = None                   # its role in a portfolio ([[agents]] role)
     research_notes: str = ""                  # the run's research notes (notes.py), shared
     notes_chars: int = 0                      # their size limit; 0: notes are off

@@ -10,6 +10,13 @@ What it tunes (see `params.py` for the locators):
 Values are rewritten in place, span by span, so formatting and comments survive. Optuna runs in
 ask/tell mode with the baseline enqueued as its first trial.
 
+Under the tree strategy (strategies.py) the operator decides what is sampled: `draft` (and the
+ratchet, which names no operator) samples every parameter with TPE; `improve` keeps the parent
+node's values, read from its files, and resamples one parameter (two, one time in three, when
+there are several), chosen at random; `debug` resamples the values in which the crashed node
+differs from the best (one at random when it differs in none). The kept values are fixed in the
+trial (Optuna's `enqueue_trial`), so TPE samples the rest knowing every earlier result.
+
 Failures are failures: a crash, timeout, invalid or agent-error outcome is told as a FAILED trial,
 a pruned one as PRUNED, and a measured one that breaks a `constraints` entry is told with its
 constraint values (Optuna's `set_constraint`), so TPE ranks it below every feasible trial. Nothing
@@ -20,6 +27,8 @@ the same rule, from the recorded metrics, so the agent's view is the same as bef
 from __future__ import annotations
 
 import math
+import random
+import threading
 import warnings
 from typing import Any
 
@@ -132,6 +141,8 @@ class OptunaAgent(Agent):
             sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
                                                n_startup_trials=min(10, 2 * len(self.ranges) + 2)))
         self._trials: dict[int, optuna.trial.Trial] = {}   # id(proposal) -> trial
+        self._rng = random.Random(seed)       # which parameters an improve resamples
+        self._lock = threading.Lock()         # an enqueued trial is the next ask's, no other's
         self._baseline = {n: p.value for n, p in self.params.items()
                           if self._in_range(n, p.value)}
         self._enqueued = False
@@ -193,23 +204,52 @@ class OptunaAgent(Agent):
 
     # -- asking ----------------------------------------------------------------------------------
     def propose(self, context: AgentContext) -> Proposal:
-        if not self._enqueued and len(self._baseline) == len(self.ranges):
-            # the baseline's own values as the first trial, so TPE knows where it started
-            self.study.enqueue_trial(self._baseline)
-            self._enqueued = True
-        trial = self.study.ask(self.distributions)
-        if trial.params == self._baseline and len(self.study.trials) == 1:
-            # that enqueued trial *is* the baseline; the harness measured it already
-            return self._tell_baseline_and_retry(context, trial)
-        return self._proposal(context, trial)
+        with self._lock:
+            if not self._enqueued and len(self._baseline) == len(self.ranges):
+                # the baseline's own values as the first trial, so TPE knows where it started
+                self.study.enqueue_trial(self._baseline)
+                self._enqueued = True
+                trial = self.study.ask(self.distributions)
+                if not (trial.params == self._baseline and len(self.study.trials) == 1):
+                    return self._proposal(context, trial)
+                # that enqueued trial *is* the baseline; the harness measured it already
+                self._tell_baseline(context, trial)
+            fixed = self._fixed(context)
+            if fixed:
+                self.study.enqueue_trial(fixed)
+            return self._proposal(context, self.study.ask(self.distributions))
 
-    def _tell_baseline_and_retry(self, context: AgentContext, trial: optuna.trial.Trial) -> Proposal:
+    def _tell_baseline(self, context: AgentContext, trial: optuna.trial.Trial) -> None:
         base = next((h for h in context.history if h.seq == 1), None)
         if base is not None and base.metric is not None:
             self._tell(trial, base.status, base.metric, base.metrics)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return self._proposal(context, self.study.ask(self.distributions))
+
+    def _fixed(self, context: AgentContext) -> dict[str, Any]:
+        """The parent node's values that a tree search's improve or debug keeps (none for a
+        draft or the ratchet)."""
+        if context.operator not in ("improve", "debug") or context.parent is None:
+            return {}
+        values: dict[str, Any] = {}
+        for name, param in self.params.items():
+            source = context.files.get(param.locator.path)
+            if name not in self.distributions or source is None:
+                continue
+            try:
+                value = param.locator.read(source)
+            except LocateError:
+                continue
+            if self._in_range(name, value):
+                values[name] = value
+        names = sorted(self.distributions)
+        best = context.best.params if context.best is not None and context.best.params else {}
+        free = [n for n in names if context.operator == "debug" and n in values and n in best
+                and values[n] != best[n]]
+        if not free:
+            k = 2 if len(names) > 2 and self._rng.random() < 1 / 3 else 1
+            free = self._rng.sample(names, k)
+        return {n: v for n, v in values.items() if n not in free}
 
     def _proposal(self, context: AgentContext, trial: optuna.trial.Trial) -> Proposal:
         values = trial.params

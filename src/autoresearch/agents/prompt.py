@@ -1,11 +1,13 @@
 """The context builder shared by every agent: one bounded prompt from program, files and history.
 
 Sections, in order: the goal, program.md (the role's own with a portfolio), the best run's
-recorded metrics, the experiment history (a compact table: the kept experiments, best first, then
-the most recent, newest first; with a "by" column when several agents share the run), the
-research notes and the summary of what was tried by theme (notes.py), the last crash's log tail,
-the editable files at the best commit, and the harness's feedback (e.g. "that duplicated
-experiment #12"). The prompt never exceeds `max_chars`, whatever the length of the
+recorded metrics, under the tree strategy the operator and the node the proposal starts from
+(its runs, its diff against the best), the experiment history (a compact table: the kept
+experiments, best first, then the most recent, newest first; with a "by" column when several
+agents share the run), the research notes and the summary of what was tried by theme
+(notes.py), the last crash's log tail (the node's own under `debug`), the editable files at the
+commit the proposal starts from, and the harness's feedback (e.g. "that duplicated experiment
+#12"). The prompt never exceeds `max_chars`, whatever the length of the
 history: a 1,000-experiment run sends a prompt the size of a 60-experiment one.
 """
 
@@ -22,6 +24,7 @@ HISTORY_SHARE = 0.25
 CRASH_SHARE = 0.08
 NOTES_SHARE = 0.12           # the research notes
 TRIED_SHARE = 0.10           # the summary of what was tried
+NODE_SHARE = 0.12            # the tree strategy's node section (its diff against the best)
 DESCRIPTION_CHARS = 120      # per history row
 BEST_ROWS_SHARE = 0.25       # of history_rows, reserved for the best experiments
 TRUNCATED = "\n[... {n} characters cut to fit the prompt budget ...]\n"
@@ -125,6 +128,39 @@ def research_section(ctx: AgentContext, max_chars: int, how: str = "") -> str:
     return "\n\n".join(parts)
 
 
+#: what each operator of the tree strategy asks (strategies.py)
+OPERATOR_TASKS = {
+    "draft": "DRAFT: propose a fresh idea, different from what the history shows was tried, "
+             "starting from the baseline code below.",
+    "improve": "IMPROVE: refine this node with one change. It need not be the best: a step "
+               "that is worse alone may set up a larger gain, and the harness keeps whatever "
+               "ends up measurably better than the best.",
+    "debug": "DEBUG: this node's run failed (its log tail is below). Fix what broke while "
+             "keeping its idea, so that it runs and can be measured.",
+}
+
+
+def node_section(ctx: AgentContext, limit: int) -> str:
+    """The tree strategy's operator and node: its runs and its diff against the best ("" under
+    the ratchet)."""
+    if ctx.operator is None or ctx.parent is None:
+        return ""
+    n = ctx.parent
+    runs = ", ".join(_fmt(v) for v in ctx.parent_values) or "none (it did not run to the end)"
+    best = f" #{ctx.best.id}" if ctx.best is not None else ""
+    if ctx.parent_diff is None or (ctx.best is not None and ctx.best.id == n.id):
+        diff = "It is the best."
+    elif not ctx.parent_diff.strip():
+        diff = "Its editable files equal the best's."
+    else:
+        diff = (f"Its diff against the best{best}:\n```diff\n" +
+                _cut(ctx.parent_diff.rstrip(), max(200, limit - 600)) + "\n```")
+    text = (f"# Operator: {ctx.operator} (tree search)\n{OPERATOR_TASKS.get(ctx.operator, '')}\n"
+            f"You start from node #{n.id} ({_one_line(n.description)}; {n.status}): "
+            f"`{ctx.spec.metric}` over its runs: {runs}.\n{diff}")
+    return _cut(text, limit)
+
+
 def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int,
                  notes_how: str = "") -> str:
     """The context for one proposal, at most `max_chars` characters."""
@@ -154,11 +190,13 @@ def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int,
     if ctx.last_crash_log:
         crash = ("# Log tail of the last crash\n```\n" +
                  _cut(ctx.last_crash_log.rstrip(), int(max_chars * CRASH_SHARE), keep="tail") + "\n```")
-    title = f"# Editable files at the best commit ({ctx.base_commit[:10]})\n"
-    room = (max_chars - fixed - len(program) - len(history) - len(research) - len(crash)
-            - len(title))
+    node = node_section(ctx, int(max_chars * NODE_SHARE))
+    at = f"node #{ctx.parent.id}" if ctx.parent is not None else "the best commit"
+    title = f"# Editable files at {at} ({ctx.base_commit[:10]})\n"
+    room = (max_chars - fixed - len(program) - len(node) - len(history) - len(research)
+            - len(crash) - len(title))
     files = title + _files_section(ctx.files, max(0, room))
 
-    sections = [goal, program, best, history, research, crash, files, feedback]
+    sections = [goal, program, best, node, history, research, crash, files, feedback]
     text = "\n\n".join(s for s in sections if s) + "\n"
     return _cut(text, max_chars)
