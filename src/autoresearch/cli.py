@@ -10,6 +10,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import re
@@ -269,6 +270,22 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
                       f"{len(kept)} kept; results: {target.results_path}", markup=False)
 
 
+def _print_yield(agents: list[dict]) -> None:
+    """`status`: what each agent of the run brought (summary.yield_by_agent)."""
+    from rich.table import Table
+
+    if not agents:
+        return
+    t = Table(title="yield by agent", header_style="bold")
+    for c in ("agent", "role", "proposals", "kept", "keep rate", "improvement", "cost"):
+        t.add_column(c)
+    for y in agents:
+        rate = "-" if y["keep_rate"] is None else f"{y['keep_rate']:.0%}"
+        t.add_row(Text(y["agent"]), Text(y["role"] or "-"), str(y["proposals"]), str(y["kept"]),
+                  rate, f"{y['improvement']:+.6g}", f"${y['cost_usd']:.4f}")
+    console.print(t)
+
+
 # == agent-driven mode =========================================================================
 def cmd_start(args) -> int:
     from .ui import Reporter
@@ -430,11 +447,12 @@ def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from .summary import run_summary
+    from .summary import agent_yield, run_summary
     from .ui import experiments_table
 
     target, ledger, tag = _open_run(args)
     info = run_summary(ledger, tag, target.spec.policy)
+    info["agents"] = [dataclasses.asdict(y) for y in agent_yield(ledger, tag, info["direction"])]
     if args.json:
         print(dumps(info, indent=2))
         return 0
@@ -475,6 +493,7 @@ def cmd_status(args) -> int:
                if info["cost_per_improvement"] is not None else "")
         console.print(f"  cost ${info['cost_usd']:.4f}{per} · tokens {info['tokens']['input']} in, "
                       f"{info['tokens']['output']} out")
+    _print_yield(info["agents"])
     if info["slots"]:
         t = Table(title="slots", header_style="bold")
         for c in ("slot", "gpu", "running", "for", "proposal"):
@@ -493,6 +512,17 @@ def cmd_status(args) -> int:
 def _check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1 (got {limit})")
+
+
+def cmd_notes(args) -> int:
+    """The run's research notes (notes.py), verbatim: they are the agents' text."""
+    _, ledger, tag = _open_run(args)
+    text = ledger.research_notes(tag)
+    if text:
+        console.print(text, markup=False, highlight=False)
+    else:
+        console.print(f"no research notes in run {_e(tag)} yet")
+    return 0
 
 
 def cmd_log(args) -> int:
@@ -736,7 +766,10 @@ def _demo_without_sandbox(dest: Path) -> str | None:
 # == argument parsing ==========================================================================
 def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> None:
     p.add_argument("--tag", required=tag_required, help="run name; branch autoresearch/TAG (default: today, e.g. nov23)")
-    p.add_argument("--agent", help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, anthropic:MODEL")
+    p.add_argument("--agent", dest="agents", action="append", metavar="AGENT[:SLOTS]",
+                   help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, "
+                        "anthropic:MODEL; repeat it for a portfolio, each with its share of the "
+                        "slots: --agent claude:3 --agent optuna:1")
     p.add_argument("--max-experiments", type=int, help="stop after N experiments (the baseline and repeats count)")
     p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")
@@ -811,6 +844,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "log":
             p.add_argument("--limit", type=int)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("notes", help="the research notes of a run, as its agents wrote them")
+    p.add_argument("--tag")
+    p.set_defaults(func=cmd_notes)
 
     p = sub.add_parser("show", help="one experiment: metrics, decision, diff, log tail")
     p.add_argument("id", type=int, help="experiment number (#N)")

@@ -95,6 +95,11 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
 CREATE INDEX IF NOT EXISTS experiments_commit ON experiments(commit_sha);
+CREATE TABLE IF NOT EXISTS research_notes (
+    tag TEXT PRIMARY KEY,             -- one notes text per run, written by its agents (notes.py)
+    text TEXT NOT NULL DEFAULT '',
+    updated REAL
+);
 CREATE TABLE IF NOT EXISTS slots (
     tag TEXT NOT NULL,
     slot INTEGER NOT NULL,
@@ -227,12 +232,13 @@ class Experiment:
     node_parent: int | None       # tree search: the experiment id of the node it started from
     operator: str | None          # tree search: draft | improve | debug
     org: str | None = None        # its run's organisation (compare.py)
+    role: str | None = None           # the proposer's role in a portfolio ([[agents]] role)
 
     def history_entry(self) -> HistoryEntry:
         return HistoryEntry(id=self.id, seq=self.seq, status=self.status, metric=self.metric,
                             description=self.description, metrics=self.metrics,
                             params=self.params, commit=self.commit_sha, parent=self.parent,
-                            candidate_of=self.candidate_of)
+                            candidate_of=self.candidate_of, agent=self.agent, role=self.role)
 
 
 @dataclass
@@ -290,7 +296,8 @@ class Ledger:
     _ADDED_COLUMNS = (("runs", "scale", "TEXT"), ("runs", "source", "TEXT"),
                       ("runs", "strategy", "TEXT"), ("experiments", "node_parent", "INTEGER"),
                       ("experiments", "operator", "TEXT"),
-                      ("runs", "org", "TEXT"), ("experiments", "org", "TEXT"))
+                      ("runs", "org", "TEXT"), ("experiments", "org", "TEXT"),
+                      ("experiments", "role", "TEXT"))   # role: a portfolio member's
 
     def _migrate(self) -> None:
         """Add the columns an older ledger lacks (never a table rebuilt: nothing is lost)."""
@@ -541,6 +548,13 @@ class Ledger:
                 "input_tokens": int(tin), "output_tokens": int(tout),
                 "improvements": improvements}
 
+    def proposals_by_agent(self, tag: str) -> list[tuple[str | None, str | None, int, float]]:
+        """(agent, role, candidates, their cost) of a run, in order of first proposal."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT agent, role, COUNT(*), COALESCE(SUM(cost_usd), 0) FROM experiments "
+            "WHERE tag = ? AND kind = ? GROUP BY agent, role ORDER BY MIN(id)",
+            (tag, Kind.CANDIDATE.value))]
+
     def operator_counts(self, tag: str) -> dict[str, dict[str, int]]:
         """Tree search: proposals and keeps by operator ({"improve": {"proposed": 12,
         "kept": 2}, ...}); empty for a ratchet run."""
@@ -560,6 +574,20 @@ class Ledger:
         if not ids:
             return {}
         return {e.id: e for e in self._select(f"id IN ({','.join('?' * len(ids))})", ids)}
+
+    # -- research notes (notes.py): one bounded text per run --------------------------------
+    def research_notes(self, tag: str) -> str:
+        """The run's research notes ("" when none were written, or in an older ledger)."""
+        try:
+            r = self._db.execute("SELECT text FROM research_notes WHERE tag = ?", (tag,)).fetchone()
+        except sqlite3.OperationalError:      # a read-only view of a ledger from before notes
+            return ""
+        return r[0] if r else ""
+
+    def set_research_notes(self, tag: str, text: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO research_notes VALUES (?,?,?)",
+                             (tag, text, time.time()))
 
     # -- slots (what each worker is doing, for `status`) -------------------------------------
     def set_slot(self, tag: str, slot: int, experiment_id: int | None, gpu: str | None = None,

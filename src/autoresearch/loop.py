@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .agents import Agent
 from .config import Target
 from .executors import Executor
 from .experiment import Status
@@ -38,6 +37,7 @@ from .export import append_results_tsv
 from .judge import Judge, RunStopped, evaluation_status
 from .ledger import Experiment, Ledger
 from .policies import Policy
+from .portfolio import Portfolio
 from .proposals import LineCounter, Proposals, record_refused
 from .ratchet import Ratchet
 from .session import Session
@@ -68,7 +68,7 @@ class LoopOptions:
 
 
 class Loop:
-    def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, agent: Agent,
+    def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, agent: Portfolio,
                  policy: Policy, executor: Executor, options: LoopOptions,
                  reporter: Any | None = None):
         self.target = target
