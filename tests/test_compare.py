@@ -121,6 +121,14 @@ def test_compare_runs_each_organisation_interleaved_and_finds_the_better_one(tmp
     assert stats_by_org["plain"]["keep_rate"]["mean"] == 0.0
     (test,) = rep["analysis"]["tests"]
     assert test["significant"] and test["better"] == "magic" and test["holm_p"] < 0.05
+    # the yield by agent: each organisation's one agent, its proposals and keeps over 2 repeats
+    agents = {d["org"]: d for d in rep["agents"]}
+    assert set(agents) == {"plain", "magic"}
+    assert {d["agent"] for d in rep["agents"]} == {"openai:fake"}
+    assert agents["magic"]["proposals"] == 2 and agents["magic"]["kept"] == 2
+    assert agents["plain"]["kept"] == 0 and agents["plain"]["improvement_per_run"] == 0.0
+    assert agents["magic"]["improvement_per_run"] == pytest.approx(
+        stats_by_org["magic"]["improvement"]["mean"], rel=0.5)
     status = run(["status", "--tag", "cmp-t1-magic-r2"], target)
     assert "organisation magic" in status.stdout
     out = target / ".autoresearch" / "compare" / "t1"
@@ -160,6 +168,25 @@ def test_compare_again_continues_its_runs_and_a_changed_organisation_is_refused(
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "comparison 'again' was started with organisations" in err
     assert "give another --name" in err
+
+
+def test_compare_turns_under_the_default_policy_spend_experiments_on_proposals(tmp_path):
+    """Each turn reopens its run, but a turn continuing this process's own run is no resume:
+    the best is not re-measured for drift at every turn (which spent every experiment after
+    the baseline's on re-measuring it); a later command's first turn still is a resume."""
+    root, script = tiny(tmp_path)
+    args = ["compare", f"a=program.md@script:{script}", f"b=program.md@script:{script}",
+            "--experiments", "6", "--repeats", "1", "--name", "dflt", "-q"]
+    r = run(args, root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for tag, rows in rows_of(root).items():
+        kinds = [e.kind for e in rows]
+        assert kinds.count("candidate") >= 3, (tag, [e.description for e in rows])
+        assert not any("on resume" in e.description for e in rows), tag
+    r = run(args[:4] + ["8"] + args[5:], root)     # continued by a new command: one re-measure
+    assert r.returncode == 0, r.stdout + r.stderr
+    for tag, rows in rows_of(root).items():
+        assert sum("on resume" in e.description for e in rows) == 1, tag
 
 
 def test_compare_killed_mid_turn_is_finished_by_the_same_command(tmp_path):

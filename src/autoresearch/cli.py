@@ -1040,6 +1040,19 @@ def print_comparison(rep: dict) -> None:
                   iv["best"].text("{:.6g}"), iv["keep_rate"].text("{:.2f}"),
                   iv["cost_usd"].text("{:.4f}"), Text(fails))
     console.print(t)
+    if rep.get("agents"):
+        y = Table(title="yield by agent (summed over repeats; improvement: mean per repeat)",
+                  header_style="bold")
+        for col in ("organisation", "agent", "role", "proposals", "kept", "keep rate",
+                    "improvement", "cost $"):
+            y.add_column(col, justify="left" if col in ("organisation", "agent", "role")
+                         else "right")
+        for d in rep["agents"]:
+            rate = "—" if d["keep_rate"] is None else f"{d['keep_rate']:.2f}"
+            y.add_row(Text(d["org"]), Text(d["agent"]), Text(d["role"] or "—"),
+                      str(d["proposals"]), str(d["kept"]), rate,
+                      f"{d['improvement_per_run']:+.4g}", f"{d['cost_usd']:.4f}")
+        console.print(y)
     for s in a["tests"]:
         if s["p"] is None:
             verdict = "not tested (each organisation needs 2+ runs with a result)"

@@ -295,7 +295,8 @@ def run_comparison(target: Target, ledger: Ledger, spec: CompareSpec, *,
     runs = ledger.comparison_runs(name)
     share = spec.hours * 3600 / len(runs) if spec.hours is not None else None
     rounds = 0
-    while True:
+    opened: set[str] = set()     # runs this process has had a turn of: their next turns are no
+    while True:                  # resume (the best was just measured under the same conditions)
         # a run spent by the budget is not marked done: a larger budget continues it
         active = [r for r in ledger.comparison_runs(name) if not r["done"]
                   and not _spent(spec, ledger.count(r["tag"]), r["seconds"], share)]
@@ -309,7 +310,9 @@ def run_comparison(target: Target, ledger: Ledger, spec: CompareSpec, *,
             left = share - r["seconds"] if share is not None else None
             request = RunRequest(tag=tag, agent=org.agent, policy=spec.policy, max_experiments=cap,
                                  max_time=left, budget=spec.budget, workers=spec.workers,
-                                 seed=_seed(spec, index, r["repeat"]), ahead=0, org=org.name)
+                                 seed=_seed(spec, index, r["repeat"]), ahead=0, org=org.name,
+                                 continued=tag in opened)
+            opened.add(tag)
             t0 = time.time()
             done = None
             loop = request.build(target, reporter=reporter_for(tag) if reporter_for else None)
@@ -531,7 +534,30 @@ def report(ledger: Ledger, record: dict[str, Any], alpha: float,
                               for o in record["identity"]["orgs"]],
             "repeats": record["identity"]["repeats"],
             "analysis": analyse(results, orgs, record["direction"], alpha),
+            "agents": agent_yields(ledger, results, record["direction"]),
             "runs": [asdict(r) for r in results]}
+
+
+def agent_yields(ledger: Ledger, results: list[RunResult], direction: str) -> list[dict[str, Any]]:
+    """The yield of each agent (and role) of each organisation, from its runs' ledgers
+    (summary.agent_yield): proposals, kept and cost summed over the repeats, the improvement
+    it contributed as a mean per repeat, in organisation order then order of first proposal."""
+    from .summary import agent_yield
+
+    runs = {o: sum(1 for r in results if r.org == o) for o in dict.fromkeys(r.org for r in results)}
+    out: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+    for r in results:
+        for y in agent_yield(ledger, r.tag, direction):
+            d = out.setdefault((r.org, y.agent, y.role), {
+                "org": r.org, "agent": y.agent, "role": y.role, "proposals": 0, "kept": 0,
+                "improvement_per_run": 0.0, "cost_usd": 0.0})
+            d["proposals"] += y.proposals
+            d["kept"] += y.kept
+            d["improvement_per_run"] += y.improvement / runs[r.org]
+            d["cost_usd"] += y.cost_usd
+    for d in out.values():
+        d["keep_rate"] = d["kept"] / d["proposals"] if d["proposals"] else None
+    return list(out.values())
 
 
 # == the plot ==================================================================================

@@ -65,6 +65,7 @@ class LoopOptions:
     scale: str | None = None            # the [scales] entry the target's spec is at
     strategy: str = "ratchet"           # where proposals start: "ratchet" or "tree"
     org: str | None = None              # a new run's organisation (compare.py)
+    continued: bool = False             # continues this process's own run: no drift re-measure
 
 
 class Loop:
@@ -138,7 +139,7 @@ class Loop:
                 signal.signal(signal.SIGTERM, _raise_interrupt)
             try:
                 assert self.judge is not None
-                self.judge.resume_pending(self.session.resumed)
+                self.judge.resume_pending(self.session.resumed and not self.opt.continued)
                 while True:
                     self._dispatch()
                     if not self.in_flight and not self.queue and not self._want_new():

@@ -43,6 +43,8 @@ class RunRequest:
     scale: str | None = None            # a [scales] entry; None: the run's recorded one, if any
     strategy: str | None = None         # None: the run's recorded strategy, else the toml's
     org: str | None = None              # a new run's organisation (`compare`, compare.py)
+    continued: bool = False             # a compare turn after this process's first of the run:
+                                        # not a resume (no drift re-measure of the best)
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -127,7 +129,7 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format, scale=scale, org=self.org,
+            results_format=self.results_format, scale=scale, org=self.org, continued=self.continued,
             strategy=self.strategy or (run.strategy if run and run.strategy else target.spec.strategy))
         return Loop(target, ledger, ratchet, portfolio, policy, executor, options, reporter)
 
