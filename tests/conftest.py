@@ -139,12 +139,13 @@ def _private_tmpdir_per_worker():
 
 #: attack batches that run alone under xdist: the unsandboxed families that plant files in the
 #: interpreter's shared site directories (an unsandboxed step elsewhere would rightly see the
-#: plant as its own and come back invalid), and the latency template's, whose metric is a time
-#: that the other workers' load would make noisy enough to move the branch
+#: plant as its own and come back invalid), and the latency and kernel templates', whose metric
+#: is a time that the other workers' load would make noisy enough to move the branch
 _RUNS_ALONE = {("test_attack_is_blocked_without_the_sandbox", "interpreter startup hooks"),
                ("test_attack_is_blocked_without_the_sandbox", "the coding agent planting files"),
                ("test_attack_is_blocked_without_the_sandbox", "bytecode planting"),
-               ("test_template_attack_is_blocked_with_the_default_sandbox", "latency")}
+               ("test_template_attack_is_blocked_with_the_default_sandbox", "latency"),
+               ("test_template_attack_is_blocked_with_the_default_sandbox", "kernel")}
 
 
 @pytest.fixture(autouse=True)

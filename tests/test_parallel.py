@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -158,7 +159,11 @@ def test_killing_an_experiment_mid_run_is_recorded_and_the_loop_goes_on(make_tar
             time.sleep(0.2)
             if not (root / ".autoresearch" / "ledger.db").exists():
                 continue
-            victim = next((e for e in ledger_experiments(root, "kill") if e.description == "victim"
+            try:
+                rows = ledger_experiments(root, "kill")
+            except sqlite3.OperationalError:   # the file exists, its tables not yet
+                continue
+            victim = next((e for e in rows if e.description == "victim"
                            and e.status == Status.RUNNING and e.pid), None)
         assert victim is not None, "the victim never started"
         assert psutil.pid_exists(victim.pid)

@@ -124,7 +124,7 @@ def _target(tmp_path: Path, how: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("how", ["prepared", "declared"])
 def test_the_agents_code_cannot_read_the_holdout_data(tmp_path, how):
     root, _ = _target(tmp_path, how)
-    steps = [{"description": "look again", "files": {"train.py": TRAIN + "\n# again\n"}}]
+    steps = [{"description": "look again", "files": {"train.py": TRAIN + "\nAGAIN = 1\n"}}]
     script = write_script(tmp_path / "steps.jsonl", steps)
     p = ar(root, "run", "--tag", "t", "--agent", f"script:{script}", "--max-experiments", "3")
     assert p.returncode == 0, p.stdout + p.stderr

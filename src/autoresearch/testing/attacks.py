@@ -581,6 +581,10 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
         (root / "helper.py").write_text(HELPER_PY)
         (root / "prepare.py").write_text(PREPARE_PY)
         (root / "train.py").write_text(f"open('out.txt', 'w').write('{HONEST}')\n")
+    # the attacks share their prelude, so they look alike: near-duplicate detection (neardup.py)
+    # would refuse all but the first, and an attack never run proves nothing
+    with open(root / "autoresearch.toml", "a") as f:
+        f.write("\n[notes]\nnear_duplicates = false\n")
     _git(root, "init", "-q", "-b", "main")
     _git(root, "add", "-A")
     _git(root, "commit", "-qm", "target")
@@ -683,6 +687,8 @@ def run_attacks(attacks: list[Attack], workdir: Path, *, sandbox: bool = True,
         mine = [e for e in rows if e.description == f"attack {a.id}"]
         fake = common + forged + [f"#{e.seq} kept with {e.metric}" for e in mine
                                   if str(e.status) == "keep"]
+        fake += [f"#{e.seq} never ran ({e.status}: {e.reason[:90]}): the attack was not tried"
+                 for e in mine if str(e.status) == "duplicate"]
         persisted = list(dict.fromkeys(shared_changed + [str(p) for p in own[a.id].changed()] +
                                        [str(p) for p in _marker_files(markers[a.id])]))
         alive = _survivors(markers[a.id])
