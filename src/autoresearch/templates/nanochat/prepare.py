@@ -1025,16 +1025,18 @@ def make_probe(row, pool: list[list[int]], rng, bos: int):
 
 def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Tensor],
                       vocab: int, bos: int, pool, profile: Profile, atol: float,
-                      sandbox: bool = True) -> dict:
+                      sandbox: bool = True, rng=None) -> dict:
     """Score `rows` through two isolated model hosts; returns the figures. `tables` are the
-    bytes per token by the original's rule (the metric) and the true bytes."""
+    bytes per token by the original's rule (the metric) and the true bytes. `rng` (a numpy
+    Generator) draws the probes and the hosts' shares; by default a fresh secret seed."""
     import numpy as np
     try:
         from autoresearch.isolate import IsolationError, ModelProcess
     except ImportError:
         raise EvalFailure(f"autoresearch.isolate is not importable by {sys.executable}: "
                           f"install autoresearch into it (or set PYTHONPATH to its src)") from None
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    if rng is None:
+        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     n, T = rows.shape[0], rows.shape[1] - 1
     half = rng.permutation(n) % 2                            # host of each scored row
     n_probe = min(n, max(4, n // PROBE_EVERY))
