@@ -930,7 +930,9 @@ def setup_holdout(profile: Profile = PROFILE) -> None:
 # documents (or first tokens) followed by other validation documents, packed by the same rule.
 # A row and its probe always go to different hosts, in random order among the scored rows, so
 # neither host can tell a probe from a scored row or remember the row it copies. Logits up to
-# the first changed input must agree.
+# the first changed input must agree. Each distinct row is scored once, weighted by its count,
+# and a probe diverges past every prefix another input shares (choose_probes), so no host has
+# seen the other side's next token after the same prefix.
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_INFO = "model.json"
