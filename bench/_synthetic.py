@@ -72,6 +72,8 @@ class StreamResult:
     drift: float = 0.0          # (true value of the best - reported best) / its sd; > 0 = optimistic
     truth_gain: float = 0.0     # true gain of the final best, in noise sds (see Noise.potential)
     gain_path: list[float] = field(default_factory=list)   # true gain after each experiment
+    baseline: float = math.nan  # the mean of the baseline's measurements, as the run saw it
+    reported: float = math.nan  # the best the policy reports at the end (its estimate)
 
 
 def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], float],
@@ -103,6 +105,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
     commits.append(inc.values)
     while not policy.baseline_complete(inc.values, settings) and res.experiments < max_experiments:
         measure(inc_truth, inc)
+    res.baseline = sum(inc.values) / len(inc.values) if inc.values else math.nan
     while res.experiments < max_experiments:
         ctx.replicate_groups = groups()
         if policy.remeasure_best(inc, res.experiments, settings):
@@ -137,6 +140,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
                 res.gain_path[-1] = phi0 - noise.potential(inc_truth)
     ctx.replicate_groups = groups()
     reported = policy.estimate(inc, ctx).mean
+    res.reported = reported if reported is not None else math.nan
     now = inc_truth + SIGMA * noise.drift(res.experiments)
     res.drift = (now - reported) / noise.sd(inc_truth) if reported is not None else math.nan
     res.truth_gain = phi0 - noise.potential(inc_truth)

@@ -58,7 +58,9 @@ class InstantAgent(Agent):
 
     def propose(self, context: AgentContext) -> Proposal:
         self.i += 1
-        return Proposal(f"proposal {self.i}", files={"train.py": f"score: 0\nLR = {self.i}\n"})
+        # a new name each time: `LR = {i}` would repeat `LR = {i - 1}` within 1% past 100
+        # (a near-duplicate, never run); this keeps every proposal a new experiment
+        return Proposal(f"proposal {self.i}", files={"train.py": f"score: 0\nLR_{self.i} = 1\n"})
 
 
 class NoopExecutor(Executor):

@@ -149,3 +149,28 @@ def test_replicate_groups_are_the_trees_measured_twice_or_more(ledger):
                                  ("b", 9.0, Status.INVALID)]:
         ledger.add_experiment("t", kind="candidate", tree_sha=tree, metric=metric, status=status)
     assert ledger.replicate_groups("t") == [[1.0, 1.2], [3.0, 3.5]]
+
+
+def test_a_ledger_from_before_roles_and_notes_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from autoresearch.ledger import _SCHEMA
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA.split("CREATE TABLE IF NOT EXISTS research_notes")[0])
+    db.execute("INSERT INTO experiments (tag, seq, kind, status, agent) "
+               "VALUES ('t', 1, 'baseline', 'keep', 'optuna')")
+    db.commit()
+    db.close()
+    old = Ledger(path, readonly=True)           # a reader does not migrate, and still reads
+    assert old.experiments("t")[0].role is None and old.research_notes("t") == ""
+    old.close()
+    ledger = Ledger(path)
+    e = ledger.add_experiment("t", kind="candidate", status=Status.RUNNING, agent="claude",
+                              role="explorer")
+    assert ledger.get(e.id).role == "explorer" and ledger.experiments("t")[0].agent == "optuna"
+    ledger.set_research_notes("t", "- #2 (claude): notes")
+    assert ledger.research_notes("t") == "- #2 (claude): notes"
+    ledger.close()
+    assert Ledger(path).experiments("t")[0].role is None    # opening again adds nothing twice

@@ -27,7 +27,8 @@ def test_a_metric_that_shifts_30_percent_halfway_gives_no_false_keep_and_an_hone
     root = build_target(tmp_path, value=10.0, direction="maximize",
                         files={"evaluate.py": DRIFT_EVALUATE.format(flip=str(flip))})
     steps = [proposal(12.0, description="a real 20% improvement")]
-    steps += [proposal(12.0, description=f"no effect {k}", extra=f"# idea {k}\n")
+    # a comment-only change would be a near-duplicate (never run): each adds a line of code
+    steps += [proposal(12.0, description=f"no effect {k}", extra=f"IDEA_{k} = 'none'\n")
               for k in range(14)]
     script = write_script(tmp_path / "steps.jsonl", steps)
     logs = root / ".autoresearch" / "logs" / "t"

@@ -86,3 +86,35 @@ def test_feedback_is_passed_on():
 def test_first_proposal_says_baseline():
     p = build_prompt(context(0), max_chars=10_000, history_rows=10)
     assert "baseline" in p and "No measured run yet" in p
+
+
+def test_notes_and_the_summary_are_in_the_prompt_and_bounded():
+    notes = "\n".join(f"- #{i} (optuna): lesson {i}" for i in range(2000))       # ~50k chars
+    tried = "| theme | tried |\n" + "\n".join(f"| train.py: C{i} | {i} |" for i in range(3000))
+    ctx = context(200, research_notes=notes, notes_chars=4000, tried=tried, role="tuner")
+    p = build_prompt(ctx, max_chars=20_000, history_rows=60, notes_how="EDIT THE NOTES FILE")
+    assert len(p) <= 20_000
+    assert "# Research notes (shared by every agent of this run, at most 4000 characters)" in p
+    assert "lesson 1999" in p and "lesson 0\n" not in p       # the newest notes are kept
+    assert "EDIT THE NOTES FILE" in p and "# What was tried, by theme" in p
+    assert "| train.py: C0 | 0 |" in p                        # the summary's head is kept
+    assert "# Program of your role, tuner" in p
+    assert p.index("# History") < p.index("# Research notes") < p.index("# Editable files")
+
+
+def test_without_notes_the_prompt_has_no_notes_section():
+    p = build_prompt(context(3), max_chars=20_000, history_rows=60, notes_how="EDIT")
+    assert "# Research notes" not in p and "EDIT" not in p
+
+
+def test_the_history_names_the_proposer_when_several_agents_share_the_run():
+    h = history(4)
+    for e, (agent, role) in zip(h, [("optuna", None), ("claude", "explorer"),
+                                    ("optuna", "tuner"), ("claude", "explorer")], strict=True):
+        e.agent, e.role = agent, role
+    ctx = AgentContext(program="p", files={"train.py": TRAIN}, history=h, best=None,
+                       spec=TargetSpec(editable=["train.py"], run="x", metric="val_loss"),
+                       base_commit="abc", experiment_seq=5)
+    p = build_prompt(ctx, max_chars=20_000, history_rows=60)
+    assert "| by |" in p and "| explorer |" in p and "| tuner |" in p
+    assert "| by |" not in build_prompt(context(4), max_chars=20_000, history_rows=60)

@@ -25,8 +25,8 @@ EXPORTED = [
     "load_target",
 ]
 
-SUBCOMMANDS = ["init", "run", "start", "try", "status", "log", "show", "export", "plot", "demo",
-               "dashboard", "hub", "verify", "promote"]
+SUBCOMMANDS = ["init", "run", "start", "try", "status", "notes", "log", "show", "export", "plot",
+               "demo", "dashboard", "hub", "verify", "promote", "compare", "evolve-program"]
 
 
 def test_all_is_exactly_the_public_names():

@@ -1,5 +1,7 @@
 """The command line: init, run, start, try, status, log, show, export, plot, promote, demo.
 
+compare and evolve-program (research organisations) have their own section at the end.
+
 Only AutoresearchError is caught here: it becomes one red line and exit code 1. Ctrl-C exits
 130 after the running experiment was recorded as interrupted. Anything else is a bug and keeps
 its traceback.
@@ -8,6 +10,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import re
@@ -15,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +38,9 @@ from .config import (
 from .errors import AutoresearchError, ConfigError
 from .experiment import Status
 from .ledger import Ledger, dumps
+
+if TYPE_CHECKING:
+    from .compare import CompareSpec
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -263,6 +270,22 @@ def _print_summary(ledger: Ledger, tag: str, target: Target) -> None:
                       f"{len(kept)} kept; results: {target.results_path}", markup=False)
 
 
+def _print_yield(agents: list[dict]) -> None:
+    """`status`: what each agent of the run brought (summary.yield_by_agent)."""
+    from rich.table import Table
+
+    if not agents:
+        return
+    t = Table(title="yield by agent", header_style="bold")
+    for c in ("agent", "role", "proposals", "kept", "keep rate", "improvement", "cost"):
+        t.add_column(c)
+    for y in agents:
+        rate = "-" if y["keep_rate"] is None else f"{y['keep_rate']:.0%}"
+        t.add_row(Text(y["agent"]), Text(y["role"] or "-"), str(y["proposals"]), str(y["kept"]),
+                  rate, f"{y['improvement']:+.6g}", f"${y['cost_usd']:.4f}")
+    console.print(t)
+
+
 # == agent-driven mode =========================================================================
 def cmd_start(args) -> int:
     from .ui import Reporter
@@ -424,17 +447,19 @@ def _print_verdict(ledger: Ledger, tag: str, cand, target: Target) -> None:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from .summary import run_summary
+    from .summary import agent_yield, run_summary
     from .ui import experiments_table
 
     target, ledger, tag = _open_run(args)
     info = run_summary(ledger, tag, target.spec.policy)
+    info["agents"] = [dataclasses.asdict(y) for y in agent_yield(ledger, tag, info["direction"])]
     if args.json:
         print(dumps(info, indent=2))
         return 0
     console.print(f"[bold]run {_e(tag)}[/] · {_e(info['metric'])} ({info['direction']}) · agent "
                   f"{_e(info['agent'])} · policy {_e(info['policy'])} · strategy "
-                  f"{_e(info['strategy'])} · branch {_e(info['branch'])}")
+                  f"{_e(info['strategy'])} · branch {_e(info['branch'])}"
+                  + (f" · organisation {_e(info['org'])}" if info.get("org") else ""))
     if info["source"]:
         console.print(f"  promotion of run {_e(info['source'])} at scale {_e(info['scale'])} "
                       f"(autoresearch promote --from {_e(info['source'])} --scale "
@@ -468,6 +493,7 @@ def cmd_status(args) -> int:
                if info["cost_per_improvement"] is not None else "")
         console.print(f"  cost ${info['cost_usd']:.4f}{per} · tokens {info['tokens']['input']} in, "
                       f"{info['tokens']['output']} out")
+    _print_yield(info["agents"])
     if info["slots"]:
         t = Table(title="slots", header_style="bold")
         for c in ("slot", "gpu", "running", "for", "proposal"):
@@ -486,6 +512,17 @@ def cmd_status(args) -> int:
 def _check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1 (got {limit})")
+
+
+def cmd_notes(args) -> int:
+    """The run's research notes (notes.py), verbatim: they are the agents' text."""
+    _, ledger, tag = _open_run(args)
+    text = ledger.research_notes(tag)
+    if text:
+        console.print(text, markup=False, highlight=False)
+    else:
+        console.print(f"no research notes in run {_e(tag)} yet")
+    return 0
 
 
 def cmd_log(args) -> int:
@@ -729,7 +766,10 @@ def _demo_without_sandbox(dest: Path) -> str | None:
 # == argument parsing ==========================================================================
 def _run_flags(p: argparse.ArgumentParser, *, tag_required: bool = False) -> None:
     p.add_argument("--tag", required=tag_required, help="run name; branch autoresearch/TAG (default: today, e.g. nov23)")
-    p.add_argument("--agent", help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, anthropic:MODEL")
+    p.add_argument("--agent", dest="agents", action="append", metavar="AGENT[:SLOTS]",
+                   help="optuna (default), script:PATH, claude, codex, command:CMD, openai:MODEL, "
+                        "anthropic:MODEL; repeat it for a portfolio, each with its share of the "
+                        "slots: --agent claude:3 --agent optuna:1")
     p.add_argument("--max-experiments", type=int, help="stop after N experiments (the baseline and repeats count)")
     p.add_argument("--max-time", type=float, help="start no experiment after SECONDS")
     p.add_argument("--budget", type=float, help="training budget per experiment, seconds (overrides the toml)")
@@ -805,6 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int)
         p.set_defaults(func=fn)
 
+    p = sub.add_parser("notes", help="the research notes of a run, as its agents wrote them")
+    p.add_argument("--tag")
+    p.set_defaults(func=cmd_notes)
+
     p = sub.add_parser("show", help="one experiment: metrics, decision, diff, log tail")
     p.add_argument("id", type=int, help="experiment number (#N)")
     p.add_argument("--tag")
@@ -857,6 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results.tsv format (see 'run --help')")
     p.set_defaults(func=cmd_demo)
     _hub_commands(sub)
+    _research_commands(sub)
     return parser
 
 
@@ -874,6 +919,185 @@ def _hub_run_flags(p: argparse.ArgumentParser) -> None:
 def _hub_contributor(loop, args, reporter) -> None:
     from .hub.commands import attach_contributor
     attach_contributor(loop, args, say=reporter.message if reporter else None)
+
+
+# == research organisations: `compare` and `evolve-program` (compare.py, evolve.py) ===========
+def _research_commands(sub) -> None:
+    p = sub.add_parser("compare", help="compare research organisations (program.md variants, "
+                                       "each with its agent) on this target, with statistics")
+    p.add_argument("programs", nargs="+", metavar="[NAME=]PROGRAM.md[@AGENT]",
+                   help="an organisation: a program.md variant, optionally named and paired with "
+                        "its agent (explorer.md@claude, tuner=program.md@optuna)")
+    _compare_flags(p)
+    p.add_argument("--name", help="the comparison's name (default: from its organisations); the "
+                                  "same name continues it")
+    p.add_argument("-o", "--output", help="directory for compare.json and compare.png "
+                                          "(default: .autoresearch/compare/NAME)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("evolve-program", help="meta-research: an agent writes program.md variants, "
+                                              "compare keeps a significantly better one")
+    p.add_argument("--generations", type=int, default=1, help="rounds of write-and-compare")
+    p.add_argument("--variants", type=int, default=1, help="new program.md variants per generation")
+    p.add_argument("--writer", help="the agent that writes program.md variants: openai:MODEL, "
+                                    "anthropic:MODEL, claude, codex, command:CMD, script:PATH "
+                                    "(default: --agent)")
+    p.add_argument("--tag", help="meta run name: branch autoresearch/meta-TAG (default: today)")
+    p.add_argument("--program", help="the incumbent program.md (default: the target's program.md, "
+                                     "or the meta branch's latest winner)")
+    _compare_flags(p)
+    p.set_defaults(func=cmd_evolve_program)
+
+
+def _compare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", action="append",
+                   help="the agent of each organisation: once for all, or once per organisation "
+                        "in order (default: optuna)")
+    p.add_argument("--experiments", type=int, help="experiments per run (the baseline and repeats "
+                                                   "count)")
+    p.add_argument("--hours", type=float, help="wall time of the whole comparison, shared equally "
+                                               "between its runs")
+    p.add_argument("--repeats", type=int, default=3, help="independent runs per organisation")
+    p.add_argument("--workers", type=int, default=1, help="slots shared by all runs, in turns")
+    p.add_argument("--policy", help="acceptance policy of every run (default: noise-aware)")
+    p.add_argument("--budget", type=float, help="training budget per experiment, seconds")
+    p.add_argument("--seed", type=int, default=0, help="base seed (each run gets its own)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (Holm-corrected)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-experiment lines")
+
+
+def _compare_spec(args, orgs) -> CompareSpec:
+    from .compare import CompareSpec
+
+    return CompareSpec(orgs=orgs, name=args.name, repeats=args.repeats,
+                       experiments=args.experiments, hours=args.hours, workers=args.workers,
+                       policy=args.policy, budget=args.budget, seed=args.seed, alpha=args.alpha)
+
+
+def _turn_line(turn) -> None:
+    console.print(f"  {turn.tag}: {turn.experiments} experiments, turn {turn.seconds:.1f}s — "
+                  f"{turn.stopped}", markup=False)
+
+
+def _reporter_for(target: Target, quiet: bool):
+    from .ui import Reporter
+
+    return lambda tag: None if quiet else Reporter(console, target.spec.metric)
+
+
+def cmd_compare(args) -> int:
+    from .compare import parse_organisations, report, run_comparison, write_report
+
+    target = _target(args)
+    _warn_uncommitted(target)
+    orgs = parse_organisations(args.programs, args.agent, root=target.root)
+    spec = _compare_spec(args, orgs)
+    spec.check()
+    ledger = _ledger(target)
+    name = spec.resolved_name()
+    console.print(f"[bold]autoresearch compare[/] {_e(name)}: {len(orgs)} organisations x "
+                  f"{spec.repeats} repeats on {_e(target.root)} — "
+                  + ", ".join(f"{_e(o.name)} ({_e(o.program)} @ {_e(o.agent)})" for o in orgs))
+    try:
+        record = run_comparison(target, ledger, spec, on_turn=_turn_line,
+                                reporter_for=_reporter_for(target, args.quiet))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: run the same command again to continue "
+                      f"comparison {_e(name)}")
+        return 130
+    rep = report(ledger, record, spec.alpha, target.spec.policy)
+    js, png = write_report(target, rep, Path(args.output) if args.output else None)
+    if args.json:
+        sys.stdout.write(dumps(rep, indent=2) + "\n")
+    else:
+        print_comparison(rep)
+    console.print(f"  report {js}\n  plot   {png}", markup=False)
+    return 0
+
+
+def print_comparison(rep: dict) -> None:
+    """The comparison as a table (one row per organisation) and one line per test."""
+    from rich.table import Table
+
+    from .compare import Interval
+
+    a = rep["analysis"]
+    level = 1 - a["alpha"]
+    t = Table(title=f"compare {rep['name']}: {rep['metric']} ({a['metric_direction']}), pooled "
+                    f"baseline {a['pooled_baseline'] if a['pooled_baseline'] is None else round(a['pooled_baseline'], 6)}; "
+                    f"means over repeats [{level:.0%} t interval]", header_style="bold")
+    for col in ("organisation", "runs", "improvement", "per experiment", "per hour", "best",
+                "keep rate", "cost $", "failures"):
+        t.add_column(col, justify="left" if col in ("organisation", "failures") else "right")
+    for o in a["organisations"]:
+        iv = {k: Interval(**o[k]) for k in ("improvement", "improvement_per_experiment",
+                                            "improvement_per_hour", "best", "keep_rate",
+                                            "cost_usd")}
+        fails = ", ".join(f"{n} {s}" for s, n in sorted(o["failures"].items())) or "—"
+        t.add_row(Text(o["org"]), str(o["runs"]), iv["improvement"].text(),
+                  iv["improvement_per_experiment"].text(), iv["improvement_per_hour"].text(),
+                  iv["best"].text("{:.6g}"), iv["keep_rate"].text("{:.2f}"),
+                  iv["cost_usd"].text("{:.4f}"), Text(fails))
+    console.print(t)
+    for s in a["tests"]:
+        if s["p"] is None:
+            verdict = "not tested (each organisation needs 2+ runs with a result)"
+        else:
+            verdict = (f"{s['better']} is better" if s["significant"] else "no significant difference")
+            verdict += (f" (difference {s['difference']:+.4g} [{s['low']:+.4g}, {s['high']:+.4g}], "
+                        f"Welch p={s['p']:.3g}, Holm p={s['holm_p']:.3g}, "
+                        f"Mann-Whitney p={s['mannwhitney_p']:.3g})")
+        console.print(f"  {s['a']} vs {s['b']}: {verdict}", markup=False)
+
+
+def cmd_evolve_program(args) -> int:
+    from .evolve import EvolveSpec, evolve, meta_branch
+
+    tag = check_tag(args.tag or default_tag())
+    target = _target(args)
+    _warn_uncommitted(target)
+    agents = args.agent or ["optuna"]
+    if len(agents) != 1:
+        raise ConfigError("evolve-program takes one --agent (the research agent of every "
+                          "organisation); the writer of program.md is --writer")
+    writer = args.writer or agents[0]
+    program = None
+    if args.program:
+        program = Path(args.program)
+        if not program.is_file():
+            raise ConfigError(f"--program {args.program!r}: no such file — give a program.md variant")
+    spec = EvolveSpec(tag=tag, agent=agents[0], writer=writer, generations=args.generations,
+                      variants=args.variants, program=program, repeats=args.repeats,
+                      experiments=args.experiments, hours=args.hours, workers=args.workers,
+                      policy=args.policy, budget=args.budget, seed=args.seed, alpha=args.alpha)
+    spec.check()        # bad input leaves nothing behind
+    ledger = _ledger(target)
+    console.print(f"[bold]autoresearch evolve-program[/] {_e(tag)}: {spec.generations} generation(s) "
+                  f"of {spec.variants} variant(s) written by {_e(writer)}, research agent "
+                  f"{_e(spec.agent)}, {spec.repeats} repeats; meta branch "
+                  f"autoresearch/{meta_branch(tag)}")
+
+    def said(gen) -> None:
+        won = (f"[green]{_e(gen.winner)} is significantly better[/]: committed "
+               f"{(gen.commit or '')[:10]}" if gen.winner else "no variant is significantly "
+               "better: the incumbent stays")
+        cost = f" (writer ${gen.writer_cost:.4f})" if gen.writer_cost else ""
+        console.print(f"generation {gen.generation}: variants {_e(', '.join(gen.variants) or '—')}"
+                      f"{cost}; comparison {_e(gen.comparison)}; {won}")
+        for f in gen.failures:
+            console.print(f"  writer: {f}", markup=False)
+
+    try:
+        evolve(target, ledger, spec, on_turn=None if args.quiet else _turn_line,
+               on_generation=said, reporter_for=_reporter_for(target, args.quiet))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: run the same command again to continue "
+                      f"evolve-program {_e(tag)}")
+        return 130
+    console.print(f"program.md of the winner: git show autoresearch/{meta_branch(tag)}:"
+                  f"{PROGRAM_NAME}", markup=False)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

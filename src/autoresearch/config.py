@@ -11,6 +11,7 @@ import math
 import operator
 import re
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -178,6 +179,49 @@ class AgentSettings(_Strict):
     prices: dict[str, Price] = Field(default_factory=dict)
 
 
+class AgentEntry(_Strict):
+    """One `[[agents]]` entry: an agent of a portfolio with its share of the slots (portfolio.py)."""
+
+    agent: str                                        # an --agent value: optuna, claude, script:PATH...
+    slots: int = Field(1, ge=1, le=1024)              # its share of the run's slots
+    role: str | None = None                           # e.g. "explorer"; recorded on its rows
+    program: str | None = None                        # its program.md (e.g. "explorer.md"); locked
+
+    @field_validator("agent")
+    @classmethod
+    def _agent(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name an agent (optuna, claude, codex, script:PATH, ...)")
+        return v.strip()
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z][\w\-]{0,39}", v):
+            raise ValueError("must be a word such as 'explorer' (letters, digits, - and _)")
+        return v
+
+    @field_validator("program")
+    @classmethod
+    def _program(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or Path(v).is_absolute() or ".." in Path(v).parts
+                              or any(c in v for c in "*?[")):
+            raise ValueError("must be a file path inside the target, relative, without '..' or "
+                             "wildcards (e.g. 'explorer.md')")
+        return v
+
+
+class NotesSettings(_Strict):
+    """[notes]: research notes, the summary of what was tried, near-duplicates (notes.py, neardup.py)."""
+
+    enabled: bool = True                              # notes and summary in every prompt
+    max_chars: int = Field(4000, ge=200, le=100_000)  # the notes are cut to this size
+    summary_chars: int = Field(3000, ge=200, le=100_000)  # the machine-made summary's size
+    near_duplicates: bool = True                      # refuse near-duplicate proposals
+    constant_tolerance: float = Field(0.01, ge=0, lt=1)  # relative: constants closer than this repeat
+    similarity: float = Field(0.9, gt=0, le=1)        # Jaccard of changed lines (same base) that repeats
+
+
 class Scale(_Strict):
     """[scales] NAME: one size of the experiment (`run --scale`, `promote --scale`).
 
@@ -239,6 +283,20 @@ class TargetSpec(_Strict):
     tree: TreeSettings = Field(default_factory=TreeSettings)
     prune: PruneSettings = Field(default_factory=PruneSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    agents: list[AgentEntry] = Field(default_factory=list)   # a portfolio (portfolio.py)
+    notes: NotesSettings = Field(default_factory=NotesSettings)
+
+    @field_validator("agents")
+    @classmethod
+    def _agents(cls, v: list[AgentEntry]) -> list[AgentEntry]:
+        seen: set[tuple[str, str | None]] = set()
+        for a in v:
+            if (a.agent, a.role) in seen:
+                raise ValueError(f"agent {a.agent!r} appears twice with the same role "
+                                 f"({a.role or 'none'}) — give each entry its own role")
+            seen.add((a.agent, a.role))
+        return v
+
     scales: dict[str, Scale] = Field(default_factory=dict)   # run --scale, promote --scale
 
     @field_validator("scales")
@@ -326,7 +384,10 @@ class TargetSpec(_Strict):
 
     @property
     def locked_globs(self) -> list[str]:
-        return list(ALWAYS_LOCKED) + [g for g in self.locked if g not in ALWAYS_LOCKED]
+        """program.md, the roles' programs and autoresearch.toml are always locked."""
+        always = list(ALWAYS_LOCKED) + [a.program for a in self.agents
+                                        if a.program and a.program not in ALWAYS_LOCKED]
+        return always + [g for g in self.locked if g not in always]
 
     @property
     def parsed_constraints(self) -> list[Constraint]:
@@ -396,6 +457,8 @@ def _model_at(loc: tuple) -> type[BaseModel]:
             continue
         f = model.model_fields.get(parts[i])
         ann = f.annotation if f else None
+        if typing.get_origin(ann) is list:      # [[agents]]: a list of tables
+            ann = typing.get_args(ann)[0]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         i += 1

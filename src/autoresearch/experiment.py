@@ -14,6 +14,7 @@ The experiment's state machine (every transition the loop makes; nothing else wr
     (new)         the policy asks for another measurement       running       repeat
     (new)         a winner replayed onto a newer best           running       rebase
     running       dispatched to a slot (again after a resume)   running       all
+    (new)         proposal near-duplicates an earlier one       duplicate     candidate
     running       Ctrl-C / SIGTERM / executor stopped           interrupted   all
     interrupted   the run resumes                               running       all
     running       the command failed / timed out / pruned       crash|timeout|pruned|invalid
@@ -65,6 +66,7 @@ class Status(str, enum.Enum):
     PRUNED = "pruned"            # stopped early: its curve was clearly worse than the best's
     REPEAT = "repeat"            # an extra measurement of an earlier candidate (noise-aware policy)
     REBASED = "rebased"          # won against an older best; replayed onto the new best and measured again
+    DUPLICATE = "duplicate"      # a near-duplicate of an earlier experiment (neardup.py); never run
 
     def __str__(self) -> str:
         return self.value
@@ -110,6 +112,9 @@ class Proposal:
     notes: list[str] = field(default_factory=list)  # e.g. edits outside the editable files, dropped
     refused: list[str] = field(default_factory=list)  # paths it edited that are not editable (dropped)
     agent_log: str | None = None              # path of the agent's saved transcript
+    notes_entry: str | None = None            # a line to add to the run's research notes (notes.py)
+    notes_text: str | None = None             # the whole new research notes (a coding agent's file)
+    agent: str | None = None                  # the harness sets it: the portfolio member that made it
 
 
 @dataclass
@@ -138,3 +143,5 @@ class HistoryEntry:
     commit: str | None = None
     parent: str | None = None
     candidate_of: int | None = None
+    agent: str | None = None          # who proposed it (the ledger's agent column)
+    role: str | None = None           # its role in a portfolio ([[agents]] role), if any

@@ -111,10 +111,10 @@ def append_results_tsv(e: Experiment, spec: TargetSpec, path: Path, value: float
 
 
 EXPORT_FIELDS = ("tag", "seq", "id", "kind", "status", "reason", "metric", "description", "commit",
-                 "parent", "candidate_of", "agent", "seed", "slot", "gpu", "wall_time",
+                 "parent", "candidate_of", "agent", "role", "seed", "slot", "gpu", "wall_time",
                  "peak_memory_mb", "exit_code", "diff_added", "diff_removed", "code_lines",
                  "input_tokens", "output_tokens", "cost_usd", "started", "finished", "log_path",
-                 "notes", "node_parent", "operator")
+                 "notes", "node_parent", "operator", "org")
 
 
 def row(e: Experiment) -> dict:

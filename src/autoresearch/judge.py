@@ -71,6 +71,11 @@ class RunStopped(AutoresearchError):
     """The run ended for a reason the user must hear about (baseline failed, agent keeps failing)."""
 
 
+class AgentFailing(RunStopped):
+    """The agent failed `max_consecutive_errors` times in a row: a fault of the agent, not of the
+    target (a comparison records it as that organisation's failure and goes on)."""
+
+
 class Event(str, enum.Enum):
     FAILED = "failed"                        # the evaluation ended without a valid measurement
     BROKE_CONSTRAINT = "broke-constraint"    # measured, but outside a [constraints] bound
@@ -350,9 +355,9 @@ class Judge:
             return
         r = self.state.add(
             kind=Kind.REBASE, parent=inc.commit_sha, commit_sha=new, tree_sha=tree,
-            agent=cand.agent, description=f"{cand.description} (rebased onto #{inc.seq})",
-            status=Status.RUNNING, candidate_of=cand.id, params=cand.params, seed=self.seed,
-            code_lines=self.driver.code_lines(new))
+            agent=cand.agent, role=cand.role,
+            description=f"{cand.description} (rebased onto #{inc.seq})", status=Status.RUNNING,
+            candidate_of=cand.id, params=cand.params, seed=self.seed, code_lines=self.driver.code_lines(new))
         self.git.pin(self.tag, r.seq, new)
         if cand.id in self.proposals:
             self.proposals[r.id] = self.proposals[cand.id]
@@ -366,8 +371,8 @@ class Judge:
     def add_repeat(self, of: Experiment, cand: Experiment, description: str) -> Experiment:
         r = self.state.add(
             kind=Kind.REPEAT, parent=of.parent, commit_sha=of.commit_sha, tree_sha=of.tree_sha,
-            agent=of.agent, description=description, status=Status.RUNNING, candidate_of=cand.id,
-            code_lines=of.code_lines, params=None)
+            agent=of.agent, role=of.role, description=description, status=Status.RUNNING,
+            candidate_of=cand.id, code_lines=of.code_lines, params=None)
         self.git.pin(self.tag, r.seq, of.commit_sha or "")
         self.driver.enqueue(r)
         return r

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT DEFAULT 'active',
     scale TEXT,               -- the [scales] entry it runs at (None: the toml as written)
     source TEXT,              -- a promotion: the tag of the run it replays
-    strategy TEXT             -- ratchet | tree (strategies.py); NULL: ratchet
+    strategy TEXT,            -- ratchet | tree (strategies.py); NULL: ratchet
+    org TEXT                  -- the organisation of a `compare` run (compare.py), else NULL
 );
 CREATE TABLE IF NOT EXISTS experiments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,10 +90,16 @@ CREATE TABLE IF NOT EXISTS experiments (
     pid_started REAL,
     node_parent INTEGER,              -- tree search: the node (experiment id) it was proposed from
     operator TEXT,                    -- tree search: draft | improve | debug
+    org TEXT,                         -- its run's organisation (compare.py), else NULL
     UNIQUE (tag, seq)
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
 CREATE INDEX IF NOT EXISTS experiments_commit ON experiments(commit_sha);
+CREATE TABLE IF NOT EXISTS research_notes (
+    tag TEXT PRIMARY KEY,             -- one notes text per run, written by its agents (notes.py)
+    text TEXT NOT NULL DEFAULT '',
+    updated REAL
+);
 CREATE TABLE IF NOT EXISTS slots (
     tag TEXT NOT NULL,
     slot INTEGER NOT NULL,
@@ -101,6 +108,27 @@ CREATE TABLE IF NOT EXISTS slots (
     gpu TEXT,
     host TEXT,
     PRIMARY KEY (tag, slot)
+);
+CREATE TABLE IF NOT EXISTS comparisons (   -- `autoresearch compare`: one row per comparison
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    spec TEXT NOT NULL                -- JSON: organisations, budgets, repeats, base commit
+);
+CREATE TABLE IF NOT EXISTS comparison_runs (
+    comparison TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    org TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    seconds REAL DEFAULT 0,           -- wall time spent in its turns
+    done TEXT,                        -- why it needs no more turns; NULL while it does
+    PRIMARY KEY (comparison, tag)
+);
+CREATE TABLE IF NOT EXISTS generations (   -- `autoresearch evolve-program`
+    meta TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    created REAL NOT NULL,
+    record TEXT NOT NULL,             -- JSON: incumbent, variants, comparison, winner, commit
+    PRIMARY KEY (meta, generation)
 );
 """
 
@@ -203,12 +231,14 @@ class Experiment:
     pid_started: float | None
     node_parent: int | None       # tree search: the experiment id of the node it started from
     operator: str | None          # tree search: draft | improve | debug
+    org: str | None = None        # its run's organisation (compare.py)
+    role: str | None = None           # the proposer's role in a portfolio ([[agents]] role)
 
     def history_entry(self) -> HistoryEntry:
         return HistoryEntry(id=self.id, seq=self.seq, status=self.status, metric=self.metric,
                             description=self.description, metrics=self.metrics,
                             params=self.params, commit=self.commit_sha, parent=self.parent,
-                            candidate_of=self.candidate_of)
+                            candidate_of=self.candidate_of, agent=self.agent, role=self.role)
 
 
 @dataclass
@@ -226,6 +256,7 @@ class Run:
     scale: str | None = None     # the [scales] entry it runs at
     source: str | None = None    # a promotion (promote.py): the run it replays
     strategy: str | None = None  # ratchet | tree (strategies.py)
+    org: str | None = None       # the organisation of a `compare` run
 
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Experiment))
@@ -264,7 +295,9 @@ class Ledger:
     #: columns added after the first schema: (table, column, type), added to older ledgers
     _ADDED_COLUMNS = (("runs", "scale", "TEXT"), ("runs", "source", "TEXT"),
                       ("runs", "strategy", "TEXT"), ("experiments", "node_parent", "INTEGER"),
-                      ("experiments", "operator", "TEXT"))
+                      ("experiments", "operator", "TEXT"),
+                      ("runs", "org", "TEXT"), ("experiments", "org", "TEXT"),
+                      ("experiments", "role", "TEXT"))   # role: a portfolio member's
 
     def _migrate(self) -> None:
         """Add the columns an older ledger lacks (never a table rebuilt: nothing is lost)."""
@@ -296,13 +329,14 @@ class Ledger:
 
     def create_run(self, tag: str, base_commit: str, metric: str, direction: str, agent: str,
                    policy: str, locked: dict[str, str], *, scale: str | None = None,
-                   source: str | None = None, strategy: str | None = None) -> Run:
+                   source: str | None = None, strategy: str | None = None,
+                   org: str | None = None) -> Run:
         with self._lock:
             self._db.execute(
                 "INSERT INTO runs (tag, created, base_commit, metric, direction, agent, policy, "
-                "locked, scale, source, strategy) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "locked, scale, source, strategy, org) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (tag, time.time(), base_commit, metric, direction, agent, policy, json.dumps(locked),
-                 scale, source, strategy))
+                 scale, source, strategy, org))
         run = self.get_run(tag)
         assert run is not None
         return run
@@ -514,6 +548,13 @@ class Ledger:
                 "input_tokens": int(tin), "output_tokens": int(tout),
                 "improvements": improvements}
 
+    def proposals_by_agent(self, tag: str) -> list[tuple[str | None, str | None, int, float]]:
+        """(agent, role, candidates, their cost) of a run, in order of first proposal."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT agent, role, COUNT(*), COALESCE(SUM(cost_usd), 0) FROM experiments "
+            "WHERE tag = ? AND kind = ? GROUP BY agent, role ORDER BY MIN(id)",
+            (tag, Kind.CANDIDATE.value))]
+
     def operator_counts(self, tag: str) -> dict[str, dict[str, int]]:
         """Tree search: proposals and keeps by operator ({"improve": {"proposed": 12,
         "kept": 2}, ...}); empty for a ratchet run."""
@@ -534,6 +575,20 @@ class Ledger:
             return {}
         return {e.id: e for e in self._select(f"id IN ({','.join('?' * len(ids))})", ids)}
 
+    # -- research notes (notes.py): one bounded text per run --------------------------------
+    def research_notes(self, tag: str) -> str:
+        """The run's research notes ("" when none were written, or in an older ledger)."""
+        try:
+            r = self._db.execute("SELECT text FROM research_notes WHERE tag = ?", (tag,)).fetchone()
+        except sqlite3.OperationalError:      # a read-only view of a ledger from before notes
+            return ""
+        return r[0] if r else ""
+
+    def set_research_notes(self, tag: str, text: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO research_notes VALUES (?,?,?)",
+                             (tag, text, time.time()))
+
     # -- slots (what each worker is doing, for `status`) -------------------------------------
     def set_slot(self, tag: str, slot: int, experiment_id: int | None, gpu: str | None = None,
                  host: str | None = None) -> None:
@@ -548,3 +603,52 @@ class Ledger:
     def clear_slots(self, tag: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM slots WHERE tag = ?", (tag,))
+
+    # -- comparisons (compare.py) and program generations (evolve.py) --------------------------
+    def get_comparison(self, name: str) -> dict[str, Any] | None:
+        """The spec a comparison was started with (JSON), or None."""
+        r = self._db.execute("SELECT spec FROM comparisons WHERE name = ?", (name,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def create_comparison(self, name: str, spec: dict[str, Any],
+                          runs: list[tuple[str, str, int]]) -> None:
+        """A comparison and its runs (tag, org, repeat), in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO comparisons VALUES (?,?,?)",
+                                 (name, time.time(), dumps(spec)))
+                self._db.executemany(
+                    "INSERT INTO comparison_runs (comparison, tag, org, repeat) VALUES (?,?,?,?)",
+                    [(name, tag, org, k) for tag, org, k in runs])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def comparison_runs(self, name: str) -> list[dict[str, Any]]:
+        """The runs of a comparison (tag, org, repeat, seconds, done), in planning order."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT tag, org, repeat, seconds, done FROM comparison_runs WHERE comparison = ? "
+            "ORDER BY rowid", (name,))]
+
+    def update_comparison_run(self, name: str, tag: str, *, add_seconds: float = 0.0,
+                              done: str | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE comparison_runs SET seconds = seconds + ?, done = COALESCE(?, done) "
+                "WHERE comparison = ? AND tag = ?", (add_seconds, done, name, tag))
+
+    def comparisons(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM comparisons ORDER BY created")]
+
+    def record_generation(self, meta: str, generation: int, record: dict[str, Any]) -> None:
+        """One generation of `evolve-program` (written again as it advances)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO generations VALUES (?,?,?,?)",
+                             (meta, generation, time.time(), dumps(record)))
+
+    def generations(self, meta: str) -> list[dict[str, Any]]:
+        """Every recorded generation of a meta run, oldest first."""
+        return [json.loads(r[0]) for r in self._db.execute(
+            "SELECT record FROM generations WHERE meta = ? ORDER BY generation", (meta,))]

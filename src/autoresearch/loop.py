@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .agents import Agent
 from .config import Target
 from .executors import Executor
 from .experiment import Status
@@ -38,6 +37,7 @@ from .export import append_results_tsv
 from .judge import Judge, RunStopped, evaluation_status
 from .ledger import Experiment, Ledger
 from .policies import Policy
+from .portfolio import Portfolio
 from .proposals import LineCounter, Proposals, record_refused
 from .ratchet import Ratchet
 from .session import Session
@@ -64,10 +64,11 @@ class LoopOptions:
     results_format: str = "native"      # results.tsv: "native" or "original" (export.py)
     scale: str | None = None            # the [scales] entry the target's spec is at
     strategy: str = "ratchet"           # where proposals start: "ratchet" or "tree"
+    org: str | None = None              # a new run's organisation (compare.py)
 
 
 class Loop:
-    def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, agent: Agent,
+    def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, agent: Portfolio,
                  policy: Policy, executor: Executor, options: LoopOptions,
                  reporter: Any | None = None):
         self.target = target
@@ -83,7 +84,8 @@ class Loop:
         self.session = Session(target, ledger, ratchet, self.tag, agent_name=options.agent_name,
                                policy_name=policy.name, budget=options.budget, seed=options.seed,
                                results_format=options.results_format, strategy=options.strategy,
-                               say=reporter.message if reporter else None, scale=options.scale)
+                               say=reporter.message if reporter else None, scale=options.scale,
+                               org=options.org)
         self.budget = self.session.budget
         self.log_dir = self.session.log_dir
         self.lines = LineCounter(ratchet, self.session.editable)
@@ -172,15 +174,12 @@ class Loop:
         assert self.judge is not None
         self.judge.remeasure_best()
         self._submit_queued()
-        self.proposals.keep_coming(self._needed())
+        self.proposals.keep_coming(len(self.executor.free_slots()) - len(self.queue))
         while self.executor.free_slots() and not self.queue and self.proposals.ready() \
                 and self._want_new():
             self.proposals.take()
             self._submit_queued()
-            self.proposals.keep_coming(self._needed())
-
-    def _needed(self) -> int:
-        return max(0, len(self.executor.free_slots()) - len(self.queue))
+            self.proposals.keep_coming(len(self.executor.free_slots()) - len(self.queue))
 
     def _submit_queued(self) -> None:
         free = self.executor.free_slots()

@@ -12,18 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agents import Agent
-from .config import Target, check_globs
+from .config import PROGRAM_NAME, AgentEntry, Target, check_globs
 from .errors import ConfigError
 from .globs import matches
 from .ledger import Ledger
 from .loop import Loop, LoopOptions
+from .portfolio import Member, Portfolio, entries_from_flags, parse_recorded
 from .strategies import STRATEGIES
 
 
 @dataclass
 class RunRequest:
     tag: str
-    agent: str | None = None            # None: the run's recorded agent, else optuna
+    agent: str | None = None            # one --agent value (same as agents=[agent])
+    agents: list[str] | None = None     # --agent repeated: a portfolio (portfolio.py); None: the
+                                        # toml's [[agents]], else the run's recorded agents, else optuna
     policy: str | None = None           # None: the run's recorded policy, else the default
     max_experiments: int | None = None
     max_time: float | None = None
@@ -39,6 +42,7 @@ class RunRequest:
     results_format: str = "native"      # results.tsv: native or original (export.py)
     scale: str | None = None            # a [scales] entry; None: the run's recorded one, if any
     strategy: str | None = None         # None: the run's recorded strategy, else the toml's
+    org: str | None = None              # a new run's organisation (`compare`, compare.py)
 
     @classmethod
     def from_namespace(cls, args: Any, tag: str, **overrides: Any) -> RunRequest:
@@ -63,12 +67,15 @@ class RunRequest:
                               f"{' or '.join(STRATEGIES)}")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"unknown --executor '{self.executor}' — use local or ray")
+        self._flag_entries()
+
+    def _flag_entries(self) -> list[AgentEntry]:
+        return entries_from_flags([*(self.agents or []), *([self.agent] if self.agent else [])])
 
     def build(self, target: Target, *, agent: Agent | None = None, agent_name: str | None = None,
               reporter: Any | None = None) -> Loop:
         """The loop this request describes. `agent` replaces the named one (start, try, tests);
         `agent_name` is what the ledger records for it."""
-        from .agents import make_agent
         from .executors import LocalExecutor
         from .policies import DEFAULT_POLICY, make_policy
         from .ratchet import Ratchet
@@ -76,8 +83,13 @@ class RunRequest:
         self.check()   # flags first: bad input must not leave anything behind
         ratchet = Ratchet(target.root)
         base = ratchet.branch_commit(self.tag) or ratchet.head()
-        check_globs(target.spec, target.root, target.config_path,
-                    files=list(ratchet.list_files(base)))
+        files = ratchet.list_files(base)
+        check_globs(target.spec, target.root, target.config_path, files=list(files))
+        for e in ([] if agent is not None or self._flag_entries() else target.spec.agents):
+            if e.program and e.program not in files:
+                raise ConfigError(f"{target.config_path}: [[agents]] {e.agent} has program = "
+                                  f"{e.program!r}, which is not committed in the target — add "
+                                  f"and commit it, or remove the key")
         if self.scale:
             target.spec.at_scale(self.scale, target.config_path)   # an unknown name: one error
         ledger = Ledger(target.state_dir / "ledger.db")
@@ -93,14 +105,13 @@ class RunRequest:
                               f"resume it without --scale, or start a new --tag")
         target = dataclasses.replace(target, spec=target.spec.at_scale(scale, target.config_path))
         policy = make_policy(self.policy or (run.policy if run and run.policy else DEFAULT_POLICY))
-        name = agent_name or self.agent or (run.agent if run and run.agent else "optuna")
-        if agent is None:
-            spec = target.spec
-            editable = [p for p in ratchet.list_files(base)
-                        if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
-            agent = make_agent(name, target, files=ratchet.read_files(base, editable),
-                               seed=self.seed)
-            agent.check()   # fail fast: an unreachable endpoint or a rejected key is one line
+        if agent is not None:
+            portfolio = Portfolio.single(agent_name or self.agent or (
+                run.agent if run and run.agent else "optuna"), agent)
+        else:
+            portfolio = self._portfolio(target, ratchet, base, run.agent if run else None)
+            portfolio.check()   # fail fast: an unreachable endpoint or a rejected key is one line
+        name = agent_name or portfolio.name
         gpus = [g.strip() for g in self.gpus.split(",")] if self.gpus else None
         if self.executor == "ray":
             try:
@@ -116,6 +127,23 @@ class RunRequest:
             tag=self.tag, agent_name=name, max_experiments=self.max_experiments,
             max_time=self.max_time, budget=self.budget, prune=self.prune,
             max_cost=self.max_cost, seed=self.seed, ahead=self.ahead,
-            results_format=self.results_format, scale=scale,
+            results_format=self.results_format, scale=scale, org=self.org,
             strategy=self.strategy or (run.strategy if run and run.strategy else target.spec.strategy))
-        return Loop(target, ledger, ratchet, agent, policy, executor, options, reporter)
+        return Loop(target, ledger, ratchet, portfolio, policy, executor, options, reporter)
+
+    def _portfolio(self, target: Target, ratchet: Any, base: str,
+                   recorded: str | None) -> Portfolio:
+        """The agents: --agent flags, else [[agents]], else the run's recorded ones, else optuna
+        (each member's seed is --seed plus its place, so two optuna members differ)."""
+        from .agents import make_agent
+
+        spec = target.spec
+        entries = (self._flag_entries() or spec.agents or
+                   entries_from_flags(parse_recorded(recorded) if recorded else ["optuna"]))
+        files = ratchet.list_files(base)
+        editable = [p for p in files if matches(p, spec.editable) and not matches(p, spec.locked_globs)]
+        texts = ratchet.read_files(base, editable)
+        members = [Member(e.agent, make_agent(e.agent, target, files=texts, seed=self.seed + i),
+                          e.slots, e.role, e.program or PROGRAM_NAME)
+                   for i, e in enumerate(entries)]
+        return Portfolio(members)

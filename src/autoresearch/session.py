@@ -56,10 +56,12 @@ class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
                  agent_name: str, policy_name: str, budget: float | None, seed: int,
                  results_format: str = "native", say: Callable[[str], None] | None = None,
-                 scale: str | None = None, source: str | None = None, strategy: str = "ratchet"):
+                 scale: str | None = None, source: str | None = None, strategy: str = "ratchet",
+                 org: str | None = None):
         self.target = target
         self.scale = scale       # the [scales] entry target.spec is at (recorded on the run)
         self.source = source     # a promotion's source run (promote.py)
+        self.org = org           # the organisation a new run is tagged with (compare.py)
         self.spec = target.spec
         self.ledger = ledger
         self.ratchet = ratchet
@@ -131,16 +133,16 @@ class Session:
             run = self.ledger.create_run(self.tag, base, self.spec.metric, self.spec.direction,
                                          self.agent_name, self.policy_name, locked,
                                          scale=self.scale, source=self.source,
-                                         strategy=self.strategy)
-        elif (run.strategy or "ratchet") != self.strategy:   # resumed with another --strategy
-            self.ledger.update_run(self.tag, strategy=self.strategy)
-            run.strategy = self.strategy
+                                         strategy=self.strategy, org=self.org)
             if self.ratchet.branch_commit(self.tag) is None:
                 self.ratchet.set_branch(self.tag, base)
         elif run.scale != self.scale:
             at = f"at scale '{run.scale}'" if run.scale else "without a scale"
             raise RunStopped(f"run '{self.tag}' was made {at} — resume it the same way "
                              f"(--scale {run.scale or '...'} as it was), or start a new --tag")
+        elif (run.strategy or "ratchet") != self.strategy:   # resumed with another --strategy
+            self.ledger.update_run(self.tag, strategy=self.strategy)
+            run.strategy = self.strategy
         self.run = run
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if (self.target.state_dir / "scratch").exists():   # temp dirs a kill -9 left behind

@@ -13,7 +13,8 @@ Guarantees:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .experiment import HistoryEntry, Kind, Status
@@ -43,6 +44,9 @@ class RunState:
         self._kept: dict[int, Experiment] = {}          # id -> row, of every kept experiment
         self.incumbent: Experiment | None = None        # the best; the judge moves it
         self.last_crash: Experiment | None = None       # the latest crash or timeout with a log
+        self.running_by: Counter[tuple[str | None, str | None]] = Counter()  # (agent, role) -> rows queued or running
+        self._never_run = 0                             # near-duplicate rows (not experiments)
+        self.watchers: list[Callable[[Experiment], None]] = []   # told of every row written
         for e in rows:
             self._index(e, new=True)
         self.incumbent = best_of(list(self.rows.values()))
@@ -53,8 +57,13 @@ class RunState:
 
     # -- writes (ledger first, then memory) ---------------------------------------------------
     def add(self, **fields: Any) -> Experiment:
+        """A new row; it carries its run's organisation (compare.py), if any."""
+        if self.run.org is not None:
+            fields.setdefault("org", self.run.org)
         e = self.ledger.add_experiment(self.tag, seq=self.next_seq, **fields)
         self._index(e, new=True)
+        for watch in self.watchers:
+            watch(e)
         return e
 
     def update(self, e: Experiment, **fields: Any) -> Experiment:
@@ -64,10 +73,14 @@ class RunState:
         for k, v in as_stored(fields).items():
             setattr(e, k, v)
         self._index(e, new=False)
+        for watch in self.watchers:
+            watch(e)
         return e
 
     def _unindex(self, e: Experiment) -> None:
         self.cost -= e.cost_usd
+        if e.status == Status.RUNNING:
+            self.running_by[(e.agent, e.role)] -= 1
         self._kept.pop(e.id, None)
         if e.tree_sha and e.id in self._measured.get(e.tree_sha, {}):
             values = self._measured[e.tree_sha]
@@ -77,10 +90,13 @@ class RunState:
 
     def _index(self, e: Experiment, new: bool) -> None:
         self.cost += e.cost_usd
+        if e.status == Status.RUNNING:
+            self.running_by[(e.agent, e.role)] += 1
         if e.status == Status.KEEP:
             self._kept[e.id] = e
         if new:
             self.rows[e.id] = e
+            self._never_run += e.status == Status.DUPLICATE
             self.next_seq = max(self.next_seq, e.seq + 1)
             if e.tree_sha:
                 self._by_tree.setdefault(e.tree_sha, []).append(e)
@@ -118,7 +134,8 @@ class RunState:
 
     @property
     def count(self) -> int:
-        return len(self.rows)
+        """Experiments in the run (--max-experiments): near-duplicates, never run, do not count."""
+        return len(self.rows) - self._never_run
 
     def measurements(self, tree: str | None) -> list[Experiment]:
         """Every valid measurement of a tree, oldest first."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import PolicySettings, TargetSpec
 from .experiment import Kind, Status
-from .ledger import Experiment, Ledger
+from .ledger import MEASURED, Experiment, Ledger
 from .policies import Estimate, Policy, PolicyContext, Sample, make_policy
 
 
@@ -286,6 +286,7 @@ def run_summary(ledger: Ledger, tag: str, settings: PolicySettings | None = None
                      "reported": rep.to_dict() if rep else None}
     return {
         "tag": tag, "metric": run.metric, "direction": run.direction, "agent": run.agent,
+        "org": run.org,
         "policy": run.policy, "strategy": run.strategy or "ratchet",
         "operators": ledger.operator_counts(tag),
         "branch": f"autoresearch/{tag}", "experiments": totals["experiments"],
@@ -334,3 +335,69 @@ def experiment_detail(ledger: Ledger, tag: str, seq: int, root: Path,
             d["diff_error"] = str(err)
     d["log_tail"] = tail_lines(Path(e.log_path), log_lines) if e.log_path else []
     return d
+
+
+@dataclass
+class AgentYield:
+    """What one agent of a run (a portfolio member) brought: `status`, `compare` and the JSON."""
+
+    agent: str
+    role: str | None
+    proposals: int            # its candidates: run, refused, failed and near-duplicates alike
+    kept: int                 # of them, kept (directly or after a rebase)
+    keep_rate: float | None   # kept / proposals
+    improvement: float        # the best's gain it contributed (metric units, positive = better)
+    cost_usd: float           # what its proposals cost, repeats of them excluded (they cost none)
+
+
+def yield_by_agent(rows: list[Experiment], direction: str) -> list[AgentYield]:
+    """Per agent and role, in order of first proposal. The improvement of a keep is the step
+    it made along the kept chain (the mean of its measurements against the previous best's),
+    credited to the agent that proposed it; the baseline is nobody's improvement."""
+    by_tree: dict[str, list[float]] = {}
+    for e in rows:
+        if e.tree_sha and e.metric is not None and e.status in MEASURED:
+            by_tree.setdefault(e.tree_sha, []).append(e.metric)
+    counts: dict[tuple[str, str | None], tuple[int, float]] = {}
+    for e in rows:
+        if e.kind == Kind.CANDIDATE:
+            n, cost = counts.get((e.agent or "-", e.role), (0, 0.0))
+            counts[(e.agent or "-", e.role)] = (n + 1, cost + e.cost_usd)
+    kept = [e for e in rows if e.status == Status.KEEP]
+    return _yields(counts, kept, lambda e: by_tree.get(e.tree_sha or "", []), direction)
+
+
+def agent_yield(ledger: Ledger, tag: str, direction: str) -> list[AgentYield]:
+    """yield_by_agent of a run, read cheaply: counts and costs by one SQL aggregate, and the
+    measurements of the kept experiments only (what `status` and its JSON print)."""
+    counts = {(agent or "-", role): (n, cost)
+              for agent, role, n, cost in ledger.proposals_by_agent(tag)}
+    kept = ledger.with_status(tag, Status.KEEP)
+    return _yields(counts, kept, lambda e: [m.metric for m in ledger.measurements(tag, e.tree_sha)
+                                            if m.metric is not None], direction)
+
+
+def _yields(counts: dict[tuple[str, str | None], tuple[int, float]], kept: list[Experiment],
+            values: Any, direction: str) -> list[AgentYield]:
+    """The one rule of both: proposals and cost per agent, gains along the kept chain."""
+    sign = -1.0 if direction == "minimize" else 1.0
+    out = {key: AgentYield(key[0], key[1], n, 0, None, 0.0, cost)
+           for key, (n, cost) in counts.items()}
+
+    def mean(e: Experiment) -> float | None:
+        finite = [v for v in values(e) if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else e.metric
+
+    chain = sorted(kept, key=kept_order)
+    for before, after in zip(chain, chain[1:], strict=False):
+        if after.kind == Kind.BASELINE:
+            continue
+        key = (after.agent or "-", after.role)
+        y = out.setdefault(key, AgentYield(key[0], key[1], 0, 0, None, 0.0, 0.0))
+        y.kept += 1
+        a, b = mean(before), mean(after)
+        if a is not None and b is not None:
+            y.improvement += sign * (b - a)
+    for y in out.values():
+        y.keep_rate = y.kept / y.proposals if y.proposals else None
+    return list(out.values())

@@ -21,7 +21,7 @@ STATUS_STYLE = {
     Status.OVER_BUDGET: "red",
     Status.INVALID: "magenta", Status.AGENT_ERROR: "magenta", Status.PRUNED: "yellow",
     Status.REPEAT: "cyan", Status.PENDING: "cyan", Status.RUNNING: "blue",
-    Status.INTERRUPTED: "yellow", Status.REBASED: "green",
+    Status.INTERRUPTED: "yellow", Status.REBASED: "green", Status.DUPLICATE: "dim magenta",
 }
 
 

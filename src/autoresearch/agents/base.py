@@ -69,6 +69,10 @@ class AgentContext:
     parent: HistoryEntry | None = None        # tree search: the node it starts from
     parent_values: list[float] = field(default_factory=list)   # that node's runs
     parent_diff: str | None = None            # that node against the best ("" when the same)
+    role: str | None = None                   # its role in a portfolio ([[agents]] role)
+    research_notes: str = ""                  # the run's research notes (notes.py), shared
+    notes_chars: int = 0                      # their size limit; 0: notes are off
+    tried: str = ""                           # the machine-made summary of what was tried
 
 
 class Agent(ABC):

@@ -4,7 +4,9 @@ The CLI runs in a scratch checkout of the best commit (`context.workspace()`), e
 there, and exits; the harness then reads back every editable file that changed (new and deleted
 ones included) as the proposal. Edits to other files are dropped and noted (and recorded in
 `Proposal.refused`); files the tools write for themselves (aider's `.aider.chat.history.md`,
-`.aider.input.history`, `.aider.tags.cache.v*`, Claude Code's `.claude/`) are ignored. The prompt
+`.aider.input.history`, `.aider.tags.cache.v*`, Claude Code's `.claude/`) are ignored. The run's
+research notes are written to `.autoresearch-notes.md` there first and read back after (notes.py):
+never part of the proposal, never a refused edit. The prompt
 goes on stdin, or into the command where it says `{prompt}` (shell-quoted) or `{prompt_file}`.
 
 Presets (flags checked against Claude Code 2.1.197 and Codex 0.171):
@@ -51,6 +53,7 @@ from pathlib import Path
 from ..config import STATE_DIR, AgentSettings
 from ..errors import AgentConfigError
 from ..experiment import Proposal, Usage
+from ..notes import NOTES_FILE
 from .base import Agent, AgentContext, AgentError, save_agent_log
 from .edits import find_description, summarize_change
 from .llm import price_usage
@@ -242,8 +245,12 @@ class CodingAgentCLI(Agent):
     def _prompt(self, context: AgentContext) -> str:
         editable = ", ".join(sorted(context.files)) or ", ".join(context.spec.editable)
         tail = CLI_INSTRUCTIONS.format(editable=editable)
+        how = (f"To change the research notes (they outlive this session: record what you "
+               f"learned, what to try next, what not to try again), edit the file {NOTES_FILE} in "
+               f"this directory; it holds the notes above. Keep it under {context.notes_chars} "
+               f"characters.") if context.notes_chars else ""
         body = build_prompt(context, max_chars=max(1000, self.settings.context_chars - len(tail)),
-                            history_rows=self.settings.history_rows)
+                            history_rows=self.settings.history_rows, notes_how=how)
         return body + "\n" + tail
 
     def _progress(self, line: str) -> bool:
@@ -427,6 +434,11 @@ class CodingAgentCLI(Agent):
             raise AgentError(f"{self.name}: the harness gave no workspace to edit")
         root = Path(context.workspace())
         prompt = self._prompt(context)
+        notes_path = root / NOTES_FILE
+        if context.notes_chars:
+            notes_path.write_text(context.research_notes, encoding="utf-8")
+        else:
+            notes_path.unlink(missing_ok=True)
         before = _snapshot(root)
         with tempfile.TemporaryDirectory(prefix="ar-prompt-") as tmp:
             prompt_file = Path(tmp) / "prompt.md"
@@ -461,6 +473,9 @@ class CodingAgentCLI(Agent):
                              f"{tail[-1] if tail else '(no output)'}", usage, log_path)
 
         files, notes, refused = self._read_back(root, before, context)
+        notes_text = _read_notes(notes_path) if context.notes_chars else None
+        if notes_text == context.research_notes:
+            notes_text = None
         if not files:
             reason = "the agent changed no editable file"
             if notes:
@@ -470,7 +485,7 @@ class CodingAgentCLI(Agent):
         new = {p: t for p, t in new.items() if t is not None}
         description = find_description(out.text) or summarize_change(context.files, new)
         return Proposal(description=description, files=files, usage=usage, notes=notes,
-                        agent_log=log_path, refused=refused)
+                        agent_log=log_path, refused=refused, notes_text=notes_text)
 
     def _read_back(self, root: Path, before: dict[str, str],
                    context: AgentContext) -> tuple[dict[str, str | None], list[str], list[str]]:
@@ -479,6 +494,8 @@ class CodingAgentCLI(Agent):
         dropped: list[str] = []
         binary: list[str] = []
         for path in sorted(set(before) | set(after) | set(context.files)):
+            if path == NOTES_FILE:
+                continue          # the research notes: read back on their own, never committed
             if context.editable(path):
                 if path not in after:
                     if path in context.files:
@@ -499,6 +516,15 @@ class CodingAgentCLI(Agent):
         if binary:
             notes.append("dropped editable files that are not UTF-8 text: " + ", ".join(binary))
         return files, notes, dropped
+
+
+def _read_notes(path: Path) -> str | None:
+    """The notes file as the agent left it (None when it deleted it or it is unreadable: the
+    notes stay as they were)."""
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _json_lines(text: str) -> list[dict]:

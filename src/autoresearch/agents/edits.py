@@ -49,6 +49,11 @@ _REPLACE = re.compile(r"^\s*>{5,9} ?REPLACE\b.*$")
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})([^`]*)$")
 _DESCRIPTION = re.compile(r"^\s*[*_#>\s]*description\s*[*_]*\s*:\s*[*_]*\s*(.+?)\s*$", re.IGNORECASE)
 _PATHLIKE = re.compile(r"^[\w.\-/]+$")
+_NOTE = re.compile(r"^\s*[*_#>\s-]*research note\s*[*_]*\s*:\s*[*_]*\s*(.+?)\s*$", re.IGNORECASE)
+
+NOTES_HOW = ("To add to the research notes (they outlive this conversation: record what you "
+             "learned, what to try next, what not to try again), put one or more lines "
+             "`Research note: <text>` in your answer, outside the edit blocks.")
 
 
 @dataclass
@@ -90,6 +95,13 @@ def find_description(text: str) -> str | None:
         if m and m.group(1).strip("*_` "):
             found = m.group(1).strip("*_` ")
     return found
+
+
+def find_research_notes(text: str) -> str | None:
+    """The text of every `Research note:` line, joined, or None."""
+    found = [m.group(1).strip("*_` ") for line in text.splitlines() if (m := _NOTE.match(line))]
+    found = [f for f in found if f]
+    return " ".join(found) if found else None
 
 
 def _clean_path(line: str) -> str | None:

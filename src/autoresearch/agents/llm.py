@@ -33,7 +33,15 @@ from ..config import AgentSettings
 from ..errors import AgentConfigError
 from ..experiment import Proposal, Usage
 from .base import Agent, AgentContext, AgentError, save_agent_log
-from .edits import FORMAT_INSTRUCTIONS, apply_edits, parse_reply, retry_message, summarize_change
+from .edits import (
+    FORMAT_INSTRUCTIONS,
+    NOTES_HOW,
+    apply_edits,
+    find_research_notes,
+    parse_reply,
+    retry_message,
+    summarize_change,
+)
 from .prompt import build_prompt
 
 DEFAULT_MAX_TOKENS = 8192     # the answer cap when the server says nothing about its context
@@ -157,7 +165,7 @@ class _LLMAgent(Agent):
 
     def propose(self, context: AgentContext) -> Proposal:
         prompt = build_prompt(context, max_chars=self._prompt_chars(),
-                              history_rows=self.settings.history_rows)
+                              history_rows=self.settings.history_rows, notes_how=NOTES_HOW)
         messages = [{"role": "user", "content": prompt}]
         log = [f"## system\n{SYSTEM_PROMPT}", f"## user\n{prompt}"]
         try:
@@ -176,12 +184,13 @@ class _LLMAgent(Agent):
     def _converse(self, context: AgentContext, messages: list[dict[str, str]], usage: Usage,
                   log: list[str]) -> Proposal:
         files = dict(context.files)
-        description = None
+        description = notes = None
         for turn in range(2):
             answer = self._call(SYSTEM_PROMPT, messages, usage, log)
             usage = usage + answer.usage
             parsed = parse_reply(answer.text)
             description = parsed.description or description
+            notes = find_research_notes(answer.text) or notes
             if not parsed.edits:
                 why = "the answer had no SEARCH/REPLACE block and no whole-file block"
                 if answer.truncated:
@@ -212,7 +221,7 @@ class _LLMAgent(Agent):
         if not changed:
             raise AgentError("the edits changed nothing (REPLACE equal to SEARCH)", usage)
         return Proposal(description=description or summarize_change(context.files, files),
-                        files=changed, usage=usage)
+                        files=changed, usage=usage, notes_entry=notes)
 
     def close(self) -> None:
         """Close the HTTP client: a request still on its way ends at once (the run stopped)."""

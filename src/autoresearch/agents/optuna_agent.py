@@ -183,9 +183,11 @@ class OptunaAgent(Agent):
 
     def resume(self, history: list[HistoryEntry]) -> None:
         for h in history:
-            # rebases and repeats re-measure an earlier proposal: one trial per proposal
+            # rebases and repeats re-measure an earlier proposal: one trial per proposal; a
+            # near-duplicate was never measured (live, it was told its twin's value)
             if not h.params or h.candidate_of is not None or h.status in (
-                    Status.PENDING, Status.RUNNING, Status.REPEAT, Status.INTERRUPTED):
+                    Status.PENDING, Status.RUNNING, Status.REPEAT, Status.INTERRUPTED,
+                    Status.DUPLICATE):
                 continue
             params = {k: v for k, v in h.params.items() if k in self.distributions
                       and self._in_range(k, v)}

@@ -1,11 +1,13 @@
 """The context builder shared by every agent: one bounded prompt from program, files and history.
 
-Sections, in order: the goal, program.md, the best run's recorded metrics, under the tree
-strategy the operator and the node the proposal starts from (its runs, its diff against the
-best), the experiment history (a compact table: the kept experiments, best first, then the most
-recent, newest first), the last crash's log tail (the node's own under `debug`), the editable
-files at the commit the proposal starts from, and the harness's feedback (e.g. "that
-duplicated experiment #12"). The prompt never exceeds `max_chars`, whatever the length of the
+Sections, in order: the goal, program.md (the role's own with a portfolio), the best run's
+recorded metrics, under the tree strategy the operator and the node the proposal starts from
+(its runs, its diff against the best), the experiment history (a compact table: the kept
+experiments, best first, then the most recent, newest first; with a "by" column when several
+agents share the run), the research notes and the summary of what was tried by theme
+(notes.py), the last crash's log tail (the node's own under `debug`), the editable files at the
+commit the proposal starts from, and the harness's feedback (e.g. "that duplicated experiment
+#12"). The prompt never exceeds `max_chars`, whatever the length of the
 history: a 1,000-experiment run sends a prompt the size of a 60-experiment one.
 """
 
@@ -20,6 +22,8 @@ from .base import AgentContext
 PROGRAM_SHARE = 0.25
 HISTORY_SHARE = 0.25
 CRASH_SHARE = 0.08
+NOTES_SHARE = 0.12           # the research notes
+TRIED_SHARE = 0.10           # the summary of what was tried
 NODE_SHARE = 0.12            # the tree strategy's node section (its diff against the best)
 DESCRIPTION_CHARS = 120      # per history row
 BEST_ROWS_SHARE = 0.25       # of history_rows, reserved for the best experiments
@@ -63,11 +67,15 @@ def history_table(ctx: AgentContext, rows: int, max_chars: int) -> str:
     chosen_ids = {e.id for e in best}
     recent = [e for e in reversed(history) if e.id not in chosen_ids][:max(0, rows - len(best))]
     best_metric = ctx.best.metric if ctx.best is not None else None
-    header = ["| id | status | metric | vs best | description |", "|---|---|---|---|---|"]
+    several = len({(e.agent, e.role) for e in history if e.agent}) > 1
+    header = ["| id | status | metric | vs best |" + (" by |" if several else "") +
+              " description |", "|---|---|---|---|" + ("---|" if several else "") + "---|"]
 
     def row(e: HistoryEntry) -> str:
         delta = "-" if e.metric is None or best_metric is None else f"{e.metric - best_metric:+.4g}"
-        return f"| {e.id} | {e.status} | {_fmt(e.metric)} | {delta} | {_one_line(e.description)} |"
+        by = f" {_one_line(e.role or e.agent or '-', 30)} |" if several else ""
+        return (f"| {e.id} | {e.status} | {_fmt(e.metric)} | {delta} |{by} "
+                f"{_one_line(e.description)} |")
 
     parts = [summary]
     shown = 0
@@ -104,6 +112,22 @@ def _fenced(title: str, text: str) -> str:
     return f"{title}\n```\n{text}{'' if not text or text.endswith(chr(10)) else chr(10)}```"
 
 
+def research_section(ctx: AgentContext, max_chars: int, how: str = "") -> str:
+    """The research notes (shared by the run's agents) and the summary of what was tried.
+    `how`: how this kind of agent writes its notes ("" when it cannot)."""
+    if not ctx.notes_chars:
+        return ""
+    notes = ctx.research_notes.strip() or "(none yet)"
+    parts = [f"# Research notes (shared by every agent of this run, at most {ctx.notes_chars} "
+             f"characters)\n" + _cut(notes, int(max_chars * NOTES_SHARE), keep="tail")]
+    if how:
+        parts.append(how)
+    if ctx.tried:
+        parts.append("# What was tried, by theme (made by the harness from the ledger)\n" +
+                     _cut(ctx.tried, int(max_chars * TRIED_SHARE)))
+    return "\n\n".join(parts)
+
+
 #: what each operator of the tree strategy asks (strategies.py)
 OPERATOR_TASKS = {
     "draft": "DRAFT: propose a fresh idea, different from what the history shows was tried, "
@@ -137,7 +161,8 @@ def node_section(ctx: AgentContext, limit: int) -> str:
     return _cut(text, limit)
 
 
-def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int) -> str:
+def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int,
+                 notes_how: str = "") -> str:
     """The context for one proposal, at most `max_chars` characters."""
     spec = ctx.spec
     goal = (f"# Goal\n{spec.direction.capitalize()} the metric `{spec.metric}`. Propose ONE change "
@@ -157,8 +182,10 @@ def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int) -> str
         best, feedback = _cut(best, max_chars // 8), _cut(feedback, max_chars // 8)
         fixed = len(goal) + len(best) + len(feedback) + 200
 
-    program = "# Program (program.md)\n" + _cut(ctx.program.strip(), int(max_chars * PROGRAM_SHARE))
+    role = f" of your role, {ctx.role}" if ctx.role else " (program.md)"
+    program = f"# Program{role}\n" + _cut(ctx.program.strip(), int(max_chars * PROGRAM_SHARE))
     history = "# History\n" + history_table(ctx, history_rows, int(max_chars * HISTORY_SHARE))
+    research = research_section(ctx, max_chars, notes_how)
     crash = ""
     if ctx.last_crash_log:
         crash = ("# Log tail of the last crash\n```\n" +
@@ -166,9 +193,10 @@ def build_prompt(ctx: AgentContext, *, max_chars: int, history_rows: int) -> str
     node = node_section(ctx, int(max_chars * NODE_SHARE))
     at = f"node #{ctx.parent.id}" if ctx.parent is not None else "the best commit"
     title = f"# Editable files at {at} ({ctx.base_commit[:10]})\n"
-    room = max_chars - fixed - len(program) - len(node) - len(history) - len(crash) - len(title)
+    room = (max_chars - fixed - len(program) - len(node) - len(history) - len(research)
+            - len(crash) - len(title))
     files = title + _files_section(ctx.files, max(0, room))
 
-    sections = [goal, program, best, node, history, crash, files, feedback]
+    sections = [goal, program, best, node, history, research, crash, files, feedback]
     text = "\n\n".join(s for s in sections if s) + "\n"
     return _cut(text, max_chars)

@@ -2,6 +2,7 @@
 
     {"description": "...", "files": {"train.py": "<full new content>"}}
     {"description": "...", "patch": "<unified diff>"}
+    {"description": "...", "files": {...}, "notes": "a line for the research notes"}
 
 When the file runs out the run ends cleanly. After a restart it resumes at the next line.
 """
@@ -52,4 +53,4 @@ class ScriptAgent(Agent):
         self.next += 1
         return Proposal(description=item.get("description", f"{self.path.name} line {self.next}"),
                         files=item.get("files"), patch=item.get("patch"),
-                        params={"script_line": self.next})
+                        params={"script_line": self.next}, notes_entry=item.get("notes"))
