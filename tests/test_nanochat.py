@@ -407,6 +407,55 @@ def _original_eval_rows(val_path: Path, tok, n_rows: int, T: int) -> list[list[i
     return out
 
 
+def _shared(a, b) -> int:
+    import numpy as np
+    return int(np.argmin(np.append(a == b, False)))
+
+
+def test_longest_shared_prefix_finds_each_rows_closest_other_row(prepare_mod):
+    import numpy as np
+    x = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [7, 7, 7, 7], [1, 2, 3, 5], [7, 7, 7, 7]])
+    assert prepare_mod.longest_shared_prefix(x).tolist() == [3, 2, 4, 3, 4]
+    assert prepare_mod.longest_shared_prefix(x[:1]).tolist() == [0]
+
+
+def test_causality_probes_diverge_past_every_prefix_another_input_shares(prepare_mod):
+    """On the pinned rows (made distinct, as the evaluator scores them) and on rows built to
+    share long prefixes: a probe diverges from its source inside the row, and no other row or
+    probe agrees with the source or the probe beyond that point, so neither host has seen the
+    other's next token after the same prefix. A row sharing its prefix up to its last tokens
+    is never probed."""
+    import numpy as np
+    manifest = json.loads(prepare_mod.manifest_path().read_text())
+    tok, _, pinned, pool = prepare_mod._verify_inputs(manifest, prepare_mod.PROFILE)
+    bos = tok.get_bos_token_id()
+    T1 = pinned.shape[1]
+    built = np.unique(pinned, axis=0)[:6].copy()
+    built[1, :200] = built[0, :200]          # a long shared prefix, then a document start
+    built[1, 200] = bos
+    built[2, :T1 - 2] = built[3, :T1 - 2]    # shared up to the last tokens: unprobeable
+    for rows, n_probe in ((np.unique(pinned, axis=0), 8), (np.unique(built, axis=0), 6)):
+        for seed in range(30):
+            sources, probes, cuts = prepare_mod.choose_probes(rows, pool,
+                                                              np.random.default_rng(seed),
+                                                              bos, n_probe)
+            assert 0 < len(sources) <= n_probe and len(set(sources)) == len(sources)
+            inputs = [r[:-1] for r in rows] + [p[:-1] for p in probes]
+            for k, (s, d) in enumerate(zip(sources, cuts, strict=True)):
+                source, probe = rows[s][:-1], probes[k][:-1]
+                assert _shared(source, probe) == d < T1 - 1
+                for j, other in enumerate(inputs):
+                    if j not in (s, len(rows) + k):
+                        assert _shared(other, source) <= d and _shared(other, probe) <= d
+    one = np.unique(built, axis=0)
+    twins = {i for i in range(len(one)) if any(
+        _shared(one[i][:-1], one[j][:-1]) >= T1 - 3 for j in range(len(one)) if j != i)}
+    assert len(twins) == 2
+    for seed in range(30):
+        sources, _, _ = prepare_mod.choose_probes(one, pool, np.random.default_rng(seed), bos, 6)
+        assert not twins & set(sources) and len(sources) == len(one) - 2
+
+
 def test_val_bpb_is_the_original_metric_by_an_independent_computation(trained, cache,
                                                                        prepare_mod):
     """Rows packed by the original's rule, logits of the saved model computed here, bytes by

@@ -179,14 +179,8 @@ return _out
 """
 
 
-def test_peeking_model_that_replays_its_answers_for_repeated_prefixes_is_caught(honest,
-                                                                               tmp_path):
-    """A model that reads the next input token (a huge gain) and remembers every row it has
-    scored, so that a causality probe sharing a prefix gets the same answers, is still caught:
-    a row and its probe never reach the same process."""
-    if not HAS_BWRAP:
-        pytest.skip("the two hosts are kept apart by bubblewrap")
-    cache, _, _ = honest
+def _peeking_cheat(honest, tmp_path: Path) -> Path:
+    """A work dir whose model runs PEEK_WITH_MEMORY around the template's own forward."""
     module_code = "_SEEN = []"
     work = _cheat(honest, tmp_path, "peek", module_code=module_code,
                   forward_code=PEEK_WITH_MEMORY)
@@ -198,7 +192,6 @@ def test_peeking_model_that_replays_its_answers_for_repeated_prefixes_is_caught(
                         "            return self._forward(idx, targets, reduction)\n", 1)
     code += ("\n\ndef _honest(self, idx):\n    return self._forward(idx)\n\n\n"
              "GPT._honest = _honest\n")
-    (work / "train.py").write_text(code)
     # the original forward, renamed, is what _honest runs: reuse the template's own code
     original = (honest[1] / "train.py").read_text()
     start = original.index("    def forward(self, idx, targets=None, reduction=\"mean\"):\n")
@@ -206,6 +199,58 @@ def test_peeking_model_that_replays_its_answers_for_repeated_prefixes_is_caught(
     inner = original[start:end].replace("def forward(", "def _forward(", 1)
     code = code.replace("    def setup_optimizer", inner + "    def setup_optimizer", 1)
     (work / "train.py").write_text(code)
+    return work
+
+
+def test_peeking_model_that_replays_its_answers_for_repeated_prefixes_is_caught(honest,
+                                                                               tmp_path):
+    """A model that reads the next input token (a huge gain) and remembers every row it has
+    scored, so that a causality probe sharing a prefix gets the same answers, is still caught:
+    a row and its probe never reach the same process."""
+    if not HAS_BWRAP:
+        pytest.skip("the two hosts are kept apart by bubblewrap")
+    cache, _, _ = honest
+    work = _peeking_cheat(honest, tmp_path)
     r = _run(["prepare.py", "--evaluate"], work, _env(cache))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "not causal" in r.stdout and "val_bpb" not in _metrics(r.stdout)
+
+
+# the evaluator's own steps with its secret seed fixed, so that a draw can be replayed
+SEEDED_EVALUATION = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import prepare as p
+tok, table, rows, pool = p._verify_inputs(json.loads(p.manifest_path().read_text()), p.PROFILE)
+for seed in map(int, sys.argv[1:]):
+    try:
+        f = p.evaluate_isolated(Path(".").resolve(), rows, (table, p.token_raw_bytes_table(tok)),
+                                tok.get_vocab_size(), tok.get_bos_token_id(), pool, p.PROFILE,
+                                atol=1e-3, rng=np.random.default_rng(seed))
+        print(f"seed {seed}: val_bpb {f['val_bpb']:.6f} sandboxed {f['sandboxed']}")
+    except p.EvalFailure as e:
+        print(f"seed {seed}: eval_error: {e}")
+"""
+
+# draws at which every probe of the evaluator before the fix was fooled: the offline CPU rows
+# hold 17 distinct rows 128 times, so a probe's host had often scored a copy of its source
+FOOLED_BEFORE = (5, 27, 53)
+
+
+def test_peeking_model_cannot_replay_a_copy_of_the_probed_row_from_its_own_host(honest,
+                                                                               tmp_path):
+    """The replaying peeker at the draws that fooled every probe when duplicate rows were each
+    scored on both hosts: the probe's host had already answered an identical row and replayed
+    those answers. Now each distinct row is scored once (weighted by its count) and a probe
+    diverges only past every prefix its source shares with another input, so it is caught."""
+    if not HAS_BWRAP:
+        pytest.skip("the two hosts are kept apart by bubblewrap")
+    cache, _, _ = honest
+    work = _peeking_cheat(honest, tmp_path)
+    r = _run(["-c", SEEDED_EVALUATION, *map(str, FOOLED_BEFORE)], work, _env(cache))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(FOOLED_BEFORE), r.stdout + r.stderr
+    for line in lines:
+        assert "eval_error: model is not causal" in line, r.stdout

@@ -930,7 +930,9 @@ def setup_holdout(profile: Profile = PROFILE) -> None:
 # documents (or first tokens) followed by other validation documents, packed by the same rule.
 # A row and its probe always go to different hosts, in random order among the scored rows, so
 # neither host can tell a probe from a scored row or remember the row it copies. Logits up to
-# the first changed input must agree.
+# the first changed input must agree. Each distinct row is scored once, weighted by its count,
+# and a probe diverges past every prefix another input shares (choose_probes), so no host has
+# seen the other side's next token after the same prefix.
 
 MODEL_WEIGHTS = "model.pt"
 MODEL_INFO = "model.json"
@@ -1007,14 +1009,16 @@ def _verify_inputs(manifest: dict, profile: Profile, holdout: dict | None = None
     return tok, table, rows, pool
 
 
-def make_probe(row, pool: list[list[int]], rng, bos: int):
+def make_probe(row, pool: list[list[int]], rng, bos: int, lo: int = 0):
     """A row that starts like `row` and continues with other documents, packed by the same rule:
-    cut at a document start when the row has one past the first eighth, else at a random
-    token. Returns (probe row, d): inputs agree before position d and differ at d."""
+    cut at a document start when the row has one past the first eighth (and at or past `lo`),
+    else at a random token there. Returns (probe row, d): inputs agree before position d and
+    differ at d (d = len(row) - 1 when they never differ)."""
     import numpy as np
     T1 = len(row)
-    starts = [i for i in np.flatnonzero(row == bos).tolist() if T1 // 8 <= i < T1 - 2]
-    cut = int(rng.choice(starts)) if starts else int(rng.integers(T1 // 8, T1 - 2))
+    lo = max(T1 // 8, lo)
+    starts = [i for i in np.flatnonzero(row == bos).tolist() if lo <= i < T1 - 2]
+    cut = int(rng.choice(starts)) if starts else int(rng.integers(lo, T1 - 2))
     order = rng.permutation(len(pool))
     docs = [pool[i] for i in order[:64]]
     fill = next(pack_rows(iter([(docs, 1)]), 1, T1 - cut - 1, buffer_size=len(docs)))[0][0]
@@ -1023,27 +1027,91 @@ def make_probe(row, pool: list[list[int]], rng, bos: int):
     return probe, int(diff[0]) if len(diff) else T1 - 1
 
 
+def longest_shared_prefix(x):
+    """For each row of `x` (n, T): the length of the longest prefix it shares with any other
+    row (T for a row with a copy). Sorted lexicographically, a row's longest match is a
+    neighbour."""
+    import numpy as np
+    n, T = x.shape
+    out = np.zeros(n, dtype=np.int64)
+    if n < 2:
+        return out
+    # big-endian bytes of non-negative ids compare like the id sequences
+    keys = np.ascontiguousarray(x.astype(">u4"))
+    order = np.array(sorted(range(n), key=lambda i: keys[i].tobytes()))
+    same = x[order[1:]] == x[order[:-1]]
+    adjacent = np.where(same.all(1), T, np.argmin(same, 1))
+    out[order[1:]] = adjacent
+    out[order[:-1]] = np.maximum(out[order[:-1]], adjacent)
+    return out
+
+
+def choose_probes(rows, pool: list[list[int]], rng, bos: int, n_probe: int, attempts: int = 8):
+    """Causality probes for the distinct `rows`: (sources, probes, cuts). A probe diverges from
+    its source past every prefix the source shares with another row, and no other input (row
+    or probe) agrees with the source or the probe beyond the divergence point: the host that
+    answers one of the pair has never been shown the next token of the other after the same
+    prefix, so it cannot replay the other's answers. Rows that cannot be probed so (a prefix
+    shared up to the last tokens) are never sources."""
+    import numpy as np
+    T1 = rows.shape[1]
+    shared = longest_shared_prefix(rows[:, :-1])
+    candidates = [int(i) for i in rng.permutation(len(rows)) if shared[i] + 1 < T1 - 2]
+    if not candidates:
+        raise EvalFailure("no evaluation row can be probed for causality: every row shares "
+                          "its prefix with another up to its last tokens")
+    todo, spare = candidates[:n_probe], candidates[n_probe:]
+    made: dict[int, tuple] = {}
+    tries = dict.fromkeys(candidates, 0)
+    while todo:
+        for s in todo:
+            made[s] = make_probe(rows[s], pool, rng, bos, lo=int(shared[s]) + 1)
+            tries[s] += 1
+        keys = list(made)
+        # rows cannot reach past a divergence point (it lies past the source's shared prefix);
+        # the other probes, and the other sources, are checked here
+        reach = longest_shared_prefix(np.stack([rows[s][:-1] for s in keys]
+                                               + [made[s][0][:-1] for s in keys]))
+        todo = []
+        for j, s in enumerate(keys):
+            d = made[s][1]
+            if d < T1 - 1 and max(reach[j], reach[len(keys) + j]) <= d:
+                continue
+            if tries[s] < attempts:
+                todo.append(s)
+            else:                       # another source instead, while there are any
+                del made[s]
+                todo.extend(spare[:1])
+                spare = spare[1:]
+    if not made:
+        raise EvalFailure("no causality probe could be drawn that diverges past every shared "
+                          "prefix: the evaluation rows are too repetitive")
+    keys = list(made)
+    return keys, [made[s][0] for s in keys], [made[s][1] for s in keys]
+
+
 def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Tensor],
                       vocab: int, bos: int, pool, profile: Profile, atol: float,
-                      sandbox: bool = True) -> dict:
+                      sandbox: bool = True, rng=None) -> dict:
     """Score `rows` through two isolated model hosts; returns the figures. `tables` are the
-    bytes per token by the original's rule (the metric) and the true bytes."""
+    bytes per token by the original's rule (the metric) and the true bytes. `rng` (a numpy
+    Generator) draws the probes and the hosts' shares; by default a fresh secret seed."""
     import numpy as np
     try:
         from autoresearch.isolate import IsolationError, ModelProcess
     except ImportError:
         raise EvalFailure(f"autoresearch.isolate is not importable by {sys.executable}: "
                           f"install autoresearch into it (or set PYTHONPATH to its src)") from None
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    if rng is None:
+        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    n_probe = max(4, rows.shape[0] // PROBE_EVERY)
+    # each distinct row once, weighted by its count: a host never sees a copy of a row it
+    # could replay answers from (the offline CPU rows are 17 distinct rows 128 times)
+    rows, count = np.unique(rows, axis=0, return_counts=True)
     n, T = rows.shape[0], rows.shape[1] - 1
     half = rng.permutation(n) % 2                            # host of each scored row
-    n_probe = min(n, max(4, n // PROBE_EVERY))
-    sources = rng.choice(n, size=n_probe, replace=False)
-    probes, cuts = [], []
-    for s in sources:
-        p, d = make_probe(rows[s], pool, rng, bos)
-        probes.append(p)
-        cuts.append(d)
+    sources, probes, cuts = choose_probes(rows, pool, rng, bos, min(n, n_probe))
+    n_probe = len(sources)
     # work items: (row index or -1 - probe index); a probe goes to the other host than its source
     queues = [[], []]
     for i in range(n):
@@ -1098,11 +1166,12 @@ def evaluate_isolated(workdir: Path, rows, tables: tuple[torch.Tensor, torch.Ten
                 lse = torch.logsumexp(logits, dim=-1)
                 batch = np.stack([rows[i] if i >= 0 else probes[-1 - i] for i in items])
                 y = torch.from_numpy(batch[:, 1:].astype(np.int64)).to(dev)
-                scored = torch.tensor([i >= 0 for i in items], device=dev)
+                w = torch.tensor([int(count[i]) if i >= 0 else 0 for i in items],
+                                 device=dev)[:, None]              # copies of the row
                 nll = lse - logits.gather(-1, y[..., None]).squeeze(-1)
-                nb = table_d[y] * scored[:, None]
-                sums = torch.stack([(nll.double() * (nb > 0)).sum(), nb.sum().double(),
-                                    (raw_d[y] * scored[:, None]).sum().double()]).tolist()
+                nb = table_d[y] * w
+                sums = torch.stack([(nll.double() * (table_d[y] > 0) * w).sum(),
+                                    nb.sum().double(), (raw_d[y] * w).sum().double()]).tolist()
                 total_nats += sums[0]
                 total_bytes += int(sums[1])
                 total_raw += int(sums[2])
