@@ -72,11 +72,11 @@ def test_server_error_is_retried_then_becomes_agent_error(server_cls, agent_cls)
 
 @pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)
 def test_timeout_becomes_agent_error(server_cls, agent_cls):
-    with server_cls([{"delay": 3, "reply": GOOD}]) as server:
+    with server_cls([{"delay": 8, "reply": GOOD}]) as server:
         start = time.monotonic()
         with pytest.raises(AgentError, match="no answer within 1 s"):
             agent(server, agent_cls, timeout=1, max_retries=0).propose(context())
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 6     # gave up long before the late answer
 
 
 @pytest.mark.parametrize("server_cls,agent_cls", BACKENDS, ids=IDS)

@@ -192,6 +192,7 @@ def _evaluate(root: Path, files: dict[str, str], cache: Path, *args: str,
     return p.stdout + p.stderr
 
 
+@pytest.mark.runs_alone   # a time metric: other workers' load would blur it
 def test_kernel_loop_finds_a_faster_kernel(tmp_path):
     root = make(tmp_path, "kernel")
     base, kept, rows = run_loop(root, 4)
@@ -223,6 +224,7 @@ def test_config_gate_refuses_flags_that_change_the_program(tmp_path):
     assert "is not an allowed" in _evaluate(root, {"build.json": plugin}, cache)
 
 
+@pytest.mark.runs_alone   # a time metric: other workers' load would blur it
 def test_latency_loop_lowers_p99(tmp_path):
     root = make(tmp_path, "latency")
     base, kept, rows = run_loop(root, 4)
