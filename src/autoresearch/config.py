@@ -52,6 +52,13 @@ class Constraint:
                 f"constraint {text!r} is not of the form 'name <= number' (ops: <=, <, >=, >, ==, !=)")
         return cls(m.group(1), m.group(2), float(m.group(3)))
 
+    @classmethod
+    def validated(cls, texts: list[str]) -> list[str]:
+        """The texts, each checked to parse (a pydantic validator's body)."""
+        for text in texts:
+            cls.parse(text)
+        return texts
+
     def check(self, metrics: dict[str, float]) -> str | None:
         """None when satisfied; otherwise the reason. A metric that was not recorded fails."""
         value = metrics.get(self.metric)
@@ -240,9 +247,7 @@ class Scale(_Strict):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v: list[str]) -> list[str]:
-        for c in v:
-            Constraint.parse(c)
-        return v
+        return Constraint.validated(v)
 
 
 class TargetSpec(_Strict):
@@ -332,9 +337,7 @@ class TargetSpec(_Strict):
     @field_validator("constraints")
     @classmethod
     def _constraints(cls, v: list[str]) -> list[str]:
-        for c in v:
-            Constraint.parse(c)
-        return v
+        return Constraint.validated(v)
 
     @field_validator("artifacts")
     @classmethod
