@@ -22,6 +22,15 @@ from autoresearch.hub.repo import local
 from autoresearch.ratchet import Ratchet
 
 
+def stop_all(procs: list[subprocess.Popen], hub: HubProcess) -> None:
+    """A test's teardown: kill the process group of every client still running, then the hub."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    hub.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,9 +6,7 @@ advances and the faked claims never do; the page is checked in headless Chromium
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ar, cli_env, git
-from hubkit import HubProcess, add_user, http, wait_for
+from hubkit import HubProcess, add_user, http, stop_all, wait_for
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="verify needs bubblewrap")
@@ -144,11 +142,7 @@ def test_honest_chain_advances_and_faked_claims_never_do(tmp_path):
             assert "faked claim 1" in dom and "not verified" in dom
             assert dom.count('class="link"') == len(cls["chain"])
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
-        hub.stop()
+        stop_all(procs, hub)
 
 
 def _dump_dom(url: str) -> str:

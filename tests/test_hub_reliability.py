@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import build_target, cli_env, git, train_source
-from hubkit import HubProcess, add_user, http, make_claim, wait_for
+from hubkit import HubProcess, add_user, http, make_claim, stop_all, wait_for
 
 from autoresearch.hub.client import HubClient
 
@@ -158,11 +158,7 @@ def test_a_dead_verifiers_lease_expires_and_another_verifier_finishes_through_a_
         board = http(hub.url + "/api/leaderboard")[1]
         assert board["classes"][0]["chain"][0]["verifiers"] == ["v2"]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
-        hub.stop()
+        stop_all(procs, hub)
 
 
 def test_clients_reconnect_with_backoff_to_a_hub_that_comes_back(tmp_path):
