@@ -17,7 +17,8 @@ follows the loop's contract: the baseline is measured until `policy.baseline_com
 candidate is measured once and `decide` is asked after every measurement; MORE schedules one
 more run of the candidate or the incumbent (counted as an experiment); KEEP makes the candidate
 the incumbent, carrying its runs; the best is re-measured when `policy.remeasure_best()` says
-so; every commit with two or more runs is a replicate group.
+so; every commit with two or more runs is a replicate group; the first run a policy records in
+its evidence (`first_run`) joins `PolicyContext.first_runs`, as the judge collects them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoresearch.config import PolicySettings
-from autoresearch.policies import Policy, PolicyContext, Sample, Verdict
+from autoresearch.policies import FirstRun, Policy, PolicyContext, Sample, Verdict
 
 TRUTH = 1.0    # true metric value of the baseline (minimised)
 SIGMA = 0.01   # noise sd of one measurement at the baseline's level, metric units
@@ -121,6 +122,8 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
         while True:
             ctx.replicate_groups = groups()
             dec = policy.decide(cand, inc, ctx)
+            if runs == 1 and (f := dec.evidence.get("first_run")) is not None:
+                ctx.first_runs.append(FirstRun(**f))
             if dec.verdict is not Verdict.MORE:
                 decided, kept = True, dec.verdict is Verdict.KEEP
                 rule = str(dec.evidence.get("rule", ""))

@@ -58,7 +58,7 @@ from .evaluation import Outcome as EvalOutcome
 from .experiment import Kind, Outcome, Proposal, Status
 from .ledger import Experiment
 from .metrics import tail_lines
-from .policies import Policy, PolicyContext, Verdict
+from .policies import FirstRun, Policy, PolicyContext, Verdict
 from .state import RunState
 from .summary import ReportedBest, divergence, format_best, holdout_of, holdout_refs, report_best
 
@@ -146,6 +146,10 @@ class Judge:
         self.stop_reason: str | None = None           # on_divergence = "stop" fired
         self.proposals: dict[int, Proposal] = {}      # experiment id -> proposal, until told
         self.feedback: list[str] = []                 # for the agent's next context
+        # each judged candidate's first run (a policy's `first_run` evidence), for its prior
+        self.first_runs: dict[int, FirstRun] = {
+            e.id: FirstRun(**e.decision["first_run"]) for e in state.rows.values()
+            if e.decision and isinstance(e.decision.get("first_run"), dict)}
 
     # -- the table ------------------------------------------------------------------------
     def apply(self, e: Experiment, event: Event, status: Status | None = None, *,
@@ -180,7 +184,8 @@ class Judge:
         self.apply(e, Event.FAILED, Status.CRASH, reason=reason, finished=time.time(), pid=None)
 
     def context(self) -> PolicyContext:
-        return PolicyContext(self.spec.direction, self.spec.policy, self.state.replicate_groups())
+        return PolicyContext(self.spec.direction, self.spec.policy, self.state.replicate_groups(),
+                             list(self.first_runs.values()))
 
     def decide(self, cand: Experiment) -> None:
         """Ask the policy about a pending candidate; the verdict is an event of the table."""
@@ -191,6 +196,10 @@ class Judge:
                   "at": time.time(), "against": inc.seq}
         if (h := holdout_of(cand)) is not None:
             record["holdout"] = h
+        first = d.evidence.get("first_run") or (cand.decision or {}).get("first_run")
+        if isinstance(first, dict):   # kept in every later record of the row
+            record["first_run"] = first
+            self.first_runs.setdefault(cand.id, FirstRun(**first))
         if d.verdict == Verdict.MORE:
             if len(self.state.repeats_of(cand.id)) >= 2 * max(1, self.spec.policy.max_runs):
                 self.apply(cand, Event.NO_VERDICT, reason="no verdict within the run cap",

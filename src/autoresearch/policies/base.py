@@ -48,6 +48,16 @@ class Sample:
         return sum(self.values) / len(self.values)
 
 
+@dataclass(frozen=True)
+class FirstRun:
+    """An earlier candidate's first run against the best of its time: one noisy draw of what
+    a proposal does, from which a policy may learn the run's distribution of effects."""
+
+    effect: float           # candidate minus best, signed so that > 0 is better, metric units
+    sigma: float            # the noise sd of one run where that comparison was made
+    best_runs: int          # runs of the best behind that comparison
+
+
 @dataclass
 class PolicyContext:
     direction: Literal["minimize", "maximize"]
@@ -55,6 +65,9 @@ class PolicyContext:
     #: all groups of repeated measurements seen so far in this run (one list per commit with
     #: two or more runs), for a pooled estimate of the noise
     replicate_groups: list[list[float]] = field(default_factory=list)
+    #: the first runs of the candidates judged so far, oldest first (a policy records one in
+    #: its evidence as `first_run`; the judge collects them)
+    first_runs: list[FirstRun] = field(default_factory=list)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`noise-aware` (the default): keep what is really better, at about greedy's cost in runs.
+"""`noise-aware-v2`: keep what is really better, by a sequential test with a fixed look schedule.
 
 The rule, in order (d = candidate mean - best mean, signed so that d > 0 is better):
 
@@ -58,7 +58,7 @@ def _others(groups: list[list[float]], *exclude: list[float]) -> list[list[float
 
 
 class SequentialPolicy(Policy):
-    name = "noise-aware"
+    name = "noise-aware-v2"
 
     def baseline_runs(self, settings: PolicySettings) -> int:
         return settings.baseline_runs
