@@ -138,6 +138,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
         res.proposals.append(Proposal(effect, kept, runs, decided, rule, dl))
         if kept:
             cand.selection = cand.n          # the runs that selected it (the ledger knows them)
+            cand.shrink = float(dec.evidence.get("shrink", 0.0))   # as summary.sample_from reads it
             inc, inc_truth = cand, truth
             if res.gain_path:
                 res.gain_path[-1] = phi0 - noise.potential(inc_truth)

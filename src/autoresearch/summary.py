@@ -42,12 +42,15 @@ def sample_from(e: Experiment, measurements: Iterable[Experiment]) -> Sample:
     """Every finite measurement of e's code (with when each was made, as experiment numbers),
     and how many of them selected it as the best. One rule for the run state and the ledger."""
     ms = [m for m in measurements if m.metric is not None and math.isfinite(m.metric)]
-    selection = 0
+    selection, shrink = 0, 0.0
     if e.status == Status.KEEP and e.kind != Kind.BASELINE:
         # the runs that won it the keep: its own and the repeats made for it
         selection = sum(1 for m in ms if m.id == e.id or m.candidate_of == e.id)
+        evidence = (e.decision or {}).get("evidence") or {}
+        if isinstance(evidence.get("shrink"), (int, float)) and math.isfinite(evidence["shrink"]):
+            shrink = float(evidence["shrink"])
     return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
-                  at=[m.seq for m in ms])
+                  at=[m.seq for m in ms], shrink=shrink)
 
 
 def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:
@@ -114,7 +117,8 @@ def report_best(policy: Policy, ctx: PolicyContext, best: Experiment, sample: Sa
     else:
         values, at = list(sample.values), list(sample.at)
         while values:
-            cur_v, cur_at = policy.current(Sample(values, sample.lines, at=at), ctx)
+            cur_v, cur_at = policy.current(Sample(values, sample.lines, sample.selection, at,
+                                                  sample.shrink), ctx)
             since = min(cur_at) if cur_at else 0
             base_now = [v for v, a in zip(base_sample.values, base_sample.at, strict=True) if a >= since]
             older = [(v, a) for v, a in zip(values, at, strict=True) if a < since]

@@ -38,6 +38,10 @@ class Sample:
     #: when each value was measured, as experiment numbers (same order as `values`); empty when
     #: unknown. The policy compares only runs made under comparable conditions.
     at: list[int] = field(default_factory=list)
+    #: how much better than the truth the selection runs' mean is thought to be (the winner's
+    #: curse), in the metric's units, > 0 = they look better than they are; a policy that
+    #: shrinks its keeps records it in the keep's evidence as `shrink`
+    shrink: float = 0.0
 
     @property
     def n(self) -> int:

@@ -46,7 +46,6 @@ from .sequential import SequentialPolicy, _mean
 
 KEEP_PENALTY = 4.0      # sd of gain a keep of a no-better candidate costs (holds false keeps <= 1%)
 RUN_PRICE = 0.3         # a run's price, as a share of the prior's expected gain per proposal
-UNBIASED_RUNS = 2       # runs of a new best, besides those that selected it, before they alone count
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
@@ -196,15 +195,19 @@ class PosteriorPolicy(SequentialPolicy):
             return done(Verdict.MORE, rule, f"worth {go_runs} more run(s) ({post_text}); {what}",
                         rerun)
         if not need_fresh and k_now > 0:
+            # the winner's curse: its runs look better than the posterior believes
+            ev["shrink"] = d - float(post @ GRID) * sigma
             return keep("posterior", f"better ({post_text})")
         rule = "screen" if n_c == 1 else ("cap" if first is None else "futility")
         return done(Verdict.DISCARD, rule, f"not worth another run ({post_text})")
 
     def current(self, incumbent: Sample, ctx: PolicyContext) -> tuple[list[float], list[int]]:
-        values, at = super().current(incumbent, ctx)
-        if incumbent.selection and len(incumbent.at) == len(incumbent.values):
+        """The best's runs of the latest epoch (values, at), oldest first, the runs that selected
+        it moved back by the shrinkage its keep recorded (the winner's curse)."""
+        if incumbent.selection and incumbent.shrink and len(incumbent.at) == incumbent.n:
+            sign = 1.0 if ctx.direction == "maximize" else -1.0
             chosen = set(sorted(incumbent.at)[:incumbent.selection])
-            rest = [(v, a) for v, a in zip(values, at, strict=True) if a not in chosen]
-            if len(rest) >= UNBIASED_RUNS:
-                return [v for v, _ in rest], [a for _, a in rest]
-        return values, at
+            values = [v - sign * incumbent.shrink if a in chosen else v
+                      for v, a in zip(incumbent.values, incumbent.at, strict=True)]
+            incumbent = Sample(values, incumbent.lines, at=list(incumbent.at))
+        return super().current(incumbent, ctx)
