@@ -14,8 +14,8 @@ candidate's true effect in noise sds):
    history the default alone. Most proposals do not help, and the prior says how many.
 3. Posterior. Over theta, given d with standard error sigma * sqrt(1/n_c + 1/n_b) (Student's t
    with the noise estimate's df).
-4. Stop or go on. Keeping is worth K = E[theta] - `KEEP_PENALTY` * P(theta <= m): the expected
-   gain, less a penalty on the chance that the candidate is no better than m, where m is
+4. Stop or go on. Keeping is worth K = E[theta] - m - `KEEP_PENALTY` * P(theta <= m): the
+   expected gain beyond m, less a penalty on the chance that the candidate is no better, where m is
    `min_effect` for a candidate of the same size or larger and -`min_effect` for one with fewer
    lines (so the simplicity rule keeps a shorter candidate only when it is shown no worse than
    the negligible effect the user declared: it never keeps code that is worse at the policy's
@@ -46,7 +46,7 @@ from .sequential import SequentialPolicy, _mean
 
 KEEP_PENALTY = 4.0      # sd of gain a keep of a no-better candidate costs (holds false keeps <= 1%)
 RUN_PRICE = 0.3         # a run's price, as a share of the prior's expected gain per proposal
-_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(16)
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(10)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
 
@@ -57,19 +57,18 @@ def _prior(z: tuple[float, ...], v: tuple[float, ...]) -> Prior:
 
 def run_prior(ctx: PolicyContext) -> Prior:
     """The prior over effects this run has learned from its candidates' first runs."""
+    end = (len(ctx.first_runs) // REFIT_EVERY) * REFIT_EVERY
     z, v = [], []
-    for f in ctx.first_runs:
+    for f in ctx.first_runs[max(0, end - WINDOW):end]:
         if f.sigma > 0 and f.best_runs > 0 and math.isfinite(f.effect):
             z.append(f.effect / f.sigma)
             v.append(1.0 + 1.0 / f.best_runs)
-    end = (len(z) // REFIT_EVERY) * REFIT_EVERY
-    start = max(0, end - WINDOW)
-    return _prior(tuple(z[start:end]), tuple(v[start:end]))
+    return _prior(tuple(z), tuple(v))
 
 
 def keep_value(post: np.ndarray, margin: float) -> float:
-    """E[theta] - KEEP_PENALTY * P(theta <= margin) under the posterior weights `post`."""
-    return float(post @ GRID - KEEP_PENALTY * post[GRID <= margin + 1e-12].sum())
+    """E[theta] - margin - KEEP_PENALTY * P(theta <= margin) under the posterior `post`."""
+    return float(post @ GRID - margin - KEEP_PENALTY * post[GRID <= margin + 1e-12].sum())
 
 
 def value_after(post: np.ndarray, var_now: float, var_next: float, margin: float) -> float:
@@ -80,7 +79,7 @@ def value_after(post: np.ndarray, var_now: float, var_next: float, margin: float
     y = (theta[:, None] + math.sqrt(w) * _NODES[None, :]).ravel()    # the new information
     new = np.exp(-0.5 * (y[:, None] - GRID[None, :]) ** 2 / w) * post[None, :]
     new /= new.sum(axis=1, keepdims=True)
-    k = new @ GRID - KEEP_PENALTY * new[:, GRID <= margin + 1e-12].sum(axis=1)
+    k = new @ GRID - margin - KEEP_PENALTY * new[:, GRID <= margin + 1e-12].sum(axis=1)
     return float(p @ (np.maximum(k, 0.0).reshape(theta.size, _NODES.size) @ _WEIGHTS))
 
 
@@ -174,14 +173,31 @@ class PosteriorPolicy(SequentialPolicy):
         timed = bool(candidate.at and incumbent.at)
         need_fresh = timed and not fresh
 
+        k_keep = k_now
+        if incumbent.selection and incumbent.shrink:
+            # the best's selection runs were moved back by an estimate of their bias; a keep
+            # must also hold against its other runs alone, so that an estimate that moved them
+            # too far cannot make a candidate look better than it is
+            chosen = set(sorted(incumbent.at)[:incumbent.selection])
+            plain = [v for v, a in zip(best, best_at, strict=True) if a not in chosen]
+            if plain:
+                d_plain = sign * (_mean(cand) - _mean(plain)) / sigma
+                se_plain = math.sqrt(1.0 / n_c + 1.0 / len(plain))
+                k_plain = keep_value(posterior(prior.weights, d_plain, se_plain, df), m)
+                ev["keep_value_without_selection_runs"] = k_plain
+                k_keep = min(k_now, k_plain)
         go, go_runs, first = -math.inf, 0, None
-        for seq in futures(n_c, n_b, len(fresh), s.max_runs, need_fresh):
+        # more runs cannot be worth more than E[(theta - m)+] now (the posterior mean is a
+        # martingale): when that does not pay for one run, no look ahead is needed
+        upside = float(post @ np.maximum(GRID - m, 0.0))
+        for seq in futures(n_c, n_b, len(fresh), s.max_runs, need_fresh) \
+                if upside > price else []:
             nc = n_c + seq.count("candidate")
             nb = n_b + seq.count("incumbent")
             v = value_after(post, se * se, 1.0 / nc + 1.0 / nb, m) - len(seq) * price
             if v > go:
                 go, go_runs, first = v, len(seq), seq[0]
-        stop = 0.0 if need_fresh else max(k_now, 0.0)
+        stop = 0.0 if need_fresh else max(k_keep, 0.0)
         ev.update(se=se * sigma, statistic=z / se, p_value=None, posterior_bad=p_bad,
                   posterior_mean=float(post @ GRID), keep_value=k_now, go_value=go,
                   run_price=price, prior=prior.summary(), fresh_best_runs=len(fresh))
@@ -194,7 +210,7 @@ class PosteriorPolicy(SequentialPolicy):
                                                        else "it") + " again")
             return done(Verdict.MORE, rule, f"worth {go_runs} more run(s) ({post_text}); {what}",
                         rerun)
-        if not need_fresh and k_now > 0:
+        if not need_fresh and k_keep > 0:
             # the winner's curse: its runs look better than the posterior believes
             ev["shrink"] = d - float(post @ GRID) * sigma
             return keep("posterior", f"better ({post_text})")

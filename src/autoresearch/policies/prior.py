@@ -41,13 +41,13 @@ ZERO = int(np.flatnonzero(GRID == 0.0)[0])
 
 
 def _default() -> np.ndarray:
-    """Before a run has a history: half the proposals have no effect, a third are worse (about
-    1.5 sd, spread), a sixth better (about 1.5 sd, spread). Conservative: it gives improvements
-    no more weight than most runs see."""
+    """Before a run has a history: half the proposals have no effect, a third are worse, a
+    sixth better, by about 1.5 sd on average with an exponential tail (no effect size is ruled
+    out, none near zero is favoured). Conservative: it gives improvements no more weight than most runs see."""
     w = np.zeros(GRID.size)
     w[ZERO] = 0.5
     neg, pos = GRID < 0, GRID > 0
-    shape = np.exp(-0.5 * ((np.abs(GRID) - 1.5) / 1.0) ** 2)
+    shape = np.abs(GRID) * np.exp(-np.abs(GRID) / 0.75)     # a gamma(2, 0.75) shape: mean 1.5
     w[neg] = (1 / 3) * shape[neg] / shape[neg].sum()
     w[pos] = (1 / 6) * shape[pos] / shape[pos].sum()
     return w
@@ -88,9 +88,9 @@ def fit_prior(z: Sequence[float], v: Sequence[float], pseudo: float = PSEUDO_PRO
     hardly tells "no effect" from a spread of small effects either way; the pseudo-proposals
     settle that toward the default, and the EM starts there. Each step moves the weights to
     the average posterior of the observations (and pseudo-observations); the objective never
-    decreases.
+    decreases. Observations beyond the grid count as its end points.
     """
-    zs = np.asarray(z, float)
+    zs = np.clip(np.asarray(z, float), -LARGEST, LARGEST)   # beyond the grid: at its ends
     vs = np.asarray(v, float)
     w = DEFAULT_PRIOR.copy()
     if zs.size == 0:
@@ -111,7 +111,7 @@ def learned_prior(z: Sequence[float], v: Sequence[float]) -> Prior:
     the run goes on), with PSEUDO_PROPOSALS pseudo-proposals from DEFAULT_PRIOR."""
     end = (len(z) // REFIT_EVERY) * REFIT_EVERY
     start = max(0, end - WINDOW)
-    if end == 0:
+    if end == start:
         return Prior(DEFAULT_PRIOR.copy(), 0)
     return Prior(fit_prior(z[start:end], v[start:end]), end - start)
 
@@ -119,8 +119,10 @@ def learned_prior(z: Sequence[float], v: Sequence[float]) -> Prior:
 def likelihood(d: float, se: float, df: float) -> np.ndarray:
     """Likelihood over GRID of an observed mean difference d (sd units) with standard error se
     (sd units): Student's t with df degrees of freedom of the noise estimate (normal when df is
-    infinite or large)."""
+    infinite or large). The grid's end points stand for every effect beyond them."""
     x = (d - GRID) / se
+    if abs(d) > LARGEST:          # the end point stands for "this far or farther"
+        x[0 if d < 0 else -1] = 0.0
     if not math.isfinite(df) or df > 200:
         return np.exp(-0.5 * x * x)
     return stats.t.pdf(x, max(df, 1.0))
