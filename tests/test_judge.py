@@ -392,3 +392,38 @@ def test_a_hub_best_is_measured_as_a_baseline_and_then_moves_the_branch(h):
     assert h.row(e).status == Status.KEEP and h.state.incumbent is e and h.git.branch == "hubbest"
     h.judge.adopt("hubbest", "again")           # a tree the run has: nothing
     assert not h.driver.queue
+
+
+class FirstRunRecorder(Policy):
+    """Records a `first_run` on a candidate's first decision (as the default policy does) and
+    what the context offered it."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.seen: list[list] = []
+        self.verdicts = [Verdict.MORE, Verdict.DISCARD]
+
+    def decide(self, candidate, incumbent, ctx):
+        self.seen.append(list(ctx.first_runs))
+        ev = {"first_run": {"effect": -candidate.values[0], "sigma": 1.0, "best_runs": 1}} \
+            if candidate.n == 1 else {}
+        return Decision(self.verdicts[min(candidate.n, 2) - 1], "recorded", rerun="candidate",
+                        evidence=ev)
+
+
+def test_each_candidates_first_run_reaches_the_policy_and_survives_a_restart(tmp_path):
+    h = H(tmp_path, policy=FirstRunRecorder())
+    c = h.candidate()
+    h.judge.on_result(c, measured(5.0), {})
+    (r,) = h.driver.queue
+    h.judge.on_result(r, measured(6.0), {})          # the second decision has no first_run
+    assert h.row(c).status == Status.DISCARD
+    assert h.row(c).decision["first_run"]["effect"] == -5.0, "kept in the row's last record"
+    c2 = h.candidate(n=2)
+    h.judge.on_result(c2, measured(4.0), {})
+    assert [f.effect for f in h.policy.seen[-1]] == [-5.0]
+    # a resumed run reads them back from the ledger
+    state = RunState.load(h.ledger, h.ledger.get_run("t"))
+    judge = Judge(state, h.policy, h.spec, FakeGit(), FakeDriver(), lambda p, o: None)
+    assert [f.effect for f in judge.context().first_runs] == [-5.0, -4.0]

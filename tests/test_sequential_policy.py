@@ -159,3 +159,15 @@ def test_the_best_is_remeasured_at_its_interval_and_on_resume(policy_class):
     assert policy.remeasure_best(best, 12, s)
     assert policy.remeasure_best(best, 3, s, resumed=True)
     assert not policy.remeasure_best(best, 500, PolicySettings(remeasure_every=0))
+
+
+@BOTH
+def test_the_bests_own_runs_are_left_out_of_the_noise_beside_them_in_any_order(policy_class):
+    # the run state may list a commit's runs in another order than its sample; the best's own
+    # runs, shifted by a change of conditions, must not inflate the noise that tests the shift
+    policy = policy_class()
+    base = [10.128818, 10.233817, 10.009471, 9.974412]
+    best = Sample([12.004903, 11.858539, 12.059961, 15.790239], 10, at=[4, 5, 6, 14])
+    shuffled = [11.858539, 12.059961, 12.004903, 15.790239]
+    c = ctx([base, shuffled, [15.586581, 15.62332, 15.48489]], "maximize")
+    assert policy.current(best, c) == ([15.790239], [14])

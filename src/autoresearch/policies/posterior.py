@@ -26,10 +26,18 @@ candidate's true effect in noise sds):
    until it is kept or is no longer worth a run. The penalty holds the rate at which no-effect
    proposals are kept under `alpha` = 1% (calibrated on the benchmark's streams, which measure
    the realized rate); there is no fixed schedule of looks.
-5. More runs go to the side with fewer runs (the best on a tie, and first whenever a keep waits
-   for a run of the best beside the candidate): balanced runs shrink the standard error fastest.
-   At `max_runs` runs of the candidate it is kept if keeping is worth it, else discarded.
-6. Reported best: the mean of the best's runs of the latest epoch, with sem = sigma / sqrt(n).
+5. More runs go to the side with fewer runs (the best on a tie: its runs serve every later
+   candidate too); a keep waiting for a run of the best beside the candidate gets it last, so a
+   candidate discarded on its own runs costs no run of the best. At `max_runs` runs of the
+   candidate (and of the best beside it) it is kept if keeping is worth it, else discarded.
+6. The winner's curse. A keep records `shrink`, half its observed gain beyond the posterior
+   mean (the candidate's runs were selected for looking good); the runs that selected the best
+   are moved back by it wherever the best is compared with or reported (the ledger reads it back
+   into `Sample.shrink`). Half: the full posterior shrinkage, under a prior that leans toward "no
+   effect", left the best about 0.2-0.5 sd pessimistic in the benchmark, and a pessimistic best
+   lets no-effect candidates look better than it.
+7. Reported best: the mean of the best's runs of the latest epoch (its selection runs moved
+   back), with sem = sigma / sqrt(n).
 """
 
 from __future__ import annotations
@@ -44,8 +52,9 @@ from .base import Decision, PolicyContext, Sample, Verdict
 from .prior import GRID, REFIT_EVERY, WINDOW, Prior, learned_prior, posterior
 from .sequential import SequentialPolicy, _mean
 
-KEEP_PENALTY = 4.0      # sd of gain a keep of a no-better candidate costs (holds false keeps <= 1%)
-RUN_PRICE = 0.3         # a run's price, as a share of the prior's expected gain per proposal
+KEEP_PENALTY = 2.0      # sd of gain a keep of a no-better candidate costs (holds false keeps <= 1%)
+RUN_PRICE = 0.25        # a run's price, as a share of the prior's expected gain per proposal
+SHRINK_SHARE = 0.5      # share of the posterior's shrinkage a keep records (see rule 6)
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(10)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
@@ -173,19 +182,6 @@ class PosteriorPolicy(SequentialPolicy):
         timed = bool(candidate.at and incumbent.at)
         need_fresh = timed and not fresh
 
-        k_keep = k_now
-        if incumbent.selection and incumbent.shrink:
-            # the best's selection runs were moved back by an estimate of their bias; a keep
-            # must also hold against its other runs alone, so that an estimate that moved them
-            # too far cannot make a candidate look better than it is
-            chosen = set(sorted(incumbent.at)[:incumbent.selection])
-            plain = [v for v, a in zip(best, best_at, strict=True) if a not in chosen]
-            if plain:
-                d_plain = sign * (_mean(cand) - _mean(plain)) / sigma
-                se_plain = math.sqrt(1.0 / n_c + 1.0 / len(plain))
-                k_plain = keep_value(posterior(prior.weights, d_plain, se_plain, df), m)
-                ev["keep_value_without_selection_runs"] = k_plain
-                k_keep = min(k_now, k_plain)
         go, go_runs, first = -math.inf, 0, None
         # more runs cannot be worth more than E[(theta - m)+] now (the posterior mean is a
         # martingale): when that does not pay for one run, no look ahead is needed
@@ -197,7 +193,7 @@ class PosteriorPolicy(SequentialPolicy):
             v = value_after(post, se * se, 1.0 / nc + 1.0 / nb, m) - len(seq) * price
             if v > go:
                 go, go_runs, first = v, len(seq), seq[0]
-        stop = 0.0 if need_fresh else max(k_keep, 0.0)
+        stop = 0.0 if need_fresh else max(k_now, 0.0)
         ev.update(se=se * sigma, statistic=z / se, p_value=None, posterior_bad=p_bad,
                   posterior_mean=float(post @ GRID), keep_value=k_now, go_value=go,
                   run_price=price, prior=prior.summary(), fresh_best_runs=len(fresh))
@@ -210,9 +206,12 @@ class PosteriorPolicy(SequentialPolicy):
                                                        else "it") + " again")
             return done(Verdict.MORE, rule, f"worth {go_runs} more run(s) ({post_text}); {what}",
                         rerun)
-        if not need_fresh and k_keep > 0:
+        if not need_fresh and k_now > 0:
             # the winner's curse: its runs look better than the posterior believes
-            ev["shrink"] = d - float(post @ GRID) * sigma
+            # (the grid's end stands for "this far or farther": there the observed effect)
+            effects = GRID.copy()
+            effects[-1], effects[0] = max(effects[-1], z), min(effects[0], z)
+            ev["shrink"] = SHRINK_SHARE * (d - float(post @ effects) * sigma)
             return keep("posterior", f"better ({post_text})")
         rule = "screen" if n_c == 1 else ("cap" if first is None else "futility")
         return done(Verdict.DISCARD, rule, f"not worth another run ({post_text})")
@@ -220,10 +219,10 @@ class PosteriorPolicy(SequentialPolicy):
     def current(self, incumbent: Sample, ctx: PolicyContext) -> tuple[list[float], list[int]]:
         """The best's runs of the latest epoch (values, at), oldest first, the runs that selected
         it moved back by the shrinkage its keep recorded (the winner's curse)."""
+        values = list(incumbent.values)
         if incumbent.selection and incumbent.shrink and len(incumbent.at) == incumbent.n:
             sign = 1.0 if ctx.direction == "maximize" else -1.0
             chosen = set(sorted(incumbent.at)[:incumbent.selection])
             values = [v - sign * incumbent.shrink if a in chosen else v
                       for v, a in zip(incumbent.values, incumbent.at, strict=True)]
-            incumbent = Sample(values, incumbent.lines, at=list(incumbent.at))
-        return super().current(incumbent, ctx)
+        return self._latest_epoch(values, list(incumbent.at), incumbent, ctx)

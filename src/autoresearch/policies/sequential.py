@@ -46,14 +46,16 @@ def _mean(xs: list[float]) -> float:
 
 
 def _others(groups: list[list[float]], *exclude: list[float]) -> list[list[float]]:
-    drop = [list(e) for e in exclude if len(e) >= 2]
+    """The groups but those of `exclude`, matched as multisets: the run state may hold a
+    commit's runs in another order than its sample (a row re-indexed on a status change)."""
+    drop = [sorted(e) for e in exclude if len(e) >= 2]
     out = []
     for g in groups:
-        g = list(g)
-        if g in drop:
-            drop.remove(g)
+        key = sorted(g)
+        if key in drop:
+            drop.remove(key)
             continue
-        out.append(g)
+        out.append(list(g))
     return out
 
 
@@ -78,7 +80,12 @@ class SequentialPolicy(Policy):
     # -- the best as measured now -----------------------------------------------------------
     def current(self, incumbent: Sample, ctx: PolicyContext) -> tuple[list[float], list[int]]:
         """The best's runs of the latest epoch (values, at), oldest first."""
-        values, at = list(incumbent.values), list(incumbent.at)
+        return self._latest_epoch(list(incumbent.values), list(incumbent.at), incumbent, ctx)
+
+    def _latest_epoch(self, values: list[float], at: list[int], incumbent: Sample,
+                      ctx: PolicyContext) -> tuple[list[float], list[int]]:
+        """The runs (values, at) of the latest epoch, the noise beside them taken from every
+        group but the incumbent's own (as recorded: `values` may be adjusted)."""
         if len(at) != len(values) or len(values) < 2:
             return values, at
         others = _others(ctx.replicate_groups, incumbent.values)
