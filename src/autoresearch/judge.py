@@ -109,6 +109,15 @@ def evaluation_status(res: EvalResult) -> Status | None:
     return None if res.outcome == EvalOutcome.MEASURED else _STATUS_OF[res.outcome]
 
 
+def _first_run(decision: dict[str, Any] | None) -> FirstRun | None:
+    """The `first_run` a decision record carries (a policy's evidence, kept by the judge)."""
+    f = (decision or {}).get("first_run")
+    try:
+        return FirstRun(float(f["effect"]), float(f["sigma"]), int(f["best_runs"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class Git(Protocol):
     """What the judge asks of git (the ratchet); a fake in the judge's unit tests."""
 
@@ -148,8 +157,7 @@ class Judge:
         self.feedback: list[str] = []                 # for the agent's next context
         # each judged candidate's first run (a policy's `first_run` evidence), for its prior
         self.first_runs: dict[int, FirstRun] = {
-            e.id: FirstRun(**e.decision["first_run"]) for e in state.rows.values()
-            if e.decision and isinstance(e.decision.get("first_run"), dict)}
+            e.id: f for e in state.rows.values() if (f := _first_run(e.decision)) is not None}
 
     # -- the table ------------------------------------------------------------------------
     def apply(self, e: Experiment, event: Event, status: Status | None = None, *,
@@ -197,9 +205,9 @@ class Judge:
         if (h := holdout_of(cand)) is not None:
             record["holdout"] = h
         first = d.evidence.get("first_run") or (cand.decision or {}).get("first_run")
-        if isinstance(first, dict):   # kept in every later record of the row
+        if (f := _first_run({"first_run": first})) is not None:  # kept in every later record
             record["first_run"] = first
-            self.first_runs.setdefault(cand.id, FirstRun(**first))
+            self.first_runs.setdefault(cand.id, f)
         if d.verdict == Verdict.MORE:
             if len(self.state.repeats_of(cand.id)) >= 2 * max(1, self.spec.policy.max_runs):
                 self.apply(cand, Event.NO_VERDICT, reason="no verdict within the run cap",
