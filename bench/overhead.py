@@ -17,6 +17,12 @@ so it holds proposing, committing, pinning, the worktree checkout, the ledger wr
 decision, results.tsv and the loop's waits. Peak RSS is this process alone (children excluded).
 Targets: median overhead < 100 ms, peak RSS < 150 MB.
 
+The load-independent evidence is printed beside it, for our loop and the hand loop alike: CPU
+per experiment (getrusage, this process and its children, the subreapers included) and the
+programs started per experiment (exec calls, counted by `perf stat` where it is installed and
+allowed). Our loop's one-time start-up (imports, the first subreaper) is paid by a short run
+before the measured one, and printed apart.
+
 The hand-written loop of the original (a coding agent typing `git commit -am`, the command into
 a log, `grep`, `git reset --hard`) runs on a copy of the same repository with the same
 proposals in the same run, as one bash script; its overhead is counted the same way. The hand
@@ -125,7 +131,8 @@ done
 
 
 class Cost:
-    """CPU seconds of this process and of its waited-for children, and the programs started
+    """CPU seconds of this process and of its waited-for children (the subreapers are ended, so
+    waited for, inside the measured block), and the programs started
     (exec calls, counted by `perf stat` attached to this process and inherited by everything it
     starts; None where perf is missing or not allowed), between __enter__ and __exit__."""
 
@@ -242,6 +249,17 @@ def our_overhead(root: Path, script: Path, a: argparse.Namespace, tag: str):
     """(median and p90 overhead ms, peak RSS MB, bare command s, experiments, stop reason)."""
     bare = bare_command_times(root, a.bare_runs)
     bare_s = statistics.median(bare)
+    # the process's one-time start-up (imports, pygit2, the first subreaper) is paid by a short
+    # run on a throwaway copy first: the figures below are per experiment of a running loop
+    warm_root = root.parent / "warm-up" / "target"
+    warm_script = make_target(warm_root, 10, a.seed + 1)
+    startup = Cost(False)
+    with startup:
+        warm, *_ = run_loop(warm_root, warm_script, a.agent, 3, tag)
+        warm.ledger.close()
+        close_reapers()   # the measured run starts its own: its start-up is counted there
+    print(f"  start-up (a 3-experiment run first, not counted below): "
+          f"{(startup.self_s + startup.children_s) * 1000:.0f} ms of CPU")
     cost = Cost(a.count_processes)
     with PeakRSS() as rss, cost:
         loop, why, total, exps = run_loop(root, script, a.agent, a.experiments, tag)
