@@ -224,8 +224,9 @@ class NearDuplicates:
         v = self.version(commit)
         if (exp_id := self._canon.get(v.canon)) is not None:
             return Match(exp_id, "formatting", "the same code up to formatting and comments")
+        numbers = v.numbers
         for k in reversed(self._skeleton.get(v.skeleton, [])[-WINDOW:]):
-            pairs = [(a, b) for a, b in zip(v.numbers, k.numbers, strict=True) if a != b]
+            pairs = [(a, b) for a, b in zip(numbers, k.numbers, strict=True) if a != b]
             if pairs and all(within(a, b, s.constant_tolerance) for a, b in pairs):
                 shown = ", ".join(f"{_num(a)} vs {_num(b)}" for a, b in pairs[:3])
                 return Match(k.exp_id, "constants", f"the same code with constants within "

@@ -221,6 +221,7 @@ def run_command(
     return result
 
 
+_FS_ENCODING = sys.getfilesystemencoding()   # what os.fsencode uses, with surrogateescape
 _REAPER = Path(__file__).with_name("_reaper.py")
 _REAPER_ARGV = [sys.executable, "-I", "-S", str(_REAPER)]
 
@@ -262,7 +263,8 @@ class _Reaper:
         """Hand the command over; its pid. OSError: it could not start (chdir or exec failed);
         _ReaperLost: this reaper is gone, and the command never ran."""
         payload = marshal.dumps((os.fsencode(command), os.fsencode(cwd),
-                                 [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]))
+                                 [f"{k}={v}".encode(_FS_ENCODING, "surrogateescape")
+                                  for k, v in env.items()]))
         data = struct.pack(">I", len(payload)) + payload
         try:
             sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
