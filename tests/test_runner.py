@@ -447,6 +447,16 @@ def test_a_step_that_kills_its_reaper_leaves_nothing_and_the_next_step_gets_a_ne
 
 
 @linux_only
+def test_a_reaper_killed_while_idle_is_replaced_at_the_next_step(tmp_path: Path) -> None:
+    assert _run(tmp_path, "echo $PPID > reaper").exit_code == 0
+    os.kill(_reaper_of(tmp_path), signal.SIGKILL)   # not waited for: the pool may not know yet
+    r = _run(tmp_path, "echo $PPID > next; echo ran >> runs")
+    assert r.exit_code == 0 and r.error is None
+    assert _reaper_of(tmp_path, "next") != _reaper_of(tmp_path)
+    assert (tmp_path / "runs").read_text() == "ran\n"   # handed over once, run once
+
+
+@linux_only
 def test_a_step_that_stops_its_reaper_is_killed_with_it_and_leaves_nothing(
         tmp_path: Path) -> None:
     command = "echo $PPID > reaper; sleep 1000 & echo $! > pids; kill -STOP $PPID; sleep 1000"
