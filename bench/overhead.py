@@ -17,6 +17,12 @@ so it holds proposing, committing, pinning, the worktree checkout, the ledger wr
 decision, results.tsv and the loop's waits. Peak RSS is this process alone (children excluded).
 Targets: median overhead < 100 ms, peak RSS < 150 MB.
 
+The load-independent evidence is printed beside it, for our loop and the hand loop alike: CPU
+per experiment (getrusage, this process and its children, the subreapers included) and the
+programs started per experiment (exec calls, counted by `perf stat` where it is installed and
+allowed). Our loop's one-time start-up (imports, the first subreaper) is paid by a short run
+before the measured one, and printed apart.
+
 The hand-written loop of the original (a coding agent typing `git commit -am`, the command into
 a log, `grep`, `git reset --hard`) runs on a copy of the same repository with the same
 proposals in the same run, as one bash script; its overhead is counted the same way. The hand
@@ -37,6 +43,8 @@ import json
 import os
 import pstats
 import random
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +59,7 @@ import psutil
 from autoresearch.cli import build_loop
 from autoresearch.config import load_target
 from autoresearch.ratchet import PLUMBING_ENV, pygit2
+from autoresearch.runner import close_reapers
 
 MEDIAN_TARGET_MS = 100.0   # harness overhead per experiment
 RSS_TARGET_MB = 150.0      # peak resident memory of the harness process
@@ -121,9 +130,51 @@ done
 """
 
 
-def hand_loop_times(root: Path, script: Path, n: int) -> list[float]:
+class Cost:
+    """CPU seconds of this process and of its waited-for children (the subreapers are ended, so
+    waited for, inside the measured block), and the programs started
+    (exec calls, counted by `perf stat` attached to this process and inherited by everything it
+    starts; None where perf is missing or not allowed), between __enter__ and __exit__."""
+
+    def __init__(self, count_processes: bool) -> None:
+        self.count = count_processes and shutil.which("perf") is not None
+        self.self_s = self.children_s = 0.0
+        self.execs: int | None = None
+
+    def __enter__(self) -> Cost:
+        self._perf = None
+        if self.count:
+            self._out = tempfile.NamedTemporaryFile(prefix="ar-perf-", suffix=".csv")
+            self._perf = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "sched:sched_process_exec", "-p", str(os.getpid()),
+                 "-o", self._out.name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)   # perf attaches to every thread before the first experiment
+        self._self = resource.getrusage(resource.RUSAGE_SELF)
+        self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.self_s = s.ru_utime + s.ru_stime - self._self.ru_utime - self._self.ru_stime
+        self.children_s = (c.ru_utime + c.ru_stime - self._children.ru_utime
+                           - self._children.ru_stime)
+        if self._perf is not None:
+            self._perf.send_signal(2)
+            self._perf.wait()
+            for line in Path(self._out.name).read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2] == "sched:sched_process_exec":
+                    self.execs = int(fields[0]) if fields[0].isdigit() else None
+            self._out.close()
+
+    def line(self, n: int) -> str:
+        progs = "" if self.execs is None else f"; programs started {self.execs / n:.1f}"
+        return (f"  CPU per experiment: {self.self_s / n * 1000:.1f} ms in this process + "
+                f"{self.children_s / n * 1000:.1f} ms in children{progs}")
+
+
+def hand_loop_times(root: Path, script: Path, n: int, cost: Cost) -> list[float]:
     """Seconds per experiment of the hand-written loop, on a copy of the target's repo."""
-    import shutil
     copy = root.parent / "hand"
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns(".autoresearch"))
     files = root.parent / "hand-files"
@@ -133,9 +184,10 @@ def hand_loop_times(root: Path, script: Path, n: int) -> list[float]:
         p = json.loads(line)
         (files / f"{i}.py").write_text(p["files"]["train.py"])
         lines.append(f"{p['description']}\t{files / f'{i}.py'}\n")
-    out = subprocess.run(["/bin/bash", "-c", HAND_LOOP], cwd=copy, input="".join(lines),
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
-                                                              "CMD": RUN_COMMAND}, check=True)
+    with cost:
+        out = subprocess.run(["/bin/bash", "-c", HAND_LOOP], cwd=copy, input="".join(lines),
+                             capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "CMD": RUN_COMMAND}, check=True)
     spans = [float(b) - float(a) for a, b in (ln.split() for ln in out.stdout.splitlines())]
     assert len(spans) == n, out.stderr
     return spans
@@ -197,9 +249,22 @@ def our_overhead(root: Path, script: Path, a: argparse.Namespace, tag: str):
     """(median and p90 overhead ms, peak RSS MB, bare command s, experiments, stop reason)."""
     bare = bare_command_times(root, a.bare_runs)
     bare_s = statistics.median(bare)
-    with PeakRSS() as rss:
+    # the process's one-time start-up (imports, pygit2, the first subreaper) is paid by a short
+    # run on a throwaway copy first: the figures below are per experiment of a running loop
+    warm_root = root.parent / "warm-up" / "target"
+    warm_script = make_target(warm_root, 10, a.seed + 1)
+    startup = Cost(False)
+    with startup:
+        warm, *_ = run_loop(warm_root, warm_script, a.agent, 3, tag)
+        warm.ledger.close()
+        close_reapers()   # the measured run starts its own: its start-up is counted there
+    print(f"  start-up (a 3-experiment run first, not counted below): "
+          f"{(startup.self_s + startup.children_s) * 1000:.0f} ms of CPU")
+    cost = Cost(a.count_processes)
+    with PeakRSS() as rss, cost:
         loop, why, total, exps = run_loop(root, script, a.agent, a.experiments, tag)
-    loop.ledger.close()
+        loop.ledger.close()
+        close_reapers()   # their CPU, and their children's, is counted once they are waited for
     done = sorted((e for e in exps if e.finished), key=lambda e: e.finished)
     pairs = list(zip(done, done[1:], strict=False))   # (previous, this) by finish time
     overhead_ms = [(b.finished - x.finished - bare_s) * 1000 for x, b in pairs]
@@ -209,6 +274,7 @@ def our_overhead(root: Path, script: Path, a: argparse.Namespace, tag: str):
     print(f"  experiments: {len(exps)} ({', '.join(f'{k}={v}' for k, v in sorted(counts.items()))})"
           f"; stopped: {why}; {total:.1f} s")
     print(f"  bare command: median {bare_s * 1000:.1f} ms, p90 {pct(bare, 0.9) * 1000:.1f} ms")
+    print(cost.line(len(exps)))
     return (statistics.median(overhead_ms), pct(overhead_ms, 0.9), rss.peak / 2**20, bare_s)
 
 
@@ -227,6 +293,8 @@ def main() -> int:
                     help="build commits and checkouts with git processes even when pygit2 is "
                          "installed (AUTORESEARCH_GIT_PLUMBING=1): the figure before pygit2")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-count-processes", dest="count_processes", action="store_false",
+                    help="do not count the programs started (perf stat, where installed)")
     a = ap.parse_args()
     if a.plumbing:
         os.environ[PLUMBING_ENV] = "1"
@@ -244,12 +312,15 @@ def main() -> int:
         print(f"  peak_rss < {RSS_TARGET_MB:g} MB: {verdict(ok_rss)}")
         ok &= ok_med and ok_rss
         if a.agent == "script":
-            hand = [(s - bare_s) * 1000 for s in hand_loop_times(root, script, a.experiments)]
+            cost = Cost(a.count_processes)
+            hand = [(s - bare_s) * 1000
+                    for s in hand_loop_times(root, script, a.experiments, cost)]
             hmed = statistics.median(hand)
             ratio = med / hmed
             print(f"hand-written loop (git commit -am; cmd > log; grep; git reset --hard), "
                   f"same repository, same proposals:\n  overhead: median {hmed:.1f} ms, "
                   f"p90 {pct(hand, 0.9):.1f} ms")
+            print(cost.line(a.experiments))
             print(f"  ours / hand: {ratio:.2f}  (target <= {HAND_TARGET:g})  "
                   f"{verdict(ratio <= HAND_TARGET)}")
             ok &= ratio <= HAND_TARGET

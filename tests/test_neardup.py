@@ -196,3 +196,41 @@ def test_the_summary_groups_outcomes_by_theme_with_the_best_effect(tmp_path):
     lr = next(ln for ln in tried.render().splitlines() if ln.startswith("| train.py: LR "))
     assert lr == "| train.py: LR | 3 | 0 | 2 | 0 | 1 | +0.1 (#3) |"
     ledger.close()
+
+
+def test_the_constants_rule_over_hundreds_of_experiments_matches_it_one_by_one() -> None:
+    """Rule 2 compares with all of the latest WINDOW experiments of a skeleton at once; it must
+    name the same (latest) match as the rule applied to each in turn, NaN, infinities, huge
+    values and the window's edge included."""
+    import random
+
+    from autoresearch import neardup
+
+    settings = NotesSettings()
+    rng = random.Random(7)
+    values = [0.0, 1.0, 1.005, 1.02, -1.0, float("nan"), float("inf"), -float("inf"), 1e308,
+              -1e308, 100.0, 100.5, 3.0]
+
+    def one_by_one(mine, known):
+        for k in reversed(known[-neardup.WINDOW:]):
+            pairs = [(a, b) for a, b in zip(mine, k.numbers, strict=True) if a != b]
+            if pairs and all(within(a, b, settings.constant_tolerance) for a, b in pairs):
+                return k
+        return None
+
+    checked = matched = 0
+    for trial in range(40):
+        width = trial % 4
+        near = NearDuplicates(settings, lambda commit: {})
+        skeleton = None
+        for i in range(neardup.WINDOW + 80 if trial == 0 else 40):
+            numbers = tuple(rng.choice(values) for _ in range(width))
+            version = neardup.Version((("train.py", neardup.FileFingerprint("c", "s", numbers)),))
+            skeleton = version.skeleton
+            if i and rng.random() < 0.3:
+                expected = one_by_one(numbers, near._skeleton[skeleton])
+                assert near._same_constants(version) is expected
+                checked += 1
+                matched += expected is not None
+            near._skeleton.setdefault(skeleton, []).append(neardup._Known(i, numbers, None, "c"))
+    assert checked > 300 and 0 < matched < checked

@@ -137,11 +137,10 @@ def test_log_appends_by_default_and_truncates_on_request(tmp_path: Path) -> None
 
 
 def test_on_start_gets_the_pid_that_owns_the_command(tmp_path: Path) -> None:
-    # the command runs under a subreaper on Linux: the recorded pid is bash's parent there
+    # the recorded pid is bash's own: a session leader, so kill_tree can find its group later
     seen: list[int] = []
-    _run(tmp_path, "echo $$ > pid; echo $PPID > ppid", on_start=seen.append)
-    assert len(seen) == 1
-    assert seen[0] in _pids(tmp_path / "pid") + _pids(tmp_path / "ppid")
+    _run(tmp_path, "echo $$ > pid; ps -o sid= -p $$ > sid", on_start=seen.append)
+    assert seen == _pids(tmp_path / "pid") == _pids(tmp_path / "sid")
 
 
 def test_carriage_return_progress_lines_are_parsed(tmp_path: Path) -> None:
@@ -230,32 +229,48 @@ def test_stop_event_interrupts_within_a_second(tmp_path: Path) -> None:
     assert _gone(_pids(tmp_path / "pids")[0])
 
 
-def test_kill_tree_cleans_orphans_of_a_dead_harness(tmp_path: Path) -> None:
-    """A SIGKILLed harness: its child dies with it (Linux), kill_tree on resume gets the rest."""
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the subreaper is Linux's")
+def test_a_harness_killed_mid_step_takes_the_whole_step_with_it(tmp_path: Path) -> None:
+    """A SIGKILLed harness: its step's subreaper kills the command, a background child and a
+    setsid daemon before it exits, so nothing is left for resume to find."""
     script = f"""
 import os, sys
 from pathlib import Path
 from autoresearch.runner import run_command
-run_command("sleep 1000 & echo $! > {tmp_path}/grandchild; wait", cwd=Path({str(tmp_path)!r}),
+run_command("sleep 1000 & echo $! > {tmp_path}/grandchild; "
+            "setsid sleep 1000 & echo $! > {tmp_path}/daemon; wait", cwd=Path({str(tmp_path)!r}),
             env=dict(os.environ), log_path=Path({str(tmp_path)!r}) / "h.log", timeout=100,
             on_start=lambda pid: Path({str(tmp_path)!r}, "child").write_text(f"{{pid}}\\n"))
 """
     harness = subprocess.Popen([PY, "-c", script])
-    child = None
+    pids: list[int] = []
     try:
-        grandchild = _wait_pid_file(tmp_path / "grandchild")
-        child = _wait_pid_file(tmp_path / "child")
+        pids = [_wait_pid_file(tmp_path / name) for name in ("grandchild", "daemon", "child")]
+        assert not any(_gone(pid) for pid in pids)
         harness.kill()
         harness.wait()
-        if sys.platform.startswith("linux"):
-            assert _wait_gone(child), "PR_SET_PDEATHSIG did not kill the direct child"
-        assert not _gone(grandchild)
-        kill_tree(child, grace=1.0)
-        assert _wait_gone(grandchild, timeout=1.0)
+        assert [pid for pid in pids if not _wait_gone(pid, 10)] == []
     finally:
         harness.kill()
-        if child is not None:
-            kill_tree(child, grace=0.5)
+        for pid in pids:
+            kill_tree(pid, grace=0.5)
+
+
+def test_kill_tree_cleans_the_orphans_of_a_dead_command(tmp_path: Path) -> None:
+    """The command's pid is gone (a crash); its process group still holds an orphan."""
+    proc = subprocess.Popen(["/bin/bash", "-c", "sleep 1000 & echo $! > grandchild; wait"],
+                            cwd=tmp_path, start_new_session=True)
+    grandchild = None
+    try:
+        grandchild = _wait_pid_file(tmp_path / "grandchild")
+        proc.kill()
+        proc.wait()
+        assert not _gone(grandchild)
+        kill_tree(proc.pid, grace=1.0)
+        assert _wait_gone(grandchild, timeout=1.0)
+    finally:
+        if grandchild is not None:
+            kill_tree(grandchild, grace=0.5)
 
 
 def test_kill_tree_leaves_a_reused_pid_alone(tmp_path: Path) -> None:
@@ -348,34 +363,174 @@ def test_peak_memory_counts_a_grandchild(tmp_path: Path) -> None:
 
 
 def test_the_subreaper_runs_nothing_when_its_harness_is_already_gone(tmp_path: Path) -> None:
-    """Spawned without a preexec_fn, the subreaper arms PR_SET_PDEATHSIG itself; a harness that
-    died before it did (its parent is not the pid it was given) means: run nothing."""
+    """The subreaper arms PR_SET_PDEATHSIG itself; a harness that died before it did (its parent
+    is not the pid it was given) means: exit, run nothing."""
     flag = tmp_path / "ran"
-    p = subprocess.run([*runner._REAPER_ARGV, f"touch {flag}", str(os.getpid() + 10**6)],
-                       capture_output=True, timeout=20)
-    assert p.returncode == 128 + signal.SIGKILL and not flag.exists()
-    p = subprocess.run([*runner._REAPER_ARGV, f"touch {flag}", str(os.getpid())],
-                       capture_output=True, timeout=20)
-    assert p.returncode == 0 and flag.exists()
+    orphaned = runner._Reaper(harness=os.getpid() + 10**6)
+    assert orphaned.proc.wait(timeout=20) == 1
+    read, write = os.pipe()
+    try:
+        with pytest.raises(runner._ReaperLost):
+            orphaned.start(f"touch {flag}", tmp_path, _env(), write)
+    finally:
+        os.close(read)
+        os.close(write)
+        orphaned.discard()
+    assert not flag.exists()
+    assert _run(tmp_path, f"touch {flag}").exit_code == 0 and flag.exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_subreaper_and_its_command_die_with_the_harness(tmp_path: Path) -> None:
     """A harness killed with SIGKILL mid-step takes the step's subreaper and command with it."""
-    pids = tmp_path / "pids"
     harness = subprocess.Popen([PY, "-c", (
         "import os, sys\n"
         "from pathlib import Path\n"
         "from autoresearch.runner import run_command\n"
-        f"run_command('echo $$ >> {pids}; sleep 60', cwd=Path({str(tmp_path)!r}),\n"
+        f"run_command('echo $PPID > reaper; echo $$ > command; sleep 60', cwd=Path({str(tmp_path)!r}),\n"
         f"            env=dict(os.environ), log_path=Path({str(tmp_path / 'h.log')!r}),\n"
-        "            timeout=60, on_start=lambda pid: open(sys.argv[1], 'a').write(f'{pid}\\n'))\n"),
-        str(tmp_path / "reaper")])
+        "            timeout=60)\n")])
     try:
         reaper = _wait_pid_file(tmp_path / "reaper", timeout=20)
-        command = _wait_pid_file(pids, timeout=20)
+        command = _wait_pid_file(tmp_path / "command", timeout=20)
         harness.kill()
         harness.wait(timeout=10)
         assert _wait_gone(reaper, 10) and _wait_gone(command, 10)
     finally:
         harness.kill()
+
+
+# --- the long-lived subreaper: what a step may try against it -----------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the long-lived subreaper is Linux's")
+
+
+def _reaper_of(tmp_path: Path, name: str = "reaper") -> int:
+    return _pids(tmp_path / name)[0]
+
+
+@linux_only
+def test_steps_reuse_one_reaper_and_concurrent_steps_get_their_own(tmp_path: Path) -> None:
+    assert _run(tmp_path, "echo $PPID > a").exit_code == 0
+    assert _run(tmp_path, "echo $PPID > b").exit_code == 0
+    assert _reaper_of(tmp_path, "a") == _reaper_of(tmp_path, "b")   # no start-up per step
+    both = threading.Barrier(2, timeout=20)
+    results: list[RunResult] = []
+
+    def step(name: str) -> None:
+        results.append(_run(tmp_path, f"echo $PPID > {name}; sleep 0.3",
+                            on_start=lambda pid: both.wait(), log_path=tmp_path / f"{name}.log"))
+
+    threads = [threading.Thread(target=step, args=(n,)) for n in ("c", "d")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.exit_code for r in results] == [0, 0]
+    assert _reaper_of(tmp_path, "c") != _reaper_of(tmp_path, "d")
+
+
+@linux_only
+def test_a_step_that_kills_its_reaper_leaves_nothing_and_the_next_step_gets_a_new_one(
+        tmp_path: Path) -> None:
+    command = ("echo $PPID > reaper; setsid sleep 1000 & echo $! >> pids; "
+               "sleep 1000 & echo $! >> pids; kill -9 $PPID; sleep 1000")
+    started = time.monotonic()
+    r = _run(tmp_path, command, run_token="kills-its-reaper")
+    assert r.exit_code == -signal.SIGKILL and not r.ok and time.monotonic() - started < 10
+    assert _wait_gone(_reaper_of(tmp_path))
+    assert [pid for pid in _pids(tmp_path / "pids") if not _wait_gone(pid)] == []
+    assert _with_token("kills-its-reaper") == []
+    r = _run(tmp_path, "echo $PPID > next; echo fine")
+    assert r.exit_code == 0 and _reaper_of(tmp_path, "next") != _reaper_of(tmp_path)
+
+
+@linux_only
+def test_a_reaper_killed_while_idle_is_replaced_at_the_next_step(tmp_path: Path) -> None:
+    assert _run(tmp_path, "echo $PPID > reaper").exit_code == 0
+    os.kill(_reaper_of(tmp_path), signal.SIGKILL)   # not waited for: the pool may not know yet
+    r = _run(tmp_path, "echo $PPID > next; echo ran >> runs")
+    assert r.exit_code == 0 and r.error is None
+    assert _reaper_of(tmp_path, "next") != _reaper_of(tmp_path)
+    assert (tmp_path / "runs").read_text() == "ran\n"   # handed over once, run once
+
+
+@linux_only
+def test_a_step_that_stops_its_reaper_is_killed_with_it_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    command = "echo $PPID > reaper; sleep 1000 & echo $! > pids; kill -STOP $PPID; sleep 1000"
+    started = time.monotonic()
+    r = _run(tmp_path, command, timeout=30)
+    assert r.exit_code == -signal.SIGKILL and not r.timed_out and not r.ok
+    assert time.monotonic() - started < 10
+    assert _wait_gone(_reaper_of(tmp_path)) and _wait_gone(_pids(tmp_path / "pids")[0])
+    assert _run(tmp_path, "echo fine").exit_code == 0
+
+
+@linux_only
+def test_a_termination_signal_to_the_reaper_is_passed_on_to_the_command(tmp_path: Path) -> None:
+    r = _run(tmp_path, "echo $PPID > reaper; kill -TERM $PPID; sleep 1000")
+    assert r.exit_code == 128 + signal.SIGTERM
+    r = _run(tmp_path, "echo $PPID > again")
+    assert r.exit_code == 0 and _reaper_of(tmp_path, "again") == _reaper_of(tmp_path)
+
+
+@linux_only
+def test_a_step_cannot_reach_the_reapers_socket_to_forge_its_exit(tmp_path: Path) -> None:
+    """No descriptor of the reaper's socket is inherited, and the one in the reaper cannot be
+    opened through /proc: a step cannot report an exit status of its own choosing."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os\n"
+        "mine = [os.readlink(f'/proc/self/fd/{n}') for n in os.listdir('/proc/self/fd')\n"
+        "        if os.path.exists(f'/proc/self/fd/{n}')]\n"
+        "print('own sockets:', sum(x.startswith('socket:') for x in mine))\n"
+        "opened = 0\n"
+        "for n in os.listdir(f'/proc/{os.getppid()}/fd'):\n"
+        "    try:\n"
+        "        fd = os.open(f'/proc/{os.getppid()}/fd/{n}', os.O_RDWR)\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    try:\n"
+        "        os.write(fd, b'X 0\\n')\n"
+        "        opened += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('opened:', opened)\n"
+        "raise SystemExit(3)\n")
+    r = _run(tmp_path, f"exec {PY} {probe}")   # the probe replaces bash: the reaper's child
+    log = (tmp_path / "run.log").read_text()
+    assert "own sockets: 0" in log and "opened:" in log
+    assert r.exit_code == 3   # not the forged 0
+    assert _run(tmp_path, "echo $PPID > reaper").exit_code == 0
+
+
+@linux_only
+def test_an_idle_reaper_dies_with_a_harness_killed_between_steps(tmp_path: Path) -> None:
+    harness = subprocess.Popen([PY, "-c", (
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "from autoresearch.runner import run_command\n"
+        f"run_command('echo $PPID > reaper', cwd=Path({str(tmp_path)!r}),\n"
+        f"            env=dict(os.environ), log_path=Path({str(tmp_path / 'h.log')!r}),\n"
+        "            timeout=60)\n"
+        f"Path({str(tmp_path / 'done')!r}).write_text('1\\n')\n"
+        "time.sleep(60)\n")])
+    try:
+        _wait_pid_file(tmp_path / "done", timeout=20)
+        reaper = _reaper_of(tmp_path)
+        assert not _gone(reaper)
+        harness.kill()
+        harness.wait(timeout=10)
+        assert _wait_gone(reaper, 10)
+    finally:
+        harness.kill()
+
+
+def test_close_reapers_ends_the_idle_ones(tmp_path: Path) -> None:
+    assert _run(tmp_path, "echo $PPID > reaper").exit_code == 0
+    runner.close_reapers()
+    if sys.platform.startswith("linux"):
+        assert _wait_gone(_reaper_of(tmp_path))
+    assert _run(tmp_path, "echo again").exit_code == 0

@@ -169,6 +169,8 @@ class NearDuplicates:
     _by_commit: dict[str, Version] = field(default_factory=dict)
     _canon: dict[str, int] = field(default_factory=dict)          # -> experiment id
     _skeleton: dict[str, list[_Known]] = field(default_factory=dict)
+    # skeleton -> (experiments seen, the numbers of the latest WINDOW of them, one row each)
+    _numbers: dict[str, tuple[int, object]] = field(default_factory=dict)
     _by_parent: dict[str, list[_Known]] = field(default_factory=dict)
     _changes: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)   # recent ones
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -224,12 +226,12 @@ class NearDuplicates:
         v = self.version(commit)
         if (exp_id := self._canon.get(v.canon)) is not None:
             return Match(exp_id, "formatting", "the same code up to formatting and comments")
-        for k in reversed(self._skeleton.get(v.skeleton, [])[-WINDOW:]):
+        k = self._same_constants(v)
+        if k is not None:
             pairs = [(a, b) for a, b in zip(v.numbers, k.numbers, strict=True) if a != b]
-            if pairs and all(within(a, b, s.constant_tolerance) for a, b in pairs):
-                shown = ", ".join(f"{_num(a)} vs {_num(b)}" for a, b in pairs[:3])
-                return Match(k.exp_id, "constants", f"the same code with constants within "
-                             f"{s.constant_tolerance:.0%} of those tried: {shown}")
+            shown = ", ".join(f"{_num(a)} vs {_num(b)}" for a, b in pairs[:3])
+            return Match(k.exp_id, "constants", f"the same code with constants within "
+                         f"{s.constant_tolerance:.0%} of those tried: {shown}")
         mine: frozenset[str] | None = None
         for k in reversed(self._by_parent.get(parent, [])[-WINDOW:]):
             if mine is None:
@@ -244,6 +246,35 @@ class NearDuplicates:
                 return Match(k.exp_id, "similar", f"a change {sim:.0%} similar to it, against the "
                              f"same best")
         return None
+
+
+    def _same_constants(self, v: Version) -> _Known | None:
+        """Rule 2: the latest of the last WINDOW experiments with v's skeleton whose numbers
+        differ from v's, each within the tolerance. All of them are compared at once (one
+        array per skeleton, extended as experiments are added), not one by one."""
+        import numpy as np
+
+        everyone = self._skeleton.get(v.skeleton, [])   # only ever appended to
+        group = everyone[-WINDOW:]
+        if not group:
+            return None
+        mine = np.array(v.numbers, dtype=float)
+        # one skeleton, one count of numbers (each is a placeholder in it): rows are regular
+        done, rows = self._numbers.get(v.skeleton, (0, None))
+        if rows is None or done != len(everyone):
+            new = everyone[max(done, len(everyone) - WINDOW):]
+            fresh = np.array([k.numbers for k in new], dtype=float).reshape(len(new), -1)
+            if rows is not None and rows.shape[1] == fresh.shape[1]:
+                fresh = np.concatenate([rows, fresh])[-WINDOW:]
+            rows = fresh
+            self._numbers[v.skeleton] = (len(everyone), rows)
+        tol = self.settings.constant_tolerance
+        differ = rows != mine            # NaN differs from everything, as in `within`
+        with np.errstate(invalid="ignore", over="ignore"):
+            close = (np.isfinite(rows) & np.isfinite(mine)
+                     & (np.abs(rows - mine) <= tol * np.maximum(np.abs(rows), np.abs(mine))))
+        hits = np.flatnonzero(differ.any(axis=1) & (close | ~differ).all(axis=1))
+        return group[hits[-1]] if hits.size else None
 
 
 def _num(x: float) -> str:

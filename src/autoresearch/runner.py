@@ -2,13 +2,19 @@
 
 What a step is guaranteed, whatever the command does:
 - It runs as `/bin/bash -c COMMAND` in its own session, stdin from /dev/null, stdout and stderr
-  merged into one pipe. On Linux the direct child gets SIGKILL if the harness dies. Given a
-  `wrap` (the sandbox), the wrapped command line is started instead of the subreaper.
+  merged into one pipe. On Linux it runs under a long-lived child subreaper (`_reaper.py`, one
+  per busy slot, started once and handed each command over a Unix socket): orphans of the step
+  become the reaper's children, and when the command ends the reaper kills every process it left
+  behind before it reports the exit status. The reaper dies with the harness and kills the step
+  then (a kill -9 of the harness leaves nothing running); a reaper that died is replaced at the
+  next step. Given a `wrap` (the sandbox), the wrapped command line is started instead, and gets
+  SIGKILL if the harness dies.
 - When it ends (exit, timeout, stop_event, or on_line asking to stop) no process it started is
-  left behind: we SIGTERM, then after a grace period SIGKILL, its process group, every descendant
-  seen while it ran (sampled every POLL_INTERVAL, so orphans reparented to init are still known)
-  and every process whose environment carries this run's RUN_TOKEN_ENV (that catches a
-  `setsid cmd &` that was orphaned before we could see it).
+  left behind: a command that is still running gets SIGTERM, then after a grace period SIGKILL,
+  with its process group, every descendant seen while it ran (sampled every POLL_INTERVAL, so
+  orphans reparented away are still known) and every process whose environment carries this
+  run's RUN_TOKEN_ENV (that catches a `setsid cmd &` that was orphaned before we could see it,
+  where no intact subreaper holds it).
 - Its log holds at most about log_cap_bytes of output: the first half, a
   `[... N bytes omitted ...]` line and the last half, then a final `[autoresearch] exit=...` line.
   Memory stays bounded however much the command prints.
@@ -22,10 +28,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import marshal
 import os
+import queue
 import re
 import selectors
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -40,7 +50,7 @@ import psutil
 
 from autoresearch.metrics import MetricParser
 
-__all__ = ["RUN_TOKEN_ENV", "RunResult", "kill_tree", "run_command"]
+__all__ = ["RUN_TOKEN_ENV", "RunResult", "close_reapers", "kill_tree", "run_command"]
 
 RUN_TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"  # set in every child's environment, unique per run
 READ_CHUNK = 256 * 1024  # bytes per read of the output pipe
@@ -50,6 +60,7 @@ POLL_INTERVAL = 0.1  # seconds between tree scans, memory samples and stop check
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 DRAIN_TIMEOUT = 2.0  # seconds to keep reading the pipe once the process tree is gone
 LOG_SYNC_INTERVAL = 10.0  # seconds between rewrites of the on-disk tail of an over-cap log
+REAPER_REPLY_TIMEOUT = 10.0  # seconds a reaper may take to answer (start, or end once killed)
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # A line that may hold a metric: only these are decoded and parsed when no on_line needs them all.
@@ -125,23 +136,25 @@ def run_command(
     if header:
         log.write_text(header)
 
-    argv = wrap(["/bin/bash", "-c", command]) if wrap else _launcher(command)
-    # the subreaper gives itself SIGKILL at the harness's death (so the child is spawned without
-    # a preexec_fn, which would force a slow fork of this whole process); anything else gets it
-    # from a preexec_fn
-    reaped = argv[:len(_REAPER_ARGV)] == _REAPER_ARGV
+    wake = threading.Event()
+    proc: subprocess.Popen[bytes] | _ServedStep
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=None if reaped else _pdeathsig_preexec(os.getpid()),
-            bufsize=0,
-        )
+        if wrap is None and _served():
+            proc = _ServedStep.start(command, cwd, child_env, wake)
+        else:
+            # the sandbox's bubblewrap (or a plain bash off Linux) gets SIGKILL at the
+            # harness's death from a preexec_fn
+            proc = subprocess.Popen(
+                wrap(["/bin/bash", "-c", command]) if wrap else ["/bin/bash", "-c", command],
+                cwd=cwd,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_pdeathsig_preexec(os.getpid()),
+                bufsize=0,
+            )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
         result.error = f"could not start in {cwd}: {reason}"
@@ -152,10 +165,10 @@ def run_command(
     assert proc.stdout is not None
     _grow_pipe(proc.stdout)
     parser = MetricParser()
-    wake = threading.Event()
     reader = _Reader(proc.stdout, log, parser, on_line, wake)
     reader.start()
-    tree = _Tree(proc.pid)
+    served = isinstance(proc, _ServedStep)
+    tree = _Tree(proc.pid, outer=proc.reaper.pid if served else None)
     deadline = started + timeout
     try:
         if on_start is not None:
@@ -173,13 +186,19 @@ def run_command(
                 break
             wake.wait(min(POLL_INTERVAL, deadline - now))
             wake.clear()
-        # Leftovers of a command that exited by itself are killed too: the step is over.
+        # Leftovers of a command that exited by itself are killed too: the step is over. An
+        # intact subreaper has done it before it reported the exit.
         killed = proc.poll() is None
-        _terminate(tree.alive(), pgid=proc.pid, token=token, grace=KILL_GRACE, reap=proc.poll)
+        if killed or not served or proc.lost:
+            _terminate(tree.alive(), pgid=proc.pid, token=token, grace=KILL_GRACE, reap=proc.poll)
         proc.wait()
+        if served and proc.lost:   # a reaper that died mid-step left its orphans to init
+            _terminate(tree.alive(), pgid=proc.pid, token=token, grace=KILL_GRACE)
         reader.join(DRAIN_TIMEOUT)
     except BaseException:
         _terminate(tree.alive(), pgid=proc.pid, token=token, grace=KILL_GRACE, reap=proc.poll)
+        if isinstance(proc, _ServedStep):
+            proc.abandon()
         reader.halt()
         reader.join(DRAIN_TIMEOUT)
         log.close("[autoresearch] harness error: run aborted")
@@ -202,16 +221,279 @@ def run_command(
     return result
 
 
+_FS_ENCODING = sys.getfilesystemencoding()   # what os.fsencode uses, with surrogateescape
 _REAPER = Path(__file__).with_name("_reaper.py")
 _REAPER_ARGV = [sys.executable, "-I", "-S", str(_REAPER)]
 
 
-def _launcher(command: str) -> list[str]:
-    """bash -c COMMAND under the subreaper on Linux, so orphans cannot escape the step. The
-    subreaper is told this process's pid: it dies with it (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux") and _REAPER.is_file():
-        return [*_REAPER_ARGV, command, str(os.getpid())]
-    return ["/bin/bash", "-c", command]
+def _served() -> bool:
+    """Steps run under the long-lived subreaper (Linux, where prctl offers it)."""
+    return sys.platform.startswith("linux") and _REAPER.is_file()
+
+
+class _ReaperLost(Exception):
+    """The reaper died or stopped answering before it took the command."""
+
+
+class _Reaper:
+    """One long-lived subreaper (`_reaper.py`) and this process's end of its socket."""
+
+    def __init__(self, harness: int | None = None) -> None:
+        """Start one, for this process (`harness`: another pid it should die with, for tests)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [*_REAPER_ARGV, str(theirs.fileno()), str(harness or os.getpid())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", env={},
+                start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.pid = self.proc.pid
+        self._buf = b""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(self, command: str, cwd: Path, env: dict[str, str], out: int) -> int:
+        """Hand the command over; its pid. OSError: it could not start (chdir or exec failed);
+        _ReaperLost: this reaper is gone, and the command never ran."""
+        payload = marshal.dumps((os.fsencode(command), os.fsencode(cwd),
+                                 [f"{k}={v}".encode(_FS_ENCODING, "surrogateescape")
+                                  for k, v in env.items()]))
+        data = struct.pack(">I", len(payload)) + payload
+        try:
+            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               struct.pack("i", out))])
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
+        except OSError as exc:
+            raise _ReaperLost(str(exc)) from None
+        line = self._reply()
+        if not line.startswith(b"S "):   # the command cannot have run: it waits for this line
+            raise _ReaperLost(f"the reaper answered {line!r}")
+        pid = int(line[2:])
+        line = self._reply()
+        if line.startswith(b"E "):
+            stage, _, errno = line[2:].partition(b" ")
+            code = int(errno or 0)
+            raise OSError(code, os.strerror(code), str(cwd) if stage == b"chdir" else "/bin/bash")
+        return pid   # b"R": running; b"": the reaper died meanwhile, and the watcher sees that
+
+    def _reply(self) -> bytes:
+        """The next line; b"" once the reaper is gone. One that is stopped (the command may
+        SIGSTOP it once it runs) or silent past REAPER_REPLY_TIMEOUT is killed."""
+        deadline = time.monotonic() + REAPER_REPLY_TIMEOUT
+        while True:
+            line = self.readline(0.05)
+            if line is not None:
+                return line
+            if time.monotonic() >= deadline or _stopped(self.pid):
+                self.kill()
+                return b""
+
+    def readline(self, timeout: float | None) -> bytes | None:
+        """The next line from the reaper; b"" when it is gone, None if silent past timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            while b"\n" not in self._buf:
+                data = self.sock.recv(256)
+                if not data:
+                    return b""
+                self._buf += data
+        except TimeoutError:
+            return None
+        except OSError:   # the socket shut by discard()
+            return b""
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def kill(self) -> None:
+        """SIGKILL it (a stopped or hung reaper): its command dies with it (PR_SET_PDEATHSIG);
+        orphans it held are left to the caller's _terminate."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
+    def discard(self) -> None:
+        """End it: at end of file it kills everything it still holds, then exits."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self.proc.wait(REAPER_REPLY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+
+
+def _stopped(pid: int) -> bool:
+    """Stopped by a signal or a tracer (state T or t in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:][:1] in (b"T", b"t")
+
+
+class _ReaperPool:
+    """Idle reapers of this process, reused step after step (one per slot that is busy at once).
+
+    Reapers are started from one thread that lives as long as the process: PR_SET_PDEATHSIG
+    fires when the thread that started a process ends, not only when the process does.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Reaper] = []
+        self._spawns: queue.SimpleQueue = queue.SimpleQueue()
+        self._spawner: threading.Thread | None = None
+
+    def acquire(self) -> _Reaper:
+        with self._lock:
+            while self._idle:
+                reaper = self._idle.pop()
+                if reaper.alive():
+                    return reaper
+                reaper.discard()
+            if self._spawner is None or not self._spawner.is_alive():
+                self._spawner = threading.Thread(target=self._spawn_forever, daemon=True,
+                                                 name="autoresearch-reaper-spawner")
+                self._spawner.start()
+        box: queue.SimpleQueue = queue.SimpleQueue()
+        self._spawns.put(box)
+        made = box.get()
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def release(self, reaper: _Reaper) -> None:
+        with self._lock:
+            self._idle.append(reaper)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for reaper in idle:
+            reaper.discard()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's reapers are not this process's to use."""
+        for reaper in self._idle:
+            with contextlib.suppress(OSError):
+                reaper.sock.close()
+        self.__init__()
+
+    def _spawn_forever(self) -> None:
+        while True:
+            box = self._spawns.get()
+            try:
+                box.put(_Reaper())
+            except BaseException as exc:
+                box.put(exc)
+
+
+_POOL = _ReaperPool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.forget)
+
+
+def close_reapers() -> None:
+    """End this process's idle subreapers (they also end with it). For tests and benchmarks
+    that account for their CPU time, which is counted once they are waited for."""
+    _POOL.close()
+
+
+class _ServedStep:
+    """A command running under a pooled subreaper, seen like a Popen: pid (the command, a
+    session leader), stdout, poll(), wait(). `lost`: the reaper died before reporting."""
+
+    def __init__(self, reaper: _Reaper, pid: int, stdout: IO[bytes],
+                 wake: threading.Event) -> None:
+        self.reaper = reaper
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self.lost = False
+        self._wake = wake
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="autoresearch-reaper-watch").start()
+
+    @classmethod
+    def start(cls, command: str, cwd: Path, env: dict[str, str],
+              wake: threading.Event) -> _ServedStep:
+        for attempt in (1, 2):   # a reaper that died while idle is replaced once
+            reaper = _POOL.acquire()
+            read, write = os.pipe()
+            try:
+                pid = reaper.start(command, cwd, env, write)
+            except _ReaperLost:
+                os.close(read)
+                reaper.discard()
+                if attempt == 2:
+                    raise OSError(0, "the subreaper did not answer", str(_REAPER)) from None
+                continue
+            except OSError:   # the command could not start: the reaper is fine
+                os.close(read)
+                _POOL.release(reaper)
+                raise
+            except BaseException:
+                os.close(read)
+                reaper.discard()
+                raise
+            finally:
+                os.close(write)
+            return cls(reaper, pid, open(read, "rb", buffering=0), wake)
+        raise AssertionError("unreachable")
+
+    def _watch(self) -> None:
+        line = self.reaper.readline(None) or b""
+        if line.startswith(b"X "):
+            self.returncode = int(line[2:])
+        else:
+            self.lost = True
+        self._done.set()
+        self._wake.set()
+
+    def poll(self) -> int | None:
+        if not self._done.is_set():
+            if _stopped(self.reaper.pid):   # the step stopped its reaper: it is replaced
+                self.reaper.kill()
+            return None
+        if self.lost and self.returncode is None:
+            self.returncode = self._end_lost()
+        return self.returncode
+
+    def wait(self) -> int:
+        """The exit status, once the reaper has reported it; a reaper that is stopped (SIGSTOP)
+        or silent past REAPER_REPLY_TIMEOUT is killed instead (and this step is `lost`)."""
+        deadline = time.monotonic() + REAPER_REPLY_TIMEOUT
+        while not self._done.wait(0.05):
+            if time.monotonic() >= deadline or _stopped(self.reaper.pid):
+                self.reaper.kill()
+                self._done.wait()
+        code = self.poll()
+        assert code is not None
+        if not self.lost:
+            _POOL.release(self.reaper)
+        return code
+
+    def abandon(self) -> None:
+        """After a harness error mid-step: the reaper kills the step and exits."""
+        self.reaper.discard()
+        self._done.wait()
+
+    def _end_lost(self) -> int:
+        """The reaper's own end, as Popen would report it (-N for signal N)."""
+        try:
+            self.reaper.discard()
+        except OSError:
+            pass
+        return self.reaper.proc.returncode
 
 
 def kill_tree(
@@ -253,10 +535,15 @@ def kill_tree(
 class _Tree:
     """Every process seen in the tree of `pid`, including descendants orphaned since."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, outer: int | None = None) -> None:
+        """The tree of `pid`; given `outer` (the subreaper, whose every child belongs to this
+        step), everything below `outer` is scanned too, without `outer` itself."""
         self.known: dict[int, psutil.Process] = {}
+        self.outer: psutil.Process | None = None
         try:
             self.known[pid] = psutil.Process(pid)
+            if outer is not None:
+                self.outer = psutil.Process(outer)
         except psutil.Error:
             pass
 
@@ -267,6 +554,9 @@ class _Tree:
         """Scan for new descendants, then return the summed RSS of the living ones in MB."""
         alive = self.alive()
         alive_pids = {p.pid for p in alive}
+        if self.outer is not None and _is_alive(self.outer):
+            alive_pids.add(self.outer.pid)
+            alive = [self.outer, *alive]
         for p in alive:
             try:
                 if p.ppid() in alive_pids:
