@@ -9,6 +9,9 @@ Guarantees:
   restoring a file's mtime after rewriting it does not hide the change. As in git's "racy"
   rule, a file changed within `RACY_SECONDS` of being hashed is not cached; "changed" is read
   from ctime, so setting the mtime back cannot make a fresh file look settled.
+- `vouch(path, key, oid)` records an id a writer knows (the ratchet's checkout, for the files it
+  wrote or checked and that are settled by its own racy rule), so they are not read again; any
+  later change to the file changes its key and undoes the vouching.
 - The cache may be saved to a JSON file (the session keeps one under .autoresearch/); a
   missing, unreadable or foreign cache file only costs a re-hash.
 """
@@ -70,6 +73,14 @@ class FileHashes:
                 self._seen[name] = (key, oid)
                 self._dirty = True
         return oid
+
+    def vouch(self, path: Path | str, key: list[int], oid: str) -> None:
+        """Record that the file at path, with this stat key (size, mtime_ns, ctime_ns, inode,
+        device), holds blob oid. For a writer that knows it (the checkout, for the files it
+        wrote or checked), and that applies its own racy rule first: a file that may change
+        within its timestamp tick must not be vouched for."""
+        with self._lock:
+            self._seen[os.path.abspath(path)] = (list(key), oid)
 
     def violations(self, root: Path, expected: dict[str, str]) -> list[str]:
         """The paths under root whose bytes are not the expected blob ids (or unreadable)."""

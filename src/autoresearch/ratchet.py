@@ -9,9 +9,11 @@ Experiments never touch the user's checkout. A proposal becomes a commit built w
 Git never trusts a place a step can write. Every call names the repository's git directory as
 recorded when the Ratchet was made (`--git-dir`), never a worktree's `.git`; hooks, the
 attributes file, fsmonitor and system config are switched off. A worktree is not a git worktree:
-it is a plain directory that `checkout` wipes and rebuilds from the object store, writing each
-blob's bytes itself (`cat-file --batch`), so no filter, attribute or hook from the tree or from a
-step's leftovers ever runs. `archive` builds its tar the same way.
+it is a plain directory that `checkout` makes exactly the commit from the object store, writing
+each blob's bytes itself (`cat-file --batch`, streamed), so no filter, attribute or hook from the
+tree or from a step's leftovers ever runs; it rewrites only what differs from what the previous
+checkout there wrote and removes everything else (checkout.py states the rules that keep a
+file). `archive` builds its tar the same way.
 
 With pygit2 installed (`pip install 'autoresearch[git]'`) the hot path runs no git process at
 all: a proposal's blobs, trees and commit are written into the object store in-process, and
@@ -32,12 +34,15 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from .checkout import Manifest, Want, plan, sync
 from .config import RESULTS_NAME, STATE_DIR
 from .errors import GitError
+from .lockcheck import PROCESS_HASHES, FileHashes
 
 try:   # optional (autoresearch[git]): commits and checkouts without a git process
     import pygit2
@@ -151,6 +156,9 @@ class Ratchet:
         self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`
         self._refs_lock = threading.Lock()
         self._lib: pygit2.Repository | None = None  # libgit2's view (None: plumbing)
+        self._manifests: dict[str, Manifest] = {}   # worktree -> what its last checkout wrote
+        self._manifests_lock = threading.Lock()
+        self.hashes: FileHashes = PROCESS_HASHES    # told what checkouts wrote (lockcheck)
         self._lib_lock = threading.Lock()
         if pygit2 is not None and os.environ.get(PLUMBING_ENV) != "1":
             try:
@@ -338,11 +346,15 @@ class Ratchet:
                         raise GitError(f"git cat-file failed: {e}") from None
         raise AssertionError("unreachable")
 
-    def _cat_file(self, oids: list[str]) -> dict[str, bytes]:
+    def _cat_proc(self) -> subprocess.Popen:
+        """The long-lived `git cat-file --batch` (callers hold _cat_lock)."""
         if self._cat is None or self._cat.poll() is not None:
             self._cat = self._spawn("cat-file", "--batch", text=False, stderr=subprocess.DEVNULL)
-        proc = self._cat
-        assert proc.stdin is not None and proc.stdout is not None
+        assert self._cat.stdin is not None and self._cat.stdout is not None
+        return self._cat
+
+    def _cat_file(self, oids: list[str]) -> dict[str, bytes]:
+        proc = self._cat_proc()
         proc.stdin.write(("\n".join(oids) + "\n").encode())
         proc.stdin.flush()
         result = {}
@@ -611,26 +623,51 @@ class Ratchet:
     def _entries(self, commit: str, whole_repo: bool):
         """(path, mode, bytes) of every blob at commit: repo-relative when whole_repo, else
         target-relative within the target's directory."""
-        if self._lib is not None:   # the listing in-process; the bytes from the long-lived
-            # cat-file, which reads a pack several times faster than libgit2 does blob by blob
-            rows = [(p, m, str(o)) for p, m, o in self._lib_rows(commit, whole_repo)]
-        else:
-            args = ["ls-tree", "-r", "-z", "--full-tree", commit]
-            if self.subdir and not whole_repo:
-                args += ["--", self.subdir]
-            rows = []
-            for entry in self.git(*args).split("\0"):
-                if not entry:
-                    continue
-                meta, path = entry.split("\t", 1)
-                mode, kind, oid = meta.split()
-                if kind == "blob":
-                    rows.append((path if whole_repo else self._target_rel(path), mode, oid))
+        rows = self._blob_rows(commit, whole_repo)
         for i in range(0, len(rows), _BLOB_BATCH):
             chunk = rows[i:i + _BLOB_BATCH]
             blobs = self.read_blobs(oid for _p, _m, oid in chunk)
             for path, mode, oid in chunk:
                 yield path, mode, blobs[oid]
+
+    def _blob_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, str]]:
+        """(path, mode, blob id) of every blob at commit, as `_entries` names them."""
+        if self._lib is not None:   # the listing in-process; the bytes from the long-lived
+            # cat-file, which reads a pack several times faster than libgit2 does blob by blob
+            return [(p, m, str(o)) for p, m, o in self._lib_rows(commit, whole_repo)]
+        args = ["ls-tree", "-r", "-z", "--full-tree", commit]
+        if self.subdir and not whole_repo:
+            args += ["--", self.subdir]
+        rows = []
+        for entry in self.git(*args).split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            mode, kind, oid = meta.split()
+            if kind == "blob":
+                rows.append((path if whole_repo else self._target_rel(path), mode, oid))
+        return rows
+
+    def _stream_blobs(self, oids: list[str],
+                      sink: Callable[[str, int, BinaryIO], None]) -> None:
+        """sink(oid, size, stream) for each object, through the long-lived cat-file; the sink
+        reads exactly size bytes from stream, so a large blob need never be held whole."""
+        with self._cat_lock:
+            for i in range(0, len(oids), _BLOB_BATCH):   # the requests fit in the pipe
+                chunk = oids[i:i + _BLOB_BATCH]
+                try:
+                    proc = self._cat_proc()
+                    proc.stdin.write(("\n".join(chunk) + "\n").encode())
+                    proc.stdin.flush()
+                    for oid in chunk:
+                        header = proc.stdout.readline().split()
+                        if len(header) != 3:
+                            raise GitError(f"git cat-file: no object {oid} in {self.repo}")
+                        sink(oid, int(header[2]), proc.stdout)
+                        proc.stdout.read(1)   # the newline after the contents
+                except BaseException:
+                    self._close_cat()   # mid-object: the stream's place is lost
+                    raise
 
     def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, pygit2.Oid]]:
         """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them."""
@@ -662,36 +699,36 @@ class Ratchet:
         return path
 
     def checkout(self, worktree: Path, commit: str) -> Path:
-        """Make the worktree exactly commit, from the object store (whatever a step left there,
-        a `.git` file included, is removed first); returns the target dir."""
-        return self.materialize(commit, worktree)
+        """Make the worktree exactly commit, from the object store, rewriting only what differs
+        from what the last checkout there wrote (checkout.py: whatever a step left, a `.git`
+        file included, is removed; a file is kept only on an unchanged, settled stat key);
+        returns the target dir. The files it wrote or kept, settled, are told to `hashes`, so
+        the locked-file check does not read them again."""
+        wanted = self._wanted(commit)
+        name = os.path.abspath(worktree)
+        with self._manifests_lock:
+            old = self._manifests.pop(name, None)
+        marker = Path(os.path.dirname(name)) / f".{os.path.basename(name)}.tick"
+        manifest = sync(Path(name), wanted, self._stream_blobs, old, marker)
+        with self._manifests_lock:
+            self._manifests[name] = manifest
+        for rel, w in manifest.files.items():
+            if w.how != "link" and manifest.settled(w):
+                self.hashes.vouch(os.path.join(name, rel), w.hash_key, w.oid)
+        return Path(worktree) / self.subdir if self.subdir else Path(worktree)
 
     def materialize(self, commit: str, dest: Path) -> Path:
         """Write the repository's files at commit into dest (emptied first); returns the
         target's directory in it. Blob bytes are written as stored: no filter, no attribute,
-        no hook runs. A symlink that points outside the tree is written as a regular file."""
-        from .sandbox import remove_tree
+        no hook runs. A symlink that resolves outside the tree is written as a regular file."""
+        with self._manifests_lock:
+            self._manifests.pop(os.path.abspath(dest), None)
+        sync(Path(dest), self._wanted(commit), self._stream_blobs, None, None)
+        return Path(dest) / self.subdir if self.subdir else Path(dest)
 
-        dest = Path(dest)
-        if dest.is_symlink():
-            dest.unlink()
-        if dest.exists():
-            remove_tree(dest)
-        dest.mkdir(parents=True)
-        root = os.path.realpath(dest)
-        for path, mode, data in self._entries(commit, whole_repo=True):
-            out = dest / path
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if mode == "120000":
-                link = data.decode(errors="replace")
-                target = os.path.realpath(os.path.join(os.path.dirname(out), link))
-                if not os.path.isabs(link) and (target == root or target.startswith(root + os.sep)):
-                    os.symlink(link, out)
-                    continue
-            out.write_bytes(data)
-            if mode == "100755":
-                out.chmod(0o755)
-        return dest / self.subdir if self.subdir else dest
+    def _wanted(self, commit: str) -> dict[str, Want]:
+        rows = self._blob_rows(commit, whole_repo=True)
+        return plan(rows, self.read_blobs(oid for _p, mode, oid in rows if mode == "120000"))
 
     # -- the user's checkout (agent-driven mode only) -----------------------------------------
     def worktree_changes(self) -> list[str]:

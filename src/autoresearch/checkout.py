@@ -1,0 +1,353 @@
+"""Incremental checkouts: make a directory exactly a commit's files, rewriting only what differs.
+
+`sync(dest, wanted, blobs, old)` is how the ratchet fills a slot's worktree before every
+experiment; `old` is the manifest of what the previous sync wrote there (None: write it whole).
+
+Guarantees:
+- Afterwards dest holds exactly the wanted entries: each file with its blob's bytes, mode 0o755
+  for 100755 and the umask's default otherwise; each symlink that resolves inside the tree (by
+  the commit's own paths and links, never by what is on disk) as a symlink, every other one as a
+  regular file holding its target; directories with the umask's default mode; nothing else (no
+  stray file, directory, symlink, fifo or `.git`).
+- A file is kept without being written only when the manifest says this sync wrote it (or
+  checked it) with the wanted blob id and kind, and its lstat key (size, mtime, ctime, inode,
+  device, mode, link count) is the one recorded then. A process cannot set ctime (utime and every
+  write change it), so a rewrite that restores the mtime still changes the key, and so does a
+  file unlinked and created again on the same inode.
+- Racy files, as in git: after writing, a marker file is created next to dest and its ctime read
+  (the manifest's `tick`). A file whose recorded ctime is not strictly older than the tick could
+  be rewritten within the same timestamp tick without its key changing, so the next sync checks
+  its bytes (streamed) against the blob id instead of trusting it.
+- The walk never follows a symlink: directories are opened with O_NOFOLLOW relative to their
+  parent's descriptor, and a file is created with O_EXCL|O_NOFOLLOW after whatever stood at its
+  path was unlinked, so nothing is written through a hard link, a symlink or a symlinked
+  directory that a step left.
+- Any error while walking or repairing (an unreadable directory, say) falls back to removing
+  dest and writing it whole, which is also what happens without a manifest.
+- Blobs come through `blobs(oids, sink)` as streams; one larger than `STREAM_BYTES` is copied to
+  disk in pieces and never held in memory whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+STREAM_BYTES = 1 << 20      # larger blobs are copied to disk in pieces of this size
+_TICK_NS = 1                # the filesystem clock's tick; tests coarsen it to force racy files
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_HOPS = 40              # symlinks followed when resolving one (Linux's limit)
+
+#: (oids, sink): calls sink(oid, size, stream) for each oid; the sink reads exactly size bytes
+BlobSource = Callable[[list[str], Callable[[str, int, BinaryIO], None]], None]
+
+
+@dataclass(frozen=True)
+class Want:
+    """One entry of the commit: written as a "file", an "exec" (0o755) file or a "link"."""
+
+    how: str
+    oid: str
+    target: str | None = None   # a link's target
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a sync left at a path: its kind, blob id and lstat key just afterwards."""
+
+    how: str
+    oid: str
+    key: tuple[int, ...]   # size, mtime_ns, ctime_ns, inode, device, st_mode, link count
+
+    @property
+    def hash_key(self) -> list[int]:
+        """The stat key lockcheck caches blob ids under (size, mtime, ctime, inode, device)."""
+        return list(self.key[:5])
+
+
+@dataclass
+class Manifest:
+    files: dict[str, Written]   # repo-relative path -> what is there
+    dir_mode: int               # the mode directories get (the umask's default)
+    tick: int                   # the marker's ctime (ns) once everything was written
+
+    def settled(self, w: Written) -> bool:
+        """Does a change after this sync necessarily change w's key (ctime older than the tick)?"""
+        return _coarse(w.key[2]) < self.tick
+
+
+class _Rebuild(Exception):
+    """The incremental path met something it does not repair in place."""
+
+
+def _coarse(ns: int) -> int:
+    return ns - ns % _TICK_NS
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_mode,
+            st.st_nlink)
+
+
+def _same(recorded: tuple[int, ...], now: tuple[int, ...]) -> bool:
+    coarse = (1, 2)   # the timestamps, as the filesystem's clock can tell them apart
+    return all((_coarse(a) == _coarse(b)) if i in coarse else a == b
+               for i, (a, b) in enumerate(zip(recorded, now, strict=True)))
+
+
+def plan(rows: list[tuple[str, str, str]], links: dict[str, bytes]) -> dict[str, Want]:
+    """path -> Want for (path, git mode, blob id) rows; links holds the symlinks' blobs."""
+    targets = {p: os.fsdecode(links[oid]) for p, mode, oid in rows if mode == "120000"}
+    wanted = {}
+    for path, mode, oid in rows:
+        if mode == "120000":
+            inside = _resolves_inside(path, targets)
+            wanted[path] = Want("link", oid, targets[path]) if inside else Want("file", oid)
+        else:
+            wanted[path] = Want("exec" if mode == "100755" else "file", oid)
+    return wanted
+
+
+def _resolves_inside(path: str, targets: dict[str, str]) -> bool:
+    """Does the link at path stay inside the tree, following the commit's links? An absolute
+    link, a `..` above the root or a loop counts as outside."""
+    here = path.split("/")[:-1]
+    todo = targets[path].split("/")
+    if targets[path].startswith("/"):
+        return False
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not here:
+                return False
+            here.pop()
+            continue
+        at = "/".join([*here, part])
+        if at in targets:
+            hops += 1
+            if hops > _MAX_HOPS or targets[at].startswith("/"):
+                return False
+            todo = targets[at].split("/") + todo
+            continue
+        here.append(part)
+    return True
+
+
+def sync(dest: Path, wanted: dict[str, Want], blobs: BlobSource, old: Manifest | None,
+         marker: Path | None) -> Manifest:
+    """Make dest exactly `wanted` (see the module's guarantees); the new manifest. Without a
+    marker nothing counts as settled (a one-off directory)."""
+    from .sandbox import remove_tree
+
+    if old is not None:
+        try:
+            return _Sync(dest, wanted, blobs, old.dir_mode).incremental(old, marker)
+        except (OSError, _Rebuild):
+            pass
+    dest = Path(dest)
+    if dest.is_symlink():
+        dest.unlink()
+    if dest.exists():
+        remove_tree(dest)
+    dest.mkdir(parents=True)
+    dir_mode = stat.S_IMODE(os.lstat(dest).st_mode)
+    return _Sync(dest, wanted, blobs, dir_mode).whole(marker)
+
+
+class _Sync:
+    def __init__(self, dest: Path, wanted: dict[str, Want], blobs: BlobSource, dir_mode: int):
+        self.dest = dest
+        self.wanted = wanted
+        self.blobs = blobs
+        self.dir_mode = dir_mode
+        self.dirs = {"/".join(p.split("/")[:i]) for p in wanted for i in range(1, p.count("/") + 1)}
+        self.done: dict[str, Written] = {}
+        self.fds: dict[str, int] = {}   # repo-relative directory ("" the root) -> open descriptor
+
+    # -- the two ways ---------------------------------------------------------------------------
+    def whole(self, marker: Path | None) -> Manifest:
+        try:
+            self.fds[""] = os.open(self.dest, _DIR_FLAGS)
+            self._write_missing()
+        finally:
+            self._close()
+        return Manifest(self.done, self.dir_mode, _tick(marker))
+
+    def incremental(self, old: Manifest, marker: Path | None) -> Manifest:
+        if not stat.S_ISDIR(os.lstat(self.dest).st_mode):
+            raise _Rebuild
+        try:
+            root = self.fds[""] = os.open(self.dest, _DIR_FLAGS)
+            self._fix_mode(root, os.fstat(root))
+            self._walk(root, "", old)
+            self._write_missing()
+        finally:
+            self._close()
+        return Manifest(self.done, self.dir_mode, _tick(marker))
+
+    def _close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    # -- what is there --------------------------------------------------------------------------
+    def _walk(self, fd: int, prefix: str, old: Manifest) -> None:
+        for name in os.listdir(fd):
+            rel = prefix + name
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if rel in self.dirs and stat.S_ISDIR(st.st_mode):
+                sub = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                self._fix_mode(sub, st)
+                self._walk(sub, rel + "/", old)
+                continue
+            want = self.wanted.get(rel)
+            w = old.files.get(rel)
+            if want is not None and w is not None and (w.how, w.oid) == (want.how, want.oid) \
+                    and _same(w.key, _key(st)) \
+                    and (old.settled(w) or self._verify(fd, name, want, st)):
+                self.done[rel] = Written(want.how, want.oid, _key(st))
+                continue
+            _remove(fd, name, st)
+
+    def _fix_mode(self, fd: int, st: os.stat_result) -> None:
+        if stat.S_IMODE(st.st_mode) != self.dir_mode:
+            os.fchmod(fd, self.dir_mode)
+
+    @staticmethod
+    def _verify(fd: int, name: str, want: Want, st: os.stat_result) -> bool:
+        """A racy entry: are its bytes (a link: its target) the wanted blob, unchanged since
+        the lstat that found it?"""
+        if want.how == "link":
+            return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=fd) == want.target
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        h = hashlib.sha1(b"blob %d\0" % st.st_size)
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            while chunk := os.read(f, STREAM_BYTES):
+                h.update(chunk)
+            after = os.fstat(f)
+        finally:
+            os.close(f)
+        return h.hexdigest() == want.oid and _key(after) == _key(st)
+
+    # -- what is missing ------------------------------------------------------------------------
+    def _dir(self, rel: str) -> int:
+        """The open descriptor of directory rel, made when missing (never through a link)."""
+        fd = self.fds.get(rel)
+        if fd is not None:
+            return fd
+        parent_rel, _, name = rel.rpartition("/")
+        parent = self._dir(parent_rel)
+        try:
+            os.mkdir(name, 0o777, dir_fd=parent)
+        except FileExistsError:
+            pass   # the walk kept it, or another entry made it
+        fd = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        self._fix_mode(fd, os.fstat(fd))
+        return fd
+
+    def _write_missing(self) -> None:
+        by_oid: dict[str, list[str]] = {}
+        for path, want in self.wanted.items():
+            if path in self.done:
+                continue
+            parent_rel, _, name = path.rpartition("/")
+            parent = self._dir(parent_rel)
+            if want.how == "link":
+                os.symlink(want.target, name, dir_fd=parent)
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                self.done[path] = Written(want.how, want.oid, _key(st))
+            else:
+                by_oid.setdefault(want.oid, []).append(path)
+        if by_oid:
+            self.blobs(list(by_oid), lambda oid, size, stream: self._write_blob(
+                by_oid[oid], size, stream))
+
+    def _write_blob(self, paths: list[str], size: int, stream: BinaryIO) -> None:
+        """One blob from stream into every path that holds it."""
+        small = stream.read(size) if size <= STREAM_BYTES else None
+        first: str | None = None
+        for path in paths:
+            parent_rel, _, name = path.rpartition("/")
+            parent = self._dir(parent_rel)
+            want = self.wanted[path]
+            fd = os.open(name, _NEW_FILE, 0o666, dir_fd=parent)
+            try:
+                if want.how == "exec":
+                    os.fchmod(fd, 0o755)
+                if small is not None:
+                    _write_all(fd, small)
+                elif first is None:
+                    _copy(stream, fd, size)
+                else:
+                    self._copy_from(first, fd)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            first = first or path
+            self.done[path] = Written(want.how, want.oid, _key(st))
+
+    def _copy_from(self, path: str, out: int) -> None:
+        parent_rel, _, name = path.rpartition("/")
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir(parent_rel))
+        try:
+            while chunk := os.read(src, STREAM_BYTES):
+                _write_all(out, chunk)
+        finally:
+            os.close(src)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy(stream: BinaryIO, fd: int, size: int) -> None:
+    left = size
+    while left:
+        chunk = stream.read(min(STREAM_BYTES, left))
+        if not chunk:
+            raise OSError(f"the blob stream ended {left} bytes early")
+        _write_all(fd, chunk)
+        left -= len(chunk)
+
+
+def _remove(fd: int, name: str, st: os.stat_result) -> None:
+    """Remove an entry of the directory fd (a directory with all it holds), following no link."""
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=fd)
+        return
+    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    try:
+        for child in os.listdir(sub):
+            _remove(sub, child, os.stat(child, dir_fd=sub, follow_symlinks=False))
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=fd)
+
+
+def _tick(marker: Path | None) -> int:
+    """The filesystem clock now, read as the ctime of a freshly made marker (-1: no marker)."""
+    if marker is None:
+        return -1
+    with_name = os.fspath(marker)
+    try:
+        os.unlink(with_name)
+    except FileNotFoundError:
+        pass
+    fd = os.open(with_name, _NEW_FILE, 0o600)
+    try:
+        return _coarse(os.fstat(fd).st_ctime_ns)
+    finally:
+        os.close(fd)
