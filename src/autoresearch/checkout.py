@@ -76,6 +76,7 @@ class Manifest:
     files: dict[str, Written]   # repo-relative path -> what is there
     dir_mode: int               # the mode directories get (the umask's default)
     tick: int                   # the marker's ctime (ns) once everything was written
+    rebuilt: bool = True        # written whole (no manifest, or the incremental path gave up)
 
     def settled(self, w: Written) -> bool:
         """Does a change after this sync necessarily change w's key (ctime older than the tick)?"""
@@ -150,7 +151,9 @@ def sync(dest: Path, wanted: dict[str, Want], blobs: BlobSource, old: Manifest |
 
     if old is not None:
         try:
-            return _Sync(dest, wanted, blobs, old.dir_mode).incremental(old, marker)
+            manifest = _Sync(dest, wanted, blobs, old.dir_mode).incremental(old, marker)
+            manifest.rebuilt = False
+            return manifest
         except (OSError, _Rebuild):
             pass
     dest = Path(dest)
