@@ -16,40 +16,18 @@ that restores the mtime on the same inode then.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 from pathlib import Path
 
 import pytest
 from conftest import build_target, commit_all
+from test_checkout import snapshot
 
 from autoresearch import checkout as checkout_mod
 from autoresearch.evaluation import locked_violations
 from autoresearch.ratchet import Ratchet
 
 WEIGHTS = bytes(range(256)) * (6 * 4096 + 7)   # ~6 MiB: larger than STREAM_BYTES, streamed
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under root, never following a link: kind, mode and bytes (or target)."""
-    out: dict[str, tuple] = {"": ("dir", stat.S_IMODE(os.lstat(root).st_mode))}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            elif stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_nlink,
-                                hashlib.sha256(f.read()).hexdigest())
-            else:
-                out[rel] = ("other", stat.S_IFMT(st.st_mode))
-    return out
 
 
 def assert_exact(r: Ratchet, wt: Path, commit: str, tmp: Path, in_place: bool = True) -> None:
