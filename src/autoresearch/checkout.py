@@ -214,11 +214,14 @@ class _Sync:
                 continue
             want = self.wanted.get(rel)
             w = old.files.get(rel)
-            if want is not None and w is not None and (w.how, w.oid) == (want.how, want.oid) \
-                    and _same(w.key, _key(st)) \
-                    and (old.settled(w) or self._verify(fd, name, want, st)):
-                self.done[rel] = Written(want.how, want.oid, _key(st))
-                continue
+            if want is not None and w is not None and w.oid == want.oid and w.how == want.how:
+                key = _key(st)
+                if key == w.key and old.settled(w):   # the common case, decided fast
+                    self.done[rel] = w
+                    continue
+                if _same(w.key, key) and (old.settled(w) or self._verify(fd, name, want, st)):
+                    self.done[rel] = Written(want.how, want.oid, key)
+                    continue
             _remove(fd, name, st)
 
     def _fix_mode(self, fd: int, st: os.stat_result) -> None:

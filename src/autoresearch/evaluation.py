@@ -165,18 +165,11 @@ def evaluator_env(env: dict[str, str], job: Job) -> dict[str, str]:
 
 
 def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
-    """The paths whose files are not these blob ids: changed, missing, unreadable or symlinks.
+    """The paths whose files are not these blob ids: changed, missing, unreadable, symlinks or
+    anything but a regular file.
     Ids come through the process's stat cache (lockcheck), streamed: an unchanged file (size,
     mtime, ctime, inode, device) is not read again, and a large one never sits in memory."""
-    bad = []
-    for rel, oid in locked.items():
-        p = target_dir / rel
-        try:
-            if p.is_symlink() or PROCESS_HASHES.blob_id(p) != oid:
-                bad.append(rel)
-        except OSError:
-            bad.append(rel)
-    return bad
+    return PROCESS_HASHES.violations(target_dir, locked)
 
 
 # == setup outputs: pinned by hash ==================================================================

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -83,11 +84,22 @@ class FileHashes:
             self._seen[os.path.abspath(path)] = (list(key), oid)
 
     def violations(self, root: Path, expected: dict[str, str]) -> list[str]:
-        """The paths under root whose bytes are not the expected blob ids (or unreadable)."""
+        """The paths under root that are not regular files with the expected blob ids: changed,
+        missing, unreadable, symlinks, fifos, directories. One lstat per unchanged file."""
         bad = []
+        base = os.path.abspath(root)
+        seen = self._seen
         for rel, oid in expected.items():
+            name = os.path.join(base, rel)
             try:
-                if self.blob_id(root / rel) != oid:
+                st = os.lstat(name)
+                if not stat.S_ISREG(st.st_mode):
+                    bad.append(rel)
+                    continue
+                hit = seen.get(name)   # a dict read is atomic; blob_id takes the lock
+                if hit is not None and hit[1] == oid and hit[0] == _key(st):
+                    continue
+                if self.blob_id(Path(name)) != oid:
                     bad.append(rel)
             except OSError:
                 bad.append(rel)

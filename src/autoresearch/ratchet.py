@@ -56,6 +56,8 @@ _IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@loca
 # no system-wide config or attributes, and no prompt for credentials
 _SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
 _BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
+_TREE_CACHE_ROWS = 100_000   # files listed in the cache of commits' file lists, at most
+_SUBTREE_ROWS = 100_000      # files listed in the cache of subtrees' listings, at most
 PLUMBING_ENV = "AUTORESEARCH_GIT_PLUMBING"   # "1": never use libgit2 (tests, benchmarks)
 
 
@@ -151,6 +153,9 @@ class Ratchet:
     def _init_helpers(self) -> None:
         """The caches and the long-lived git processes (each started on first use)."""
         self._tree_cache: dict[str, dict[str, str]] = {}
+        self._tree_cache_rows = 0
+        self._subtrees: dict[str, list[tuple[str, str, str]]] = {}   # subtree id -> its blobs
+        self._subtree_rows = 0
         self._cat: subprocess.Popen | None = None   # `git cat-file --batch`
         self._cat_lock = threading.Lock()
         self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`
@@ -306,7 +311,7 @@ class Ratchet:
         if len(commit) == 40 and commit in self._tree_cache:   # a full sha never changes
             return dict(self._tree_cache[commit])
         if self._lib is not None:
-            files = {path: str(oid) for path, _mode, oid in self._lib_rows(commit, False)}
+            files = {path: oid for path, _mode, oid in self._lib_rows(commit, False)}
             if len(commit) == 40:
                 self._remember(commit, files)
             return files
@@ -327,8 +332,10 @@ class Ratchet:
         return files
 
     def _remember(self, commit: str, files: dict[str, str]) -> None:
-        if len(self._tree_cache) > 256:
-            self._tree_cache.clear()
+        self._tree_cache_rows += len(files)
+        if len(self._tree_cache) > 256 or self._tree_cache_rows > _TREE_CACHE_ROWS:
+            self._tree_cache.clear()   # bounded in files too: a large tree costs megabytes
+            self._tree_cache_rows = len(files)
         self._tree_cache[commit] = dict(files)
 
     def read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
@@ -634,7 +641,7 @@ class Ratchet:
         """(path, mode, blob id) of every blob at commit, as `_entries` names them."""
         if self._lib is not None:   # the listing in-process; the bytes from the long-lived
             # cat-file, which reads a pack several times faster than libgit2 does blob by blob
-            return [(p, m, str(o)) for p, m, o in self._lib_rows(commit, whole_repo)]
+            return self._lib_rows(commit, whole_repo)
         args = ["ls-tree", "-r", "-z", "--full-tree", commit]
         if self.subdir and not whole_repo:
             args += ["--", self.subdir]
@@ -669,26 +676,39 @@ class Ratchet:
                     self._close_cat()   # mid-object: the stream's place is lost
                     raise
 
-    def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, pygit2.Oid]]:
-        """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them."""
+    def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, str]]:
+        """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them. Each
+        subtree's listing is kept by its id, so a commit that changes one file lists only the
+        trees on that file's path again."""
         with self._lib_lock:
             try:
                 root = self._lib.revparse_single(commit).peel(pygit2.Tree)
             except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
                 raise GitError(f"git ls-tree failed: no commit {commit} in {self.repo}") from None
-            rows: list[tuple[str, str, pygit2.Oid]] = []
-
-            def walk(prefix: str, tree: pygit2.Tree) -> None:
-                for entry in tree:
-                    if entry.type_str == "tree":
-                        walk(f"{prefix}{entry.name}/", self._lib[entry.id])
-                    elif entry.type_str == "blob":
-                        rows.append((prefix + entry.name, f"{entry.filemode:06o}", entry.id))
-
-            walk("", root)
+            rows = self._lib_tree_rows(root, cache=False)
         if self.subdir and not whole_repo:
             rows = [(self._target_rel(p), m, o) for p, m, o in rows
                     if p.startswith(self.subdir + "/")]
+        return rows
+
+    def _lib_tree_rows(self, tree: pygit2.Tree, cache: bool = True) -> list[tuple[str, str, str]]:
+        """The blobs under tree, tree-relative (callers hold _lib_lock)."""
+        key = str(tree.id)
+        if (hit := self._subtrees.get(key)) is not None:
+            return hit
+        rows: list[tuple[str, str, str]] = []
+        for entry in tree:
+            if entry.type_str == "tree":
+                prefix = entry.name + "/"
+                rows += [(prefix + p, m, o) for p, m, o in self._lib_tree_rows(self._lib[entry.id])]
+            elif entry.type_str == "blob":
+                rows.append((entry.name, f"{entry.filemode:06o}", str(entry.id)))
+        if cache:
+            self._subtree_rows += len(rows)
+            if self._subtree_rows > _SUBTREE_ROWS:
+                self._subtrees.clear()
+                self._subtree_rows = len(rows)
+            self._subtrees[key] = rows
         return rows
 
     # -- worktrees --------------------------------------------------------------------------
