@@ -263,3 +263,60 @@ def test_a_step_that_replaces_the_worktree_with_a_symlink_is_rebuilt(repo, tmp_p
     assert not slot.is_symlink()
     assert_exact(r, wt, a, tmp_path / "fresh", in_place=False)
     assert (outside / "slot" / "train.py").exists()   # the copy outside was not emptied
+
+
+# -- through the real loop ----------------------------------------------------------------------
+def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_path, monkeypatch):
+    """Steps of a real run (real subprocesses, sandbox off) tamper with their slot: the locked
+    evaluator rewritten with its mtime restored, a tracked file hard-linked to a victim outside,
+    a .git file and stray modules planted. Every checkout the loop makes equals a fresh
+    materialize, nothing tampered is kept, and the victim is never written."""
+    import json
+    from types import SimpleNamespace
+
+    from conftest import train_source
+
+    from autoresearch.cli import build_loop
+    from autoresearch.config import load_target
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the victim's own bytes\n")
+    root = build_target(tmp_path, sandbox=False)
+    attacks = [
+        "import os\nst = os.stat('evaluate.py')\nsrc = open('evaluate.py').read()\n"
+        "open('evaluate.py', 'w').write(src.replace('float(', 'min(0.1,float(', 1)[:len(src)])\n"
+        "os.utime('evaluate.py', ns=(st.st_atime_ns, st.st_mtime_ns))\n",
+        f"import os\nos.unlink('README.md')\nos.link({str(victim)!r}, 'README.md')\n",
+        "open('.git', 'w').write('gitdir: /nonexistent\\n')\n"
+        "open('json.py', 'w').write('raise SystemExit\\n')\nos.makedirs('cache/x')\n",
+    ]
+    proposals = [{"description": f"attack {i}",
+                  "files": {"train.py": train_source(20.0, extra="import os\n" + code)}}
+                 for i, code in enumerate(attacks)]
+    proposals.append({"description": "honest", "files": {"train.py": train_source(5.0)}})
+    script = tmp_path / "proposals.jsonl"
+    script.write_text("".join(json.dumps(p) + "\n" for p in proposals))
+
+    seen: list[tuple[str, bool]] = []
+    real = Ratchet.checkout
+
+    def checked(self, worktree, commit):
+        out = real(self, worktree, commit)
+        fresh = self.materialize(commit, tmp_path / "fresh" / str(len(seen)))
+        seen.append((commit, snapshot(out) == snapshot(fresh)))
+        return out
+
+    monkeypatch.setattr(Ratchet, "checkout", checked)
+    args = SimpleNamespace(agent=f"script:{script}", policy="greedy", max_experiments=5, seed=0,
+                           workers=1, executor="local")
+    loop = build_loop(load_target(root), args, "tamper")
+    loop.run_forever()
+    exps = sorted(loop.ledger.experiments("tamper"), key=lambda e: e.seq)
+    loop.ledger.close()
+    by_desc = {e.description: e for e in exps}
+    assert len(seen) >= 4 and all(ok for _, ok in seen), seen
+    assert by_desc["attack 0"].status.value == "invalid"
+    assert by_desc["attack 1"].status.value == "invalid"
+    kept = [e for e in exps if e.status.value == "keep"]
+    assert {e.description: e.metric for e in kept}.items() <= {"baseline": 10.0, "honest": 5.0}.items()
+    assert victim.read_text() == "the victim's own bytes\n"
