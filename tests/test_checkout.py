@@ -12,7 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import build_target, commit_all, git
+from conftest import build_target, commit_all, git, ledger_experiments, train_source
 
 from autoresearch import checkout as checkout_mod
 from autoresearch import lockcheck
@@ -171,3 +171,42 @@ def test_links_are_judged_by_the_commits_own_paths():
                      "loop1": "file", "loop2": "file", "sub/back": "link", "sub/out": "file",
                      "dot": "link", "via_out": "file", "file": "file"}
     assert wanted["in"].target == "file"
+
+
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_a_committed_symlink_leaves_experiments_valid_and_a_retargeted_one_is_caught(
+        tmp_path, sandbox):
+    """A target whose run step reads its settings through a committed in-tree symlink (a file
+    link and a directory link): three experiments through the CLI are measured, not invalid
+    (the check after the run expects the link the checkout wrote); a run step that points the
+    link elsewhere in the tree is caught."""
+    from conftest import ar, proposal, write_script
+
+    if sandbox:
+        from autoresearch.sandbox import SandboxUnavailable, check
+        try:
+            check()
+        except SandboxUnavailable as e:
+            pytest.skip(str(e))
+    reads = "import settings, conf.values\nassert settings.OK and conf.values.OK\n"
+    root = build_target(tmp_path, git_init=False, sandbox=sandbox,
+                        files={"real_settings.py": "OK = True\n", "pkg/values.py": "OK = True\n",
+                               "other.py": "OK = False\n"})
+    (root / "settings.py").symlink_to("real_settings.py")
+    (root / "conf").symlink_to("pkg")
+    (root / "train.py").write_text(train_source(10.0, extra=reads))
+    git(root, "init", "-q", "-b", "main")
+    commit_all(root, "a target with links")
+    retarget = "import os\nos.unlink('settings.py')\nos.symlink('other.py', 'settings.py')\n"
+    script = write_script(tmp_path / "proposals.jsonl", [
+        proposal(5.0, extra=reads), proposal(7.0, extra=reads), proposal(3.0, extra=reads),
+        proposal(1.0, extra=reads + retarget, description="retarget")])
+    p = ar(root, "run", "--agent", f"script:{script}", "--policy", "greedy", "--tag", "links",
+           "--max-experiments", "5")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {e.description: e for e in ledger_experiments(root, "links")}
+    got = {d: (e.status.value, e.metric) for d, e in rows.items()}
+    assert got == {"baseline": ("keep", 10.0), "value 5.0": ("keep", 5.0),
+                   "value 7.0": ("discard", 7.0), "value 3.0": ("keep", 3.0),
+                   "retarget": ("invalid", None)}, got
+    assert rows["retarget"].reason == "the run step modified tracked file(s): settings.py"

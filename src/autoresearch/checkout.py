@@ -22,6 +22,15 @@ Guarantees:
   parent's descriptor, and a file is created with O_EXCL|O_NOFOLLOW after whatever stood at its
   path was unlinked, so nothing is written through a hard link, a symlink or a symlinked
   directory that a step left.
+- One pass of lstat per experiment: `old.seen`, when given, holds lstat keys taken since the
+  last sync with nothing run in between but what cannot write dest (the ratchet hands over
+  those of the locked/tracked check after a run step, whose processes are all dead then;
+  evaluation.py says when). An entry whose key is there, and whose directory entry still has
+  that inode, is judged on it without an lstat; every directory is still listed (scandir, no
+  stat of its entries), so a name the commit does not hold is found and removed, and an entry
+  replaced since (another inode) is looked at again. A process that escaped the step's kill
+  could change a file in place after that check: the same risk as changing it after this
+  walk, and the check after the next run step sees either.
 - Any error while walking or repairing (an unreadable directory, say) falls back to removing
   dest and writing it whole, which is also what happens without a manifest.
 - Blobs come through `blobs(oids, sink)` as streams; one larger than `STREAM_BYTES` is copied to
@@ -33,8 +42,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,7 +57,7 @@ _MAX_HOPS = 40              # symlinks followed when resolving one (Linux's limi
 BlobSource = Callable[[list[str], Callable[[str, int, BinaryIO], None]], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Want:
     """One entry of the commit: written as a "file", an "exec" (0o755) file or a "link"."""
 
@@ -57,18 +66,20 @@ class Want:
     target: str | None = None   # a link's target
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Written:
-    """What a sync left at a path: its kind, blob id and lstat key just afterwards."""
+    """What a sync left at a path: the entry it wrote (or checked) and its lstat key then."""
 
-    how: str
-    oid: str
+    want: Want
     key: tuple[int, ...]   # size, mtime_ns, ctime_ns, inode, device, st_mode, link count
 
     @property
-    def hash_key(self) -> list[int]:
-        """The stat key lockcheck caches blob ids under (size, mtime, ctime, inode, device)."""
-        return list(self.key[:5])
+    def how(self) -> str:
+        return self.want.how
+
+    @property
+    def oid(self) -> str:
+        return self.want.oid
 
 
 @dataclass
@@ -77,6 +88,8 @@ class Manifest:
     dir_mode: int               # the mode directories get (the umask's default)
     tick: int                   # the marker's ctime (ns) once everything was written
     rebuilt: bool = True        # written whole (no manifest, or the incremental path gave up)
+    fresh: list[str] = field(default_factory=list)   # paths this sync wrote or checked again
+    seen: dict[str, tuple[int, ...]] | None = None   # lstat keys taken since (see guarantees)
 
     def settled(self, w: Written) -> bool:
         """Does a change after this sync necessarily change w's key (ctime older than the tick)?"""
@@ -94,6 +107,20 @@ def _coarse(ns: int) -> int:
 def _key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_mode,
             st.st_nlink)
+
+
+def dirs_of(paths: Iterable[str]) -> frozenset[str]:
+    """Every directory that holds one of these repo-relative paths ("" not included)."""
+    dirs = set()
+    for p in paths:
+        i = p.rfind("/")
+        while i > 0:
+            d = p[:i]
+            if d in dirs:
+                break
+            dirs.add(d)
+            i = d.rfind("/")
+    return frozenset(dirs)
 
 
 def _same(recorded: tuple[int, ...], now: tuple[int, ...]) -> bool:
@@ -144,14 +171,16 @@ def _resolves_inside(path: str, targets: dict[str, str]) -> bool:
 
 
 def sync(dest: Path, wanted: dict[str, Want], blobs: BlobSource, old: Manifest | None,
-         marker: Path | None) -> Manifest:
+         marker: Path | None, dirs: frozenset[str] | None = None) -> Manifest:
     """Make dest exactly `wanted` (see the module's guarantees); the new manifest. Without a
-    marker nothing counts as settled (a one-off directory)."""
+    marker nothing counts as settled (a one-off directory). dirs: `dirs_of(wanted)`, when the
+    caller has it already."""
     from .sandbox import remove_tree
 
+    dirs = dirs_of(wanted) if dirs is None else dirs
     if old is not None:
         try:
-            manifest = _Sync(dest, wanted, blobs, old.dir_mode).incremental(old, marker)
+            manifest = _Sync(dest, wanted, blobs, old.dir_mode, dirs).incremental(old, marker)
             manifest.rebuilt = False
             return manifest
         except (OSError, _Rebuild):
@@ -163,17 +192,19 @@ def sync(dest: Path, wanted: dict[str, Want], blobs: BlobSource, old: Manifest |
         remove_tree(dest)
     dest.mkdir(parents=True)
     dir_mode = stat.S_IMODE(os.lstat(dest).st_mode)
-    return _Sync(dest, wanted, blobs, dir_mode).whole(marker)
+    return _Sync(dest, wanted, blobs, dir_mode, dirs).whole(marker)
 
 
 class _Sync:
-    def __init__(self, dest: Path, wanted: dict[str, Want], blobs: BlobSource, dir_mode: int):
+    def __init__(self, dest: Path, wanted: dict[str, Want], blobs: BlobSource, dir_mode: int,
+                 dirs: frozenset[str]):
         self.dest = dest
         self.wanted = wanted
         self.blobs = blobs
         self.dir_mode = dir_mode
-        self.dirs = {"/".join(p.split("/")[:i]) for p in wanted for i in range(1, p.count("/") + 1)}
+        self.dirs = dirs
         self.done: dict[str, Written] = {}
+        self.fresh: list[str] = []   # what done holds that the old manifest did not
         self.fds: dict[str, int] = {}   # repo-relative directory ("" the root) -> open descriptor
 
     # -- the two ways ---------------------------------------------------------------------------
@@ -183,7 +214,7 @@ class _Sync:
             self._write_missing()
         finally:
             self._close()
-        return Manifest(self.done, self.dir_mode, _tick(marker))
+        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=list(self.done))
 
     def incremental(self, old: Manifest, marker: Path | None) -> Manifest:
         if not stat.S_ISDIR(os.lstat(self.dest).st_mode):
@@ -195,7 +226,7 @@ class _Sync:
             self._write_missing()
         finally:
             self._close()
-        return Manifest(self.done, self.dir_mode, _tick(marker))
+        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=self.fresh)
 
     def _close(self) -> None:
         for fd in self.fds.values():
@@ -204,25 +235,41 @@ class _Sync:
 
     # -- what is there --------------------------------------------------------------------------
     def _walk(self, fd: int, prefix: str, old: Manifest) -> None:
-        for name in os.listdir(fd):
+        # the hot loop (5,000 entries on a large tree): with the check's keys at hand, an
+        # unchanged file costs three dict lookups and no syscall
+        seen = old.seen or {}
+        files, wanted, dirs, done = old.files, self.wanted, self.dirs, self.done
+        tick = old.tick
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        for entry in entries:
+            name = entry.name
             rel = prefix + name
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if rel in self.dirs and stat.S_ISDIR(st.st_mode):
+            if rel in dirs and entry.is_dir(follow_symlinks=False):
                 sub = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                self._fix_mode(sub, st)
+                self._fix_mode(sub, os.fstat(sub))
                 self._walk(sub, rel + "/", old)
                 continue
-            want = self.wanted.get(rel)
-            w = old.files.get(rel)
-            if want is not None and w is not None and w.oid == want.oid and w.how == want.how:
+            w = files.get(rel)
+            want = wanted.get(rel)
+            if w is not None and want is not None and (w.want is want or w.want == want):
+                key = seen.get(rel)
+                if key is None or key[3] != entry.inode():   # not seen, or replaced since
+                    key = _key(entry.stat(follow_symlinks=False))
+                ctime = w.key[2]
+                if key == w.key and ctime - ctime % _TICK_NS < tick:   # unchanged and settled
+                    done[rel] = w
+                    continue
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 key = _key(st)
-                if key == w.key and old.settled(w):   # the common case, decided fast
-                    self.done[rel] = w
-                    continue
                 if _same(w.key, key) and (old.settled(w) or self._verify(fd, name, want, st)):
-                    self.done[rel] = Written(want.how, want.oid, key)
+                    self._record(rel, Written(want, key))
                     continue
-            _remove(fd, name, st)
+            _remove(fd, name, entry.is_dir(follow_symlinks=False))
+
+    def _record(self, rel: str, w: Written) -> None:
+        self.done[rel] = w
+        self.fresh.append(rel)
 
     def _fix_mode(self, fd: int, st: os.stat_result) -> None:
         if stat.S_IMODE(st.st_mode) != self.dir_mode:
@@ -264,15 +311,14 @@ class _Sync:
 
     def _write_missing(self) -> None:
         by_oid: dict[str, list[str]] = {}
-        for path, want in self.wanted.items():
-            if path in self.done:
-                continue
+        for path in self.wanted.keys() - self.done.keys():
+            want = self.wanted[path]
             parent_rel, _, name = path.rpartition("/")
             parent = self._dir(parent_rel)
             if want.how == "link":
                 os.symlink(want.target, name, dir_fd=parent)
                 st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                self.done[path] = Written(want.how, want.oid, _key(st))
+                self._record(path, Written(want, _key(st)))
             else:
                 by_oid.setdefault(want.oid, []).append(path)
         if by_oid:
@@ -301,7 +347,7 @@ class _Sync:
             finally:
                 os.close(fd)
             first = first or path
-            self.done[path] = Written(want.how, want.oid, _key(st))
+            self._record(path, Written(want, _key(st)))
 
     def _copy_from(self, path: str, out: int) -> None:
         parent_rel, _, name = path.rpartition("/")
@@ -329,15 +375,17 @@ def _copy(stream: BinaryIO, fd: int, size: int) -> None:
         left -= len(chunk)
 
 
-def _remove(fd: int, name: str, st: os.stat_result) -> None:
+def _remove(fd: int, name: str, is_dir: bool) -> None:
     """Remove an entry of the directory fd (a directory with all it holds), following no link."""
-    if not stat.S_ISDIR(st.st_mode):
+    if not is_dir:
         os.unlink(name, dir_fd=fd)
         return
     sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
     try:
-        for child in os.listdir(sub):
-            _remove(sub, child, os.stat(child, dir_fd=sub, follow_symlinks=False))
+        with os.scandir(sub) as listing:
+            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+        for child, child_is_dir in children:
+            _remove(sub, child, child_is_dir)
     finally:
         os.close(sub)
     os.rmdir(name, dir_fd=fd)

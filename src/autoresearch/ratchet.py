@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .checkout import Manifest, Want, plan, sync
+from .checkout import Manifest, Want, dirs_of, plan, sync
 from .config import RESULTS_NAME, STATE_DIR
 from .errors import GitError
 from .lockcheck import PROCESS_HASHES, FileHashes
@@ -58,6 +58,8 @@ _SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL
 _BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
 _TREE_CACHE_ROWS = 100_000   # files listed in the cache of commits' file lists, at most
 _SUBTREE_ROWS = 100_000      # files listed in the cache of subtrees' listings, at most
+_LISTINGS = 8                # commits whose planned checkout is kept (a slot's, the next ones)
+_BLOB_MODES = ("100644", "100755", "120000")
 PLUMBING_ENV = "AUTORESEARCH_GIT_PLUMBING"   # "1": never use libgit2 (tests, benchmarks)
 
 
@@ -119,6 +121,18 @@ def _signature(date_var: str) -> pygit2.Signature:
                             tz if raw[1][0] == "+" else -tz)
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """A commit's blobs as a checkout plans them; shared by its callers, never changed."""
+
+    commit: str
+    tree: str                            # its root tree's id (libgit2; "" under plumbing)
+    rows: dict[str, tuple[str, str]]     # repo-relative path -> (git mode, blob id)
+    wanted: dict[str, Want]
+    dirs: frozenset[str]
+    links: dict[str, str]                # target-relative path -> target, written as a link
+
+
 @dataclass
 class CommitResult:
     sha: str
@@ -163,6 +177,8 @@ class Ratchet:
         self._lib: pygit2.Repository | None = None  # libgit2's view (None: plumbing)
         self._manifests: dict[str, Manifest] = {}   # worktree -> what its last checkout wrote
         self._manifests_lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}   # full sha -> its planned checkout, oldest first
+        self._listings_lock = threading.Lock()
         self.hashes: FileHashes = PROCESS_HASHES    # told what checkouts wrote (lockcheck)
         self._lib_lock = threading.Lock()
         if pygit2 is not None and os.environ.get(PLUMBING_ENV) != "1":
@@ -722,20 +738,37 @@ class Ratchet:
         """Make the worktree exactly commit, from the object store, rewriting only what differs
         from what the last checkout there wrote (checkout.py: whatever a step left, a `.git`
         file included, is removed; a file is kept only on an unchanged, settled stat key);
-        returns the target dir. The files it wrote or kept, settled, are told to `hashes`, so
-        the locked-file check does not read them again."""
-        wanted = self._wanted(commit)
+        returns the target dir. The files it wrote or checked again, settled, are told to
+        `hashes`, so the locked-file check does not read them again (those it kept were told
+        when written). Keys handed over by `checked` since the last checkout there spare it the
+        lstat of each file (checkout.py says when that is sound)."""
+        listing = self._listing(commit)
         name = os.path.abspath(worktree)
         with self._manifests_lock:
             old = self._manifests.pop(name, None)
         marker = Path(os.path.dirname(name)) / f".{os.path.basename(name)}.tick"
-        manifest = sync(Path(name), wanted, self._stream_blobs, old, marker)
+        manifest = sync(Path(name), listing.wanted, self._stream_blobs, old, marker, listing.dirs)
+        files = manifest.files
+        self.hashes.vouch_many(name, ((rel, w.key, w.oid) for rel in manifest.fresh
+                                      if (w := files[rel]).how != "link" and manifest.settled(w)))
+        manifest.fresh = []
         with self._manifests_lock:
             self._manifests[name] = manifest
-        for rel, w in manifest.files.items():
-            if w.how != "link" and manifest.settled(w):
-                self.hashes.vouch(os.path.join(name, rel), w.hash_key, w.oid)
         return Path(worktree) / self.subdir if self.subdir else Path(worktree)
+
+    def checked(self, worktree: Path, keys: dict[str, tuple[int, ...]]) -> None:
+        """lstat keys (target-relative path -> lockcheck.stat_key) of files in the worktree,
+        taken after its last checkout with nothing able to write there running since (the
+        locked/tracked check after a run step: evaluation.evaluate's `checked`). The next
+        checkout of the worktree judges those files on them instead of an lstat of its own.
+        Only the thread that made the worktree's last checkout may call it."""
+        name = os.path.abspath(worktree)
+        if self.subdir:
+            prefix = self.subdir + "/"
+            keys = {prefix + rel: key for rel, key in keys.items()}
+        with self._manifests_lock:
+            if (manifest := self._manifests.get(name)) is not None:
+                manifest.seen = keys
 
     def materialize(self, commit: str, dest: Path) -> Path:
         """Write the repository's files at commit into dest (emptied first); returns the
@@ -743,12 +776,136 @@ class Ratchet:
         no hook runs. A symlink that resolves outside the tree is written as a regular file."""
         with self._manifests_lock:
             self._manifests.pop(os.path.abspath(dest), None)
-        sync(Path(dest), self._wanted(commit), self._stream_blobs, None, None)
+        listing = self._listing(commit)
+        sync(Path(dest), listing.wanted, self._stream_blobs, None, None, listing.dirs)
         return Path(dest) / self.subdir if self.subdir else Path(dest)
 
-    def _wanted(self, commit: str) -> dict[str, Want]:
-        rows = self._blob_rows(commit, whole_repo=True)
-        return plan(rows, self.read_blobs(oid for _p, mode, oid in rows if mode == "120000"))
+    def links(self, commit: str) -> dict[str, str]:
+        """Target-relative path -> target of the commit's symlinks that a checkout writes as
+        symlinks (those that resolve inside the tree); the others become regular files."""
+        return dict(self._listing(commit).links)
+
+    # -- planned checkouts: a commit's listing, made from the last one by a tree diff ---------
+    def _listing(self, commit: str) -> _Listing:
+        """The commit's blobs planned for a checkout: cached by full sha; else made from the
+        last listing and the difference of the two trees (only subtrees whose ids differ are
+        read: a commit that changes one file costs a copy of the listing, not a walk of the
+        tree), else listed whole."""
+        full = _is_sha(commit)
+        with self._listings_lock:
+            if full and (hit := self._listings.get(commit)) is not None:
+                return hit
+            base = self._listings[next(reversed(self._listings))] if self._listings else None
+        listing = None
+        if full and base is not None:
+            tree, changes = self._tree_changes(base, commit)
+            listing = self._applied(base, commit, tree, changes)
+        if listing is None:
+            tree = self._lib_tree_id(commit) if self._lib is not None else ""
+            rows = {p: (m, o) for p, m, o in self._blob_rows(commit, whole_repo=True)}
+            wanted = {p: Want("exec" if m == "100755" else "file", o)
+                      for p, (m, o) in rows.items() if m != "120000"}
+            listing = self._with_links(commit, tree, rows, wanted, dirs_of(rows))
+        if full:
+            with self._listings_lock:
+                self._listings.pop(commit, None)
+                self._listings[commit] = listing
+                while len(self._listings) > _LISTINGS:
+                    self._listings.pop(next(iter(self._listings)))
+        return listing
+
+    def _applied(self, base: _Listing, commit: str, tree: str,
+                 changes: list[tuple[str, str | None, str | None]]) -> _Listing:
+        """base with (path, mode, blob id) changes applied (mode None: removed)."""
+        rows, wanted = dict(base.rows), dict(base.wanted)
+        links = False   # a link among the changes
+        for path, mode, oid in changes:
+            before = rows.pop(path, None)
+            links |= before is not None and before[0] == "120000"
+            wanted.pop(path, None)
+            if mode is None or oid is None:
+                continue
+            rows[path] = (mode, oid)
+            if mode == "120000":
+                links = True
+            else:
+                wanted[path] = Want("exec" if mode == "100755" else "file", oid)
+        moved = any((p in rows) != (p in base.rows) for p, _m, _o in changes)
+        dirs = dirs_of(rows) if moved else base.dirs
+        if not links:   # no link changed: how each is written still holds
+            return _Listing(commit, tree, rows, wanted, dirs, base.links)
+        return self._with_links(commit, tree, rows, wanted, dirs)
+
+    def _with_links(self, commit: str, tree: str, rows: dict[str, tuple[str, str]],
+                    wanted: dict[str, Want], dirs: frozenset[str]) -> _Listing:
+        """The listing, its links planned (each judged by the commit's own paths and links)."""
+        link_rows = [(p, m, o) for p, (m, o) in rows.items() if m == "120000"]
+        planned = plan(link_rows, self.read_blobs(o for _p, _m, o in link_rows))
+        wanted.update(planned)
+        prefix = self.subdir + "/" if self.subdir else ""
+        links = {p[len(prefix):]: w.target for p, w in planned.items()
+                 if w.how == "link" and w.target is not None and p.startswith(prefix)}
+        return _Listing(commit, tree, rows, wanted, dirs, links)
+
+    def _tree_changes(self, base: _Listing, commit: str
+                      ) -> tuple[str, list[tuple[str, str | None, str | None]]]:
+        """(commit's root tree id, the blobs that differ from base's: (path, mode, blob id),
+        mode None where a blob is gone)."""
+        changes: list[tuple[str, str | None, str | None]] = []
+        if self._lib is not None:
+            tree = self._lib_tree_id(commit)
+            with self._lib_lock:
+                self._lib_diff(self._lib[base.tree], self._lib[tree], "", changes)
+            return tree, changes
+        p = self.git("diff-tree", "-r", "-z", "--raw", "--no-renames", base.commit, commit,
+                     check=False)
+        if p.returncode != 0:
+            raise GitError(f"git diff-tree failed: no commit {commit} in {self.repo}")
+        parts = p.stdout.split("\0")[:-1]   # each entry ends in NUL
+        for meta, path in zip(parts[::2], parts[1::2], strict=True):
+            old_mode, new_mode, _old, new_oid, _status = meta.lstrip(":").split()
+            if old_mode in _BLOB_MODES:
+                changes.append((path, None, None))
+            if new_mode in _BLOB_MODES:
+                changes.append((path, new_mode, new_oid))
+        return "", changes
+
+    def _lib_tree_id(self, commit: str) -> str:
+        with self._lib_lock:
+            try:
+                return str(self._lib.revparse_single(commit).peel(pygit2.Tree).id)
+            except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+                raise GitError(f"git ls-tree failed: no commit {commit} in {self.repo}") from None
+
+    def _lib_diff(self, a: pygit2.Tree, b: pygit2.Tree, prefix: str,
+                  out: list[tuple[str, str | None, str | None]]) -> None:
+        """The blobs that differ between trees a and b, descending only into subtrees whose
+        ids differ (callers hold _lib_lock)."""
+        old = {e.name: e for e in a}
+        for e in b:
+            o = old.pop(e.name, None)
+            if o is not None and o.id == e.id and o.filemode == e.filemode:
+                continue
+            path = prefix + e.name
+            if o is not None and o.type_str == "tree" and e.type_str == "tree":
+                self._lib_diff(self._lib[o.id], self._lib[e.id], path + "/", out)
+                continue
+            if o is not None:
+                self._lib_entry(o, path, None, out)
+            self._lib_entry(e, path, True, out)
+        for name, o in old.items():
+            self._lib_entry(o, prefix + name, None, out)
+
+    def _lib_entry(self, e: pygit2.Object, path: str, added: bool | None,
+                   out: list[tuple[str, str | None, str | None]]) -> None:
+        """The blobs of one tree entry, as added or (added None) as gone."""
+        if e.type_str == "tree":
+            rows = [(f"{path}/{p}", m, o) for p, m, o in self._lib_tree_rows(self._lib[e.id])]
+        elif e.type_str == "blob":
+            rows = [(path, f"{e.filemode:06o}", str(e.id))]
+        else:
+            rows = []   # a submodule's commit: never checked out
+        out.extend(rows if added else [(p, None, None) for p, _m, _o in rows])
 
     # -- the user's checkout (agent-driven mode only) -----------------------------------------
     def worktree_changes(self) -> list[str]:
