@@ -28,9 +28,11 @@ Guarantees:
   evaluation.py says when). An entry whose key is there, and whose directory entry still has
   that inode, is judged on it without an lstat; every directory is still listed (scandir, no
   stat of its entries), so a name the commit does not hold is found and removed, and an entry
-  replaced since (another inode) is looked at again. A process that escaped the step's kill
-  could change a file in place after that check: the same risk as changing it after this
-  walk, and the check after the next run step sees either.
+  replaced since by one on another inode is looked at again. A process that escaped the
+  step's kill (runner.py kills every one it can find) could still rewrite a file after that
+  check, in place or on the inode just freed, and this sync would keep it: the same risk as a
+  rewrite just after a walk, and in both cases the check after the next run step sees it (its
+  key changed), so that experiment is invalid and never kept.
 - Any error while walking or repairing (an unreadable directory, say) falls back to removing
   dest and writing it whole, which is also what happens without a manifest.
 - Blobs come through `blobs(oids, sink)` as streams; one larger than `STREAM_BYTES` is copied to

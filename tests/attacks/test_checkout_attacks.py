@@ -265,12 +265,126 @@ def test_a_step_that_replaces_the_worktree_with_a_symlink_is_rebuilt(repo, tmp_p
     assert (outside / "slot" / "train.py").exists()   # the copy outside was not emptied
 
 
+# -- the check's keys handed to the next checkout (one stat pass per experiment) ---------------
+def _checked(r: Ratchet, slot: Path, commit: str) -> list[str]:
+    """The check after a run step, its keys handed over as the local executor does."""
+    wt = slot / r.subdir if r.subdir else slot
+    keys: dict[str, tuple[int, ...]] = {}
+    bad = locked_violations(wt, r.list_files(commit), r.links(commit), keys)
+    r.checked(slot, keys)
+    return bad
+
+
+def _settled(r: Ratchet, slot: Path, commit: str) -> None:
+    """Check out until every file is settled (written in an earlier clock tick than the
+    marker): then only a key, never the bytes, decides whether a file is kept."""
+    for _ in range(50):
+        r.checkout(slot, commit)
+        m = r._manifests[os.path.abspath(slot)]
+        if all(m.settled(w) for w in m.files.values()):
+            return
+    pytest.fail("the filesystem clock did not move")
+
+
+def test_the_check_after_a_run_sees_the_commits_links_as_untouched(repo):
+    r, a, _b, _ = repo
+    slot = r.worktree("slot-0")
+    r.checkout(slot, a)
+    assert _checked(r, slot, a) == []
+    os.unlink(slot / "link_in")
+    os.symlink("README.md", slot / "link_in")   # another file of the tree
+    assert _checked(r, slot, a) == ["link_in"]
+
+
+def test_strays_made_after_the_check_are_still_found_and_removed(repo, tmp_path):
+    r, a, _b, outside = repo
+    slot = r.worktree("slot-0")
+    r.checkout(slot, a)
+    assert _checked(r, slot, a) == []
+    (slot / ".git").write_text(f"gitdir: {outside}\n")
+    (slot / "pkg" / "sub" / "json.py").write_text("raise SystemExit\n")
+    (slot / "cache" / "deep").mkdir(parents=True)
+    (slot / "sitecustomize.py").symlink_to(outside / "sitecustomize.py")
+    os.mkfifo(slot / "pkg" / "fifo")
+    wt = r.checkout(slot, a)
+    assert_exact(r, wt, a, tmp_path / "fresh")
+
+
+def test_a_file_replaced_after_the_check_is_rewritten_not_judged_on_the_old_key(repo, tmp_path):
+    r, a, _b, _ = repo
+    slot = r.worktree("slot-0")
+    r.checkout(slot, a)
+    assert _checked(r, slot, a) == []
+    p = slot / "evaluate.py"
+    st = os.stat(p)
+    os.link(p, tmp_path / "held")   # the old inode stays in use: the new file gets another
+    p.unlink()
+    p.write_bytes(b"#" * st.st_size)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(p).st_ino != st.st_ino
+    wt = r.checkout(slot, a)
+    assert_exact(r, wt, a, tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("how", ["in place", "on the same inode"])
+def test_a_change_after_the_check_is_seen_by_the_next_check(repo, tmp_path, how):
+    """The residual risk the handover keeps (checkout.py): a process that escaped the step's
+    kill rewrites a file between the check and the next checkout, in place or as a new file
+    that happens to get the freed inode. Checking out on the check's keys does not repair it,
+    exactly as a rewrite just after a walk would not be; the check after the next run step
+    sees it, so that experiment is never kept, and the checkout after it repairs the file."""
+    r, a, b, _ = repo
+    slot = r.worktree("slot-0")
+    _settled(r, slot, a)
+    assert _checked(r, slot, a) == []
+    p = slot / "evaluate.py"
+    st = os.stat(p)
+    if how == "in place":
+        _rewrite_in_place(p, b"#" * st.st_size)
+    else:
+        for _ in range(50):   # ext4 and tmpfs hand a freed inode to the next file made
+            p.unlink()
+            p.write_bytes(b"#" * st.st_size)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if os.stat(p).st_ino == st.st_ino:
+                break
+        else:
+            pytest.skip("this filesystem did not reuse the freed inode")
+    r.checkout(slot, b)
+    assert "evaluate.py" in _checked(r, slot, b)
+    wt = r.checkout(slot, b)   # the check's keys show the change: this checkout repairs it
+    assert_exact(r, wt, b, tmp_path / "fresh")
+
+
+def test_keys_handed_over_spare_the_next_checkout_every_lstat(repo, monkeypatch):
+    r, a, _b, _ = repo
+    slot = r.worktree("slot-0")
+    _settled(r, slot, a)
+    looked: list[int] = []
+    real_key = checkout_mod._key
+
+    def counting_key(st):
+        looked.append(st.st_ino)
+        return real_key(st)
+
+    monkeypatch.setattr(checkout_mod, "_key", counting_key)
+    r.checkout(slot, a)   # nothing handed over: the walk looks at every file
+    assert len(looked) == len(r._manifests[os.path.abspath(slot)].files)
+    assert _checked(r, slot, a) == []
+    looked.clear()
+    r.checkout(slot, a)
+    assert looked == []
+
+
 # -- through the real loop ----------------------------------------------------------------------
-def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_path, monkeypatch):
+@pytest.mark.parametrize("evaluator", [True, False], ids=["evaluator", "run-only"])
+def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_path, monkeypatch,
+                                                                          evaluator):
     """Steps of a real run (real subprocesses, sandbox off) tamper with their slot: the locked
     evaluator rewritten with its mtime restored, a tracked file hard-linked to a victim outside,
     a .git file and stray modules planted. Every checkout the loop makes equals a fresh
-    materialize, nothing tampered is kept, and the victim is never written."""
+    materialize, nothing tampered is kept, and the victim is never written. Run-only (no
+    evaluate step after the check), the check's keys are handed to the next checkout."""
     import json
     from types import SimpleNamespace
 
@@ -281,7 +395,13 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
 
     victim = tmp_path / "victim.txt"
     victim.write_text("the victim's own bytes\n")
-    root = build_target(tmp_path, sandbox=False)
+    # generous limits: on a loaded machine (a disk saturated by a benchmark, say) the honest
+    # experiment once came out as not kept with the default budget of 1 s and hard timeout of
+    # 20 s; the test is about what the checkout hands over, not about speed
+    score = "" if evaluator else "print(f'score: {VALUE}')\n"
+    root = build_target(tmp_path, sandbox=False, budget=60, timeout=600,
+                        **({} if evaluator else {"evaluate": None, "artifacts": None}),
+                        files={"train.py": train_source(10.0, extra=score)})
     attacks = [
         "import os\nst = os.stat('evaluate.py')\nsrc = open('evaluate.py').read()\n"
         "open('evaluate.py', 'w').write(src.replace('float(', 'min(0.1,float(', 1)[:len(src)])\n"
@@ -291,9 +411,9 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
         "open('json.py', 'w').write('raise SystemExit\\n')\nos.makedirs('cache/x')\n",
     ]
     proposals = [{"description": f"attack {i}",
-                  "files": {"train.py": train_source(20.0, extra="import os\n" + code)}}
+                  "files": {"train.py": train_source(20.0, extra="import os\n" + code + score)}}
                  for i, code in enumerate(attacks)]
-    proposals.append({"description": "honest", "files": {"train.py": train_source(5.0)}})
+    proposals.append({"description": "honest", "files": {"train.py": train_source(5.0, extra=score)}})
     script = tmp_path / "proposals.jsonl"
     script.write_text("".join(json.dumps(p) + "\n" for p in proposals))
 
@@ -307,16 +427,23 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
         return out
 
     monkeypatch.setattr(Ratchet, "checkout", checked)
+    handed: list[int] = []
+    real_handover = Ratchet.checked
+    monkeypatch.setattr(Ratchet, "checked", lambda self, wt, keys: (
+        handed.append(len(keys)), real_handover(self, wt, keys)))
     args = SimpleNamespace(agent=f"script:{script}", policy="greedy", max_experiments=5, seed=0,
                            workers=1, executor="local")
     loop = build_loop(load_target(root), args, "tamper")
     loop.run_forever()
     exps = sorted(loop.ledger.experiments("tamper"), key=lambda e: e.seq)
     loop.ledger.close()
-    by_desc = {e.description: e for e in exps}
     assert len(seen) >= 4 and all(ok for _, ok in seen), seen
-    assert by_desc["attack 0"].status.value == "invalid"
-    assert by_desc["attack 1"].status.value == "invalid"
-    kept = [e for e in exps if e.status.value == "keep"]
-    assert {e.description: e.metric for e in kept}.items() <= {"baseline": 10.0, "honest": 5.0}.items()
+    got = {e.description: (e.status.value, e.metric, e.reason) for e in exps}
+    assert {d: (status, metric) for d, (status, metric, _r) in got.items()} == {
+        "baseline": ("keep", 10.0), "attack 0": ("invalid", None), "attack 1": ("invalid", None),
+        "attack 2": ("discard", 20.0), "honest": ("keep", 5.0)}, got
+    assert got["attack 0"][2] == "the run step modified locked file(s): evaluate.py"
+    assert got["attack 1"][2] == "the run step modified tracked file(s): README.md"
     assert victim.read_text() == "the victim's own bytes\n"
+    # the evaluate step runs unconfined after the check: then the next checkout walks
+    assert (len(handed) >= 4) is not evaluator, handed
