@@ -58,7 +58,7 @@ _SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL
 _BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
 _TREE_CACHE_ROWS = 100_000   # files listed in the cache of commits' file lists, at most
 _SUBTREE_ROWS = 100_000      # files listed in the cache of subtrees' listings, at most
-_LISTINGS = 8                # commits whose planned checkout is kept (a slot's, the next ones)
+_LISTINGS = 4                # commits whose planned checkout is kept (a slot's, the next ones)
 _BLOB_MODES = ("100644", "100755", "120000")
 PLUMBING_ENV = "AUTORESEARCH_GIT_PLUMBING"   # "1": never use libgit2 (tests, benchmarks)
 
