@@ -237,29 +237,30 @@ class _Sync:
 
     # -- what is there --------------------------------------------------------------------------
     def _walk(self, fd: int, prefix: str, old: Manifest) -> None:
-        # the hot loop (5,000 entries on a large tree): with the check's keys at hand, an
-        # unchanged file costs three dict lookups and no syscall
-        seen = old.seen or {}
+        # the hot loop (5,000 entries on a large tree). The check hands over, for a file that
+        # matched the key this checkout vouched for, that very key object: `key is w.key` then
+        # says "unchanged since the check" without touching the key's fields (a tuple compare
+        # here is mostly cache misses), and a vouched key is a settled one
         files, wanted, dirs, done = old.files, self.wanted, self.dirs, self.done
-        tick = old.tick
         with os.scandir(fd) as listing:
             entries = list(listing)
-        for entry in entries:
+        rels = [prefix + entry.name for entry in entries]
+        keys = map((old.seen or {}).get, rels)
+        for entry, rel, w, want, key in zip(entries, rels, map(files.get, rels),
+                                            map(wanted.get, rels), keys, strict=True):
+            if w is not None and key is w.key and w.want is want and key[3] == entry.inode():
+                done[rel] = w
+                continue
             name = entry.name
-            rel = prefix + name
             if rel in dirs and entry.is_dir(follow_symlinks=False):
                 sub = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 self._fix_mode(sub, os.fstat(sub))
                 self._walk(sub, rel + "/", old)
                 continue
-            w = files.get(rel)
-            want = wanted.get(rel)
             if w is not None and want is not None and (w.want is want or w.want == want):
-                key = seen.get(rel)
                 if key is None or key[3] != entry.inode():   # not seen, or replaced since
                     key = _key(entry.stat(follow_symlinks=False))
-                ctime = w.key[2]
-                if key == w.key and ctime - ctime % _TICK_NS < tick:   # unchanged and settled
+                if key == w.key and old.settled(w):   # unchanged and settled
                     done[rel] = w
                     continue
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)

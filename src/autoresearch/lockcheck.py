@@ -136,16 +136,20 @@ class FileHashes:
                     st = stat_at(leaf, dir_fd=fd, follow_symlinks=False)
                     key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev,
                            st.st_mode, st.st_nlink)
-                    if record is not None:
-                        record(rel, key)
                     if links and rel in links:
+                        if record is not None:
+                            record(rel, key)
                         if not stat.S_ISLNK(st.st_mode) or \
                                 os.readlink(leaf, dir_fd=fd) != links[rel]:
                             bad.append(rel)
                         continue
                     hit = cache.get(name)
                     if hit is not None and hit[0] == key and hit[1] == oid:
+                        if record is not None:   # the cached key itself: the checkout that
+                            record(rel, hit[0])  # vouched it knows it by identity
                         continue   # the key holds st_mode: it was a regular file when cached
+                    if record is not None:
+                        record(rel, key)
                     if not stat.S_ISREG(st.st_mode) or self.blob_id(Path(name)) != oid:
                         bad.append(rel)
                 except OSError:
