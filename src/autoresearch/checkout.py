@@ -314,6 +314,8 @@ class _Sync:
 
     def _write_missing(self) -> None:
         by_oid: dict[str, list[str]] = {}
+        if len(self.done) == len(self.wanted):   # done holds only wanted paths: all there
+            return
         for path in self.wanted.keys() - self.done.keys():
             want = self.wanted[path]
             parent_rel, _, name = path.rpartition("/")
