@@ -9,11 +9,12 @@ most `MAX_WORKERS`, since the tests mostly wait on subprocesses). Each worker ge
 own under its pytest base directory, and its own PostgreSQL cluster; tests that look for
 processes find them by a unique marker or token, never by a shared name; tests that share an
 expensive fixture run on one worker (`_SHARED`, `--dist loadgroup`), and the few that write
-shared places or measure time run alone (`_RUNS_ALONE`, a file lock across the workers).
+shared places or measure time run alone (`RUNS_ALONE`, a file lock across the workers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -113,10 +114,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             params = params.params if params is not None else {}
             key = params.get("template") or getattr(params.get("attack"), "family", "")
             group = f"{item.path.stem}::{item.originalname}::{key}"
-            if (item.originalname, key) in _RUNS_ALONE:
-                item.add_marker(pytest.mark.runs_alone)
+            if (item.originalname, key) in RUNS_ALONE:
+                item.add_marker(pytest.mark.alone_batch)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    # what runs alone goes first, while the other workers' tests are still short ones: taking the
+    # exclusive lock waits for every test running elsewhere to end
+    first = [i for i in items if i.get_closest_marker("runs_alone") or
+             i.get_closest_marker("alone_batch")]
+    if first:
+        rest = [i for i in items if i not in first]
+        items[:] = first + rest
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -141,33 +149,60 @@ def _private_tmpdir_per_worker():
 #: interpreter's shared site directories (an unsandboxed step elsewhere would rightly see the
 #: plant as its own and come back invalid), and the latency and kernel templates', whose metric
 #: is a time that the other workers' load would make noisy enough to move the branch
-_RUNS_ALONE = {("test_attack_is_blocked_without_the_sandbox", "interpreter startup hooks"),
+RUNS_ALONE = {("test_attack_is_blocked_without_the_sandbox", "interpreter startup hooks"),
                ("test_attack_is_blocked_without_the_sandbox", "the coding agent planting files"),
                ("test_attack_is_blocked_without_the_sandbox", "bytecode planting"),
                ("test_template_attack_is_blocked_with_the_default_sandbox", "latency"),
                ("test_template_attack_is_blocked_with_the_default_sandbox", "kernel")}
 
 
-@pytest.fixture(autouse=True)
-def _runs_alone_lock(request: pytest.FixtureRequest):
-    """Under xdist: a shared lock for every test, an exclusive one for `runs_alone` tests. A
-    turnstile lock taken first keeps a waiting one from being starved by a stream of others."""
+@contextlib.contextmanager
+def _xdist_lock(exclusive: bool) -> Iterator[None]:
+    """Under xdist: the lock shared by every running test, exclusively or shared. A turnstile
+    lock taken first keeps a waiting exclusive holder from being starved by a stream of others.
+    Outside xdist: nothing."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if not run:
         yield
         return
-    exclusive = request.node.get_closest_marker("runs_alone") is not None
+    if _held:   # the test already holds it: waiting for the exclusive lock would never end
+        raise RuntimeError("conftest.alone() called from a test holding the shared lock: mark "
+                           "its group `alone_batch` (RUNS_ALONE)")
     base = os.path.join(os.environ.get(SHARED_TMP_ENV, tempfile.gettempdir()), f"ar-alone-{run}")
     with open(base + ".turnstile", "a") as turn, open(base + ".lock", "a") as lock:
         fcntl.flock(turn, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         if not exclusive:
             fcntl.flock(turn, fcntl.LOCK_UN)
+        _held.append(exclusive)
         try:
             yield
         finally:
+            _held.pop()
             fcntl.flock(lock, fcntl.LOCK_UN)
             fcntl.flock(turn, fcntl.LOCK_UN)
+
+
+_held: list[bool] = []   # this worker's hold on the lock (at most one)
+
+
+def alone(needed: bool = True) -> contextlib.AbstractContextManager[None]:
+    """For a shared fixture's expensive part that must run with no other test running (an
+    `alone_batch` group's attack batch): the exclusive lock, held only while it runs. The tests
+    that then read its results hold no lock (taking it per test would stop every worker once per
+    test)."""
+    return _xdist_lock(exclusive=True) if needed else contextlib.nullcontext()
+
+
+@pytest.fixture(autouse=True)
+def _runs_alone_lock(request: pytest.FixtureRequest):
+    """Under xdist: a shared lock for every test, an exclusive one for `runs_alone` tests, none
+    for an `alone_batch` test (its batch takes the exclusive lock itself, through `alone`)."""
+    if request.node.get_closest_marker("alone_batch") is not None:
+        yield
+        return
+    with _xdist_lock(request.node.get_closest_marker("runs_alone") is not None):
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

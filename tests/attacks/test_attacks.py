@@ -16,6 +16,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import RUNS_ALONE, alone
 
 from autoresearch.testing.attacks import ATTACKS, Attack, AttackResult, run_attacks
 
@@ -53,7 +54,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory):
             batch = [a for a in ATTACKS if a.family == attack.family
                      and (sandbox or a.without_sandbox)]
             workdir = tmp_path_factory.mktemp("attacks")
-            done[key] = run_attacks(batch, workdir, sandbox=sandbox, user=user)
+            with alone(("test_attack_is_blocked_without_the_sandbox", attack.family)
+                       in RUNS_ALONE and not sandbox):
+                done[key] = run_attacks(batch, workdir, sandbox=sandbox, user=user)
         return done[key][attack.id]
 
     return get

@@ -34,6 +34,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import RUNS_ALONE, alone
 
 from autoresearch.templates import template_files
 from autoresearch.testing.attacks import (
@@ -354,17 +355,23 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory):
             attacks = list(ATTACKS_OF[name]) + {"sql": _sql_gates, "prompt": _prompt_leaks,
                                                 "config": _config_gates}.get(name, list)()
             workdir = tmp_path_factory.mktemp(f"tpl-{name}")
-            if name == "prompt":      # its endpoint: the fake server with the template's toy model
-                with _toy_server() as server:
-                    target = Target(target.name, _builder("prompt", {
-                        "OPENAI_BASE_URL": server.base_url}), target.carrier, target.fake,
-                        target.direction)
-                    done[name] = run_attacks(attacks, workdir, target=target, timeout=600)
-            else:
-                done[name] = run_attacks(attacks, workdir, target=target, timeout=600)
+            with alone(("test_template_attack_is_blocked_with_the_default_sandbox", name)
+                       in RUNS_ALONE):
+                done[name] = _run_batch(name, target, attacks, workdir)
         return done[name]
 
     return get
+
+
+def _run_batch(name: str, target: Target, attacks: list[Attack],
+               workdir: Path) -> dict[str, AttackResult]:
+    """One template's attacks as consecutive proposals of one run."""
+    if name != "prompt":
+        return run_attacks(attacks, workdir, target=target, timeout=600)
+    with _toy_server() as server:    # its endpoint: the fake server with the template's toy model
+        target = Target(target.name, _builder("prompt", {"OPENAI_BASE_URL": server.base_url}),
+                        target.carrier, target.fake, target.direction)
+        return run_attacks(attacks, workdir, target=target, timeout=600)
 
 
 @pytest.fixture(autouse=True)
