@@ -89,6 +89,7 @@ class Job:
     prune_metric: str | None = None
     token: str | None = None      # marks every process of this experiment (runner.RUN_TOKEN_ENV)
     tracked: dict[str, str] = field(default_factory=dict)  # every file of the commit -> blob id
+    links: dict[str, str] = field(default_factory=dict)   # tracked symlinks kept as links -> target
     sandbox: bool = False                 # run both steps under bubblewrap (sandbox.py)
     sandbox_writable: list[str] = field(default_factory=list)
     sandbox_cache: str | None = None      # a writable directory for compiler caches
@@ -164,19 +165,15 @@ def evaluator_env(env: dict[str, str], job: Job) -> dict[str, str]:
     return out
 
 
-def locked_violations(target_dir: Path, locked: dict[str, str]) -> list[str]:
-    """The paths whose files are not these blob ids: changed, missing, unreadable or symlinks.
+def locked_violations(target_dir: Path, locked: dict[str, str],
+                      links: dict[str, str] | None = None,
+                      seen: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """The paths whose files are not these blob ids: changed, missing, unreadable, symlinks or
+    anything but a regular file; a path of `links` must instead be a symlink to that target.
     Ids come through the process's stat cache (lockcheck), streamed: an unchanged file (size,
-    mtime, ctime, inode, device) is not read again, and a large one never sits in memory."""
-    bad = []
-    for rel, oid in locked.items():
-        p = target_dir / rel
-        try:
-            if p.is_symlink() or PROCESS_HASHES.blob_id(p) != oid:
-                bad.append(rel)
-        except OSError:
-            bad.append(rel)
-    return bad
+    mtime, ctime, inode, device) is not read again, and a large one never sits in memory.
+    `seen` collects every path's lstat key (lockcheck.violations)."""
+    return PROCESS_HASHES.violations(target_dir, locked, links, seen)
 
 
 # == setup outputs: pinned by hash ==================================================================
@@ -402,12 +399,25 @@ def _put_back(path: str, before: bytes | None) -> None:
 
 
 # == the evaluator's directory ===================================================================
-def _copy_verified(src_dir: Path, dest: Path, tracked: dict[str, str]) -> list[str]:
-    """Write the commit's files into dest from the bytes in src_dir whose blob id matches;
-    returns the paths that did not match (then nothing of them is written)."""
+def _copy_verified(src_dir: Path, dest: Path, tracked: dict[str, str],
+                   links: dict[str, str]) -> list[str]:
+    """Write the commit's files into dest from the bytes in src_dir whose blob id matches (a
+    path of links: a symlink with that target, written as one); returns the paths that did not
+    match (then nothing of them is written)."""
     bad = []
     for rel, oid in tracked.items():
         src = src_dir / rel
+        if rel in links:
+            try:
+                ok = src.is_symlink() and os.readlink(src) == links[rel]
+            except OSError:
+                ok = False
+            if not ok:
+                bad.append(rel)
+                continue
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(links[rel], dest / rel)
+            continue
         try:
             if src.is_symlink():
                 raise OSError
@@ -550,12 +560,21 @@ def _failure(name: str, r: RunResult, job: Job, log: Path) -> tuple[Outcome, str
 def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None = None,
              should_stop: Callable[[float, float], str | None] | None = None,
              on_start: Callable[[int], None] | None = None,
-             materialize: Callable[[Path], Path] | None = None) -> EvalResult:
+             materialize: Callable[[Path], Path] | None = None,
+             checked: Callable[[dict[str, tuple[int, ...]]], None] | None = None) -> EvalResult:
     """Run and evaluate the commit checked out in target_dir. Never raises for outcomes.
 
     materialize(dest) writes the commit's files from the object store into dest and returns
     the target's directory in it (the evaluator's fresh directory); without it the commit's
     files are copied from target_dir, each checked against its blob id.
+
+    checked(keys) is given the lstat key of every tracked file as the check after the run step
+    saw it (target-relative path -> lockcheck.stat_key), when that check ran and no step that
+    could write target_dir ran after it (an evaluate step outside the sandbox, a holdout step
+    in target_dir): the ratchet's next checkout of this slot then need not lstat them again.
+    The run step's processes are all dead by then (runner.py); one that escaped the kill could
+    change a file after the check, which is the same risk as changing it after the checkout's
+    own walk: the next run's check still sees the change, so it is never kept.
     """
     started = time.time()
     env = command_env(job)
@@ -600,7 +619,15 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
         return finish(Outcome.INVALID, f"the prepared data changed after setup: "
                       f"{', '.join(changed[:5])} (setup outputs are pinned by hash)")
     # what is kept must be what was evaluated: the commit's files, untouched
-    if bad := locked_violations(target_dir, {**job.tracked, **job.locked}):
+    keys: dict[str, tuple[int, ...]] | None = {}
+    bad = locked_violations(target_dir, {**job.tracked, **job.locked}, job.links, keys)
+    if job.evaluate and not job.sandbox:
+        keys = None   # the evaluate step, unconfined, could write here after the check
+    if job.holdout and not job.evaluate:
+        keys = None   # the holdout step runs here, after the check
+    if keys is not None and checked is not None:
+        checked(keys)
+    if bad:
         locked = [p for p in bad if p in job.locked]
         kind, names = ("locked", locked) if locked else ("tracked", bad)
         return finish(Outcome.INVALID, f"the run step modified {kind} file(s): {', '.join(names)}")
@@ -671,7 +698,7 @@ def _evaluate_step(run_dir: Path, work: Path, job: Job, env: dict[str, str], log
         eval_dir = materialize(tree)
     else:
         eval_dir = tree
-        if bad := _copy_verified(run_dir, eval_dir, job.tracked):
+        if bad := _copy_verified(run_dir, eval_dir, job.tracked, job.links):
             return Outcome.INVALID, f"the run step modified tracked file(s): {', '.join(bad)}"
     if bad := locked_violations(eval_dir, job.locked):
         return Outcome.INVALID, f"the evaluator's copy of locked file(s) differs: {', '.join(bad)}"

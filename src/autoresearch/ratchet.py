@@ -9,9 +9,11 @@ Experiments never touch the user's checkout. A proposal becomes a commit built w
 Git never trusts a place a step can write. Every call names the repository's git directory as
 recorded when the Ratchet was made (`--git-dir`), never a worktree's `.git`; hooks, the
 attributes file, fsmonitor and system config are switched off. A worktree is not a git worktree:
-it is a plain directory that `checkout` wipes and rebuilds from the object store, writing each
-blob's bytes itself (`cat-file --batch`), so no filter, attribute or hook from the tree or from a
-step's leftovers ever runs. `archive` builds its tar the same way.
+it is a plain directory that `checkout` makes exactly the commit from the object store, writing
+each blob's bytes itself (`cat-file --batch`, streamed), so no filter, attribute or hook from the
+tree or from a step's leftovers ever runs; it rewrites only what differs from what the previous
+checkout there wrote and removes everything else (checkout.py states the rules that keep a
+file). `archive` builds its tar the same way.
 
 With pygit2 installed (`pip install 'autoresearch[git]'`) the hot path runs no git process at
 all: a proposal's blobs, trees and commit are written into the object store in-process, and
@@ -32,12 +34,15 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from .checkout import Manifest, Want, dirs_of, plan, sync
 from .config import RESULTS_NAME, STATE_DIR
 from .errors import GitError
+from .lockcheck import PROCESS_HASHES, FileHashes
 
 try:   # optional (autoresearch[git]): commits and checkouts without a git process
     import pygit2
@@ -51,6 +56,10 @@ _IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@loca
 # no system-wide config or attributes, and no prompt for credentials
 _SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
 _BLOB_BATCH = 256          # blobs per cat-file call when materialising a tree
+_TREE_CACHE_ROWS = 100_000   # files listed in the cache of commits' file lists, at most
+_SUBTREE_ROWS = 100_000      # files listed in the cache of subtrees' listings, at most
+_LISTINGS = 4                # commits whose planned checkout is kept (a slot's, the next ones)
+_BLOB_MODES = ("100644", "100755", "120000")
 PLUMBING_ENV = "AUTORESEARCH_GIT_PLUMBING"   # "1": never use libgit2 (tests, benchmarks)
 
 
@@ -112,6 +121,18 @@ def _signature(date_var: str) -> pygit2.Signature:
                             tz if raw[1][0] == "+" else -tz)
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """A commit's blobs as a checkout plans them; shared by its callers, never changed."""
+
+    commit: str
+    tree: str                            # its root tree's id (libgit2; "" under plumbing)
+    rows: dict[str, tuple[str, str]]     # repo-relative path -> (git mode, blob id)
+    wanted: dict[str, Want]
+    dirs: frozenset[str]
+    links: dict[str, str]                # target-relative path -> target, written as a link
+
+
 @dataclass
 class CommitResult:
     sha: str
@@ -146,11 +167,19 @@ class Ratchet:
     def _init_helpers(self) -> None:
         """The caches and the long-lived git processes (each started on first use)."""
         self._tree_cache: dict[str, dict[str, str]] = {}
+        self._tree_cache_rows = 0
+        self._subtrees: dict[str, list[tuple[str, str, str]]] = {}   # subtree id -> its blobs
+        self._subtree_rows = 0
         self._cat: subprocess.Popen | None = None   # `git cat-file --batch`
         self._cat_lock = threading.Lock()
         self._refs: subprocess.Popen | None = None  # `git update-ref --stdin`
         self._refs_lock = threading.Lock()
         self._lib: pygit2.Repository | None = None  # libgit2's view (None: plumbing)
+        self._manifests: dict[str, Manifest] = {}   # worktree -> what its last checkout wrote
+        self._manifests_lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}   # full sha -> its planned checkout, oldest first
+        self._listings_lock = threading.Lock()
+        self.hashes: FileHashes = PROCESS_HASHES    # told what checkouts wrote (lockcheck)
         self._lib_lock = threading.Lock()
         if pygit2 is not None and os.environ.get(PLUMBING_ENV) != "1":
             try:
@@ -298,7 +327,7 @@ class Ratchet:
         if len(commit) == 40 and commit in self._tree_cache:   # a full sha never changes
             return dict(self._tree_cache[commit])
         if self._lib is not None:
-            files = {path: str(oid) for path, _mode, oid in self._lib_rows(commit, False)}
+            files = {path: oid for path, _mode, oid in self._lib_rows(commit, False)}
             if len(commit) == 40:
                 self._remember(commit, files)
             return files
@@ -319,8 +348,10 @@ class Ratchet:
         return files
 
     def _remember(self, commit: str, files: dict[str, str]) -> None:
-        if len(self._tree_cache) > 256:
-            self._tree_cache.clear()
+        self._tree_cache_rows += len(files)
+        if len(self._tree_cache) > 256 or self._tree_cache_rows > _TREE_CACHE_ROWS:
+            self._tree_cache.clear()   # bounded in files too: a large tree costs megabytes
+            self._tree_cache_rows = len(files)
         self._tree_cache[commit] = dict(files)
 
     def read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
@@ -338,11 +369,15 @@ class Ratchet:
                         raise GitError(f"git cat-file failed: {e}") from None
         raise AssertionError("unreachable")
 
-    def _cat_file(self, oids: list[str]) -> dict[str, bytes]:
+    def _cat_proc(self) -> subprocess.Popen:
+        """The long-lived `git cat-file --batch` (callers hold _cat_lock)."""
         if self._cat is None or self._cat.poll() is not None:
             self._cat = self._spawn("cat-file", "--batch", text=False, stderr=subprocess.DEVNULL)
-        proc = self._cat
-        assert proc.stdin is not None and proc.stdout is not None
+        assert self._cat.stdin is not None and self._cat.stdout is not None
+        return self._cat
+
+    def _cat_file(self, oids: list[str]) -> dict[str, bytes]:
+        proc = self._cat_proc()
         proc.stdin.write(("\n".join(oids) + "\n").encode())
         proc.stdin.flush()
         result = {}
@@ -611,47 +646,85 @@ class Ratchet:
     def _entries(self, commit: str, whole_repo: bool):
         """(path, mode, bytes) of every blob at commit: repo-relative when whole_repo, else
         target-relative within the target's directory."""
-        if self._lib is not None:   # the listing in-process; the bytes from the long-lived
-            # cat-file, which reads a pack several times faster than libgit2 does blob by blob
-            rows = [(p, m, str(o)) for p, m, o in self._lib_rows(commit, whole_repo)]
-        else:
-            args = ["ls-tree", "-r", "-z", "--full-tree", commit]
-            if self.subdir and not whole_repo:
-                args += ["--", self.subdir]
-            rows = []
-            for entry in self.git(*args).split("\0"):
-                if not entry:
-                    continue
-                meta, path = entry.split("\t", 1)
-                mode, kind, oid = meta.split()
-                if kind == "blob":
-                    rows.append((path if whole_repo else self._target_rel(path), mode, oid))
+        rows = self._blob_rows(commit, whole_repo)
         for i in range(0, len(rows), _BLOB_BATCH):
             chunk = rows[i:i + _BLOB_BATCH]
             blobs = self.read_blobs(oid for _p, _m, oid in chunk)
             for path, mode, oid in chunk:
                 yield path, mode, blobs[oid]
 
-    def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, pygit2.Oid]]:
-        """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them."""
+    def _blob_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, str]]:
+        """(path, mode, blob id) of every blob at commit, as `_entries` names them."""
+        if self._lib is not None:   # the listing in-process; the bytes from the long-lived
+            # cat-file, which reads a pack several times faster than libgit2 does blob by blob
+            return self._lib_rows(commit, whole_repo)
+        args = ["ls-tree", "-r", "-z", "--full-tree", commit]
+        if self.subdir and not whole_repo:
+            args += ["--", self.subdir]
+        rows = []
+        for entry in self.git(*args).split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            mode, kind, oid = meta.split()
+            if kind == "blob":
+                rows.append((path if whole_repo else self._target_rel(path), mode, oid))
+        return rows
+
+    def _stream_blobs(self, oids: list[str],
+                      sink: Callable[[str, int, BinaryIO], None]) -> None:
+        """sink(oid, size, stream) for each object, through the long-lived cat-file; the sink
+        reads exactly size bytes from stream, so a large blob need never be held whole."""
+        with self._cat_lock:
+            for i in range(0, len(oids), _BLOB_BATCH):   # the requests fit in the pipe
+                chunk = oids[i:i + _BLOB_BATCH]
+                try:
+                    proc = self._cat_proc()
+                    proc.stdin.write(("\n".join(chunk) + "\n").encode())
+                    proc.stdin.flush()
+                    for oid in chunk:
+                        header = proc.stdout.readline().split()
+                        if len(header) != 3:
+                            raise GitError(f"git cat-file: no object {oid} in {self.repo}")
+                        sink(oid, int(header[2]), proc.stdout)
+                        proc.stdout.read(1)   # the newline after the contents
+                except BaseException:
+                    self._close_cat()   # mid-object: the stream's place is lost
+                    raise
+
+    def _lib_rows(self, commit: str, whole_repo: bool) -> list[tuple[str, str, str]]:
+        """(path, mode, blob id) of every blob at commit, as `ls-tree -r` lists them. Each
+        subtree's listing is kept by its id, so a commit that changes one file lists only the
+        trees on that file's path again."""
         with self._lib_lock:
             try:
                 root = self._lib.revparse_single(commit).peel(pygit2.Tree)
             except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
                 raise GitError(f"git ls-tree failed: no commit {commit} in {self.repo}") from None
-            rows: list[tuple[str, str, pygit2.Oid]] = []
-
-            def walk(prefix: str, tree: pygit2.Tree) -> None:
-                for entry in tree:
-                    if entry.type_str == "tree":
-                        walk(f"{prefix}{entry.name}/", self._lib[entry.id])
-                    elif entry.type_str == "blob":
-                        rows.append((prefix + entry.name, f"{entry.filemode:06o}", entry.id))
-
-            walk("", root)
+            rows = self._lib_tree_rows(root, cache=False)
         if self.subdir and not whole_repo:
             rows = [(self._target_rel(p), m, o) for p, m, o in rows
                     if p.startswith(self.subdir + "/")]
+        return rows
+
+    def _lib_tree_rows(self, tree: pygit2.Tree, cache: bool = True) -> list[tuple[str, str, str]]:
+        """The blobs under tree, tree-relative (callers hold _lib_lock)."""
+        key = str(tree.id)
+        if (hit := self._subtrees.get(key)) is not None:
+            return hit
+        rows: list[tuple[str, str, str]] = []
+        for entry in tree:
+            if entry.type_str == "tree":
+                prefix = entry.name + "/"
+                rows += [(prefix + p, m, o) for p, m, o in self._lib_tree_rows(self._lib[entry.id])]
+            elif entry.type_str == "blob":
+                rows.append((entry.name, f"{entry.filemode:06o}", str(entry.id)))
+        if cache:
+            self._subtree_rows += len(rows)
+            if self._subtree_rows > _SUBTREE_ROWS:
+                self._subtrees.clear()
+                self._subtree_rows = len(rows)
+            self._subtrees[key] = rows
         return rows
 
     # -- worktrees --------------------------------------------------------------------------
@@ -662,36 +735,177 @@ class Ratchet:
         return path
 
     def checkout(self, worktree: Path, commit: str) -> Path:
-        """Make the worktree exactly commit, from the object store (whatever a step left there,
-        a `.git` file included, is removed first); returns the target dir."""
-        return self.materialize(commit, worktree)
+        """Make the worktree exactly commit, from the object store, rewriting only what differs
+        from what the last checkout there wrote (checkout.py: whatever a step left, a `.git`
+        file included, is removed; a file is kept only on an unchanged, settled stat key);
+        returns the target dir. The files it wrote or checked again, settled, are told to
+        `hashes`, so the locked-file check does not read them again (those it kept were told
+        when written). Keys handed over by `checked` since the last checkout there spare it the
+        lstat of each file (checkout.py says when that is sound)."""
+        listing = self._listing(commit)
+        name = os.path.abspath(worktree)
+        with self._manifests_lock:
+            old = self._manifests.pop(name, None)
+        marker = Path(os.path.dirname(name)) / f".{os.path.basename(name)}.tick"
+        manifest = sync(Path(name), listing.wanted, self._stream_blobs, old, marker, listing.dirs)
+        files = manifest.files
+        self.hashes.vouch_many(name, ((rel, w.key, w.oid) for rel in manifest.fresh
+                                      if (w := files[rel]).how != "link" and manifest.settled(w)))
+        manifest.fresh = []
+        with self._manifests_lock:
+            self._manifests[name] = manifest
+        return Path(worktree) / self.subdir if self.subdir else Path(worktree)
+
+    def checked(self, worktree: Path, keys: dict[str, tuple[int, ...]]) -> None:
+        """lstat keys (target-relative path -> lockcheck.stat_key) of files in the worktree,
+        taken after its last checkout with nothing able to write there running since (the
+        locked/tracked check after a run step: evaluation.evaluate's `checked`). The next
+        checkout of the worktree judges those files on them instead of an lstat of its own.
+        Only the thread that made the worktree's last checkout may call it."""
+        name = os.path.abspath(worktree)
+        if self.subdir:
+            prefix = self.subdir + "/"
+            keys = {prefix + rel: key for rel, key in keys.items()}
+        with self._manifests_lock:
+            if (manifest := self._manifests.get(name)) is not None:
+                manifest.seen = keys
 
     def materialize(self, commit: str, dest: Path) -> Path:
         """Write the repository's files at commit into dest (emptied first); returns the
         target's directory in it. Blob bytes are written as stored: no filter, no attribute,
-        no hook runs. A symlink that points outside the tree is written as a regular file."""
-        from .sandbox import remove_tree
+        no hook runs. A symlink that resolves outside the tree is written as a regular file."""
+        with self._manifests_lock:
+            self._manifests.pop(os.path.abspath(dest), None)
+        listing = self._listing(commit)
+        sync(Path(dest), listing.wanted, self._stream_blobs, None, None, listing.dirs)
+        return Path(dest) / self.subdir if self.subdir else Path(dest)
 
-        dest = Path(dest)
-        if dest.is_symlink():
-            dest.unlink()
-        if dest.exists():
-            remove_tree(dest)
-        dest.mkdir(parents=True)
-        root = os.path.realpath(dest)
-        for path, mode, data in self._entries(commit, whole_repo=True):
-            out = dest / path
-            out.parent.mkdir(parents=True, exist_ok=True)
+    def links(self, commit: str) -> dict[str, str]:
+        """Target-relative path -> target of the commit's symlinks that a checkout writes as
+        symlinks (those that resolve inside the tree); the others become regular files."""
+        return dict(self._listing(commit).links)
+
+    # -- planned checkouts: a commit's listing, made from the last one by a tree diff ---------
+    def _listing(self, commit: str) -> _Listing:
+        """The commit's blobs planned for a checkout: cached by full sha; else made from the
+        last listing and the difference of the two trees (only subtrees whose ids differ are
+        read: a commit that changes one file costs a copy of the listing, not a walk of the
+        tree), else listed whole."""
+        full = _is_sha(commit)
+        with self._listings_lock:
+            if full and (hit := self._listings.get(commit)) is not None:
+                return hit
+            base = self._listings[next(reversed(self._listings))] if self._listings else None
+        listing = None
+        if full and base is not None:
+            tree, changes = self._tree_changes(base, commit)
+            listing = self._applied(base, commit, tree, changes)
+        if listing is None:
+            tree = self._lib_tree_id(commit) if self._lib is not None else ""
+            rows = {p: (m, o) for p, m, o in self._blob_rows(commit, whole_repo=True)}
+            wanted = {p: Want("exec" if m == "100755" else "file", o)
+                      for p, (m, o) in rows.items() if m != "120000"}
+            listing = self._with_links(commit, tree, rows, wanted, dirs_of(rows))
+        if full:
+            with self._listings_lock:
+                self._listings.pop(commit, None)
+                self._listings[commit] = listing
+                while len(self._listings) > _LISTINGS:
+                    self._listings.pop(next(iter(self._listings)))
+        return listing
+
+    def _applied(self, base: _Listing, commit: str, tree: str,
+                 changes: list[tuple[str, str | None, str | None]]) -> _Listing:
+        """base with (path, mode, blob id) changes applied (mode None: removed)."""
+        rows, wanted = dict(base.rows), dict(base.wanted)
+        links = False   # a link among the changes
+        for path, mode, oid in changes:
+            before = rows.pop(path, None)
+            links |= before is not None and before[0] == "120000"
+            wanted.pop(path, None)
+            if mode is None or oid is None:
+                continue
+            rows[path] = (mode, oid)
             if mode == "120000":
-                link = data.decode(errors="replace")
-                target = os.path.realpath(os.path.join(os.path.dirname(out), link))
-                if not os.path.isabs(link) and (target == root or target.startswith(root + os.sep)):
-                    os.symlink(link, out)
-                    continue
-            out.write_bytes(data)
-            if mode == "100755":
-                out.chmod(0o755)
-        return dest / self.subdir if self.subdir else dest
+                links = True
+            else:
+                wanted[path] = Want("exec" if mode == "100755" else "file", oid)
+        moved = any((p in rows) != (p in base.rows) for p, _m, _o in changes)
+        dirs = dirs_of(rows) if moved else base.dirs
+        if not links:   # no link changed: how each is written still holds
+            return _Listing(commit, tree, rows, wanted, dirs, base.links)
+        return self._with_links(commit, tree, rows, wanted, dirs)
+
+    def _with_links(self, commit: str, tree: str, rows: dict[str, tuple[str, str]],
+                    wanted: dict[str, Want], dirs: frozenset[str]) -> _Listing:
+        """The listing, its links planned (each judged by the commit's own paths and links)."""
+        link_rows = [(p, m, o) for p, (m, o) in rows.items() if m == "120000"]
+        planned = plan(link_rows, self.read_blobs(o for _p, _m, o in link_rows))
+        wanted.update(planned)
+        prefix = self.subdir + "/" if self.subdir else ""
+        links = {p[len(prefix):]: w.target for p, w in planned.items()
+                 if w.how == "link" and w.target is not None and p.startswith(prefix)}
+        return _Listing(commit, tree, rows, wanted, dirs, links)
+
+    def _tree_changes(self, base: _Listing, commit: str
+                      ) -> tuple[str, list[tuple[str, str | None, str | None]]]:
+        """(commit's root tree id, the blobs that differ from base's: (path, mode, blob id),
+        mode None where a blob is gone)."""
+        changes: list[tuple[str, str | None, str | None]] = []
+        if self._lib is not None:
+            tree = self._lib_tree_id(commit)
+            with self._lib_lock:
+                self._lib_diff(self._lib[base.tree], self._lib[tree], "", changes)
+            return tree, changes
+        p = self.git("diff-tree", "-r", "-z", "--raw", "--no-renames", base.commit, commit,
+                     check=False)
+        if p.returncode != 0:
+            raise GitError(f"git diff-tree failed: no commit {commit} in {self.repo}")
+        parts = p.stdout.split("\0")[:-1]   # each entry ends in NUL
+        for meta, path in zip(parts[::2], parts[1::2], strict=True):
+            old_mode, new_mode, _old, new_oid, _status = meta.lstrip(":").split()
+            if old_mode in _BLOB_MODES:
+                changes.append((path, None, None))
+            if new_mode in _BLOB_MODES:
+                changes.append((path, new_mode, new_oid))
+        return "", changes
+
+    def _lib_tree_id(self, commit: str) -> str:
+        with self._lib_lock:
+            try:
+                return str(self._lib.revparse_single(commit).peel(pygit2.Tree).id)
+            except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+                raise GitError(f"git ls-tree failed: no commit {commit} in {self.repo}") from None
+
+    def _lib_diff(self, a: pygit2.Tree, b: pygit2.Tree, prefix: str,
+                  out: list[tuple[str, str | None, str | None]]) -> None:
+        """The blobs that differ between trees a and b, descending only into subtrees whose
+        ids differ (callers hold _lib_lock)."""
+        old = {e.name: e for e in a}
+        for e in b:
+            o = old.pop(e.name, None)
+            if o is not None and o.id == e.id and o.filemode == e.filemode:
+                continue
+            path = prefix + e.name
+            if o is not None and o.type_str == "tree" and e.type_str == "tree":
+                self._lib_diff(self._lib[o.id], self._lib[e.id], path + "/", out)
+                continue
+            if o is not None:
+                self._lib_entry(o, path, None, out)
+            self._lib_entry(e, path, True, out)
+        for name, o in old.items():
+            self._lib_entry(o, prefix + name, None, out)
+
+    def _lib_entry(self, e: pygit2.Object, path: str, added: bool | None,
+                   out: list[tuple[str, str | None, str | None]]) -> None:
+        """The blobs of one tree entry, as added or (added None) as gone."""
+        if e.type_str == "tree":
+            rows = [(f"{path}/{p}", m, o) for p, m, o in self._lib_tree_rows(self._lib[e.id])]
+        elif e.type_str == "blob":
+            rows = [(path, f"{e.filemode:06o}", str(e.id))]
+        else:
+            rows = []   # a submodule's commit: never checked out
+        out.extend(rows if added else [(p, None, None) for p, _m, _o in rows])
 
     # -- the user's checkout (agent-driven mode only) -----------------------------------------
     def worktree_changes(self) -> list[str]:

@@ -51,6 +51,8 @@ from .sandbox import SandboxUnavailable, remove_tree
 from .sandbox import check as check_sandbox
 from .state import RunState
 
+_EDITABLE_PATHS = 200_000   # paths whose editable verdict is remembered, at most
+
 
 class Session:
     def __init__(self, target: Target, ledger: Ledger, ratchet: Ratchet, tag: str, *,
@@ -82,9 +84,18 @@ class Session:
         self.hashes = FileHashes(target.state_dir / "hash-cache.json")
         self.run: Run | None = None
         self._lock_file: IO[str] | None = None
+        self._editable: dict[str, bool] = {}
 
     def editable(self, rel: str) -> bool:
-        return matches(rel, self.spec.editable) and not matches(rel, self.spec.locked_globs)
+        """Does the spec let the agent change rel? Remembered per path: each proposal asks it
+        of every file of the commit (5,000 glob matches on a large tree)."""
+        known = self._editable.get(rel)
+        if known is None:
+            if len(self._editable) > _EDITABLE_PATHS:
+                self._editable.clear()
+            known = self._editable[rel] = (matches(rel, self.spec.editable)
+                                           and not matches(rel, self.spec.locked_globs))
+        return known
 
     # -- the driver lock ------------------------------------------------------------------
     def _take_lock(self) -> None:
@@ -322,6 +333,7 @@ class Session:
             log_cap_bytes=int(self.spec.log_cap_mb * 2**20), prune_metric=self.spec.prune.metric,
             token=self.token(e.id) if e else None,
             tracked=self.ratchet.list_files(e.commit_sha) if e and e.commit_sha else {},
+            links=self.ratchet.links(e.commit_sha) if e and e.commit_sha else {},
             sandbox=self.spec.sandbox, sandbox_writable=list(self.spec.sandbox_writable),
             sandbox_cache=str(self.target.state_dir / "sandbox-cache"), network=self.spec.network,
             hidden=[str(self.target.state_dir)], artifacts=list(self.spec.artifacts),

@@ -44,7 +44,8 @@ class LocalExecutor(Executor):
             target_dir = self.ratchet.checkout(wt, job.commit)
             return evaluate(target_dir, job, stop_event=self.stop_event,
                             should_stop=should_stop, on_start=on_start,
-                            materialize=lambda dest: self.ratchet.materialize(job.commit, dest))
+                            materialize=lambda dest: self.ratchet.materialize(job.commit, dest),
+                            checked=lambda keys: self.ratchet.checked(wt, keys))
 
         return self._pool.submit(work)
 

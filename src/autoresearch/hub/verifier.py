@@ -232,7 +232,7 @@ class Verifier:
             timeout=spec.hard_timeout, seed=seed,
             env={**spec.env, "AUTORESEARCH_CACHE": str(self.cache)}, locked=self.locked,
             log_path=str(log), log_cap_bytes=int(spec.log_cap_mb * 2**20), gpu=gpu,
-            tracked=self.repo.list_files(commit),
+            tracked=self.repo.list_files(commit), links=self.repo.links(commit),
             sandbox=True,   # forced: contributed code runs only in the sandbox
             sandbox_writable=list(spec.sandbox_writable),
             sandbox_cache=str(self.data / "sandbox-cache"), network=spec.network,
