@@ -344,9 +344,11 @@ def _toy_server():
     return FakeOpenAIServer([], responder=toy_model.respond)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def outcomes(tmp_path_factory: pytest.TempPathFactory):
-    """outcomes(template) -> {attack id: AttackResult}; each template's batch runs once."""
+    """outcomes(template) -> {attack id: AttackResult}; each template's batch runs once (session-scoped:
+    the tests that run alone are scheduled first, so this module's tests are interleaved with
+    others', and a module-scoped fixture would be rebuilt, its batch rerun, each time)"""
     done: dict[str, dict[str, AttackResult]] = {}
 
     def get(name: str) -> dict[str, AttackResult]:
