@@ -106,6 +106,7 @@ _SHARED = {"cache": "nanochat", "trained": "nanochat", "prepare_mod": "nanochat"
            "world": "hub-world", "replayed": "loop-replay", "local_ray": "ray"}
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook, which reads the groups set here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         group = next((g for f, g in _SHARED.items() if f in item.fixturenames), None)
