@@ -119,13 +119,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.alone_batch)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
-    # what runs alone goes first, while the other workers' tests are still short ones: taking the
-    # exclusive lock waits for every test running elsewhere to end
-    first = [i for i in items if i.get_closest_marker("runs_alone") or
-             i.get_closest_marker("alone_batch")]
-    if first:
-        rest = [i for i in items if i not in first]
-        items[:] = first + rest
+    # what runs alone goes first, while the other workers' tests are still short ones (taking the
+    # exclusive lock waits for every test running elsewhere to end); then the longest (`slow`)
+    # ones, so that none of them starts last and holds the suite's end alone
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("runs_alone") or item.get_closest_marker("alone_batch"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)   # stable: the collection order within each rank
 
 
 @pytest.fixture(autouse=True, scope="session")
