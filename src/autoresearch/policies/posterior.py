@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
 from .base import Decision, PolicyContext, Sample, Verdict
 from .prior import GRID, REFIT_EVERY, WINDOW, Prior, learned_prior, posterior
-from .sequential import SequentialPolicy, _mean
+from .sequential import SequentialPolicy
 
 KEEP_PENALTY = 2.0      # sd of gain a keep of a no-better candidate costs (holds false keeps <= 1%)
 RUN_PRICE = 0.25        # a run's price, as a share of the prior's expected gain per proposal
@@ -119,55 +118,11 @@ class PosteriorPolicy(SequentialPolicy):
     name = "noise-aware"
 
     def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
-        s = ctx.settings
-        sign = 1.0 if ctx.direction == "maximize" else -1.0
-        best, best_at = self.current(incumbent, ctx)
-        cand = list(candidate.values)
-        n_c, n_b = len(cand), len(best)
-        sigma, df, exact = self._noise(cand, best, incumbent, ctx)
-        best_mean = _mean(best)
-        d = sign * (_mean(cand) - best_mean)
-        fewer_lines = candidate.lines < incumbent.lines
-        effect = max(s.min_effect, s.min_effect_sigmas * sigma)
-        margin = -effect if fewer_lines else effect
-        ev: dict[str, Any] = {
-            "runs": n_c, "best_runs": n_b, "best_since": best_at[0] if best_at else None,
-            "mean": _mean(cand), "best_mean": best_mean, "effect": d, "sigma": sigma,
-            "sigma_df": df, "min_effect": effect, "margin": margin,
-            "lines": candidate.lines, "best_lines": incumbent.lines}
-        verb = "better" if d > 0 else "worse"
-        summary = (f"{_mean(cand):.6g} (n={n_c}) vs best {best_mean:.6g} (n={n_b}): "
-                   f"{abs(d):.3g} {verb}")
-
-        def done(verdict: Verdict, rule: str, why: str, rerun: str | None = None) -> Decision:
-            ev["rule"] = rule
-            return Decision(verdict, f"{why}; {summary}", rerun=rerun, evidence=ev)  # type: ignore[arg-type]
-
-        def keep(rule: str, why: str) -> Decision:
-            if fewer_lines and d <= effect:
-                return done(Verdict.KEEP, "simpler", f"no worse with fewer lines "
-                            f"({candidate.lines} < {incumbent.lines}); {why}")
-            return done(Verdict.KEEP, rule, why)
-
-        if exact:
-            ev.update(statistic=None, p_value=None)
-            if d > effect or (fewer_lines and d >= -effect):
-                return keep("exact", "better on a metric that repeats exactly" if d > effect
-                            else "equal on a metric that repeats exactly")
-            return done(Verdict.DISCARD, "exact", "not better on a metric that repeats exactly")
-
-        if df == 0:
-            ev.update(statistic=None, p_value=None)
-            if d <= margin:
-                return done(Verdict.DISCARD, "screen", "does not look better (noise not yet "
-                            "measured)")
-            if n_b < 2:
-                return done(Verdict.MORE, "noise", "looks better; measuring the best again to "
-                            "learn the noise", "incumbent")
-            if n_c >= s.max_runs:
-                return done(Verdict.DISCARD, "cap", f"{n_c} runs without a noise estimate")
-            return done(Verdict.MORE, "noise", "looks better; measuring it again to learn the "
-                        "noise", "candidate")
+        j = self._judgement(candidate, incumbent, ctx)
+        if (early := j.without_a_test()) is not None:
+            return early
+        s, done, keep, ev = j.settings, j.done, j.keep, j.evidence
+        n_c, n_b, sigma, df, d, margin, fresh = j.n_c, j.n_b, j.sigma, j.df, j.d, j.margin, j.fresh
 
         if n_c == 1:   # one draw of this proposal's effect, for the run's prior
             ev["first_run"] = {"effect": d, "sigma": sigma, "best_runs": n_b}
@@ -178,7 +133,6 @@ class PosteriorPolicy(SequentialPolicy):
         k_now = keep_value(post, m)
         p_bad = float(post[GRID <= m + 1e-12].sum())
         price = RUN_PRICE * float(prior.weights @ np.maximum(GRID, 0.0))
-        fresh = [a for a in best_at if candidate.at and a > min(candidate.at)]
         timed = bool(candidate.at and incumbent.at)
         need_fresh = timed and not fresh
 

@@ -32,6 +32,7 @@ The rule, in order (d = candidate mean - best mean, signed so that d > 0 is bett
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from scipy import stats
@@ -115,7 +116,9 @@ class SequentialPolicy(Policy):
         return Estimate(mean, n, sem, sd, sigma if df > 0 else None, since=at[0] if at else None)
 
     # -- the decision -----------------------------------------------------------------------
-    def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
+    def _judgement(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> _Judgement:
+        """What every decision of this family starts from: the two sides as measured under
+        the conditions of now, the noise there, and the evidence so far."""
         s = ctx.settings
         sign = 1.0 if ctx.direction == "maximize" else -1.0
         best, best_at = self.current(incumbent, ctx)
@@ -135,37 +138,16 @@ class SequentialPolicy(Policy):
         verb = "better" if d > 0 else "worse"
         summary = (f"{_mean(cand):.6g} (n={n_c}) vs best {best_mean:.6g} (n={n_b}): "
                    f"{abs(d):.3g} {verb}")
-
-        def done(verdict: Verdict, rule: str, why: str, rerun: str | None = None) -> Decision:
-            ev["rule"] = rule
-            return Decision(verdict, f"{why}; {summary}", rerun=rerun, evidence=ev)  # type: ignore[arg-type]
-
-        def keep(rule: str, why: str) -> Decision:
-            if d <= effect and fewer_lines:
-                return done(Verdict.KEEP, "simpler", f"no worse with fewer lines "
-                            f"({candidate.lines} < {incumbent.lines}); {why}")
-            return done(Verdict.KEEP, rule, why)
-
-        if exact:
-            ev.update(statistic=None, p_value=None)
-            if d > effect or (fewer_lines and d >= -effect):
-                return keep("exact", "better on a metric that repeats exactly" if d > effect
-                            else "equal on a metric that repeats exactly")
-            return done(Verdict.DISCARD, "exact", "not better on a metric that repeats exactly")
-
         fresh = [a for a in best_at if candidate.at and a > min(candidate.at)]
-        if df == 0:
-            ev.update(statistic=None, p_value=None)
-            if d <= margin:
-                return done(Verdict.DISCARD, "screen", "does not look better (noise not yet "
-                            "measured)")
-            if n_b < 2:
-                return done(Verdict.MORE, "noise", "looks better; measuring the best again to "
-                            "learn the noise", "incumbent")
-            if n_c >= s.max_runs:
-                return done(Verdict.DISCARD, "cap", f"{n_c} runs without a noise estimate")
-            return done(Verdict.MORE, "noise", "looks better; measuring it again to learn the "
-                        "noise", "candidate")
+        return _Judgement(candidate, incumbent, s, best_at, n_c, n_b, sigma, df, exact, d,
+                          fewer_lines, effect, margin, fresh, ev, summary)
+
+    def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
+        j = self._judgement(candidate, incumbent, ctx)
+        if (early := j.without_a_test()) is not None:
+            return early
+        s, done, keep, ev = j.settings, j.done, j.keep, j.evidence
+        n_c, n_b, sigma, df, d, margin, fresh = j.n_c, j.n_b, j.sigma, j.df, j.d, j.margin, j.fresh
 
         se = sigma * math.sqrt(1.0 / n_c + 1.0 / n_b)
         t = (d - margin) / se
@@ -197,3 +179,60 @@ class SequentialPolicy(Policy):
                         f"the best again", "incumbent")
         return done(Verdict.MORE, "continue", f"not yet confirmed (p={p:.3g}); measuring it "
                     f"again", "candidate")
+
+
+@dataclass
+class _Judgement:
+    """One decision's inputs (see `SequentialPolicy._judgement`) and its two ways out."""
+
+    candidate: Sample
+    incumbent: Sample
+    settings: PolicySettings
+    best_at: list[int]
+    n_c: int
+    n_b: int
+    sigma: float
+    df: float
+    exact: bool
+    d: float                  # the candidate's improvement over the best (> 0 better)
+    fewer_lines: bool
+    effect: float             # the negligible effect
+    margin: float             # what d must exceed (-effect for a simpler candidate)
+    fresh: list[int]          # the best's runs made after the candidate's first
+    evidence: dict[str, Any]
+    summary: str
+
+    def done(self, verdict: Verdict, rule: str, why: str, rerun: str | None = None) -> Decision:
+        self.evidence["rule"] = rule
+        return Decision(verdict, f"{why}; {self.summary}", rerun=rerun,  # type: ignore[arg-type]
+                        evidence=self.evidence)
+
+    def keep(self, rule: str, why: str) -> Decision:
+        if self.d <= self.effect and self.fewer_lines:
+            return self.done(Verdict.KEEP, "simpler", f"no worse with fewer lines "
+                             f"({self.candidate.lines} < {self.incumbent.lines}); {why}")
+        return self.done(Verdict.KEEP, rule, why)
+
+    def without_a_test(self) -> Decision | None:
+        """The decision when there is no noise to test against: a metric that repeats exactly,
+        or no repeated run yet (then measure again whatever looks better); None otherwise."""
+        d, effect, done = self.d, self.effect, self.done
+        if self.exact:
+            self.evidence.update(statistic=None, p_value=None)
+            if d > effect or (self.fewer_lines and d >= -effect):
+                return self.keep("exact", "better on a metric that repeats exactly"
+                                 if d > effect else "equal on a metric that repeats exactly")
+            return done(Verdict.DISCARD, "exact", "not better on a metric that repeats exactly")
+        if self.df != 0:
+            return None
+        self.evidence.update(statistic=None, p_value=None)
+        if d <= self.margin:
+            return done(Verdict.DISCARD, "screen", "does not look better (noise not yet "
+                        "measured)")
+        if self.n_b < 2:
+            return done(Verdict.MORE, "noise", "looks better; measuring the best again to "
+                        "learn the noise", "incumbent")
+        if self.n_c >= self.settings.max_runs:
+            return done(Verdict.DISCARD, "cap", f"{self.n_c} runs without a noise estimate")
+        return done(Verdict.MORE, "noise", "looks better; measuring it again to learn the "
+                    "noise", "candidate")
