@@ -167,20 +167,24 @@ class Server:
 
     def _reap(self) -> None:
         """Reap every dead child; when the command is among them, finish its step."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if pid == self.child:
-                self.status = status
+        self._collect()
         if self.status is not None:
             code = os.waitstatus_to_exitcode(self.status)
             self._kill_leftovers()
             self.child = self.status = None
             self._send(b"X %d\n" % (code if code >= 0 else 128 - code))
+
+    def _collect(self) -> None:
+        """Reap every child that has exited, keeping the command's status when it is one."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.child:
+                self.status = status
 
     def _kill_leftovers(self) -> None:
         if not os.path.isdir("/proc"):
@@ -197,15 +201,7 @@ class Server:
                 except OSError:
                     pass
             time.sleep(0.002)
-            while True:   # reap orphans; the command's own status is kept
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                if pid == self.child:
-                    self.status = status
+            self._collect()   # reap the orphans; the command's own status is kept
 
     # -- requests ---------------------------------------------------------------------------
     def _recv(self, n: int) -> tuple[bytes, list[int]]:
