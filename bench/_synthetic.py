@@ -31,6 +31,7 @@ import numpy as np
 
 from autoresearch.config import PolicySettings
 from autoresearch.policies import FirstRun, Policy, PolicyContext, Sample, Verdict
+from autoresearch.policies.pairing import SeededGroup
 
 TRUTH = 1.0    # true metric value of the baseline (minimised)
 SIGMA = 0.01   # noise sd of one measurement at the baseline's level, metric units
@@ -83,7 +84,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
     """Run proposals drawn from `effects()` until `max_experiments` evaluation runs are spent."""
     noise = noise or Noise()
     ctx = PolicyContext(direction="minimize", settings=settings)
-    commits: list[list[float]] = []          # runs of every commit, for the replicate groups
+    commits: list[Sample] = []               # every commit, for the replicate groups
     seed_effects = rng.standard_normal(64)
     res = StreamResult()
     phi0 = noise.potential(TRUTH)
@@ -95,20 +96,24 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
              + math.sqrt(1 - noise.seed_corr) * float(rng.standard_normal()))
         sample.values.append(truth + SIGMA * noise.drift(res.experiments) + sd * z)
         sample.at.append(res.experiments)
+        sample.seeds.append(k)
         res.experiments += 1
         res.gain_path.append(phi0 - noise.potential(inc_truth))
 
     def groups() -> list[list[float]]:
-        return [v for v in commits if len(v) >= 2]
+        return [c.values for c in commits if c.n >= 2]
+
+    def seeded() -> list[SeededGroup]:
+        return [SeededGroup(tuple(c.values), tuple(c.seeds)) for c in commits if c.n >= 2]
 
     inc_truth = TRUTH
     inc = Sample([], lines=LINES)
-    commits.append(inc.values)
+    commits.append(inc)
     while not policy.baseline_complete(inc.values, settings) and res.experiments < max_experiments:
         measure(inc_truth, inc)
     res.baseline = sum(inc.values) / len(inc.values) if inc.values else math.nan
     while res.experiments < max_experiments:
-        ctx.replicate_groups = groups()
+        ctx.replicate_groups, ctx.seeded_groups = groups(), seeded()
         if policy.remeasure_best(inc, res.experiments, settings):
             measure(inc_truth, inc)
             continue
@@ -116,11 +121,11 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
         truth = inc_truth - effect * noise.sd(inc_truth)
         dl = lines()
         cand = Sample([], lines=inc.lines + dl)
-        commits.append(cand.values)
+        commits.append(cand)
         measure(truth, cand)
         runs, decided, kept, rule = 1, False, False, ""
         while True:
-            ctx.replicate_groups = groups()
+            ctx.replicate_groups, ctx.seeded_groups = groups(), seeded()
             dec = policy.decide(cand, inc, ctx)
             if runs == 1 and (f := dec.evidence.get("first_run")) is not None:
                 ctx.first_runs.append(FirstRun(**f))
@@ -142,7 +147,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
             inc, inc_truth = cand, truth
             if res.gain_path:
                 res.gain_path[-1] = phi0 - noise.potential(inc_truth)
-    ctx.replicate_groups = groups()
+    ctx.replicate_groups, ctx.seeded_groups = groups(), seeded()
     reported = policy.estimate(inc, ctx).mean
     res.reported = reported if reported is not None else math.nan
     now = inc_truth + SIGMA * noise.drift(res.experiments)

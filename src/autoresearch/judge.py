@@ -113,8 +113,10 @@ def _first_run(decision: dict[str, Any] | None) -> FirstRun | None:
     """The `first_run` a decision record carries (a policy's evidence, kept by the judge)."""
     f = (decision or {}).get("first_run")
     try:
-        return FirstRun(float(f["effect"]), float(f["sigma"]), int(f["best_runs"]))
-    except (KeyError, TypeError, ValueError):
+        var = f.get("var")
+        return FirstRun(float(f["effect"]), float(f["sigma"]), int(f["best_runs"]),
+                        float(var) if isinstance(var, (int, float)) else None)
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -193,7 +195,7 @@ class Judge:
 
     def context(self) -> PolicyContext:
         return PolicyContext(self.spec.direction, self.spec.policy, self.state.replicate_groups(),
-                             list(self.first_runs.values()))
+                             list(self.first_runs.values()), self.state.seeded_groups())
 
     def decide(self, cand: Experiment) -> None:
         """Ask the policy about a pending candidate; the verdict is an event of the table."""

@@ -20,6 +20,7 @@ from typing import Any
 from .experiment import HistoryEntry, Kind, Status
 from .ledger import MEASURED, Experiment, Ledger, Run, as_stored
 from .policies import Sample
+from .policies.pairing import SeededGroup
 from .summary import best_of, kept_order, sample_from
 
 #: statuses that do not count as a run of their tree (the seed of a re-measurement skips them)
@@ -157,6 +158,14 @@ class RunState:
 
     def replicate_groups(self) -> list[list[float]]:
         return [list(v.values()) for v in self._groups.values()]
+
+    def seeded_groups(self) -> list[SeededGroup]:
+        """The replicate groups with the seed of each run (policies/pairing.py)."""
+        out = []
+        for values in self._groups.values():
+            rows = [self.rows[i] for i in values]
+            out.append(SeededGroup(tuple(values.values()), tuple(int(r.seed or 0) for r in rows)))
+        return out
 
     def sample(self, e: Experiment) -> Sample:
         """summary.sample_from over the measurements held in memory."""

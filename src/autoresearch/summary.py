@@ -50,7 +50,7 @@ def sample_from(e: Experiment, measurements: Iterable[Experiment]) -> Sample:
         if isinstance(evidence.get("shrink"), (int, float)) and math.isfinite(evidence["shrink"]):
             shrink = float(evidence["shrink"])
     return Sample(values=[m.metric for m in ms], lines=e.code_lines or 0, selection=selection,
-                  at=[m.seq for m in ms], shrink=shrink)
+                  at=[m.seq for m in ms], shrink=shrink, seeds=[int(m.seed or 0) for m in ms])
 
 
 def sample_of(ledger: Ledger, tag: str, e: Experiment) -> Sample:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..config import PolicySettings
+from .pairing import SeededGroup
 
 
 class Verdict(str, enum.Enum):
@@ -42,6 +43,9 @@ class Sample:
     #: curse), in the metric's units, > 0 = they look better than they are; a policy that
     #: shrinks its keeps records it in the keep's evidence as `shrink`
     shrink: float = 0.0
+    #: the seed (AUTORESEARCH_SEED) of each value (same order as `values`); empty when unknown.
+    #: Runs of two commits at one seed share the part of the noise that follows the seed.
+    seeds: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -60,6 +64,9 @@ class FirstRun:
     effect: float           # candidate minus best, signed so that > 0 is better, metric units
     sigma: float            # the noise sd of one run where that comparison was made
     best_runs: int          # runs of the best behind that comparison
+    #: the variance of effect / sigma as measured (1 + 1/best_runs for independent runs; less
+    #: for a paired comparison at shared seeds); None: 1 + 1/best_runs
+    var: float | None = None
 
 
 @dataclass
@@ -72,6 +79,9 @@ class PolicyContext:
     #: the first runs of the candidates judged so far, oldest first (a policy records one in
     #: its evidence as `first_run`; the judge collects them)
     first_runs: list[FirstRun] = field(default_factory=list)
+    #: every commit with two or more runs, with the seed of each run, for the share of the noise
+    #: that follows the seed (policies/pairing.py); empty when seeds are unknown
+    seeded_groups: list[SeededGroup] = field(default_factory=list)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from functools import lru_cache
 import numpy as np
 
 from .base import Decision, PolicyContext, Sample, Verdict
+from .pairing import next_seed, paired_difference, paired_variance, seed_share
 from .prior import GRID, REFIT_EVERY, WINDOW, Prior, learned_prior, posterior
 from .sequential import SequentialPolicy
 
@@ -70,7 +71,7 @@ def run_prior(ctx: PolicyContext) -> Prior:
     for f in ctx.first_runs[max(0, end - WINDOW):end]:
         if f.sigma > 0 and f.best_runs > 0 and math.isfinite(f.effect):
             z.append(f.effect / f.sigma)
-            v.append(1.0 + 1.0 / f.best_runs)
+            v.append(f.var if f.var is not None and f.var > 0 else 1.0 + 1.0 / f.best_runs)
     return _prior(tuple(z), tuple(v))
 
 
@@ -114,6 +115,20 @@ def futures(n_c: int, n_b: int, fresh: int, max_runs: int, need_fresh: bool) -> 
     return out
 
 
+def _seeds(sample: Sample) -> list[int] | None:
+    """The seed of each of the sample's runs, None when unknown."""
+    return list(sample.seeds) if len(sample.seeds) == sample.n and sample.n else None
+
+
+def _epoch_seeds(incumbent: Sample, best_at: list[int]) -> list[int] | None:
+    """The seeds of the best's runs compared with (those made at `best_at`)."""
+    seeds = _seeds(incumbent)
+    if seeds is None or len(incumbent.at) != incumbent.n:
+        return None
+    by_at = dict(zip(incumbent.at, seeds, strict=True))
+    return [by_at[a] for a in best_at] if all(a in by_at for a in best_at) else None
+
+
 class PosteriorPolicy(SequentialPolicy):
     name = "noise-aware"
 
@@ -124,10 +139,16 @@ class PosteriorPolicy(SequentialPolicy):
         s, done, keep, ev = j.settings, j.done, j.keep, j.evidence
         n_c, n_b, sigma, df, d, margin, fresh = j.n_c, j.n_b, j.sigma, j.df, j.d, j.margin, j.fresh
 
+        # pairing: runs at a seed the best also ran at share the noise that follows the seed
+        rho, rho_hat, rho_df = seed_share(ctx.seeded_groups)
+        cand_seeds, best_seeds = _seeds(candidate), _epoch_seeds(incumbent, j.best_at)
+        d_raw, var = paired_difference(candidate.values, cand_seeds, j.best, best_seeds, rho)
+        sign = 1.0 if ctx.direction == "maximize" else -1.0
+        d = j.d = sign * d_raw
         if n_c == 1:   # one draw of this proposal's effect, for the run's prior
-            ev["first_run"] = {"effect": d, "sigma": sigma, "best_runs": n_b}
+            ev["first_run"] = {"effect": d, "sigma": sigma, "best_runs": n_b, "var": var}
         prior = run_prior(ctx)
-        se = math.sqrt(1.0 / n_c + 1.0 / n_b)             # in sd
+        se = math.sqrt(var)                                # in sd
         z, m = d / sigma, margin / sigma
         post = posterior(prior.weights, z, se, df)
         k_now = keep_value(post, m)
@@ -135,6 +156,9 @@ class PosteriorPolicy(SequentialPolicy):
         price = RUN_PRICE * float(prior.weights @ np.maximum(GRID, 0.0))
         timed = bool(candidate.at and incumbent.at)
         need_fresh = timed and not fresh
+        paired = cand_seeds is not None and best_seeds is not None and rho > 0
+        next_c = next_seed(cand_seeds or [])
+        next_b = next_seed(_seeds(incumbent) or [])
 
         go, go_runs, first = -math.inf, 0, None
         # more runs cannot be worth more than E[(theta - m)+] now (the posterior mean is a
@@ -144,13 +168,23 @@ class PosteriorPolicy(SequentialPolicy):
                 if upside > price else []:
             nc = n_c + seq.count("candidate")
             nb = n_b + seq.count("incumbent")
-            v = value_after(post, se * se, 1.0 / nc + 1.0 / nb, m) - len(seq) * price
+            if paired:
+                assert cand_seeds is not None and best_seeds is not None
+                after = paired_variance(
+                    [*cand_seeds, *range(next_c, next_c + nc - n_c)],
+                    [*best_seeds, *range(next_b, next_b + nb - n_b)], rho)
+            else:
+                after = 1.0 / nc + 1.0 / nb
+            v = value_after(post, se * se, min(after, se * se * (1 - 1e-9)), m) \
+                - len(seq) * price
             if v > go:
                 go, go_runs, first = v, len(seq), seq[0]
         stop = 0.0 if need_fresh else max(k_now, 0.0)
         ev.update(se=se * sigma, statistic=z / se, p_value=None, posterior_bad=p_bad,
                   posterior_mean=float(post @ GRID), keep_value=k_now, go_value=go,
-                  run_price=price, prior=prior.summary(), fresh_best_runs=len(fresh))
+                  run_price=price, prior=prior.summary(), fresh_best_runs=len(fresh),
+                  seed_share=rho, seed_share_estimate=rho_hat, seed_share_df=rho_df,
+                  paired=paired and bool(set(cand_seeds or ()) & set(best_seeds or ())))
         post_text = f"P(no better) = {p_bad:.3g}, E[effect] = {float(post @ GRID):+.2f} sd"
         if first is not None and go > stop:
             rerun = first

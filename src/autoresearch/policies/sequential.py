@@ -32,7 +32,7 @@ The rule, in order (d = candidate mean - best mean, signed so that d > 0 is bett
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scipy import stats
@@ -140,7 +140,7 @@ class SequentialPolicy(Policy):
                    f"{abs(d):.3g} {verb}")
         fresh = [a for a in best_at if candidate.at and a > min(candidate.at)]
         return _Judgement(candidate, incumbent, s, best_at, n_c, n_b, sigma, df, exact, d,
-                          fewer_lines, effect, margin, fresh, ev, summary)
+                          fewer_lines, effect, margin, fresh, ev, summary, best)
 
     def decide(self, candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> Decision:
         j = self._judgement(candidate, incumbent, ctx)
@@ -201,6 +201,7 @@ class _Judgement:
     fresh: list[int]          # the best's runs made after the candidate's first
     evidence: dict[str, Any]
     summary: str
+    best: list[float] = field(default_factory=list)   # the best's runs compared with (`best_at`)
 
     def done(self, verdict: Verdict, rule: str, why: str, rerun: str | None = None) -> Decision:
         self.evidence["rule"] = rule
