@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from autoresearch.templates import write_template
 
@@ -34,10 +35,19 @@ CODE_POINTS = {
 }
 
 
+# pairs of code points one candidate-sized change apart (an agent's typical tweak), at the
+# template's level and at the tuned one: what a candidate and the best look like
+NEAR = {
+    "baseline": ({}, {"LEARNING_RATE = 0.002": "LEARNING_RATE = 0.003"}),
+    "tuned": (CODE_POINTS["tuned"],
+              {**CODE_POINTS["tuned"], "MOMENTUM = 0.5": "MOMENTUM = 0.85"}),
+}
+
+SEEDED = {"np.random.default_rng(0)": "np.random.default_rng(int(os.environ['AUTORESEARCH_SEED']))"}
+
 # the shipped train.py -> its wall-clock form
 WALL_CLOCK = {
-    "import time\n": "import os\nimport time\n",
-    "np.random.default_rng(0)": "np.random.default_rng(int(os.environ['AUTORESEARCH_SEED']))",
+    **SEEDED,
     "while step < total:": "while time.time() - start < float(os.environ['AUTORESEARCH_BUDGET_SECONDS']):",
 }
 
@@ -54,20 +64,28 @@ def _run(target: Path, seed: int, budget: float) -> float:
     return float(m.group(1))
 
 
-def measure(seeds: int = 4, repeats: int = 2, budget: float = 1.5) -> dict[str, np.ndarray]:
-    """{code point: array[seed, repeat] of val_loss}."""
+def _target(root: Path, form: dict[str, str], edits: dict[str, str]) -> Path:
+    root.mkdir()
+    write_template("quickstart", root)
+    src = (root / "train.py").read_text()
+    for a, b in {**form, **edits}.items():
+        assert a in src, a
+        src = src.replace(a, b)
+    (root / "train.py").write_text(src)
+    return root
+
+
+def measure(seeds: int = 4, repeats: int = 2, budget: float = 1.5,
+            points: dict[str, dict[str, str]] | None = None,
+            form: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """{code point: array[seed, repeat] of val_loss}: every seed of one code point, then the
+    next (so the machine's load is not shared between two code points at one seed, as it is
+    not between a candidate and the best measured apart in time)."""
     out: dict[str, np.ndarray] = {}
     tmp = Path(tempfile.mkdtemp(prefix="ar-qnoise-"))
     try:
-        for name, edits in CODE_POINTS.items():
-            d = tmp / name
-            d.mkdir()
-            write_template("quickstart", d)
-            src = (d / "train.py").read_text()
-            for a, b in {**WALL_CLOCK, **edits}.items():
-                assert a in src, a
-                src = src.replace(a, b)
-            (d / "train.py").write_text(src)
+        for name, edits in (points or CODE_POINTS).items():
+            d = _target(tmp / name, WALL_CLOCK if form is None else form, edits)
             vals = np.empty((seeds, repeats))
             for r in range(repeats):          # repeats apart in time, as the loop's are
                 for s in range(seeds):
@@ -86,6 +104,29 @@ def shipped(seeds: int = 2, budget: float = 3.0) -> list[float]:
         return [_run(tmp, s, budget) for s in range(seeds)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def correlation(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(r, low, high): Pearson's correlation of paired values with its Fisher-z interval."""
+    r = float(np.corrcoef(a, b)[0, 1])
+    if len(a) <= 3:
+        return r, -1.0, 1.0
+    h = float(stats.norm.isf((1 - level) / 2)) / np.sqrt(len(a) - 3)
+    z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+    return r, float(np.tanh(z - h)), float(np.tanh(z + h))
+
+
+def near_pairs(seeds: int, budget: float) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """The correlation at one seed between two code points a candidate-sized change apart, per
+    level, in the seeded fixed-compute form (the seed is the only noise) and the wall-clock
+    form (the seed and the machine): {form: {level: (r, low, high)}}."""
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for form_name, form in (("seeded", SEEDED), ("wall-clock", WALL_CLOCK)):
+        out[form_name] = {}
+        for level, (a, b) in NEAR.items():
+            v = measure(seeds, 1, budget, {"a": a, "b": b}, form)
+            out[form_name][level] = correlation(v["a"][:, 0], v["b"][:, 0])
+    return out
 
 
 def noise_structure(vals: dict[str, np.ndarray]) -> dict[str, float]:

@@ -84,24 +84,32 @@ def _value(effects: np.ndarray, probs: np.ndarray, r: float, lam: float, max_run
 
 
 def gain_rate_bound(stream: str, alpha: float = 0.01, max_runs: int = 6,
-                    lams: tuple[float, ...] = (2, 4, 8, 16, 32, 64)) -> float:
+                    lams: tuple[float, ...] = (2, 4, 8, 16, 32, 64),
+                    seed_share: float = 0.0) -> float:
     """Upper bound on the true gain per run (sd) of any policy keeping at most alpha of the
-    no-effect proposals (on a stream without no-effect proposals, of those 0.5 sd worse)."""
+    no-effect proposals (on a stream without no-effect proposals, of those 0.5 sd worse).
+
+    `seed_share`: the share of the noise variance that follows the seed. With the best known
+    exactly at every seed (this bound's favour), a candidate's run compared with the best's run
+    at its seed strays by the rest alone, sd sqrt(1 - seed_share): the bound is the independent
+    one on effects in units of that sd, its gain rate converted back to noise sds."""
     effects, probs = prior(stream)
+    unit = float(np.sqrt(1.0 - seed_share))
+    effects = effects / unit
     if not np.isclose(effects, 0.0).any():   # the constraint then binds on the worse ones
         effects = effects.copy()
     p0 = float(probs[np.isclose(effects, 0.0)].sum())
     best = np.inf
     for lam in lams:
-        lo, hi = 0.0, 1.0
-        for _ in range(14):
+        lo, hi = 0.0, 2.0
+        for _ in range(15):
             mid = (lo + hi) / 2
             if _value(effects, probs, mid, lam, max_runs) + lam * alpha * p0 <= 0:
                 hi = mid
             else:
                 lo = mid
         best = min(best, hi)
-    return best
+    return best * unit
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Pure functions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -42,18 +42,46 @@ class SeededGroup:
     seeds: tuple[int, ...]
 
 
-def seed_share(groups: Sequence[SeededGroup]) -> tuple[float, float, float]:
-    """(rho, rho_hat, df): the share of the noise variance that follows the seed, at its lower
-    confidence bound and as estimated, and the residual df behind it (0: nothing to tell)."""
+@dataclass(frozen=True)
+class SeedFit:
+    """What the run's commits show of the seed: the share of the noise that follows it, and the
+    effect of each seed run by two or more commits (relative to the lowest such seed)."""
+
+    rho: float = 0.0             # the share, at its lower confidence bound (what is used)
+    rho_hat: float = 0.0         # the share as estimated
+    df: float = 0.0              # residual degrees of freedom behind it (0: nothing to tell)
+    power: float = 0.0           # seed effects scale with the level as level**power
+    #: seed -> its effect per unit of level**power (metric units at level 1)
+    effects: dict[int, float] = field(default_factory=dict)
+    #: seed -> the variance of that estimate, as a share of one run's noise variance
+    errors: dict[int, float] = field(default_factory=dict)
+
+    def offset(self, seed: int, level: float) -> float:
+        """How far a run at `seed` strays because of the seed (0 when unknown or not used)."""
+        if self.rho <= 0 or seed not in self.effects:
+            return 0.0
+        return self.effects[seed] * (level ** self.power if self.power else 1.0)
+
+    def shared(self, seed: int) -> float:
+        """The noise variance (share of one run's) that runs at `seed` still share once the
+        seed's estimated effect is removed: the estimate's error, or all of the seed's part
+        where it is not estimated."""
+        if self.rho > 0 and seed in self.errors:
+            return self.errors[seed]
+        return self.rho
+
+
+def seed_share(groups: Sequence[SeededGroup]) -> SeedFit:
+    """The seed fit of the run's commits with two or more runs (see the module docstring)."""
     usable = tuple(g for g in groups if len(g.values) >= 2 and len(g.seeds) == len(g.values)
                    and len(set(g.seeds)) == len(g.seeds))
     return _seed_share(usable)
 
 
 @lru_cache(maxsize=256)
-def _seed_share(groups: tuple[SeededGroup, ...]) -> tuple[float, float, float]:
+def _seed_share(groups: tuple[SeededGroup, ...]) -> SeedFit:
     if len(groups) < 2:
-        return 0.0, 0.0, 0.0
+        return SeedFit()
     # a seed tells something only where two commits ran at it
     count: dict[int, int] = {}
     for g in groups:
@@ -61,92 +89,96 @@ def _seed_share(groups: tuple[SeededGroup, ...]) -> tuple[float, float, float]:
             count[s] = count.get(s, 0) + 1
     shared = sorted(s for s, c in count.items() if c >= 2)
     if len(shared) < 2:
-        return 0.0, 0.0, 0.0
+        return SeedFit()
     positive = all(v > 0 for g in groups for v in g.values)
     k = level_power([list(g.values) for g in groups]) if positive else 0.0
-    rows: list[tuple[int, int | None]] = []
-    ys: list[float] = []
-    col = {s: i for i, s in enumerate(shared[1:])}       # seed effects relative to the first
+    col = {s: i for i, s in enumerate(shared[1:])}       # effects relative to the first
     within, n_within = 0.0, 0
-    for c, g in enumerate(groups):
+    ys: list[np.ndarray] = []
+    ds: list[np.ndarray] = []
+    n_groups = 0
+    for g in groups:
         m = sum(g.values) / len(g.values)
         scale = m ** -k if k else 1.0
-        z = [v * scale for v in g.values]
-        zm = sum(z) / len(z)
-        within += sum((x - zm) ** 2 for x in z)
-        n_within += len(z) - 1
-        for x, s in zip(z, g.seeds, strict=True):
-            if count[s] >= 2:
-                rows.append((c, col.get(s)))
-                ys.append(x)
-    n_c, n_s = len(groups), len(shared) - 1
-    x = np.zeros((len(ys), n_c + n_s))
-    for i, (c, s) in enumerate(rows):
-        x[i, c] = 1.0
-        if s is not None:
-            x[i, n_c + s] = 1.0
-    y = np.asarray(ys)
-    beta, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
-    df = len(ys) - int(rank)
-    if df < 1 or within <= 0:
-        return 0.0, 0.0, 0.0
-    rss = float(((y - x @ beta) ** 2).sum())
-    total = within / n_within                       # sd^2 of one run, seeds included
-    resid = rss / df                                # sd^2 of one run, the seed's share removed
+        z = np.asarray(g.values) * scale
+        within += float(((z - z.mean()) ** 2).sum())
+        n_within += z.size - 1
+        keep = [i for i, s in enumerate(g.seeds) if count[s] >= 2]
+        if len(keep) < 2:
+            continue
+        # the commit's own mean is taken out (Frisch-Waugh): only seed effects remain to fit
+        d = np.zeros((len(keep), len(col)))
+        for r, i in enumerate(keep):
+            if g.seeds[i] in col:
+                d[r, col[g.seeds[i]]] = 1.0
+        y = z[keep]
+        ys.append(y - y.mean())
+        ds.append(d - d.mean(axis=0))
+        n_groups += 1
+    if not ys or within <= 0:
+        return SeedFit()
+    y, d = np.concatenate(ys), np.vstack(ds)
+    beta, _, rank, _ = np.linalg.lstsq(d, y, rcond=None)
+    df = y.size - n_groups - int(rank)        # the commits' means were taken out too
+    if df < 1:
+        return SeedFit()
+    rss = float(((y - d @ beta) ** 2).sum())
+    total = within / n_within                       # variance of one run, seeds included
+    resid = rss / df                                # the same, the seed's share removed
     rho_hat = min(max(1.0 - resid / total, 0.0), MAX_SHARE)
     upper = rss / float(stats.chi2.ppf(1.0 - SHARE_CONFIDENCE, df))   # of the residual variance
     rho = min(max(1.0 - upper / total, 0.0), MAX_SHARE)
-    return rho, rho_hat, float(df)
+    cov = np.linalg.pinv(d.T @ d) * upper / total   # of the effects, in shares of one run's
+    effects = {shared[0]: 0.0, **{s: float(beta[i]) for s, i in col.items()}}
+    errors = {shared[0]: 0.0, **{s: float(cov[i, i]) for s, i in col.items()}}
+    return SeedFit(rho, rho_hat, float(df), k, effects, errors)
 
 
 def paired_difference(cand: Sequence[float], cand_seeds: Sequence[int], best: Sequence[float],
-                      best_seeds: Sequence[int], rho: float) -> tuple[float, float]:
-    """(d, var): mean(candidate) - mean(best) as estimated by GLS under the model above, and
-    its variance in units of sigma^2. Seeds unknown (lists of another length) or rho = 0: the
-    plain difference of means."""
+                      best_seeds: Sequence[int], fit: SeedFit,
+                      level: float) -> tuple[float, float]:
+    """(d, var): mean(candidate) - mean(best) as estimated by GLS under the model above (each
+    run first moved back by its seed's estimated effect at `level`), and its variance in units
+    of one run's noise variance. Seeds unknown (lists of another length) or no seed share: the
+    plain difference of means, variance 1/n_c + 1/n_b."""
     n_c, n_b = len(cand), len(best)
-    plain = (sum(cand) / n_c - sum(best) / n_b, 1.0 / n_c + 1.0 / n_b)
-    if rho <= 0 or len(cand_seeds) != n_c or len(best_seeds) != n_b \
-            or not set(cand_seeds) & set(best_seeds):
-        return plain
-    var = paired_variance(tuple(cand_seeds), tuple(best_seeds), rho)
-    w = _weights(tuple(cand_seeds), tuple(best_seeds), rho)
-    y = np.asarray([*cand, *best], dtype=float)
-    return float(w @ y), var
+    if fit.rho <= 0 or len(cand_seeds) != n_c or len(best_seeds) != n_b:
+        return sum(cand) / n_c - sum(best) / n_b, 1.0 / n_c + 1.0 / n_b
+    y = np.asarray([v - fit.offset(s, level) for v, s in
+                    [*zip(cand, cand_seeds, strict=True), *zip(best, best_seeds, strict=True)]])
+    weights, var = _solve(tuple(cand_seeds), tuple(best_seeds), fit)
+    return float(weights @ y), var
 
 
-@lru_cache(maxsize=4096)
+def paired_variance(cand_seeds: Sequence[int], best_seeds: Sequence[int], fit: SeedFit) -> float:
+    """The variance (in one run's noise variance) of the GLS difference for runs at these
+    seeds."""
+    if fit.rho <= 0:
+        return 1.0 / len(cand_seeds) + 1.0 / len(best_seeds)
+    return _solve(tuple(cand_seeds), tuple(best_seeds), fit)[1]
+
+
 def _solve(cand_seeds: tuple[int, ...], best_seeds: tuple[int, ...],
-           rho: float) -> tuple[np.ndarray, float]:
+           fit: SeedFit) -> tuple[np.ndarray, float]:
+    shared = tuple(round(fit.shared(s), 4) for s in (*cand_seeds, *best_seeds))
+    return _gls(cand_seeds, best_seeds, round(fit.rho, 4), shared)
+
+
+@lru_cache(maxsize=8192)
+def _gls(cand_seeds: tuple[int, ...], best_seeds: tuple[int, ...], rho: float,
+         shared: tuple[float, ...]) -> tuple[np.ndarray, float]:
     s = np.asarray([*cand_seeds, *best_seeds])
-    n_c = len(cand_seeds)
-    cov = (1.0 - rho) * np.eye(s.size) + rho * (s[:, None] == s[None, :])
+    c = np.sqrt(np.asarray(shared))
+    cov = (1.0 - rho) * np.eye(s.size) + (s[:, None] == s[None, :]) * np.outer(c, c)
     x = np.zeros((s.size, 2))
-    x[:n_c, 0] = 1.0
-    x[n_c:, 1] = 1.0
+    x[:len(cand_seeds), 0] = 1.0
+    x[len(cand_seeds):, 1] = 1.0
     ci_x = np.linalg.solve(cov, x)
     info_inv = np.linalg.inv(x.T @ ci_x)
     contrast = np.array([1.0, -1.0])
-    weights = contrast @ info_inv @ ci_x.T
-    return weights, float(contrast @ info_inv @ contrast)
-
-
-def _weights(cand_seeds: tuple[int, ...], best_seeds: tuple[int, ...], rho: float) -> np.ndarray:
-    return _solve(cand_seeds, best_seeds, round(rho, 3))[0]
-
-
-def paired_variance(cand_seeds: Sequence[int], best_seeds: Sequence[int], rho: float) -> float:
-    """The variance (sigma^2 units) of the GLS difference for runs at these seeds."""
-    if rho <= 0 or not set(cand_seeds) & set(best_seeds):
-        return 1.0 / len(cand_seeds) + 1.0 / len(best_seeds)
-    return _solve(tuple(cand_seeds), tuple(best_seeds), round(rho, 3))[1]
+    return contrast @ info_inv @ ci_x.T, float(contrast @ info_inv @ contrast)
 
 
 def next_seed(seeds: Sequence[int]) -> int:
     """The seed the loop gives a commit's next run (one past its latest)."""
     return max(seeds) + 1 if seeds else 0
-
-
-def share_text(rho: float, rho_hat: float, df: float) -> str:
-    return (f"seed share {rho:.2f} (estimated {rho_hat:.2f}, df {df:g})"
-            if df else "seed share 0 (nothing measured at common seeds yet)")

@@ -12,8 +12,15 @@ candidate's true effect in noise sds):
    time, `PolicyContext.first_runs`) are deconvolved into a distribution of effects on a grid
    with a point mass at 0 (policies/prior.py), shrunk toward a conservative default; with no
    history the default alone. Most proposals do not help, and the prior says how many.
-3. Posterior. Over theta, given d with standard error sigma * sqrt(1/n_c + 1/n_b) (Student's t
-   with the noise estimate's df).
+3. Pairing and posterior. The loop gives a commit's k-th run seed k, so a candidate's runs and
+   the best's share seeds; where part of the noise follows the seed it cancels between runs at
+   one seed (policies/pairing.py). The share of the noise that follows the seed is learned from
+   the run's own commits measured at common seeds, at a lower confidence bound (0 until the data
+   show it), and d is the generalised least-squares difference of the two commits' runs of the
+   current epoch under that covariance, with its variance var (in sd^2; 1/n_c + 1/n_b when
+   nothing is shared). The posterior over theta, given d with standard error sigma * sqrt(var)
+   (Student's t with the noise estimate's df); the look-ahead counts the seeds the next runs
+   will get.
 4. Stop or go on. Keeping is worth K = E[theta] - m - `KEEP_PENALTY` * P(theta <= m): the
    expected gain beyond m, less a penalty on the chance that the candidate is no better, where m is
    `min_effect` for a candidate of the same size or larger and -`min_effect` for one with fewer
@@ -23,9 +30,10 @@ candidate's true effect in noise sds):
    less j times the price of a run, `RUN_PRICE` * the prior's expected gain per proposal (the
    gain a run could buy elsewhere). The policy takes the best of the three, looking ahead up
    to the run cap: most candidates are discarded after one run, a promising one runs again
-   until it is kept or is no longer worth a run. The penalty holds the rate at which no-effect
-   proposals are kept under `alpha` = 1% (calibrated on the benchmark's streams, which measure
-   the realized rate); there is no fixed schedule of looks.
+   until it is kept or is no longer worth a run. The penalty, KEEP_PENALTY * 0.01 / `alpha`,
+   holds the rate at which no-effect proposals are kept under `alpha` (calibrated at the
+   default 1% on the benchmark's streams, which measure the realized rate; a smaller alpha asks
+   a keep to be surer in proportion); there is no fixed schedule of looks.
 5. More runs go to the side with fewer runs (the best on a tie: its runs serve every later
    candidate too); a keep waiting for a run of the best beside the candidate gets it last, so a
    candidate discarded on its own runs costs no run of the best. At `max_runs` runs of the
@@ -53,6 +61,7 @@ from .prior import GRID, REFIT_EVERY, WINDOW, Prior, learned_prior, posterior
 from .sequential import SequentialPolicy
 
 KEEP_PENALTY = 2.0      # sd of gain a keep of a no-better candidate costs (holds false keeps <= 1%)
+ALPHA_CALIBRATED = 0.01   # the `alpha` KEEP_PENALTY was calibrated for (see keep_penalty)
 RUN_PRICE = 0.25        # a run's price, as a share of the prior's expected gain per proposal
 SHRINK_SHARE = 0.5      # share of the posterior's shrinkage a keep records (see rule 6)
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(10)
@@ -75,12 +84,19 @@ def run_prior(ctx: PolicyContext) -> Prior:
     return _prior(tuple(z), tuple(v))
 
 
-def keep_value(post: np.ndarray, margin: float) -> float:
-    """E[theta] - margin - KEEP_PENALTY * P(theta <= margin) under the posterior `post`."""
-    return float(post @ GRID - margin - KEEP_PENALTY * post[GRID <= margin + 1e-12].sum())
+def keep_penalty(alpha: float) -> float:
+    """The keep penalty for a tolerated false-keep rate `alpha`: KEEP_PENALTY at the default
+    0.01, inversely proportional to alpha (a keep must be about that much surer)."""
+    return KEEP_PENALTY * ALPHA_CALIBRATED / alpha
 
 
-def value_after(post: np.ndarray, var_now: float, var_next: float, margin: float) -> float:
+def keep_value(post: np.ndarray, margin: float, penalty: float = KEEP_PENALTY) -> float:
+    """E[theta] - margin - penalty * P(theta <= margin) under the posterior `post`."""
+    return float(post @ GRID - margin - penalty * post[GRID <= margin + 1e-12].sum())
+
+
+def value_after(post: np.ndarray, var_now: float, var_next: float, margin: float,
+                penalty: float = KEEP_PENALTY) -> float:
     """E[max(K, 0)] once more runs bring the variance of d (sd^2) from var_now to var_next."""
     w = 1.0 / (1.0 / var_next - 1.0 / var_now)        # variance of the new runs' information
     live = post > 1e-9
@@ -88,7 +104,7 @@ def value_after(post: np.ndarray, var_now: float, var_next: float, margin: float
     y = (theta[:, None] + math.sqrt(w) * _NODES[None, :]).ravel()    # the new information
     new = np.exp(-0.5 * (y[:, None] - GRID[None, :]) ** 2 / w) * post[None, :]
     new /= new.sum(axis=1, keepdims=True)
-    k = new @ GRID - margin - KEEP_PENALTY * new[:, GRID <= margin + 1e-12].sum(axis=1)
+    k = new @ GRID - margin - penalty * new[:, GRID <= margin + 1e-12].sum(axis=1)
     return float(p @ (np.maximum(k, 0.0).reshape(theta.size, _NODES.size) @ _WEIGHTS))
 
 
@@ -140,9 +156,17 @@ class PosteriorPolicy(SequentialPolicy):
         n_c, n_b, sigma, df, d, margin, fresh = j.n_c, j.n_b, j.sigma, j.df, j.d, j.margin, j.fresh
 
         # pairing: runs at a seed the best also ran at share the noise that follows the seed
-        rho, rho_hat, rho_df = seed_share(ctx.seeded_groups)
+        fit = seed_share(ctx.seeded_groups)
+        rho = fit.rho
         cand_seeds, best_seeds = _seeds(candidate), _epoch_seeds(incumbent, j.best_at)
-        d_raw, var = paired_difference(candidate.values, cand_seeds, j.best, best_seeds, rho)
+        paired = cand_seeds is not None and best_seeds is not None and rho > 0
+        if paired:
+            assert cand_seeds is not None and best_seeds is not None
+            d_raw, var = paired_difference(candidate.values, cand_seeds, j.best, best_seeds, fit,
+                                           abs(sum(j.best) / n_b))
+        else:
+            d_raw = sum(candidate.values) / n_c - sum(j.best) / n_b
+            var = 1.0 / n_c + 1.0 / n_b
         sign = 1.0 if ctx.direction == "maximize" else -1.0
         d = j.d = sign * d_raw
         if n_c == 1:   # one draw of this proposal's effect, for the run's prior
@@ -151,12 +175,12 @@ class PosteriorPolicy(SequentialPolicy):
         se = math.sqrt(var)                                # in sd
         z, m = d / sigma, margin / sigma
         post = posterior(prior.weights, z, se, df)
-        k_now = keep_value(post, m)
+        penalty = keep_penalty(s.alpha)
+        k_now = keep_value(post, m, penalty)
         p_bad = float(post[GRID <= m + 1e-12].sum())
         price = RUN_PRICE * float(prior.weights @ np.maximum(GRID, 0.0))
         timed = bool(candidate.at and incumbent.at)
         need_fresh = timed and not fresh
-        paired = cand_seeds is not None and best_seeds is not None and rho > 0
         next_c = next_seed(cand_seeds or [])
         next_b = next_seed(_seeds(incumbent) or [])
 
@@ -172,19 +196,20 @@ class PosteriorPolicy(SequentialPolicy):
                 assert cand_seeds is not None and best_seeds is not None
                 after = paired_variance(
                     [*cand_seeds, *range(next_c, next_c + nc - n_c)],
-                    [*best_seeds, *range(next_b, next_b + nb - n_b)], rho)
+                    [*best_seeds, *range(next_b, next_b + nb - n_b)], fit)
             else:
                 after = 1.0 / nc + 1.0 / nb
-            v = value_after(post, se * se, min(after, se * se * (1 - 1e-9)), m) \
+            v = value_after(post, se * se, min(after, se * se * (1 - 1e-9)), m, penalty) \
                 - len(seq) * price
             if v > go:
                 go, go_runs, first = v, len(seq), seq[0]
         stop = 0.0 if need_fresh else max(k_now, 0.0)
         ev.update(se=se * sigma, statistic=z / se, p_value=None, posterior_bad=p_bad,
                   posterior_mean=float(post @ GRID), keep_value=k_now, go_value=go,
+                  keep_penalty=penalty,
                   run_price=price, prior=prior.summary(), fresh_best_runs=len(fresh),
-                  seed_share=rho, seed_share_estimate=rho_hat, seed_share_df=rho_df,
-                  paired=paired and bool(set(cand_seeds or ()) & set(best_seeds or ())))
+                  seed_share=rho, seed_share_estimate=fit.rho_hat, seed_share_df=fit.df,
+                  paired=paired)
         post_text = f"P(no better) = {p_bad:.3g}, E[effect] = {float(post @ GRID):+.2f} sd"
         if first is not None and go > stop:
             rerun = first
