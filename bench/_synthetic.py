@@ -104,7 +104,7 @@ def run_stream(policy: Policy, settings: PolicySettings, effects: Callable[[], f
         return [c.values for c in commits if c.n >= 2]
 
     def seeded() -> list[SeededGroup]:
-        return [SeededGroup(tuple(c.values), tuple(c.seeds)) for c in commits if c.n >= 2]
+        return [SeededGroup(tuple(c.values), tuple(c.seeds), tuple(c.at)) for c in commits if c.n >= 2]
 
     inc_truth = TRUTH
     inc = Sample([], lines=LINES)

@@ -164,7 +164,7 @@ def seeded_noise_stream(rho: float, proposals: int, seed: int, sigma: float = 0.
     def context(firsts: list[FirstRun]) -> PolicyContext:
         return PolicyContext("minimize", PolicySettings(),
                              [list(s.values) for s in commits if s.n >= 2], list(firsts),
-                             [SeededGroup(tuple(s.values), tuple(s.seeds))
+                             [SeededGroup(tuple(s.values), tuple(s.seeds), tuple(s.at))
                               for s in commits if s.n >= 2])
 
     best = Sample([], 100)

@@ -164,7 +164,8 @@ class RunState:
         out = []
         for values in self._groups.values():
             rows = [self.rows[i] for i in values]
-            out.append(SeededGroup(tuple(values.values()), tuple(int(r.seed or 0) for r in rows)))
+            out.append(SeededGroup(tuple(values.values()), tuple(int(r.seed or 0) for r in rows),
+                                   tuple(r.seq for r in rows)))
         return out
 
     def sample(self, e: Experiment) -> Sample:

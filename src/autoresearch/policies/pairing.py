@@ -12,8 +12,9 @@ Pure functions:
 - `seed_share`: rho as the run's own data show it. An additive fit (commit + seed) to the
   commits with two or more runs, each scaled to unit noise by the level power law; what the seeds
   explain is rho. The estimate is a lower confidence bound (`SHARE_CONFIDENCE`): with few shared
-  seeds it is 0 (independence), so pairing is never more confident than the data allow. Drift
-  between a commit's runs inflates the residual and so only lowers it.
+  seeds it is 0 (independence), so pairing is never more confident than the data allow. Only
+  commits measured within `FIT_SPAN` experiments enter it: a commit's later runs have higher
+  seeds, so a change of conditions between them would read as seed effects.
 - `paired_difference`: the generalised least-squares difference of two commits' means with
   that covariance, and its variance in sigma^2. With rho = 0, or no seed in common, it is the
   plain difference of means with variance 1/n_c + 1/n_b.
@@ -32,6 +33,10 @@ from .noise import level_power
 
 SHARE_CONFIDENCE = 0.9     # rho is used at this one-sided lower confidence bound
 MAX_SHARE = 0.9            # never treat more than this share of the noise as the seed's
+#: only commits whose runs were all made within this many experiments enter the fit: a commit
+#: measured over a longer span (the best, re-measured for drift) may straddle a change of
+#: conditions, which its later (higher) seeds would otherwise take for seed effects
+FIT_SPAN = 16
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class SeededGroup:
 
     values: tuple[float, ...]
     seeds: tuple[int, ...]
+    at: tuple[int, ...] = ()       # experiment numbers; () when unknown
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,10 @@ class SeedFit:
 
 def seed_share(groups: Sequence[SeededGroup]) -> SeedFit:
     """The seed fit of the run's commits with two or more runs (see the module docstring)."""
-    usable = tuple(g for g in groups if len(g.values) >= 2 and len(g.seeds) == len(g.values)
-                   and len(set(g.seeds)) == len(g.seeds))
+    usable = tuple(SeededGroup(g.values, g.seeds) for g in groups
+                   if len(g.values) >= 2 and len(g.seeds) == len(g.values)
+                   and len(set(g.seeds)) == len(g.seeds)
+                   and not (len(g.at) == len(g.values) and max(g.at) - min(g.at) > FIT_SPAN))
     return _seed_share(usable)
 
 
