@@ -169,3 +169,24 @@ def test_the_runs_still_to_come_are_balanced_and_a_keep_waits_for_the_best():
     assert all(p.count("candidate") <= 3 and p.count("incumbent") <= 4 for p in plans)
     assert futures(4, 4, 4, 4, need_fresh=False) == []
     assert futures(2, 2, 1, 4, need_fresh=False)[0] == ["incumbent"]   # the best on a tie
+
+
+@pytest.mark.parametrize("effect, kept_at", [
+    (0.020, {0.05}),                      # 2 sd better on 2 runs: only a lax alpha keeps it
+    (0.025, {0.01, 0.05}),
+    (0.035, {0.001, 0.01, 0.05}),         # clear enough for the strictest
+])
+def test_alpha_sets_how_sure_a_keep_must_be(effect, kept_at):
+    rng = random.Random(2)
+    groups = [[1.0 + 0.01 * rng.gauss(0, 1) for _ in range(6)] for _ in range(5)]
+    kept = set()
+    for alpha in (0.001, 0.01, 0.05):
+        best = Sample([1.0, 1.004, 0.996, 1.0, 1.001], 100, at=[1, 2, 3, 4, 11])
+        cand = Sample([1 - effect, 1 - effect + 0.002], 100, at=[10, 12])
+        d = PosteriorPolicy().decide(cand, best, ctx(groups, alpha=alpha))
+        assert d.evidence["keep_penalty"] == pytest.approx(2.0 * 0.01 / alpha)
+        if d.verdict is Verdict.KEEP:
+            kept.add(alpha)
+        else:
+            assert d.verdict is Verdict.MORE      # not sure enough yet: measure again
+    assert kept == kept_at

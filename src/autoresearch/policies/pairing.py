@@ -10,8 +10,8 @@ together. The model, in units of the local noise sd sigma (policies/noise.py):
 Pure functions:
 
 - `seed_share`: rho as the run's own data show it. An additive fit (commit + seed) to the
-  commits with two or more runs, each scaled to unit noise by the level power law; what the seeds
-  explain is rho. The estimate is a lower confidence bound (`SHARE_CONFIDENCE`): with few shared
+  latest commits with two or more runs, each scaled to unit noise by the level power law; what
+  the seeds explain is rho, and the fitted seed effects are taken out of later comparisons. The estimate is a lower confidence bound (`SHARE_CONFIDENCE`): with few shared
   seeds it is 0 (independence), so pairing is never more confident than the data allow. Only
   commits measured within `FIT_SPAN` experiments enter it: a commit's later runs have higher
   seeds, so a change of conditions between them would read as seed effects.
@@ -37,6 +37,10 @@ MAX_SHARE = 0.9            # never treat more than this share of the noise as th
 #: measured over a longer span (the best, re-measured for drift) may straddle a change of
 #: conditions, which its later (higher) seeds would otherwise take for seed effects
 FIT_SPAN = 16
+#: the fit uses the latest this many commits: a seed's effect belongs to the code it was run
+#: on (real runs: 0.99 between two commits a tweak apart, about 0.1 between the template and a
+#: much better commit), so it is learned from the commits nearest the best, not the whole run
+FIT_GROUPS = 40
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,13 @@ class SeedFit:
 
 def seed_share(groups: Sequence[SeededGroup]) -> SeedFit:
     """The seed fit of the run's commits with two or more runs (see the module docstring)."""
-    usable = tuple(SeededGroup(g.values, g.seeds) for g in groups
-                   if len(g.values) >= 2 and len(g.seeds) == len(g.values)
-                   and len(set(g.seeds)) == len(g.seeds)
-                   and not (len(g.at) == len(g.values) and max(g.at) - min(g.at) > FIT_SPAN))
-    return _seed_share(usable)
+    usable = [g for g in groups
+              if len(g.values) >= 2 and len(g.seeds) == len(g.values)
+              and len(set(g.seeds)) == len(g.seeds)
+              and not (len(g.at) == len(g.values) and max(g.at) - min(g.at) > FIT_SPAN)]
+    if all(len(g.at) == len(g.values) for g in usable):
+        usable.sort(key=lambda g: max(g.at))
+    return _seed_share(tuple(SeededGroup(g.values, g.seeds) for g in usable[-FIT_GROUPS:]))
 
 
 @lru_cache(maxsize=256)

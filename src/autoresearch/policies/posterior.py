@@ -168,7 +168,7 @@ class PosteriorPolicy(SequentialPolicy):
             d_raw = sum(candidate.values) / n_c - sum(j.best) / n_b
             var = 1.0 / n_c + 1.0 / n_b
         sign = 1.0 if ctx.direction == "maximize" else -1.0
-        d = j.d = sign * d_raw
+        d = j.d = ev["effect"] = sign * d_raw
         if n_c == 1:   # one draw of this proposal's effect, for the run's prior
             ev["first_run"] = {"effect": d, "sigma": sigma, "best_runs": n_b, "var": var}
         prior = run_prior(ctx)
