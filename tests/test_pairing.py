@@ -205,3 +205,61 @@ def test_pairing_keeps_no_more_than_one_percent_of_no_effect_proposals(rho):
     runs = [seeded_noise_stream(rho, 250, seed=s, better=0.2) for s in range(4)]
     keeps, nulls = sum(k for k, _ in runs), sum(n for _, n in runs)
     assert keeps <= 0.01 * nulls, f"{keeps} of {nulls} no-effect proposals kept at seed share {rho}"
+
+
+def test_the_run_state_hands_the_policy_each_runs_seed(tmp_path):
+    """The loop records each run's AUTORESEARCH_SEED; the samples and the replicate groups the
+    policy sees carry it, so runs at one seed can be paired."""
+    from autoresearch.experiment import Kind, Status
+    from autoresearch.ledger import Ledger
+    from autoresearch.state import RunState
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    s = RunState(ledger, ledger.create_run("t", "c0", "score", "minimize", "a", "p", {}))
+    base = s.add(kind=Kind.BASELINE, status=Status.RUNNING, tree_sha="t0", commit_sha="c0")
+    s.update(base, status=Status.KEEP, metric=2.0, seed=0)
+    rep = s.add(kind=Kind.REPEAT, status=Status.RUNNING, tree_sha="t0", candidate_of=base.id)
+    s.update(rep, status=Status.REPEAT, metric=2.2, seed=1)
+    cand = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t1")
+    s.update(cand, status=Status.PENDING, metric=1.9, seed=0)
+    assert s.sample(base).seeds == [0, 1] and s.sample(cand).seeds == [0]
+    (group,) = s.seeded_groups()
+    assert group == SeededGroup((2.0, 2.2), (0, 1), (base.seq, rep.seq))
+    again = RunState.load(ledger, s.run)
+    assert again.seeded_groups() == s.seeded_groups()
+
+
+SEEDED_EVALUATE = '''"""The evaluator (LOCKED): most of its noise follows AUTORESEARCH_SEED, as a seeded
+training run's does; a little follows the experiment (the machine)."""
+import os, random
+seed = random.Random(1000 + int(os.environ["AUTORESEARCH_SEED"])).gauss(0.0, 0.3)
+machine = random.Random(int(os.environ["AUTORESEARCH_EXPERIMENT"])).gauss(0.0, 0.05)
+print(f"score: {float(open('out.txt').read()) + seed + machine:.6f}")
+'''
+
+
+def test_the_loop_runs_a_commits_kth_run_at_seed_k_and_the_policy_pairs_them(tmp_path):
+    from conftest import ar, build_target, ledger_experiments, proposal, write_script
+
+    root = build_target(tmp_path, value=10.0, files={"evaluate.py": SEEDED_EVALUATE})
+    steps = [proposal(10.0, description=f"no effect {k}", extra=f"IDEA_{k} = 'none'\n")
+             for k in range(6)]
+    steps.insert(3, proposal(9.0, description="a real improvement (3 seed sds)"))
+    script = write_script(tmp_path / "steps.jsonl", steps)
+    p = ar(root, "run", "--tag", "t", "--agent", f"script:{script}", "--max-experiments", "16")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = ledger_experiments(root, "t")
+    by_tree: dict[str, list] = {}
+    for e in sorted(rows, key=lambda e: e.seq):
+        if e.metric is not None:
+            by_tree.setdefault(e.tree_sha, []).append(e.seed)
+    # a commit's k-th run gets seed k: candidates and the best share seeds 0, 1, ...
+    assert all(seeds == list(range(len(seeds))) for seeds in by_tree.values()), by_tree
+    decided = [e for e in rows if (e.decision or {}).get("evidence", {}).get("seed_share")
+               is not None]
+    assert decided, "no decision went through the posterior rule"
+    # the seeds explain most of this target's noise: once the run has seen it, it pairs
+    assert any(e.decision["evidence"]["paired"] for e in decided)
+    kept = [e.description for e in rows if e.status.value == "keep"]
+    assert "a real improvement (3 seed sds)" in kept and not any(
+        k.startswith("no effect") for k in kept), kept
