@@ -180,10 +180,13 @@ def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return {sys.intern(k): v for k, v in pairs}
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_interned)
+
+
 def _loads(text: str) -> Any:
     """A JSON column decoded for a row kept in memory: its keys (a small vocabulary, repeated
     in every row: "verdict", "evidence", a metric's name) are shared, not one copy per row."""
-    return json.loads(text, object_pairs_hook=_interned)
+    return _DECODER.decode(text)
 
 
 def as_stored(fields: dict[str, Any]) -> dict[str, Any]:
