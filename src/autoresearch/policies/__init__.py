@@ -21,7 +21,7 @@ DEFAULT_POLICY = "noise-aware"
 
 def make_policy(name: str) -> Policy:
     # only the chosen policy's module is imported: the statistical ones load numpy and scipy
-    # (~70 MB of the driver's memory), which a greedy run never uses
+    # (~65 MB of the driver's memory), which a greedy run never uses
     def noise_aware() -> type[Policy]:
         from .posterior import PosteriorPolicy
         return PosteriorPolicy
