@@ -30,6 +30,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import PeakRSS, make_target  # noqa: E402
@@ -80,10 +82,13 @@ class NoopExecutor(Executor):
 
 
 class CpuClock:
-    """A reporter that records this process's CPU time when each experiment finishes."""
+    """A reporter that records this process's CPU time when each experiment finishes, and its
+    RSS every 1,000 experiments (the growth, apart from what was loaded at the start)."""
 
     def __init__(self) -> None:
         self.at: list[float] = []
+        self.rss: dict[int, int] = {}
+        self._proc = psutil.Process()
 
     def message(self, text: str) -> None:
         pass
@@ -93,6 +98,8 @@ class CpuClock:
 
     def finished(self, e, best, reported=None) -> None:
         self.at.append(time.process_time())
+        if len(self.at) % 1000 == 0:
+            self.rss[len(self.at)] = self._proc.memory_info().rss
 
     def tick(self, loop) -> None:
         pass
@@ -137,6 +144,10 @@ def main() -> int:
               f"{'PASS' if ratio <= RATIO_TARGET else 'FAIL'}")
         print(f"peak_rss_mb: {peak:.1f}  (target <= {RSS_TARGET_MB:g})  "
               f"{'PASS' if peak <= RSS_TARGET_MB else 'FAIL'}")
+        if len(clock.rss) >= 2:
+            (lo, a), *_, (hi, b) = sorted(clock.rss.items())
+            print(f"rss_growth_kb_per_experiment ({lo}-{hi}): {(b - a) / (hi - lo) / 1024:.2f}  "
+                  f"(rss at {lo}: {a / 2**20:.1f} MB; bench/rss_breakdown.py shows where)")
         ok = ratio <= RATIO_TARGET and peak <= RSS_TARGET_MB
         loop.ledger.close()
         ok &= read_side(root, done)

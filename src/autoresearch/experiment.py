@@ -129,7 +129,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric it recorded (constraints)
 
 
-@dataclass
+@dataclass(slots=True)   # one per experiment, held for the whole run (state.py)
 class HistoryEntry:
     """One row of the experiment history as agents and the context builder see it."""
 

@@ -18,6 +18,7 @@ import enum
 import json
 import math
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -175,13 +176,26 @@ def _encode(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(k): v for k, v in pairs}
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_interned)
+
+
+def _loads(text: str) -> Any:
+    """A JSON column decoded for a row kept in memory: its keys (a small vocabulary, repeated
+    in every row: "verdict", "evidence", a metric's name) are shared, not one copy per row."""
+    return _DECODER.decode(text)
+
+
 def as_stored(fields: dict[str, Any]) -> dict[str, Any]:
     """Field values exactly as a read of the row would return them (JSON columns round-tripped),
     so that the in-memory run state and the ledger never disagree."""
     out = dict(fields)
     for k in _JSON_COLS & out.keys():
         v = out[k]
-        out[k] = json.loads(dumps(v)) if v else ({} if k == "metrics" else None)
+        out[k] = _loads(dumps(v)) if v else ({} if k == "metrics" else None)
     if "status" in out and not isinstance(out["status"], Status):
         out["status"] = Status(out["status"])
     if "kind" in out and out["kind"] is not None and not isinstance(out["kind"], Kind):
@@ -189,7 +203,7 @@ def as_stored(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)   # slots: a run holds every row in memory (state.py), ~0.4 KB each
 class Experiment:
     """One ledger row, decoded."""
 
@@ -420,7 +434,7 @@ class Ledger:
     def _decode(r: sqlite3.Row) -> Experiment:
         d = dict(r)
         for k in _JSON_COLS:
-            d[k] = json.loads(d[k]) if d[k] else ({} if k == "metrics" else None)
+            d[k] = _loads(d[k]) if d[k] else ({} if k == "metrics" else None)
         d["status"] = Status(d["status"])
         d["kind"] = Kind(d["kind"])
         d["notes"] = d["notes"] or ""

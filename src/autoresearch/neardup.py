@@ -218,7 +218,10 @@ class NearDuplicates:
         self._canon.setdefault(v.canon, exp_id)
         self._skeleton.setdefault(v.skeleton, []).append(known)
         if parent is not None:
-            self._by_parent.setdefault(parent, []).append(known)
+            same = self._by_parent.setdefault(parent, [])
+            same.append(known)
+            if len(same) > WINDOW:   # rule 3 compares the latest WINDOW: older ones drop their change
+                same.pop(0).change = None
 
     def find(self, commit: str, parent: str) -> Match | None:
         """The earlier experiment this commit (proposed against `parent`) repeats, or None."""

@@ -61,6 +61,13 @@ _SUBTREE_ROWS = 100_000      # files listed in the cache of subtrees' listings, 
 _LISTINGS = 4                # commits whose planned checkout is kept (a slot's, the next ones)
 _BLOB_MODES = ("100644", "100755", "120000")
 PLUMBING_ENV = "AUTORESEARCH_GIT_PLUMBING"   # "1": never use libgit2 (tests, benchmarks)
+# libgit2's memory, bounded for a driver that runs for days (its defaults suit short commands):
+# parsed commits and trees are cached up to 256 MiB (a run adds ~1.4 KB per experiment and
+# looks up only the few recent ones again), and pack files are mapped in 1 GiB windows, up to
+# 8 GiB, whose touched pages all count in the driver's RSS.
+_LIBGIT2_CACHE = 2**20             # bytes of parsed objects kept, at most (~3x that in RAM)
+_LIBGIT2_WINDOW = 8 * 2**20        # bytes of a pack file mapped at once
+_LIBGIT2_MAPPED = 64 * 2**20       # bytes of pack files mapped in all, at most
 
 
 def safe_git_env() -> dict[str, str]:
@@ -97,6 +104,22 @@ def commit_all(dest: Path, message: str) -> None:
         git("init", "-q", "-b", "main")
     git("add", "-A", ".")
     git("commit", "-q", "-m", message)
+
+
+def _bound_libgit2() -> None:
+    """Set libgit2's process-wide memory limits (above) once, before a repository is opened;
+    a limit someone has already set lower is left as it is."""
+    global _libgit2_bounded
+    if _libgit2_bounded:
+        return
+    _libgit2_bounded = True
+    settings = pygit2.settings
+    settings.cache_max_size(min(settings.cached_memory[1], _LIBGIT2_CACHE))
+    settings.mwindow_size = min(settings.mwindow_size, _LIBGIT2_WINDOW)
+    settings.mwindow_mapped_limit = min(settings.mwindow_mapped_limit, _LIBGIT2_MAPPED)
+
+
+_libgit2_bounded = False
 
 
 class _NeedsPlumbing(Exception):
@@ -182,6 +205,7 @@ class Ratchet:
         self.hashes: FileHashes = PROCESS_HASHES    # told what checkouts wrote (lockcheck)
         self._lib_lock = threading.Lock()
         if pygit2 is not None and os.environ.get(PLUMBING_ENV) != "1":
+            _bound_libgit2()
             try:
                 self._lib = pygit2.Repository(str(self.git_dir))
             except (pygit2.GitError, KeyError, ValueError, OSError):

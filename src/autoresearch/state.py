@@ -36,8 +36,9 @@ class RunState:
         self.trees: dict[str, int] = {}                 # tree -> first experiment with it
         self._by_tree: dict[str, list[Experiment]] = {}
         self._repeats: dict[int, list[Experiment]] = {}  # candidate id -> rows measured for it
-        self._measured: dict[str, dict[int, float]] = {}  # tree -> {id: metric} of valid ones
-        self._groups: dict[str, dict[int, float]] = {}    # the trees above with 2+ values
+        # tree -> {id: metric} of its valid measurements, for trees with 2+ of them (a tree
+        # measured once, nearly all of them, costs no dict: its row is in _by_tree)
+        self._groups: dict[str, dict[int, float]] = {}
         self._history_ids: list[int] = []               # finished or pending, by id
         self._history: list[HistoryEntry] = []          # their entries, the same order
         self.next_seq = 1
@@ -83,11 +84,10 @@ class RunState:
         if e.status == Status.RUNNING:
             self.running_by[(e.agent, e.role)] -= 1
         self._kept.pop(e.id, None)
-        if e.tree_sha and e.id in self._measured.get(e.tree_sha, {}):
-            values = self._measured[e.tree_sha]
+        if e.tree_sha and e.id in (values := self._groups.get(e.tree_sha, {})):
             del values[e.id]
             if len(values) < 2:
-                self._groups.pop(e.tree_sha, None)
+                del self._groups[e.tree_sha]
 
     def _index(self, e: Experiment, new: bool) -> None:
         self.cost += e.cost_usd
@@ -106,7 +106,8 @@ class RunState:
         if e.tree_sha and e.tree_sha not in self.trees and e.status != Status.INVALID:
             self.trees[e.tree_sha] = e.id
         if e.tree_sha and e.metric is not None and e.status in MEASURED:
-            values = self._measured.setdefault(e.tree_sha, {})
+            if (values := self._groups.get(e.tree_sha)) is None:
+                values = {m.id: m.metric for m in self.measurements(e.tree_sha) if m.id != e.id}
             values[e.id] = e.metric
             if len(values) >= 2:
                 self._groups[e.tree_sha] = values

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import ConfigError
 from .base import Decision, Estimate, FirstRun, Policy, PolicyContext, Sample, Verdict
 from .greedy import GreedyPolicy
@@ -18,16 +20,26 @@ DEFAULT_POLICY = "noise-aware"
 
 
 def make_policy(name: str) -> Policy:
-    from .noise_aware import NoiseAwarePolicy
-    from .posterior import PosteriorPolicy
-    from .sequential import SequentialPolicy
+    # only the chosen policy's module is imported: the statistical ones load numpy and scipy
+    # (~65 MB of the driver's memory), which a greedy run never uses
+    def noise_aware() -> type[Policy]:
+        from .posterior import PosteriorPolicy
+        return PosteriorPolicy
 
-    registry: dict[str, type[Policy]] = {"greedy": GreedyPolicy, "noise-aware": PosteriorPolicy,
-                                         "noise-aware-v1": NoiseAwarePolicy,
-                                         "noise-aware-v2": SequentialPolicy}
+    def noise_aware_v1() -> type[Policy]:
+        from .noise_aware import NoiseAwarePolicy
+        return NoiseAwarePolicy
+
+    def noise_aware_v2() -> type[Policy]:
+        from .sequential import SequentialPolicy
+        return SequentialPolicy
+
+    registry: dict[str, Callable[[], type[Policy]]] = {
+        "greedy": lambda: GreedyPolicy, "noise-aware": noise_aware,
+        "noise-aware-v1": noise_aware_v1, "noise-aware-v2": noise_aware_v2}
     if name not in registry:
         raise ConfigError(f"unknown policy '{name}' — choose one of: {', '.join(sorted(registry))}")
-    return registry[name]()
+    return registry[name]()()
 
 
 __all__ = ["Decision", "Estimate", "FirstRun", "Policy", "PolicyContext", "Sample", "Verdict", "make_policy", "DEFAULT_POLICY"]
