@@ -9,15 +9,20 @@ together. The model, in units of the local noise sd sigma (policies/noise.py):
 
 Pure functions:
 
-- `seed_share`: rho as the run's own data show it. An additive fit (commit + seed) to the
-  latest commits with two or more runs, each scaled to unit noise by the level power law; what
-  the seeds explain is rho, and the fitted seed effects are taken out of later comparisons. The estimate is a lower confidence bound (`SHARE_CONFIDENCE`): with few shared
-  seeds it is 0 (independence), so pairing is never more confident than the data allow. Only
-  commits measured within `FIT_SPAN` experiments enter it: a commit's later runs have higher
-  seeds, so a change of conditions between them would read as seed effects.
-- `paired_difference`: the generalised least-squares difference of two commits' means with
-  that covariance, and its variance in sigma^2. With rho = 0, or no seed in common, it is the
-  plain difference of means with variance 1/n_c + 1/n_b.
+- `seed_share`: what the run's own data show (a `SeedFit`). An additive fit (commit + seed) to
+  the latest `FIT_GROUPS` commits with two or more runs, each scaled to unit noise by the level
+  power law, the commits' means taken out first. What the seeds explain is rho, used at a lower
+  confidence bound (`SHARE_CONFIDENCE`): with few shared seeds it is 0 (independence), so
+  pairing is never more confident than the data allow. The fitted seed effects, with their
+  errors, are taken out of later comparisons. Only commits measured within `FIT_SPAN`
+  experiments enter it: a commit's later runs have higher seeds, so a change of conditions
+  between them would read as seed effects.
+- `paired_difference`: the generalised least-squares difference of two commits' means, each run
+  first moved back by its seed's fitted effect, under the covariance that remains (the rest of
+  the noise, 1 - rho, on every run; the fit's error, or rho where a seed is not fitted, shared
+  by the runs at one seed), and its variance in sigma^2. With rho = 0 it is the plain difference
+  of means with variance 1/n_c + 1/n_b.
+- `paired_variance`: that variance for runs at given seeds (the look-ahead's runs to come).
 """
 
 from __future__ import annotations
