@@ -42,6 +42,7 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -92,6 +93,7 @@ class Manifest:
     rebuilt: bool = True        # written whole (no manifest, or the incremental path gave up)
     fresh: list[str] = field(default_factory=list)   # paths this sync wrote or checked again
     seen: dict[str, tuple[int, ...]] | None = None   # lstat keys taken since (see guarantees)
+    layout: Layout | None = None   # the walk's grouping of the paths by directory (a hint)
 
     def settled(self, w: Written) -> bool:
         """Does a change after this sync necessarily change w's key (ctime older than the tick)?"""
@@ -123,6 +125,38 @@ def dirs_of(paths: Iterable[str]) -> frozenset[str]:
             dirs.add(d)
             i = d.rfind("/")
     return frozenset(dirs)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The wanted paths grouped by directory, for the walk's bulk judgement of a directory that
+    is as the last sync left it. Only a hint: a directory is judged in bulk when its entries
+    are exactly its files and subdirectories here and each file passes the test the
+    one-by-one walk applies, so a layout made for other paths costs speed, never exactness."""
+
+    dirs: frozenset[str]   # the directories it was made for (kept while a commit's are the same)
+    #: "" or "dir/" -> (its files' paths, their names, its subdirectories' names)
+    by_dir: dict[str, tuple[list[str], list[str], list[str]]]
+
+    @classmethod
+    def of(cls, wanted: dict[str, Want], dirs: frozenset[str]) -> Layout:
+        by_dir: dict[str, tuple[list[str], list[str], list[str]]] = {}
+        for rel in wanted:
+            folder, _, leaf = rel.rpartition("/")
+            files = by_dir.setdefault(folder + "/" if folder else "", ([], [], []))
+            files[0].append(rel)
+            files[1].append(leaf)
+        for d in dirs:
+            folder, _, leaf = d.rpartition("/")
+            by_dir.setdefault(folder + "/" if folder else "", ([], [], []))[2].append(leaf)
+        return cls(dirs, by_dir)
+
+
+_NAME = operator.attrgetter("name")
+_INODE = os.DirEntry.inode
+_KEY_OF = operator.attrgetter("key")
+_WANT_OF = operator.attrgetter("want")
+_INO = operator.itemgetter(3)
 
 
 def _same(recorded: tuple[int, ...], now: tuple[int, ...]) -> bool:
@@ -208,6 +242,7 @@ class _Sync:
         self.done: dict[str, Written] = {}
         self.fresh: list[str] = []   # what done holds that the old manifest did not
         self.fds: dict[str, int] = {}   # repo-relative directory ("" the root) -> open descriptor
+        self.layout: Layout | None = None
 
     # -- the two ways ---------------------------------------------------------------------------
     def whole(self, marker: Path | None) -> Manifest:
@@ -221,6 +256,8 @@ class _Sync:
     def incremental(self, old: Manifest, marker: Path | None) -> Manifest:
         if not stat.S_ISDIR(os.lstat(self.dest).st_mode):
             raise _Rebuild
+        self.layout = old.layout if old.layout is not None and old.layout.dirs is self.dirs \
+            else Layout.of(self.wanted, self.dirs)
         try:
             root = self.fds[""] = os.open(self.dest, _DIR_FLAGS)
             self._fix_mode(root, os.fstat(root))
@@ -228,7 +265,8 @@ class _Sync:
             self._write_missing()
         finally:
             self._close()
-        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=self.fresh)
+        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=self.fresh,
+                        layout=self.layout)
 
     def _close(self) -> None:
         for fd in self.fds.values():
@@ -244,6 +282,8 @@ class _Sync:
         files, wanted, dirs, done = old.files, self.wanted, self.dirs, self.done
         with os.scandir(fd) as listing:
             entries = list(listing)
+        if old.seen is not None and self._as_left(fd, prefix, entries, old):
+            return
         rels = [prefix + entry.name for entry in entries]
         keys = map((old.seen or {}).get, rels)
         for entry, rel, w, want, key in zip(entries, rels, map(files.get, rels),
@@ -269,6 +309,41 @@ class _Sync:
                     self._record(rel, Written(want, key))
                     continue
             _remove(fd, name, entry.is_dir(follow_symlinks=False))
+
+    def _as_left(self, fd: int, prefix: str, entries: list[os.DirEntry], old: Manifest) -> bool:
+        """The walk of one directory in bulk (no bytecode per file), when it holds exactly its
+        layout's entries and every file is judged kept by the one-by-one walk's first test: the
+        check's key is the one this checkout recorded, on the inode the directory entry has,
+        and the commit wants what was written. False (nothing done): walk it one by one."""
+        assert self.layout is not None and old.seen is not None
+        here = self.layout.by_dir.get(prefix)
+        if here is None:
+            return False
+        rels, leaves, subdirs = here
+        if len(entries) != len(leaves) + len(subdirs):
+            return False
+        by_name = dict(zip(map(_NAME, entries), entries, strict=True))
+        written = list(map(old.files.get, rels))
+        keys = list(map(old.seen.get, rels))
+        try:
+            if not (all(map(operator.is_, keys, map(_KEY_OF, written)))
+                    and all(map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels)))
+                    and list(map(_INO, keys)) == list(map(_INODE, map(by_name.__getitem__,
+                                                                      leaves)))):
+                return False
+        except (AttributeError, KeyError):   # a path not written last time, or not there
+            return False
+        subs = [by_name.get(name) for name in subdirs]
+        if not all(entry is not None and entry.is_dir(follow_symlinks=False)
+                   and prefix + entry.name in self.dirs for entry in subs):
+            return False
+        self.done.update(zip(rels, written, strict=True))
+        for name in subdirs:
+            rel = prefix + name
+            sub = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            self._fix_mode(sub, os.fstat(sub))
+            self._walk(sub, rel + "/", old)
+        return True
 
     def _record(self, rel: str, w: Written) -> None:
         self.done[rel] = w
