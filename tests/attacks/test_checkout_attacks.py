@@ -24,6 +24,7 @@ from conftest import build_target, commit_all
 from test_checkout import snapshot
 
 from autoresearch import checkout as checkout_mod
+from autoresearch.checkout import Layout
 from autoresearch.evaluation import locked_violations
 from autoresearch.ratchet import Ratchet
 
@@ -310,12 +311,15 @@ def test_strays_made_after_the_check_are_still_found_and_removed(repo, tmp_path)
     assert_exact(r, wt, a, tmp_path / "fresh")
 
 
-def test_a_file_replaced_after_the_check_is_rewritten_not_judged_on_the_old_key(repo, tmp_path):
+@pytest.mark.parametrize("rel", ["evaluate.py", "pkg/sub/mod.py"],
+                         ids=["beside links", "in a directory judged in bulk"])
+def test_a_file_replaced_after_the_check_is_rewritten_not_judged_on_the_old_key(repo, tmp_path,
+                                                                                rel):
     r, a, _b, _ = repo
     slot = r.worktree("slot-0")
     r.checkout(slot, a)
     assert _checked(r, slot, a) == []
-    p = slot / "evaluate.py"
+    p = slot / rel
     st = os.stat(p)
     os.link(p, tmp_path / "held")   # the old inode stays in use: the new file gets another
     p.unlink()
@@ -374,6 +378,43 @@ def test_keys_handed_over_spare_the_next_checkout_every_lstat(repo, monkeypatch)
     looked.clear()
     r.checkout(slot, a)
     assert looked == []
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["layout", "stale layout"])
+@pytest.mark.parametrize("change", ["bytes", "mode", "removed", "added", "directory removed"])
+def test_what_the_next_commit_changes_in_a_directory_judged_in_bulk_is_written(repo, tmp_path,
+                                                                               change, stale):
+    """pkg/sub holds no link, so after a handed-over check its walk is one bulk judgement: a
+    file the next commit changes (bytes or mode), removes or adds there must not ride on it.
+    Stale: the walk is handed the layout of the previous commit's paths as if it were the
+    next one's (a layout is a hint: it may cost speed, never exactness)."""
+    r, a, _b, _ = repo
+    from conftest import git
+    git(r.repo, "checkout", "-q", a)
+    mod = r.repo / "pkg" / "sub" / "mod.py"
+    if change == "bytes":
+        mod.write_text("X = 3\n")
+    elif change == "mode":
+        mod.chmod(0o755)
+    elif change == "removed":
+        mod.unlink()
+        (r.repo / "pkg" / "sub" / "other.py").write_text("Z = 1\n")   # the directory stays
+    elif change == "directory removed":
+        mod.unlink()
+        (r.repo / "pkg" / "top.py").write_text("Z = 1\n")   # pkg stays, without sub
+    else:
+        (r.repo / "pkg" / "sub" / "added.py").write_text("Y = 1\n")
+    c = commit_all(r.repo, change)
+    slot = r.worktree("slot-0")
+    _settled(r, slot, a)
+    assert _checked(r, slot, a) == []
+    if stale:
+        m = r._manifests[os.path.abspath(slot)]
+        m.layout = Layout(r._listing(c).dirs, Layout.of(r._listing(a).wanted,
+                                                        r._listing(a).dirs).by_dir)
+    wt = r.checkout(slot, c)
+    assert_exact(r, wt, c, tmp_path / "fresh")
+    assert _checked(r, slot, c) == []
 
 
 # -- through the real loop ----------------------------------------------------------------------
