@@ -76,14 +76,17 @@ class _Layout:
 
     @classmethod
     def of(cls, base: str, rels: list[str], links: frozenset[str]) -> _Layout:
-        by_dir: dict[str, list[str]] = {}
+        by_dir: dict[str, tuple[list[str], list[str]]] = {}   # folder -> (paths, names)
         for rel in rels:
             folder, _, leaf = rel.rpartition("/")
-            by_dir.setdefault(folder, []).append(leaf)
-        ordered, runs = [], []
-        for folder, leaves in by_dir.items():
+            paths, leaves = by_dir.setdefault(folder, ([], []))
+            paths.append(rel)
+            leaves.append(leaf)
+        ordered: list[str] = []
+        runs = []
+        for folder, (paths, leaves) in by_dir.items():
             runs.append((folder, leaves, len(ordered), len(ordered) + len(leaves)))
-            ordered += [f"{folder}/{leaf}" if folder else leaf for leaf in leaves]
+            ordered += paths
         return cls(ordered, [base + rel for rel in ordered], runs, links)
 
 
