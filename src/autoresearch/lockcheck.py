@@ -17,6 +17,11 @@ Guarantees:
   wrote as a link), every other path a regular file with the expected blob id. With `seen` it
   records every path's full lstat key, so a caller that knows nothing ran since (the ratchet's
   next checkout of the same slot) need not lstat the tree again.
+- A check of `BULK_PATHS` paths or more is made directory by directory in bulk: every file's
+  lstat key is compared with its cached key and id with no bytecode per file; a directory
+  where anything differs (or cannot be read) is judged again one file at a time, exactly as a
+  small check is, so the bulk path decides nothing the one-by-one path would not. Its grouping
+  of the paths by directory is kept per root and used only for exactly the same paths.
 - The cache may be saved to a JSON file (the session keeps one under .autoresearch/); a
   missing, unreadable or foreign cache file only costs a re-hash.
 """
