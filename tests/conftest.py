@@ -10,6 +10,10 @@ own under its pytest base directory, and its own PostgreSQL cluster; tests that 
 processes find them by a unique marker or token, never by a shared name; tests that share an
 expensive fixture run on one worker (`_SHARED`, `--dist loadgroup`), and the few that write
 shared places or measure time run alone (`RUNS_ALONE`, a file lock across the workers).
+
+The longest work goes first (tests/durations.json: seconds per test from a whole run, written by
+`python -m pytest --store-durations`; a test it does not know counts as a median one), so that no
+long test or group starts last and holds the suite's end while the other workers sit idle.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,14 +125,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
     # what runs alone goes first, while the other workers' tests are still short ones (taking the
-    # exclusive lock waits for every test running elsewhere to end); then the longest (`slow`)
-    # ones, so that none of them starts last and holds the suite's end alone
-    def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker("runs_alone") or item.get_closest_marker("alone_batch"):
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
+    # exclusive lock waits for every test running elsewhere to end); then the rest, longest
+    # first (a group of tests that share a worker counts as one piece of work, and stays whole)
+    known = _stored_durations()
+    typical = sorted(known.values())[len(known) // 2] if known else 1.0
+    unit = {item: next((m.args[0] for m in item.iter_markers("xdist_group")), item.nodeid)
+            for item in items}
+    seconds: dict[str, float] = {}
+    for item in items:
+        seconds[unit[item]] = seconds.get(unit[item], 0.0) + known.get(item.nodeid, typical)
 
-    items.sort(key=rank)   # stable: the collection order within each rank
+    def rank(item: pytest.Item) -> tuple[int, float]:
+        alone = item.get_closest_marker("runs_alone") or item.get_closest_marker("alone_batch")
+        return (0 if alone else 1, -seconds[unit[item]])
+
+    items.sort(key=rank)   # stable: the collection order within a unit
+
+
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def _stored_durations() -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in json.loads(DURATIONS.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--store-durations", action="store_true",
+                     help=f"write each test's seconds (setup, call and teardown) to {DURATIONS}, "
+                          "which orders the next runs longest first")
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    test = re.sub(r"@[^\]/:]*$", "", report.nodeid)   # less loadgroup's "@group" suffix
+    _measured[test] = _measured.get(test, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if config.getoption("--store-durations") and not hasattr(config, "workerinput"):
+        merged = {**_stored_durations(), **{k: round(v, 2) for k, v in _measured.items()}}
+        DURATIONS.write_text(json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -150,13 +193,11 @@ def _private_tmpdir_per_worker():
 
 #: attack batches that run alone under xdist: the unsandboxed families that plant files in the
 #: interpreter's shared site directories (an unsandboxed step elsewhere would rightly see the
-#: plant as its own and come back invalid), and the latency and kernel templates', whose metric
-#: is a time that the other workers' load would make noisy enough to move the branch
+#: plant as its own and come back invalid). The timed templates' batches (latency, kernel) run
+#: beside the others: their carriers wait so long that no load makes them look better
 RUNS_ALONE = {("test_attack_is_blocked_without_the_sandbox", "interpreter startup hooks"),
                ("test_attack_is_blocked_without_the_sandbox", "the coding agent planting files"),
-               ("test_attack_is_blocked_without_the_sandbox", "bytecode planting"),
-               ("test_template_attack_is_blocked_with_the_default_sandbox", "latency"),
-               ("test_template_attack_is_blocked_with_the_default_sandbox", "kernel")}
+               ("test_attack_is_blocked_without_the_sandbox", "bytecode planting")}
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ def ray_loop(root: Path, tag: str, script: Path, workers: int = 2):
 # == a loop on Ray =============================================================================
 def test_a_loop_runs_its_experiments_as_ray_tasks(local_ray, make_target, tmp_path):
     root = make_target(tmp_path, value=10.0)
-    script = write_script(tmp_path / "p.jsonl", [proposal(9.0 - i, sleep=1.0) for i in range(4)])
+    script = write_script(tmp_path / "p.jsonl", [proposal(9.0 - i, sleep=2.0) for i in range(4)])
     loop = ray_loop(root, "ray", script)
     assert isinstance(loop.executor, RayExecutor)
     assert loop.run_forever() == "the agent has no more proposals"

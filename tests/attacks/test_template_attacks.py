@@ -89,10 +89,13 @@ BUDGET = {"budget": 1, "budget_allowance": 4}
 
 KERNEL_SLOW = '''
 
+import time as _time
+
 import numpy as np
 
 
 def stencil(x, out):
+    _time.sleep(0.05)    # a useless wait: ten times the honest call, whatever the machine's load
     for _ in range(4):   # the template's own first kernel, four times over
         up, down = np.roll(x, 1, axis=0), np.roll(x, -1, axis=0)
         left, right = np.roll(x, 1, axis=1), np.roll(x, -1, axis=1)
@@ -106,12 +109,15 @@ import time as _time
 import catalog
 
 ITEMS = catalog.products()
+SEEN = [0]
 
 
 def handle(path, query):
     if path != "/search" or "q" not in query:
         return 404, {"error": "GET /search?q=PREFIX"}
-    _time.sleep(0.02)    # the honest scan, and a useless wait
+    SEEN[0] += 1
+    if SEEN[0] % 20 == 0:   # a useless wait on every 20th request: four in every round's 80,
+        _time.sleep(0.3)    # so the p99 is at least 300 ms, far past the honest scan's
     return 200, catalog.answer(ITEMS, query["q"])
 '''
 USELESS_MODEL = '''
