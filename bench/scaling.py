@@ -2,6 +2,7 @@
 
     python bench/scaling.py              # 10,000 experiments (several minutes)
     python bench/scaling.py --n 2000     # a shorter run; windows scale with --n
+    python bench/scaling.py --policy noise-aware   # the default policy instead of greedy
 
 The loop runs in this process on a throwaway git target with an instant in-process agent (every
 proposal is a new `train.py`) and a no-op executor (every job is "measured" at once with a
@@ -115,6 +116,8 @@ def window_ms(at: list[float], lo: int, hi: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="experiments (at least 300)")
+    ap.add_argument("--policy", default="greedy",
+                    help="the acceptance policy (greedy: one run per proposal, the most experiments)")
     a = ap.parse_args()
     n = max(300, a.n)
     with tempfile.TemporaryDirectory(prefix="ar-scale-") as tmp:
@@ -122,7 +125,7 @@ def main() -> int:
         make_target(root, 1, 0)
         target = load_target(root)
         clock = CpuClock()
-        args = SimpleNamespace(agent="instant", policy="greedy", max_experiments=n, seed=0,
+        args = SimpleNamespace(agent="instant", policy=a.policy, max_experiments=n, seed=0,
                                workers=1, executor="local")
         loop = build_loop(target, args, "scale", agent=InstantAgent(), reporter=clock)
         loop.executor = NoopExecutor()

@@ -89,3 +89,97 @@ def test_a_file_written_just_now_with_an_old_mtime_is_not_cached(tmp_path):
     hashes = FileHashes()
     hashes.blob_id(p)
     assert not hashes._seen
+
+
+# -- a large check, made in bulk ----------------------------------------------------------------
+def _tree(root, dirs: int = 3, per: int = 30) -> dict[str, str]:
+    """dirs x per settled files (more than lockcheck.BULK_PATHS): path -> blob id."""
+    expected = {}
+    for d in range(dirs):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(per):
+            p = root / f"d{d}" / f"f{i:02d}.py"
+            p.write_text(f"V = {d * 100 + i}\n")
+            _old(p)
+            expected[f"d{d}/f{i:02d}.py"] = git_blob_hash(p.read_bytes())
+    assert len(expected) >= lockcheck.BULK_PATHS
+    return expected
+
+
+def _rewrite_in_place(p):
+    st = os.stat(p)
+    data = p.read_bytes()
+    p.write_bytes(data.replace(b"V", b"W"))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _swap_for_link(p):
+    copy = p.parent.parent.parent / f"outside-{p.name}"
+    copy.write_bytes(p.read_bytes())
+    p.unlink()
+    p.symlink_to(copy)
+
+
+def _dir_for_link(p):
+    """The file's directory moved outside, a symlink to it in its place: the same bytes."""
+    d = p.parent
+    moved = d.parent.parent / f"outside-{d.name}"
+    os.rename(d, moved)
+    d.symlink_to(moved)
+
+
+TAMPERS = {
+    "rewritten in place, mtime restored": (_rewrite_in_place, ["d0/f01.py"]),
+    "removed": (lambda p: p.unlink(), ["d1/f02.py"]),
+    "a symlink to the same bytes": (_swap_for_link, ["d2/f03.py"]),
+    "a fifo": (lambda p: (p.unlink(), os.mkfifo(p)), ["d0/f04.py"]),
+    "a directory": (lambda p: (p.unlink(), p.mkdir()), ["d1/f05.py"]),
+    "its directory a symlink": (_dir_for_link, [f"d2/f{i:02d}.py" for i in range(30)]),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+def test_a_large_check_sees_what_the_one_by_one_check_sees(tmp_path, later, monkeypatch, tamper):
+    root = tmp_path / "tree" / "wt"
+    expected = _tree(root)
+    hashes = FileHashes()
+    assert hashes.violations(root, expected) == []   # hashed once, cached (settled)
+    reads = []
+    monkeypatch.setattr(lockcheck, "git_blob_hash_file",
+                        lambda path: reads.append(path) or git_blob_hash_file(path))
+    keys: dict[str, tuple[int, ...]] = {}
+    assert hashes.violations(root, expected, seen=keys) == [] and reads == []
+    base = str(root) + "/"
+    assert keys.keys() == expected.keys()
+    assert all(keys[rel] is hashes._seen[base + rel][0] for rel in expected)   # by identity
+    how, bad = TAMPERS[tamper]
+    how(root / bad[0])
+    bulk = hashes.violations(root, expected)
+    monkeypatch.setattr(lockcheck, "BULK_PATHS", 10**9)
+    assert hashes.violations(root, expected) == bulk == bad
+
+
+def test_a_large_check_of_other_paths_makes_its_layout_again(tmp_path, later):
+    root = tmp_path / "wt"
+    expected = _tree(root)
+    hashes = FileHashes()
+    assert hashes.violations(root, expected) == []
+    other = dict(expected)   # as many paths, one of them new (and missing on disk)
+    del other["d0/f00.py"]
+    other["d0/new.py"] = expected["d0/f00.py"]
+    assert hashes.violations(root, other) == ["d0/new.py"]
+    other = dict(expected, **{"d1/f07.py": expected["d1/f08.py"]})   # another blob expected
+    assert hashes.violations(root, other) == ["d1/f07.py"]
+    assert hashes.violations(root, expected) == []
+
+
+def test_a_large_check_judges_the_commits_links_as_links(tmp_path, later):
+    root = tmp_path / "wt"
+    expected = _tree(root)
+    (root / "link").symlink_to("d0/f00.py")
+    expected["link"] = "0" * 40   # a link's blob id is not what is checked: its target is
+    hashes = FileHashes()
+    assert hashes.violations(root, expected, {"link": "d0/f00.py"}) == []
+    (root / "link").unlink()
+    (root / "link").symlink_to("d0/f01.py")
+    assert hashes.violations(root, expected, {"link": "d0/f00.py"}) == ["link"]

@@ -26,9 +26,17 @@ Guarantees:
   last sync with nothing run in between but what cannot write dest (the ratchet hands over
   those of the locked/tracked check after a run step, whose processes are all dead then;
   evaluation.py says when). An entry whose key is there, and whose directory entry still has
-  that inode, is judged on it without an lstat; every directory is still listed (scandir, no
-  stat of its entries), so a name the commit does not hold is found and removed, and an entry
-  replaced since by one on another inode is looked at again. A process that escaped the
+  that inode, is judged on it without an lstat. Every directory is opened and its lstat key
+  read (fstat); it is listed (scandir, no stat of its entries), so that a name the commit does
+  not hold is found and removed and an entry replaced since by one on another inode is looked
+  at again, unless nothing can have been added to, removed from or renamed in it since the
+  last sync: its key equals the one recorded once that sync had written everything, that key
+  is settled (its ctime older than the tick, the racy rule again: a change after it moves the
+  ctime, which no process can set back, and POSIX has every link, unlink, rename, creat,
+  mkdir and rmdir mark the directory's ctime), and the last sync wrote exactly the paths this
+  one wants (so the directory holds exactly those, on the inodes written then). Directories
+  with nothing to list and nothing to repair are judged in bulk, with no bytecode per file
+  (`Layout`: the paths grouped by directory). A process that escaped the
   step's kill (runner.py kills every one it can find) could still rewrite a file after that
   check, in place or on the inode just freed, and this sync would keep it: the same risk as a
   rewrite just after a walk, and in both cases the check after the next run step sees it (its
@@ -42,6 +50,7 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -92,6 +101,8 @@ class Manifest:
     rebuilt: bool = True        # written whole (no manifest, or the incremental path gave up)
     fresh: list[str] = field(default_factory=list)   # paths this sync wrote or checked again
     seen: dict[str, tuple[int, ...]] | None = None   # lstat keys taken since (see guarantees)
+    layout: Layout | None = None   # the paths by directory, exactly those of files
+    dir_keys: dict[str, tuple[int, ...]] = field(default_factory=dict)   # at the end, by dir
 
     def settled(self, w: Written) -> bool:
         """Does a change after this sync necessarily change w's key (ctime older than the tick)?"""
@@ -123,6 +134,44 @@ def dirs_of(paths: Iterable[str]) -> frozenset[str]:
             dirs.add(d)
             i = d.rfind("/")
     return frozenset(dirs)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The wanted paths grouped by directory, for the walk's bulk judgement of a directory that
+    is as the last sync left it. Only a hint: a directory is judged in bulk when its entries
+    are exactly its files and subdirectories here and each file passes the test the
+    one-by-one walk applies, so a layout made for other paths costs speed, never exactness."""
+
+    paths: list[str]       # the wanted paths it was made for, every one
+    #: "" or "dir/" -> (its files' paths, their names, its subdirectories' names)
+    by_dir: dict[str, tuple[list[str], list[str], list[str]]]
+
+    def exactly(self, wanted: dict[str, Want]) -> bool:
+        """Was it made for exactly these paths?"""
+        return len(self.paths) == len(wanted) and all(map(wanted.__contains__, self.paths))
+
+    @classmethod
+    def of(cls, wanted: dict[str, Want], dirs: frozenset[str]) -> Layout:
+        by_dir: dict[str, tuple[list[str], list[str], list[str]]] = {}
+        for rel in wanted:
+            folder, _, leaf = rel.rpartition("/")
+            files = by_dir.setdefault(folder + "/" if folder else "", ([], [], []))
+            files[0].append(rel)
+            files[1].append(leaf)
+        for d in dirs:
+            folder, _, leaf = d.rpartition("/")
+            by_dir.setdefault(folder + "/" if folder else "", ([], [], []))[2].append(leaf)
+        return cls(list(wanted), by_dir)
+
+
+_NAME = operator.attrgetter("name")
+_INODE = os.DirEntry.inode
+_KEY_OF = operator.attrgetter("key")
+_WANT_OF = operator.attrgetter("want")
+_INO = operator.itemgetter(3)
+_DIR_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev",
+                               "st_mode", "st_nlink")
 
 
 def _same(recorded: tuple[int, ...], now: tuple[int, ...]) -> bool:
@@ -208,27 +257,39 @@ class _Sync:
         self.done: dict[str, Written] = {}
         self.fresh: list[str] = []   # what done holds that the old manifest did not
         self.fds: dict[str, int] = {}   # repo-relative directory ("" the root) -> open descriptor
+        self.layout: Layout | None = None
+        self.found: dict[str, tuple[int, ...]] = {}   # directory -> its key when opened
 
     # -- the two ways ---------------------------------------------------------------------------
     def whole(self, marker: Path | None) -> Manifest:
         try:
             self.fds[""] = os.open(self.dest, _DIR_FLAGS)
             self._write_missing()
+            dir_keys = self._dir_keys()
         finally:
             self._close()
-        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=list(self.done))
+        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=list(self.done),
+                        dir_keys=dir_keys)
 
     def incremental(self, old: Manifest, marker: Path | None) -> Manifest:
         if not stat.S_ISDIR(os.lstat(self.dest).st_mode):
             raise _Rebuild
+        self.layout = old.layout if old.layout is not None and old.layout.exactly(self.wanted) \
+            else Layout.of(self.wanted, self.dirs)
         try:
             root = self.fds[""] = os.open(self.dest, _DIR_FLAGS)
-            self._fix_mode(root, os.fstat(root))
+            self._opened("", root)
             self._walk(root, "", old)
             self._write_missing()
+            dir_keys = self._dir_keys()
         finally:
             self._close()
-        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=self.fresh)
+        return Manifest(self.done, self.dir_mode, _tick(marker), fresh=self.fresh,
+                        layout=self.layout, dir_keys=dir_keys)
+
+    def _dir_keys(self) -> dict[str, tuple[int, ...]]:
+        """Every directory's lstat key now, once everything is written (by descriptor)."""
+        return {rel: _DIR_KEY(os.fstat(fd)) for rel, fd in self.fds.items()}
 
     def _close(self) -> None:
         for fd in self.fds.values():
@@ -242,8 +303,12 @@ class _Sync:
         # says "unchanged since the check" without touching the key's fields (a tuple compare
         # here is mostly cache misses), and a vouched key is a settled one
         files, wanted, dirs, done = old.files, self.wanted, self.dirs, self.done
+        if old.seen is not None and self._unchanged(fd, prefix, old):
+            return
         with os.scandir(fd) as listing:
             entries = list(listing)
+        if old.seen is not None and self._as_left(fd, prefix, entries, old):
+            return
         rels = [prefix + entry.name for entry in entries]
         keys = map((old.seen or {}).get, rels)
         for entry, rel, w, want, key in zip(entries, rels, map(files.get, rels),
@@ -254,7 +319,7 @@ class _Sync:
             name = entry.name
             if rel in dirs and entry.is_dir(follow_symlinks=False):
                 sub = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                self._fix_mode(sub, os.fstat(sub))
+                self._opened(rel, sub)
                 self._walk(sub, rel + "/", old)
                 continue
             if w is not None and want is not None and (w.want is want or w.want == want):
@@ -270,9 +335,80 @@ class _Sync:
                     continue
             _remove(fd, name, entry.is_dir(follow_symlinks=False))
 
+    def _as_left(self, fd: int, prefix: str, entries: list[os.DirEntry], old: Manifest) -> bool:
+        """The walk of one directory in bulk (no bytecode per file), when it holds exactly its
+        layout's entries and every file is judged kept by the one-by-one walk's first test: the
+        check's key is the one this checkout recorded, on the inode the directory entry has,
+        and the commit wants what was written. False (nothing done): walk it one by one."""
+        assert self.layout is not None and old.seen is not None
+        here = self.layout.by_dir.get(prefix)
+        if here is None:
+            return False
+        rels, leaves, subdirs = here
+        if len(entries) != len(leaves) + len(subdirs):
+            return False
+        by_name = dict(zip(map(_NAME, entries), entries, strict=True))
+        written = list(map(old.files.get, rels))
+        keys = list(map(old.seen.get, rels))
+        try:
+            if not (all(map(operator.is_, keys, map(_KEY_OF, written)))
+                    and all(map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels)))
+                    and list(map(_INO, keys)) == list(map(_INODE, map(by_name.__getitem__,
+                                                                      leaves)))):
+                return False
+        except (AttributeError, KeyError):   # a path not written last time, or not there
+            return False
+        subs = [by_name.get(name) for name in subdirs]
+        if not all(entry is not None and entry.is_dir(follow_symlinks=False)
+                   and prefix + entry.name in self.dirs for entry in subs):
+            return False
+        self._keep(fd, prefix, rels, written, subdirs, old)
+        return True
+
+    def _unchanged(self, fd: int, prefix: str, old: Manifest) -> bool:
+        """The walk of a directory that no entry was added to, removed from or renamed in since
+        the last sync, judged without listing it: its key (ctime above all) is the one that
+        sync recorded once everything was written, and settled (older than its tick), and
+        the last sync wrote exactly the paths this one wants (so the directory holds exactly
+        its layout's entries, on the inodes written then). Each file is judged as `_as_left`
+        judges it. False (nothing done): list it."""
+        assert self.layout is not None and old.seen is not None
+        here = self.layout.by_dir.get(prefix)
+        recorded = old.dir_keys.get(prefix[:-1])
+        if here is None or self.layout is not old.layout or recorded is None or \
+                self.found[prefix[:-1]] != recorded or _coarse(recorded[2]) >= old.tick:
+            return False
+        rels, _leaves, subdirs = here
+        written = list(map(old.files.get, rels))
+        keys = list(map(old.seen.get, rels))
+        try:
+            if not (all(map(operator.is_, keys, map(_KEY_OF, written)))
+                    and all(map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels)))):
+                return False
+        except AttributeError:   # a path not written last time
+            return False
+        self._keep(fd, prefix, rels, written, subdirs, old)
+        return True
+
+    def _keep(self, fd: int, prefix: str, rels: list[str], written: list[Written],
+              subdirs: list[str], old: Manifest) -> None:
+        """A directory judged in bulk: its files kept as written, its subdirectories walked."""
+        self.done.update(zip(rels, written, strict=True))
+        for name in subdirs:
+            rel = prefix + name
+            sub = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            self._opened(rel, sub)
+            self._walk(sub, rel + "/", old)
+
     def _record(self, rel: str, w: Written) -> None:
         self.done[rel] = w
         self.fresh.append(rel)
+
+    def _opened(self, rel: str, fd: int) -> None:
+        """A directory just opened: its key noted (as found), its mode put back if changed."""
+        st = os.fstat(fd)
+        self.found[rel] = _DIR_KEY(st)
+        self._fix_mode(fd, st)
 
     def _fix_mode(self, fd: int, st: os.stat_result) -> None:
         if stat.S_IMODE(st.st_mode) != self.dir_mode:
@@ -309,7 +445,7 @@ class _Sync:
         except FileExistsError:
             pass   # the walk kept it, or another entry made it
         fd = self.fds[rel] = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        self._fix_mode(fd, os.fstat(fd))
+        self._opened(rel, fd)
         return fd
 
     def _write_missing(self) -> None:

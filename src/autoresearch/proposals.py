@@ -140,7 +140,7 @@ class Proposals:
 
     # -- the code of earlier experiments (near-duplicates, themes) ----------------------------
     def _read_versioned(self, commit: str) -> dict[str, tuple[str, str]]:
-        oids = {p: o for p, o in self.ratchet.list_files(commit).items() if self.session.editable(p)}
+        oids = self.session.editable_files(self.ratchet.list_files(commit))
         blobs = self.ratchet.read_blobs(oids.values())
         return {p: (o, blobs[o].decode("utf-8", "replace")) for p, o in oids.items() if o in blobs}
 
@@ -233,8 +233,7 @@ class Proposals:
     def _context(self, base: Experiment, member: Member,
                  operator: str | None = None) -> AgentContext:
         assert base.commit_sha is not None
-        files = self.ratchet.list_files(base.commit_sha)
-        editable = [p for p in files if self.session.editable(p)]
+        editable = list(self.session.editable_files(self.ratchet.list_files(base.commit_sha)))
         crash, crash_log = self.state.last_crash, None
         if operator == "debug":        # the node to fix is the crash to read
             crash = base

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -96,6 +97,14 @@ class Session:
             known = self._editable[rel] = (matches(rel, self.spec.editable)
                                            and not matches(rel, self.spec.locked_globs))
         return known
+
+    def editable_files(self, files: dict[str, str]) -> dict[str, str]:
+        """The entries of files (path -> blob id) that `editable` allows, in bulk: once every
+        path's verdict is remembered, one lookup each and no call per path."""
+        verdicts = list(map(self._editable.get, files))
+        if None in verdicts:
+            verdicts = list(map(self.editable, files))
+        return dict(itertools.compress(files.items(), verdicts))
 
     # -- the driver lock ------------------------------------------------------------------
     def _take_lock(self) -> None:

@@ -24,6 +24,7 @@ from conftest import build_target, commit_all
 from test_checkout import snapshot
 
 from autoresearch import checkout as checkout_mod
+from autoresearch.checkout import Layout
 from autoresearch.evaluation import locked_violations
 from autoresearch.ratchet import Ratchet
 
@@ -296,10 +297,16 @@ def test_the_check_after_a_run_sees_the_commits_links_as_untouched(repo):
     assert _checked(r, slot, a) == ["link_in"]
 
 
-def test_strays_made_after_the_check_are_still_found_and_removed(repo, tmp_path):
+@pytest.mark.parametrize("settled", [False, True], ids=["fresh", "settled"])
+def test_strays_made_after_the_check_are_still_found_and_removed(repo, tmp_path, settled):
+    """Settled, every directory of the tree is as the last checkout left it until the step's
+    strays: only their directories' keys tell the walk to list them."""
     r, a, _b, outside = repo
     slot = r.worktree("slot-0")
-    r.checkout(slot, a)
+    if settled:
+        _settled(r, slot, a)
+    else:
+        r.checkout(slot, a)
     assert _checked(r, slot, a) == []
     (slot / ".git").write_text(f"gitdir: {outside}\n")
     (slot / "pkg" / "sub" / "json.py").write_text("raise SystemExit\n")
@@ -310,12 +317,15 @@ def test_strays_made_after_the_check_are_still_found_and_removed(repo, tmp_path)
     assert_exact(r, wt, a, tmp_path / "fresh")
 
 
-def test_a_file_replaced_after_the_check_is_rewritten_not_judged_on_the_old_key(repo, tmp_path):
+@pytest.mark.parametrize("rel", ["evaluate.py", "pkg/sub/mod.py"],
+                         ids=["beside links", "in a directory judged in bulk"])
+def test_a_file_replaced_after_the_check_is_rewritten_not_judged_on_the_old_key(repo, tmp_path,
+                                                                                rel):
     r, a, _b, _ = repo
     slot = r.worktree("slot-0")
     r.checkout(slot, a)
     assert _checked(r, slot, a) == []
-    p = slot / "evaluate.py"
+    p = slot / rel
     st = os.stat(p)
     os.link(p, tmp_path / "held")   # the old inode stays in use: the new file gets another
     p.unlink()
@@ -374,6 +384,65 @@ def test_keys_handed_over_spare_the_next_checkout_every_lstat(repo, monkeypatch)
     looked.clear()
     r.checkout(slot, a)
     assert looked == []
+
+
+def test_strays_made_within_a_directorys_timestamp_tick_are_still_found(repo, tmp_path,
+                                                                        monkeypatch):
+    """A directory changed in the tick its key was recorded in keeps its timestamps (a coarse
+    filesystem clock): simulated by keys whose times never move and never fall before a tick.
+    Git's racy rule for directories: such a key is never trusted, the directory is listed."""
+    monkeypatch.setattr(checkout_mod, "_DIR_KEY", lambda st: (
+        0, 2**62, 2**62, st.st_ino, st.st_dev, st.st_mode, st.st_nlink))
+    r, a, _b, outside = repo
+    slot = r.worktree("slot-0")
+    _settled(r, slot, a)
+    assert _checked(r, slot, a) == []
+    (slot / "pkg" / "sub" / "json.py").write_text("raise SystemExit\n")
+    os.symlink(outside, slot / "pkg" / "sub" / "out")
+    wt = r.checkout(slot, a)
+    assert_exact(r, wt, a, tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("other_layout", [False, True], ids=["", "another commit's layout"])
+@pytest.mark.parametrize("change", ["bytes", "mode", "one of two removed", "replaced", "added",
+                                    "directory removed"])
+def test_what_the_next_commit_changes_in_a_directory_judged_in_bulk_is_written(
+        repo, tmp_path, change, other_layout):
+    """pkg/sub holds no link, so after a handed-over check its walk is a bulk judgement, made
+    without listing it when nothing was added, removed or renamed there since: a file the next
+    commit changes (bytes or mode), removes, replaces or adds there must not ride on it. With
+    another commit's layout handed to the walk as the last one's, it must not be used."""
+    r, a, b, _ = repo
+    from conftest import git
+    git(r.repo, "checkout", "-q", a)
+    sub = r.repo / "pkg" / "sub"
+    (sub / "two.py").write_text("T = 2\n")
+    base = commit_all(r.repo, "two files in pkg/sub")
+    if change == "bytes":
+        (sub / "mod.py").write_text("X = 3\n")
+    elif change == "mode":
+        (sub / "mod.py").chmod(0o755)
+    elif change == "one of two removed":
+        (sub / "two.py").unlink()
+    elif change == "replaced":
+        (sub / "two.py").unlink()
+        (sub / "other.py").write_text("Z = 1\n")   # as many files, another name
+    elif change == "directory removed":
+        (sub / "two.py").unlink()
+        (sub / "mod.py").unlink()
+        (r.repo / "pkg" / "top.py").write_text("Z = 1\n")   # pkg stays, without sub
+    else:
+        (sub / "added.py").write_text("Y = 1\n")
+    c = commit_all(r.repo, change)
+    slot = r.worktree("slot-0")
+    _settled(r, slot, base)
+    assert _checked(r, slot, base) == []
+    if other_layout:
+        r._manifests[os.path.abspath(slot)].layout = Layout.of(r._listing(b).wanted,
+                                                               r._listing(b).dirs)
+    wt = r.checkout(slot, c)
+    assert_exact(r, wt, c, tmp_path / "fresh")
+    assert _checked(r, slot, c) == []
 
 
 # -- through the real loop ----------------------------------------------------------------------
