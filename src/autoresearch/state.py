@@ -20,7 +20,7 @@ from typing import Any
 from .experiment import HistoryEntry, Kind, Status
 from .ledger import MEASURED, Experiment, Ledger, Run, as_stored
 from .policies import Sample
-from .policies.pairing import SeededGroup
+from .policies.base import SeededGroup
 from .summary import best_of, kept_order, sample_from
 
 #: statuses that do not count as a run of their tree (the seed of a re-measurement skips them)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import ConfigError
-from .base import Decision, Estimate, FirstRun, Policy, PolicyContext, Sample, Verdict
+from .base import Decision, Estimate, FirstRun, Policy, PolicyContext, Sample, SeededGroup, Verdict
 from .greedy import GreedyPolicy
 
 DEFAULT_POLICY = "noise-aware"
@@ -42,4 +42,5 @@ def make_policy(name: str) -> Policy:
     return registry[name]()()
 
 
-__all__ = ["Decision", "Estimate", "FirstRun", "Policy", "PolicyContext", "Sample", "Verdict", "make_policy", "DEFAULT_POLICY"]
+__all__ = ["Decision", "Estimate", "FirstRun", "Policy", "PolicyContext", "Sample", "SeededGroup",
+           "Verdict", "make_policy", "DEFAULT_POLICY"]

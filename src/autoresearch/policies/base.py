@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..config import PolicySettings
-from .pairing import SeededGroup
 
 
 class Verdict(str, enum.Enum):
@@ -67,6 +66,15 @@ class FirstRun:
     #: the variance of effect / sigma as measured (1 + 1/best_runs for independent runs; less
     #: for a paired comparison at shared seeds); None: 1 + 1/best_runs
     var: float | None = None
+
+
+@dataclass(frozen=True)
+class SeededGroup:
+    """One commit's runs: values, the seed of each (AUTORESEARCH_SEED) and when each was made."""
+
+    values: tuple[float, ...]
+    seeds: tuple[int, ...]
+    at: tuple[int, ...] = ()       # experiment numbers; () when unknown
 
 
 @dataclass

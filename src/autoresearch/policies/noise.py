@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from scipy import stats
+from scipy import special
 
 LOCAL_DF = 30         # pool groups nearest in level until this many degrees of freedom
 
@@ -132,7 +132,7 @@ def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, 
     df = o_df + n - 2
     if df <= 0:
         return ts[0]
-    crit = float(stats.t.isf(level, df))
+    crit = float(-special.stdtrit(df, level))   # Student's t, upper `level` point
     for k in range(n - 1, 0, -1):
         before, after = xs[:k], xs[k:]
         mb, ma = _mean(before), _mean(after)

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
+from .base import SeededGroup
 from .noise import level_power
 
 SHARE_CONFIDENCE = 0.9     # rho is used at this one-sided lower confidence bound
@@ -46,15 +47,6 @@ FIT_SPAN = 16
 #: on (real runs: 0.99 between two commits a tweak apart, about 0.1 between the template and a
 #: much better commit), so it is learned from the commits nearest the best, not the whole run
 FIT_GROUPS = 40
-
-
-@dataclass(frozen=True)
-class SeededGroup:
-    """One commit's runs: values, the seed of each (AUTORESEARCH_SEED) and when each was made."""
-
-    values: tuple[float, ...]
-    seeds: tuple[int, ...]
-    at: tuple[int, ...] = ()       # experiment numbers; () when unknown
 
 
 @dataclass(frozen=True)
@@ -145,7 +137,7 @@ def _seed_share(groups: tuple[SeededGroup, ...]) -> SeedFit:
     total = within / n_within                       # variance of one run, seeds included
     resid = rss / df                                # the same, the seed's share removed
     rho_hat = min(max(1.0 - resid / total, 0.0), MAX_SHARE)
-    upper = rss / float(stats.chi2.ppf(1.0 - SHARE_CONFIDENCE, df))   # of the residual variance
+    upper = rss / float(special.chdtri(df, SHARE_CONFIDENCE))   # chi2's lower point   # of the residual variance
     rho = min(max(1.0 - upper / total, 0.0), MAX_SHARE)
     cov = np.linalg.pinv(d.T @ d) * upper / total   # of the effects, in shares of one run's
     effects = {shared[0]: 0.0, **{s: float(beta[i]) for s, i in col.items()}}

@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import stats
+from scipy import special
 
 from ..config import PolicySettings
 from .base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
@@ -151,7 +151,7 @@ class SequentialPolicy(Policy):
 
         se = sigma * math.sqrt(1.0 / n_c + 1.0 / n_b)
         t = (d - margin) / se
-        p = float(stats.t.sf(t, df)) if math.isfinite(df) else float(stats.norm.sf(t))
+        p = float(special.stdtr(df, -t)) if math.isfinite(df) else float(special.ndtr(-t))
         # Bonferroni over the looks a judgement can take: with times known, one look per run
         # of the candidate (the first after the best's run beside it); otherwise one per call
         timed = bool(candidate.at and incumbent.at)
