@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_tag_status ON experiments(tag, status);
 CREATE INDEX IF NOT EXISTS experiments_commit ON experiments(commit_sha);
+-- one tree's measurements (the policies' samples, `status`, the dashboard): not a scan of the
+-- run's rows per tree
+CREATE INDEX IF NOT EXISTS experiments_tree ON experiments(tag, tree_sha);
 CREATE TABLE IF NOT EXISTS research_notes (
     tag TEXT PRIMARY KEY,             -- one notes text per run, written by its agents (notes.py)
     text TEXT NOT NULL DEFAULT '',
