@@ -7,6 +7,7 @@ mechanisms behind it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from autoresearch import ratchet as ratchet_mod
 from autoresearch.config import NotesSettings
 from autoresearch.experiment import Kind, Status
-from autoresearch.ledger import MEASURED, Ledger
+from autoresearch.ledger import MEASURED, Ledger, PackedJSON, dumps
 from autoresearch.neardup import WINDOW, NearDuplicates
 from autoresearch.state import RunState
 
@@ -86,6 +87,28 @@ def test_a_row_in_memory_has_no_per_instance_dict_and_shares_its_json_keys(tmp_p
     # a row read back from the ledger (a resume) shares them too, and equals the written one
     again = RunState.load(ledger, s.run)
     assert again.get(a.id) == a and next(iter(again.get(b.id).metrics)) is ka
+
+
+def test_a_decision_record_is_held_as_its_text_and_reads_as_the_dict_written(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    s = RunState(ledger, ledger.create_run("t", "c0", "score", "minimize", "a", "p", {}))
+    record = {"verdict": "keep", "at": 3, "evidence": {"runs": 2, "shrink": 0.25,
+                                                      "first_run": {"effect": -1.5}}}
+    e = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t0")
+    s.update(e, status=Status.KEEP, metric=1.0, decision=record)
+    for row in (e, RunState.load(ledger, s.run).get(e.id), ledger.get(e.id)):
+        assert isinstance(row.decision, PackedJSON)         # the text, not a decoded dict
+        assert row.decision == record and dict(row.decision) == record
+        assert row.decision["evidence"]["first_run"] == {"effect": -1.5}
+        assert row.decision.get("at") == 3 and row.decision.get("missing", 7) == 7
+        assert {**row.decision, "holdout_alarm": 1}["verdict"] == "keep"
+        assert json.loads(dumps(row))["decision"] == record   # the one encoder writes the dict
+    # written back (a later update of the same row), the record is stored unchanged
+    s.update(e, notes="again")
+    assert ledger.get(e.id).decision == record
+    empty = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t1")
+    s.update(empty, status=Status.DISCARD, decision={})
+    assert not (ledger.get(empty.id).decision or {}) and (empty.decision or {}) == {}
 
 
 def test_replicate_groups_follow_every_write_as_a_rebuild_from_the_rows_would(tmp_path):
