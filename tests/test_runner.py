@@ -380,16 +380,21 @@ def test_the_subreaper_runs_nothing_when_its_harness_is_already_gone(tmp_path: P
     assert _run(tmp_path, f"touch {flag}").exit_code == 0 and flag.exists()
 
 
+def _harness(tmp_path: Path, command: str, then: str = "") -> subprocess.Popen:
+    """A harness process that runs `command` as a step in tmp_path, then the Python in `then`."""
+    return subprocess.Popen([PY, "-c", (
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "from autoresearch.runner import run_command\n"
+        f"run_command({command!r}, cwd=Path({str(tmp_path)!r}),\n"
+        f"            env=dict(os.environ), log_path=Path({str(tmp_path / 'h.log')!r}),\n"
+        "            timeout=60)\n" + then)])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_subreaper_and_its_command_die_with_the_harness(tmp_path: Path) -> None:
     """A harness killed with SIGKILL mid-step takes the step's subreaper and command with it."""
-    harness = subprocess.Popen([PY, "-c", (
-        "import os, sys\n"
-        "from pathlib import Path\n"
-        "from autoresearch.runner import run_command\n"
-        f"run_command('echo $PPID > reaper; echo $$ > command; sleep 60', cwd=Path({str(tmp_path)!r}),\n"
-        f"            env=dict(os.environ), log_path=Path({str(tmp_path / 'h.log')!r}),\n"
-        "            timeout=60)\n")])
+    harness = _harness(tmp_path, "echo $PPID > reaper; echo $$ > command; sleep 60")
     try:
         reaper = _wait_pid_file(tmp_path / "reaper", timeout=20)
         command = _wait_pid_file(tmp_path / "command", timeout=20)
@@ -508,15 +513,9 @@ def test_a_step_cannot_reach_the_reapers_socket_to_forge_its_exit(tmp_path: Path
 
 @linux_only
 def test_an_idle_reaper_dies_with_a_harness_killed_between_steps(tmp_path: Path) -> None:
-    harness = subprocess.Popen([PY, "-c", (
-        "import os, time\n"
-        "from pathlib import Path\n"
-        "from autoresearch.runner import run_command\n"
-        f"run_command('echo $PPID > reaper', cwd=Path({str(tmp_path)!r}),\n"
-        f"            env=dict(os.environ), log_path=Path({str(tmp_path / 'h.log')!r}),\n"
-        "            timeout=60)\n"
-        f"Path({str(tmp_path / 'done')!r}).write_text('1\\n')\n"
-        "time.sleep(60)\n")])
+    harness = _harness(tmp_path, "echo $PPID > reaper",
+                       then=f"Path({str(tmp_path / 'done')!r}).write_text('1\\n')\n"
+                            "time.sleep(60)\n")
     try:
         _wait_pid_file(tmp_path / "done", timeout=20)
         reaper = _reaper_of(tmp_path)
