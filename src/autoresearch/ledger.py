@@ -213,9 +213,6 @@ class PackedJSON(Mapping):
     def __getitem__(self, key: str) -> Any:
         return self.unpacked()[key]
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.unpacked().get(key, default)
-
     def __iter__(self) -> Iterator[str]:
         return iter(self.unpacked())
 
