@@ -2,6 +2,7 @@
 
     python bench/rss_breakdown.py                      # 3,000 experiments
     python bench/rss_breakdown.py --n 10000 --python   # + the Python allocation sites that grew
+    python bench/rss_breakdown.py --policy noise-aware # under the default policy
 
 At each mark (every n/5 experiments) it prints this process's RSS split into anonymous memory
 (heaps: Python objects, malloc) and file-backed pages (mapped libraries; pack files when libgit2
@@ -103,6 +104,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="experiments (at least 500)")
     ap.add_argument("--python", action="store_true", help="also trace Python allocations")
+    ap.add_argument("--policy", default="greedy", help="the policy (greedy; noise-aware, the default)")
     a = ap.parse_args()
     n = max(500, a.n)
     marks = {n * k // 5 for k in range(1, 6)}
@@ -112,7 +114,7 @@ def main() -> int:
         root = Path(tmp) / "target"
         make_target(root, 1, 0)
         clock = Marks(marks, a.python)
-        args = SimpleNamespace(agent="instant", policy="greedy", max_experiments=n, seed=0,
+        args = SimpleNamespace(agent="instant", policy=a.policy, max_experiments=n, seed=0,
                                workers=1, executor="local")
         loop = build_loop(load_target(root), args, "rss", agent=InstantAgent(), reporter=clock)
         loop.executor = NoopExecutor()

@@ -89,7 +89,7 @@ def test_a_row_in_memory_has_no_per_instance_dict_and_shares_its_json_keys(tmp_p
     assert again.get(a.id) == a and next(iter(again.get(b.id).metrics)) is ka
 
 
-def test_a_decision_record_is_held_as_its_text_and_reads_as_the_dict_written(tmp_path):
+def test_a_decision_record_is_held_packed_and_reads_as_the_dict_written(tmp_path):
     ledger = Ledger(tmp_path / "ledger.db")
     s = RunState(ledger, ledger.create_run("t", "c0", "score", "minimize", "a", "p", {}))
     record = {"verdict": "keep", "at": 3, "evidence": {"runs": 2, "shrink": 0.25,
@@ -97,7 +97,7 @@ def test_a_decision_record_is_held_as_its_text_and_reads_as_the_dict_written(tmp
     e = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t0")
     s.update(e, status=Status.KEEP, metric=1.0, decision=record)
     for row in (e, RunState.load(ledger, s.run).get(e.id), ledger.get(e.id)):
-        assert isinstance(row.decision, PackedJSON)         # the text, not a decoded dict
+        assert isinstance(row.decision, PackedJSON)         # packed, not a decoded dict
         assert row.decision == record and dict(row.decision) == record
         assert row.decision["evidence"]["first_run"] == {"effect": -1.5}
         assert row.decision.get("at") == 3 and row.decision.get("missing", 7) == 7
@@ -109,6 +109,29 @@ def test_a_decision_record_is_held_as_its_text_and_reads_as_the_dict_written(tmp
     empty = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha="t1")
     s.update(empty, status=Status.DISCARD, decision={})
     assert not (ledger.get(empty.id).decision or {}) and (empty.decision or {}) == {}
+
+
+def test_a_default_policy_decision_is_held_in_a_fifth_of_its_text(tmp_path):
+    """The default policy's record, as the judge writes it after a real decision, is held
+    packed: far smaller than its text, and read back exactly."""
+    import random
+
+    from autoresearch.config import PolicySettings
+    from autoresearch.policies import PolicyContext, Sample
+    from autoresearch.policies.posterior import PosteriorPolicy
+
+    rng = random.Random(7)
+    best = Sample([1.0 + rng.gauss(0, 0.01) for _ in range(5)], lines=100)
+    cand = Sample([0.995 + rng.gauss(0, 0.01)], lines=101)
+    ctx = PolicyContext(direction="minimize", settings=PolicySettings(),
+                        replicate_groups=[best.values])
+    d = PosteriorPolicy().decide(cand, best, ctx)
+    record = {"verdict": d.verdict.value, "reason": d.reason, "evidence": d.evidence,
+              "at": 1796040748.25 + rng.random(), "against": 3}
+    text = dumps(record)
+    packed = PackedJSON(text)
+    assert packed.text == text and dict(packed) == json.loads(text)
+    assert len(text) > 800 and len(packed._packed) < len(text) / 4
 
 
 def test_replicate_groups_follow_every_write_as_a_rebuild_from_the_rows_would(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from autoresearch.config import PolicySettings
 from autoresearch.policies import PolicyContext, Sample, Verdict, make_policy
 from autoresearch.policies.noise import (
+    EPOCH_RUNS,
     agree,
     deterministic,
     epoch_start,
@@ -98,6 +99,66 @@ def test_a_keep_needs_a_run_of_the_best_made_beside_the_candidate(policy_class):
     d = policy.decide(Sample([0.5], 10, at=[10]), best, ctx(groups))
     assert d.verdict is Verdict.MORE and d.rerun == "incumbent"
     assert d.evidence["rule"] == "conditions"
+
+
+def _epoch_by_every_split(values, at, other, alpha=1e-3):
+    """epoch_start written out split by split (each side's mean and spread recomputed),
+    over the same latest EPOCH_RUNS runs: what the running sums must agree with."""
+    import math
+
+    from scipy import stats
+    runs = sorted(zip(at, values, strict=True))[-EPOCH_RUNS:]
+    ts, xs = [t for t, _ in runs], [x for _, x in runs]
+    n = len(xs)
+    o_sigma, o_df = other
+    df = o_df + n - 2
+    crit = stats.t.isf(alpha / 2 / (n - 1), df)
+    for k in range(n - 1, 0, -1):
+        before, after = xs[:k], xs[k:]
+        if o_df == 0 and len(set(before)) == 1 and len(set(after)) == 1:
+            if abs(after[0] - before[0]) > max(map(printed_resolution, xs)):
+                return ts[k]
+            continue
+        mb, ma = sum(before) / k, sum(after) / (n - k)
+        ss = o_sigma ** 2 * o_df + sum((x - mb) ** 2 for x in before) + \
+            sum((x - ma) ** 2 for x in after)
+        if abs(ma - mb) / (math.sqrt(ss / df) * math.sqrt(1 / k + 1 / (n - k))) > crit:
+            return ts[k]
+    return ts[0]
+
+
+def test_the_change_of_conditions_found_from_running_sums_is_the_one_every_split_finds():
+    rng = random.Random(3)
+    for _ in range(400):
+        n = rng.randint(3, 40)
+        base, sd = rng.choice([(1.0, 0.01), (0.001, 1e-5), (1000.0, 5.0), (-5.0, 0.05)])
+        cut, shift = rng.randint(1, n - 1), rng.choice([0.0, 3.0, 8.0]) * sd
+        values = [base + rng.gauss(0, sd) + (shift if i >= cut else 0.0) for i in range(n)]
+        at = rng.sample(range(1000), n)
+        other = rng.choice([(sd, 10.0), (sd * 2, 30.0)])
+        assert epoch_start(values, at, other) == _epoch_by_every_split(values, at, other)
+
+
+def test_runs_that_repeat_exactly_are_one_epoch_whatever_their_means_round_to():
+    # 23 and 13 copies of 0.998 average to numbers an ulp apart; that is no change of conditions
+    at = [22, 29, 102, 190, 221, 224, 227, 236, 238, 296, 303, 353, 426, 432, 448, 470, 507,
+          540, 566, 569, 644, 657, 693, 702, 741, 743, 779, 782, 857, 880, 938, 944, 948, 961,
+          975, 992]
+    assert epoch_start([0.998] * len(at), at) == 22
+    # one printed unit is still a change when nothing else varies
+    assert epoch_start([0.998] * 5 + [0.999], list(range(6))) == 5
+
+
+def test_a_best_measured_for_thousands_of_experiments_is_judged_on_its_latest_runs():
+    rng = random.Random(5)
+    n = EPOCH_RUNS + 300
+    # conditions changed at run 100, long before the latest EPOCH_RUNS runs
+    values = [1.0 + rng.gauss(0, 0.01) + (0.2 if i >= 100 else 0.0) for i in range(n)]
+    at = [10 * i for i in range(n)]
+    assert epoch_start(values, at, (0.01, 30.0)) == at[n - EPOCH_RUNS]
+    # a change among the latest runs is still found (the latest split beyond the noise wins)
+    values[-20:] = [v + 0.2 for v in values[-20:]]
+    assert epoch_start(values, at, (0.01, 30.0)) >= at[n - 20]
 
 
 @BOTH

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from scipy import special
 
+EPOCH_RUNS = 128     # epoch_start scans a commit's latest runs only (flat cost on a long plateau)
 LOCAL_DF = 30         # pool groups nearest in level until this many degrees of freedom
 
 
@@ -45,9 +46,16 @@ def agree(values: Sequence[float]) -> bool:
     return spread <= unit * (1 + 1e-9) and unit <= 1e-3 * max(abs(v) for v in values)
 
 
+def recent(groups: Sequence[Sequence[float]]) -> list[Sequence[float]]:
+    """Each group (a commit's runs, oldest first) as its latest `EPOCH_RUNS` runs: a best measured
+    again every `remeasure_every` experiments for thousands of them costs no more to judge."""
+    return [g[-EPOCH_RUNS:] if len(g) > EPOCH_RUNS else g for g in groups]
+
+
 def deterministic(groups: Sequence[Sequence[float]]) -> bool:
-    """Every commit measured twice or more repeated its value (to the printed precision)."""
-    real = [g for g in groups if len(g) >= 2]
+    """Every commit measured twice or more repeated its value (to the printed precision), in
+    its latest `EPOCH_RUNS` runs."""
+    real = [g for g in recent(groups) if len(g) >= 2]
     return bool(real) and all(agree(g) for g in real)
 
 
@@ -58,10 +66,11 @@ def _mean(xs: Sequence[float]) -> float:
 def level_power(groups: Sequence[Sequence[float]]) -> float:
     """k in sd ~ level**k, fitted to the groups' log variances (weighted by df), within [0, 3].
 
-    0 when the levels are not all positive or do not spread enough to tell.
+    0 when the levels are not all positive or do not spread enough to tell. Each group counts
+    with its latest `EPOCH_RUNS` runs.
     """
     pts = []
-    for g in groups:
+    for g in recent(groups):
         m = _mean(g)
         var = sum((x - m) ** 2 for x in g) / (len(g) - 1)
         if m <= 0 or var <= 0:
@@ -87,9 +96,9 @@ def local_noise(groups: Sequence[Sequence[float]], level: float, floor: float = 
     spread is scaled to `level` by the power law sd ~ level**k fitted to all groups
     (`level_power`), so far-away groups inform the estimate without biasing it. Distance in level
     is relative when every value is positive, absolute otherwise. df = 0 when there is nothing
-    to pool (sigma is then `floor`).
+    to pool (sigma is then `floor`). Each group counts with its latest `EPOCH_RUNS` runs.
     """
-    real = [list(g) for g in groups if len(g) >= 2]
+    real = [list(g) for g in recent(groups) if len(g) >= 2]
     if not real:
         return floor, (math.inf if floor > 0 else 0.0)
     positive = level > 0 and all(v > 0 for g in real for v in g)
@@ -119,12 +128,19 @@ def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, 
     does not hide itself by inflating the noise). A split beyond what the noise explains
     (two-sided, Bonferroni over the splits, at `alpha`) marks a change; the latest such split
     wins: the runs after it are the ones comparable with what is measured now.
+
+    Only the latest `EPOCH_RUNS` runs are scanned, so a best that stays the best for thousands
+    of experiments (measured again every `remeasure_every`) costs the same per decision as a new
+    one: without a change among them, the epoch starts at the first of those runs. Each split
+    is judged from running sums (one pass, not one per split).
     """
     n = len(values)
     if n < 2 or len(at) != n:
         return min(at) if at else 0
-    order = sorted(range(n), key=lambda i: at[i])
-    xs = [values[i] for i in order]
+    order = sorted(range(n), key=lambda i: at[i])[-EPOCH_RUNS:]
+    n = len(order)
+    raw = [values[i] for i in order]
+    xs = [x - raw[-1] for x in raw]   # sums of differences from one run: less rounding
     ts = [at[i] for i in order]
     level = (alpha / 2) / (n - 1)
     o_sigma, o_df = other
@@ -133,17 +149,29 @@ def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, 
     if df <= 0:
         return ts[0]
     crit = float(-special.stdtrit(df, level))   # Student's t, upper `level` point
-    for k in range(n - 1, 0, -1):
-        before, after = xs[:k], xs[k:]
-        mb, ma = _mean(before), _mean(after)
-        ss = o_sigma ** 2 * o_df + sum((x - mb) ** 2 for x in before) + sum((x - ma) ** 2 for x in after)
-        sigma = math.sqrt(ss / df)
-        gap = abs(ma - mb)
-        if sigma == 0:
-            if gap > max(printed_resolution(v) for v in xs):
+    o_ss = o_sigma ** 2 * o_df
+    # runs that repeat exactly: raw[:same_head] all equal raw[0], raw[same_tail:] all equal raw[-1]
+    same_head = next((i for i, x in enumerate(raw) if x != raw[0]), n)
+    same_tail = next((i + 1 for i in range(n - 1, -1, -1) if raw[i] != raw[-1]), 0)
+    resolution = None   # of the printed values, needed only when runs repeat exactly
+    total, total_sq = math.fsum(xs), math.fsum(x * x for x in xs)
+    s_after = sq_after = 0.0
+    for k in range(n - 1, 0, -1):   # before = raw[:k], after = raw[k:]
+        s_after += xs[k]
+        sq_after += xs[k] * xs[k]
+        if o_ss == 0.0 and k <= same_head and k >= same_tail:   # no noise at all: exact values
+            if resolution is None:
+                resolution = max(printed_resolution(x) for x in raw)
+            if abs(raw[k] - raw[0]) > resolution:
                 return ts[k]
             continue
-        se = sigma * math.sqrt(1 / len(before) + 1 / len(after))
-        if gap / se > crit:
+        na, nb = n - k, k
+        s_before, sq_before = total - s_after, total_sq - sq_after
+        ma, mb = s_after / na, s_before / nb
+        ss = o_ss + max(sq_before - s_before * mb, 0.0) + max(sq_after - s_after * ma, 0.0)
+        if ss <= 0.0:
+            continue
+        se = math.sqrt(ss / df) * math.sqrt(1 / nb + 1 / na)
+        if abs(ma - mb) / se > crit:
             return ts[k]
     return ts[0]
