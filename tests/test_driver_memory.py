@@ -8,6 +8,7 @@ mechanisms behind it."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from autoresearch.config import NotesSettings
 from autoresearch.experiment import Kind, Status
 from autoresearch.ledger import MEASURED, Ledger, PackedJSON, dumps
 from autoresearch.neardup import WINDOW, NearDuplicates
+from autoresearch.policies.base import FIT_SPAN
 from autoresearch.state import RunState
 
 pygit2 = pytest.importorskip("pygit2")
@@ -160,6 +162,43 @@ def test_replicate_groups_follow_every_write_as_a_rebuild_from_the_rows_would(tm
         assert held() == rebuilt()
     assert held() == [[0.75, 1.25]]
     assert sorted(sorted(g) for g in RunState.load(ledger, s.run).replicate_groups()) == held()
+
+
+def test_the_policy_sees_the_latest_replicate_groups_the_ledger_lists(tmp_path, monkeypatch):
+    """Past RECENT_GROUPS groups the run state passes the latest ones, by first measurement,
+    exactly as the end of the ledger's list (what `status` reads): the same groups, in the same
+    order, with their values by id, through re-measurements of old trees and status changes."""
+    import autoresearch.state as state_mod
+    monkeypatch.setattr(state_mod, "RECENT_GROUPS", 5)
+    ledger = Ledger(tmp_path / "ledger.db")
+    s = RunState(ledger, ledger.create_run("t", "c0", "score", "minimize", "a", "p", {}))
+    rng = random.Random(11)
+    rows = []
+    for i in range(60):
+        tree = f"t{rng.randrange(14)}" if rows and rng.random() < 0.6 else f"n{i}"
+        e = s.add(kind=Kind.CANDIDATE, status=Status.RUNNING, tree_sha=tree)
+        rows.append(e)
+        s.update(e, status=rng.choice([Status.DISCARD, Status.REPEAT, Status.KEEP]),
+                 metric=round(rng.uniform(0, 10), 3))
+        if rng.random() < 0.2:   # an earlier row changes: invalidated, or measured again
+            old = rng.choice(rows)
+            if rng.random() < 0.5:
+                s.update(old, status=Status.INVALID, metric=None)
+            else:
+                s.update(old, status=Status.DISCARD, metric=round(rng.uniform(0, 10), 3))
+        listed = ledger.replicate_groups("t")
+        assert s.replicate_groups() == listed[-5:]
+        # the seeded ones: the same, but those measured over more than FIT_SPAN experiments
+        runs: dict[str, list[tuple[int, float]]] = {}
+        for r in ledger.iter_experiments("t"):
+            if r.metric is not None and r.status in MEASURED:
+                runs.setdefault(r.tree_sha, []).append((r.seq, r.metric))
+        span = {tuple(m for _, m in v): v[-1][0] - v[0][0] for v in runs.values() if len(v) >= 2}
+        assert [list(g.values) for g in s.seeded_groups()] == \
+            [g for g in listed[-5:] if span[tuple(g)] <= FIT_SPAN]
+    assert len(ledger.replicate_groups("t")) > 5
+    again = RunState.load(ledger, s.run)
+    assert again.replicate_groups() == ledger.replicate_groups("t")[-5:]
 
 
 def test_the_near_duplicate_index_keeps_changes_only_for_the_window_it_compares(tmp_path):

@@ -139,6 +139,46 @@ def test_the_change_of_conditions_found_from_running_sums_is_the_one_every_split
         assert epoch_start(values, at, other) == _epoch_by_every_split(values, at, other)
 
 
+def _noise_group_by_group(groups, level, min_df=30):
+    """local_noise written out group by group: the reference the array sums must agree with."""
+    import math
+    real = [g[-32:] for g in groups if len(g) >= 2]
+    mean = [sum(g) / len(g) for g in real]
+    ss = [sum((x - m) ** 2 for x in g) for g, m in zip(real, mean, strict=True)]
+    df = [len(g) - 1 for g in real]
+    lx = [math.log(m) for m in mean]
+    ly = [math.log(s / d) for s, d in zip(ss, df, strict=True)]
+    w = sum(df)
+    mx = sum(a * d for a, d in zip(lx, df, strict=True)) / w
+    my = sum(b * d for b, d in zip(ly, df, strict=True)) / w
+    sxx = sum(d * (a - mx) ** 2 for a, d in zip(lx, df, strict=True))
+    k = 0.0 if len(real) < 3 or sxx < 0.05 * w else min(max(sum(
+        d * (a - mx) * (b - my) for a, b, d in zip(lx, ly, df, strict=True)) / sxx / 2, 0.0), 3.0)
+    total, pooled = 0.0, 0
+    for i in sorted(range(len(real)), key=lambda i: abs(math.log(mean[i] / level))):
+        total += ss[i] * (level / mean[i]) ** (2 * k)
+        pooled += df[i]
+        if pooled >= min_df:
+            break
+    return math.sqrt(total / pooled), float(pooled)
+
+
+def test_the_local_noise_from_array_sums_is_the_one_group_by_group_sums_give():
+    rng = random.Random(8)
+    for _ in range(300):
+        groups = []
+        for _ in range(rng.randint(1, 40)):
+            level = rng.choice([0.1, 1.0, 10.0]) * rng.uniform(0.5, 2.0)
+            groups.append([level + rng.gauss(0, level * rng.choice([0.01, 0.1]))
+                           for _ in range(rng.randint(1, 50))])
+        if not any(len(g) >= 2 for g in groups):
+            continue
+        level = rng.choice([0.5, 1.0, 5.0])
+        sigma, df = local_noise(groups, level)
+        ref_sigma, ref_df = _noise_group_by_group(groups, level)
+        assert df == ref_df and sigma == pytest.approx(ref_sigma, rel=1e-12)
+
+
 def test_runs_that_repeat_exactly_are_one_epoch_whatever_their_means_round_to():
     # 23 and 13 copies of 0.998 average to numbers an ulp apart; that is no change of conditions
     at = [22, 29, 102, 190, 221, 224, 227, 236, 238, 296, 303, 353, 426, 432, 448, 470, 507,
@@ -159,6 +199,24 @@ def test_a_best_measured_for_thousands_of_experiments_is_judged_on_its_latest_ru
     # a change among the latest runs is still found (the latest split beyond the noise wins)
     values[-20:] = [v + 0.2 for v in values[-20:]]
     assert epoch_start(values, at, (0.01, 30.0)) >= at[n - 20]
+
+
+@BOTH
+def test_only_the_latest_replicate_groups_inform_the_noise(policy_class):
+    from autoresearch.policies.base import RECENT_GROUPS
+    rng = random.Random(2)
+    recent = [[1.0 + rng.gauss(0, 0.01) for _ in range(3)] for _ in range(RECENT_GROUPS)]
+    # another machine long ago: far noisier, at the same level
+    early = [[1.0 - d, 1.0, 1.0 + d] for d in (rng.uniform(0.3, 0.6) for _ in range(60))]
+    best = Sample([1.0, 1.01, 0.99], 10, at=[1, 2, 3])
+    cand = Sample([0.97], 10, at=[4])
+    a = policy_class().decide(cand, best, ctx(recent))
+    b = policy_class().decide(cand, best, ctx(early + recent))
+    assert a.evidence["sigma"] == b.evidence["sigma"] < 0.02
+    assert (a.verdict, a.rerun) == (b.verdict, b.rerun)
+    # the same early groups among the latest would dominate the estimate
+    c = policy_class().decide(cand, best, ctx(recent[60:] + early))
+    assert c.evidence["sigma"] > 0.1
 
 
 @BOTH

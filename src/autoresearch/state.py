@@ -20,7 +20,7 @@ from typing import Any
 from .experiment import HistoryEntry, Kind, Status
 from .ledger import MEASURED, Experiment, Ledger, Run, as_stored
 from .policies import Sample
-from .policies.base import SeededGroup
+from .policies.base import FIT_SPAN, RECENT_GROUPS, SeededGroup
 from .summary import best_of, kept_order, sample_from
 
 #: statuses that do not count as a run of their tree (the seed of a re-measurement skips them)
@@ -36,9 +36,11 @@ class RunState:
         self.trees: dict[str, int] = {}                 # tree -> first experiment with it
         self._by_tree: dict[str, list[Experiment]] = {}
         self._repeats: dict[int, list[Experiment]] = {}  # candidate id -> rows measured for it
-        # tree -> {id: metric} of its valid measurements, for trees with 2+ of them (a tree
-        # measured once, nearly all of them, costs no dict: its row is in _by_tree)
+        # tree -> {id: metric} of its valid measurements, by id, for trees with 2+ of them (a
+        # tree measured once, nearly all of them, costs no dict: its row is in _by_tree), and
+        # their (first id, tree) in order: the groups as the ledger lists them
         self._groups: dict[str, dict[int, float]] = {}
+        self._group_order: list[tuple[int, str]] = []
         self._history_ids: list[int] = []               # finished or pending, by id
         self._history: list[HistoryEntry] = []          # their entries, the same order
         self.next_seq = 1
@@ -85,9 +87,12 @@ class RunState:
             self.running_by[(e.agent, e.role)] -= 1
         self._kept.pop(e.id, None)
         if e.tree_sha and e.id in (values := self._groups.get(e.tree_sha, {})):
+            self._unorder(e.tree_sha, values)
             del values[e.id]
             if len(values) < 2:
                 del self._groups[e.tree_sha]
+            else:
+                self._order(e.tree_sha, values)
 
     def _index(self, e: Experiment, new: bool) -> None:
         self.cost += e.cost_usd
@@ -108,13 +113,28 @@ class RunState:
         if e.tree_sha and e.metric is not None and e.status in MEASURED:
             if (values := self._groups.get(e.tree_sha)) is None:
                 values = {m.id: m.metric for m in self.measurements(e.tree_sha) if m.id != e.id}
+            else:
+                self._unorder(e.tree_sha, values)
+            last = next(reversed(values), -1)
             values[e.id] = e.metric
+            if e.id < last:   # an earlier row measured again: its value goes back in id order
+                values = dict(sorted(values.items()))
             if len(values) >= 2:
                 self._groups[e.tree_sha] = values
+                self._order(e.tree_sha, values)
         if e.status in (Status.CRASH, Status.TIMEOUT) and e.log_path and (
                 self.last_crash is None or e.id >= self.last_crash.id):
             self.last_crash = e
         self._note_history(e)
+
+    def _order(self, tree: str, values: dict[int, float]) -> None:
+        bisect.insort(self._group_order, (next(iter(values)), tree))
+
+    def _unorder(self, tree: str, values: dict[int, float]) -> None:
+        key = (next(iter(values)), tree)
+        i = bisect.bisect_left(self._group_order, key)
+        if i < len(self._group_order) and self._group_order[i] == key:
+            del self._group_order[i]
 
     def _note_history(self, e: Experiment) -> None:
         """Keep the agents' history (finished and pending rows, by id) without a rebuild."""
@@ -158,13 +178,22 @@ class RunState:
         return list(self._repeats.get(exp_id, ()))
 
     def replicate_groups(self) -> list[list[float]]:
-        return [list(v.values()) for v in self._groups.values()]
+        """The latest RECENT_GROUPS replicate groups (each a tree's valid measurements, by id),
+        ordered by their first measurement: the end of what `Ledger.replicate_groups` lists,
+        and all that a policy reads (policies/base.py)."""
+        return [list(self._groups[t].values()) for _, t in self._group_order[-RECENT_GROUPS:]]
 
     def seeded_groups(self) -> list[SeededGroup]:
-        """The replicate groups with the seed of each run (policies/pairing.py)."""
+        """The same groups with the seed of each run (policies/pairing.py), but those measured
+        over more than FIT_SPAN experiments (a long-lived best), which the seed fit leaves out:
+        the first and last rows tell, so they are not built."""
         out = []
-        for values in self._groups.values():
-            rows = [self.rows[i] for i in values]
+        for _, tree in self._group_order[-RECENT_GROUPS:]:
+            values = self._groups[tree]
+            ids = list(values)
+            if self.rows[ids[-1]].seq - self.rows[ids[0]].seq > FIT_SPAN:
+                continue
+            rows = [self.rows[i] for i in ids]
             out.append(SeededGroup(tuple(values.values()), tuple(int(r.seed or 0) for r in rows),
                                    tuple(r.seq for r in rows)))
         return out

@@ -77,18 +77,30 @@ class SeededGroup:
     at: tuple[int, ...] = ()       # experiment numbers; () when unknown
 
 
+#: the replicate groups a policy reads: the latest this many commits measured twice or more (by
+#: their first measurement). The noise where the run is now is in its recent commits, and a
+#: decision then costs the same at experiment 100,000 as at experiment 100.
+RECENT_GROUPS = 200
+#: the seed fit (policies/pairing.py) uses only commits whose runs were all made within this
+#: many experiments (a commit measured over a longer span may straddle a change of conditions);
+#: the run state does not even build the others
+FIT_SPAN = 16
+
+
 @dataclass
 class PolicyContext:
     direction: Literal["minimize", "maximize"]
     settings: PolicySettings
-    #: all groups of repeated measurements seen so far in this run (one list per commit with
-    #: two or more runs), for a pooled estimate of the noise
+    #: the groups of repeated measurements of this run (one list per commit with two or more
+    #: runs), ordered by each commit's first measurement, oldest first, for the noise estimate;
+    #: the policies read the latest RECENT_GROUPS of them, and the run state passes no more
     replicate_groups: list[list[float]] = field(default_factory=list)
     #: the first runs of the candidates judged so far, oldest first (a policy records one in
     #: its evidence as `first_run`; the judge collects them)
     first_runs: list[FirstRun] = field(default_factory=list)
-    #: every commit with two or more runs, with the seed of each run, for the share of the noise
-    #: that follows the seed (policies/pairing.py); empty when seeds are unknown
+    #: the commits with two or more runs, with the seed of each run, for the share of the noise
+    #: that follows the seed (policies/pairing.py), in the same order (the latest RECENT_GROUPS
+    #: are read); empty when seeds are unknown
     seeded_groups: list[SeededGroup] = field(default_factory=list)
 
 
@@ -156,7 +168,7 @@ class Policy(ABC):
         """The best's value as reported: mean and uncertainty (not the luckiest draw)."""
         n = incumbent.n
         mean = incumbent.mean
-        sigma = pooled_sigma(ctx.replicate_groups)
+        sigma = pooled_sigma(ctx.replicate_groups[-RECENT_GROUPS:])
         if sigma is None:
             sigma = pooled_sigma([list(incumbent.values)])
         if n < 2:

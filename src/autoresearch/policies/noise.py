@@ -15,12 +15,15 @@ Pure functions over the run's measurements, shared by the policies and the run s
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from scipy import special
 
 EPOCH_RUNS = 128     # epoch_start scans a commit's latest runs only (flat cost on a long plateau)
+GROUP_RUNS = 32      # the noise estimate counts each group's latest runs only (the same)
 LOCAL_DF = 30         # pool groups nearest in level until this many degrees of freedom
 
 
@@ -47,44 +50,55 @@ def agree(values: Sequence[float]) -> bool:
 
 
 def recent(groups: Sequence[Sequence[float]]) -> list[Sequence[float]]:
-    """Each group (a commit's runs, oldest first) as its latest `EPOCH_RUNS` runs: a best measured
-    again every `remeasure_every` experiments for thousands of them costs no more to judge."""
-    return [g[-EPOCH_RUNS:] if len(g) > EPOCH_RUNS else g for g in groups]
+    """Each group (a commit's runs, oldest first) as its latest `GROUP_RUNS` runs: a former best
+    measured again every `remeasure_every` experiments for thousands of them costs no more to
+    judge with, and its runs of long ago (other conditions, perhaps) do not count."""
+    return [g[-GROUP_RUNS:] if len(g) > GROUP_RUNS else g for g in groups]
 
 
 def deterministic(groups: Sequence[Sequence[float]]) -> bool:
     """Every commit measured twice or more repeated its value (to the printed precision), in
-    its latest `EPOCH_RUNS` runs."""
+    its latest `GROUP_RUNS` runs."""
     real = [g for g in recent(groups) if len(g) >= 2]
     return bool(real) and all(agree(g) for g in real)
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
+def _group_stats(groups: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(runs, mean, sum of squared deviations) per group, as arrays, and the smallest value:
+    the sums the noise model needs, without a Python loop over the runs."""
+    lens = np.fromiter(map(len, groups), dtype=np.intp, count=len(groups))
+    flat = np.fromiter(itertools.chain.from_iterable(groups), dtype=float, count=int(lens.sum()))
+    starts = np.zeros(len(groups), dtype=np.intp)
+    np.cumsum(lens[:-1], out=starts[1:])
+    means = np.add.reduceat(flat, starts) / lens
+    dev = flat - np.repeat(means, lens)
+    return lens, means, np.add.reduceat(dev * dev, starts), float(flat.min())
 
 
 def level_power(groups: Sequence[Sequence[float]]) -> float:
     """k in sd ~ level**k, fitted to the groups' log variances (weighted by df), within [0, 3].
 
     0 when the levels are not all positive or do not spread enough to tell. Each group counts
-    with its latest `EPOCH_RUNS` runs.
+    with its latest `GROUP_RUNS` runs; a group of one run counts for nothing.
     """
-    pts = []
-    for g in recent(groups):
-        m = _mean(g)
-        var = sum((x - m) ** 2 for x in g) / (len(g) - 1)
-        if m <= 0 or var <= 0:
-            return 0.0
-        pts.append((math.log(m), math.log(var), len(g) - 1))
-    if len(pts) < 3:
+    real = [g for g in recent(groups) if len(g) >= 2]
+    if len(real) < 3:
         return 0.0
-    w = sum(p[2] for p in pts)
-    mx = sum(p[0] * p[2] for p in pts) / w
-    my = sum(p[1] * p[2] for p in pts) / w
-    sxx = sum(p[2] * (p[0] - mx) ** 2 for p in pts)
+    return _power(*_group_stats(real)[:3])
+
+
+def _power(n: np.ndarray, m: np.ndarray, ss: np.ndarray) -> float:
+    df = n - 1
+    var = ss / df
+    if (m <= 0).any() or (var <= 0).any():
+        return 0.0
+    w = float(df.sum())
+    lx, ly = np.log(m), np.log(var)
+    mx, my = float(lx @ df) / w, float(ly @ df) / w
+    sxx = float(df @ (lx - mx) ** 2)
     if sxx < 0.05 * w:          # levels within ~20% of each other: nothing to fit
         return 0.0
-    slope = sum(p[2] * (p[0] - mx) * (p[1] - my) for p in pts) / sxx
+    slope = float(df @ ((lx - mx) * (ly - my))) / sxx
     return min(max(slope / 2, 0.0), 3.0)
 
 
@@ -96,27 +110,25 @@ def local_noise(groups: Sequence[Sequence[float]], level: float, floor: float = 
     spread is scaled to `level` by the power law sd ~ level**k fitted to all groups
     (`level_power`), so far-away groups inform the estimate without biasing it. Distance in level
     is relative when every value is positive, absolute otherwise. df = 0 when there is nothing
-    to pool (sigma is then `floor`). Each group counts with its latest `EPOCH_RUNS` runs.
+    to pool (sigma is then `floor`). Each group counts with its latest `GROUP_RUNS` runs.
     """
-    real = [list(g) for g in recent(groups) if len(g) >= 2]
+    real = [g for g in recent(groups) if len(g) >= 2]
     if not real:
         return floor, (math.inf if floor > 0 else 0.0)
-    positive = level > 0 and all(v > 0 for g in real for v in g)
-    k = level_power(real) if positive else 0.0
-
-    def distance(g: list[float]) -> float:
-        m = _mean(g)
-        return abs(math.log(m / level)) if positive else abs(m - level)
-
-    ss, df = 0.0, 0
-    for g in sorted(real, key=distance):
-        m = _mean(g)
-        scale = (level / m) ** (2 * k) if k else 1.0
-        ss += scale * sum((x - m) ** 2 for x in g)
-        df += len(g) - 1
-        if df >= min_df:
-            break
-    return max(math.sqrt(ss / df), floor), float(df)
+    n, m, ss, smallest = _group_stats(real)
+    positive = level > 0 and smallest > 0
+    k = _power(n, m, ss) if positive and len(real) >= 3 else 0.0
+    distance = np.abs(np.log(m / level)) if positive else np.abs(m - level)
+    order = np.argsort(distance, kind="stable")
+    pooled = np.cumsum(n[order] - 1)
+    j = min(int(np.searchsorted(pooled, min_df)), len(real) - 1)   # the first to reach min_df
+    chosen = order[: j + 1]
+    scaled = ss[chosen] * ((level / m[chosen]) ** (2 * k) if k else 1.0)
+    df = float(pooled[j])
+    total = 0.0
+    for x in scaled.tolist():   # in order, as the groups are taken
+        total += x
+    return max(math.sqrt(total / df), floor), df
 
 
 def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, float] = (0.0, 0.0),

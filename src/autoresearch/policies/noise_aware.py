@@ -36,7 +36,7 @@ from typing import Any
 from scipy import special
 
 from ..config import PolicySettings
-from .base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
+from .base import RECENT_GROUPS, Decision, Estimate, Policy, PolicyContext, Sample, Verdict
 
 
 def pooled_noise(groups: list[list[float]], floor: float = 0.0) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def _sd(values: list[float]) -> float | None:
 
 def _groups(candidate: Sample, incumbent: Sample, ctx: PolicyContext) -> list[list[float]]:
     # The loop lists the candidate's and incumbent's runs among the groups; add them if not.
-    groups = [list(g) for g in ctx.replicate_groups]
+    groups = [list(g) for g in ctx.replicate_groups[-RECENT_GROUPS:]]
     for s in (candidate, incumbent):
         if s.n >= 2 and list(s.values) not in groups:
             groups.append(list(s.values))

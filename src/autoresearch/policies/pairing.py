@@ -34,15 +34,14 @@ from functools import lru_cache
 import numpy as np
 from scipy import special
 
-from .base import SeededGroup
+from .base import FIT_SPAN, RECENT_GROUPS, SeededGroup
 from .noise import level_power
 
 SHARE_CONFIDENCE = 0.9     # rho is used at this one-sided lower confidence bound
 MAX_SHARE = 0.9            # never treat more than this share of the noise as the seed's
-#: only commits whose runs were all made within this many experiments enter the fit: a commit
-#: measured over a longer span (the best, re-measured for drift) may straddle a change of
-#: conditions, which its later (higher) seeds would otherwise take for seed effects
-FIT_SPAN = 16
+#: (only commits whose runs were all made within FIT_SPAN experiments enter the fit: a commit
+#: measured over a longer span, the best re-measured for drift, may straddle a change of
+#: conditions, which its later (higher) seeds would otherwise take for seed effects)
 #: the fit uses the latest this many commits: a seed's effect belongs to the code it was run
 #: on (real runs: 0.99 between two commits a tweak apart, about 0.1 between the template and a
 #: much better commit), so it is learned from the commits nearest the best, not the whole run
@@ -79,8 +78,9 @@ class SeedFit:
 
 
 def seed_share(groups: Sequence[SeededGroup]) -> SeedFit:
-    """The seed fit of the run's commits with two or more runs (see the module docstring)."""
-    usable = [g for g in groups
+    """The seed fit of the run's commits with two or more runs (see the module docstring), of
+    the latest RECENT_GROUPS of them."""
+    usable = [g for g in groups[-RECENT_GROUPS:]
               if len(g.values) >= 2 and len(g.seeds) == len(g.values)
               and len(set(g.seeds)) == len(g.seeds)
               and not (len(g.at) == len(g.values) and max(g.at) - min(g.at) > FIT_SPAN)]

@@ -38,7 +38,7 @@ from typing import Any
 from scipy import special
 
 from ..config import PolicySettings
-from .base import Decision, Estimate, Policy, PolicyContext, Sample, Verdict
+from .base import RECENT_GROUPS, Decision, Estimate, Policy, PolicyContext, Sample, Verdict
 from .noise import agree, deterministic, epoch_start, local_noise
 
 
@@ -47,11 +47,12 @@ def _mean(xs: list[float]) -> float:
 
 
 def _others(groups: list[list[float]], *exclude: list[float]) -> list[list[float]]:
-    """The groups but those of `exclude`, matched as multisets: the run state may hold a
-    commit's runs in another order than its sample (a row re-indexed on a status change)."""
+    """The latest RECENT_GROUPS groups but those of `exclude`, matched as multisets: the run
+    state may hold a commit's runs in another order than its sample (a row re-indexed on a
+    status change)."""
     drop = [sorted(e) for e in exclude if len(e) >= 2]
     out = []
-    for g in groups:
+    for g in groups[-RECENT_GROUPS:]:
         key = sorted(g)
         if key in drop:
             drop.remove(key)
