@@ -189,6 +189,22 @@ def test_runs_that_repeat_exactly_are_one_epoch_whatever_their_means_round_to():
     assert epoch_start([0.998] * 5 + [0.999], list(range(6))) == 5
 
 
+def test_a_group_that_repeats_exactly_has_no_spread_however_many_runs_it_has():
+    noisy = [[5.0, 5.2, 4.8], [8.0, 8.6, 7.4, 8.2], [12.0, 12.9, 11.1]]
+    for value, n in ((2.79, 26), (3.05, 9), (2.79, 3), (0.1, 31)):
+        assert level_power([[value] * n, *noisy]) == 0.0   # log(0): no power law to fit
+        # pooled nearest 12.0 first until 8 df: the three noisy groups (7 df), then the exact
+        # one, whose runs add df and no spread
+        sigma, df = local_noise([[value] * n, *noisy], 12.0, 0.0, 8)
+        assert df == 6 + n and sigma == pytest.approx((2.45 / df) ** 0.5, rel=1e-9)
+
+
+def test_a_shift_beside_a_spread_below_rounding_is_still_a_change_of_conditions():
+    # two runs a hair apart, then one 1% higher, other commits exactly deterministic
+    values = [46.46492488524173, 46.46492487848017, 46.929574131735755]
+    assert epoch_start(values, [43, 292, 989], (0.0, 10.0)) == 989
+
+
 def test_a_best_measured_for_thousands_of_experiments_is_judged_on_its_latest_runs():
     rng = random.Random(5)
     n = EPOCH_RUNS + 300

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special
 
+from .base import RECENT_GROUPS
+
 EPOCH_RUNS = 128     # epoch_start scans a commit's latest runs only (flat cost on a long plateau)
 GROUP_RUNS = 32      # the noise estimate counts each group's latest runs only (the same)
 LOCAL_DF = 30         # pool groups nearest in level until this many degrees of freedom
@@ -50,15 +52,16 @@ def agree(values: Sequence[float]) -> bool:
 
 
 def recent(groups: Sequence[Sequence[float]]) -> list[Sequence[float]]:
-    """Each group (a commit's runs, oldest first) as its latest `GROUP_RUNS` runs: a former best
-    measured again every `remeasure_every` experiments for thousands of them costs no more to
-    judge with, and its runs of long ago (other conditions, perhaps) do not count."""
-    return [g[-GROUP_RUNS:] if len(g) > GROUP_RUNS else g for g in groups]
+    """The latest RECENT_GROUPS groups (policies/base.py), each (a commit's runs, oldest first)
+    as its latest `GROUP_RUNS` runs: a former best measured again every `remeasure_every`
+    experiments for thousands of them costs no more to judge with, and its runs of long ago
+    (other conditions, perhaps) do not count."""
+    return [g[-GROUP_RUNS:] if len(g) > GROUP_RUNS else g for g in groups[-RECENT_GROUPS:]]
 
 
 def deterministic(groups: Sequence[Sequence[float]]) -> bool:
     """Every commit measured twice or more repeated its value (to the printed precision), in
-    its latest `GROUP_RUNS` runs."""
+    `recent(groups)`."""
     real = [g for g in recent(groups) if len(g) >= 2]
     return bool(real) and all(agree(g) for g in real)
 
@@ -72,14 +75,17 @@ def _group_stats(groups: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndar
     np.cumsum(lens[:-1], out=starts[1:])
     means = np.add.reduceat(flat, starts) / lens
     dev = flat - np.repeat(means, lens)
-    return lens, means, np.add.reduceat(dev * dev, starts), float(flat.min())
+    ss = np.add.reduceat(dev * dev, starts)
+    # runs that repeat exactly have no spread, whatever their mean rounds to
+    ss[np.maximum.reduceat(flat, starts) == np.minimum.reduceat(flat, starts)] = 0.0
+    return lens, means, ss, float(flat.min())
 
 
 def level_power(groups: Sequence[Sequence[float]]) -> float:
     """k in sd ~ level**k, fitted to the groups' log variances (weighted by df), within [0, 3].
 
-    0 when the levels are not all positive or do not spread enough to tell. Each group counts
-    with its latest `GROUP_RUNS` runs; a group of one run counts for nothing.
+    0 when the levels are not all positive or do not spread enough to tell, or when a group
+    repeats its value exactly. The groups are `recent(groups)`; one of one run counts for nothing.
     """
     real = [g for g in recent(groups) if len(g) >= 2]
     if len(real) < 3:
@@ -110,7 +116,7 @@ def local_noise(groups: Sequence[Sequence[float]], level: float, floor: float = 
     spread is scaled to `level` by the power law sd ~ level**k fitted to all groups
     (`level_power`), so far-away groups inform the estimate without biasing it. Distance in level
     is relative when every value is positive, absolute otherwise. df = 0 when there is nothing
-    to pool (sigma is then `floor`). Each group counts with its latest `GROUP_RUNS` runs.
+    to pool (sigma is then `floor`). The groups are `recent(groups)`.
     """
     real = [g for g in recent(groups) if len(g) >= 2]
     if not real:
@@ -181,7 +187,11 @@ def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, 
         s_before, sq_before = total - s_after, total_sq - sq_after
         ma, mb = s_after / na, s_before / nb
         ss = o_ss + max(sq_before - s_before * mb, 0.0) + max(sq_after - s_after * ma, 0.0)
-        if ss <= 0.0:
+        if ss <= 0.0:   # a spread below the sums' rounding: judged as exact values are
+            if resolution is None:
+                resolution = max(printed_resolution(x) for x in raw)
+            if abs(ma - mb) > resolution:
+                return ts[k]
             continue
         se = math.sqrt(ss / df) * math.sqrt(1 / nb + 1 / na)
         if abs(ma - mb) / se > crit:
