@@ -155,7 +155,7 @@ def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, 
     n = len(values)
     if n < 2 or len(at) != n:
         return min(at) if at else 0
-    order = sorted(range(n), key=lambda i: at[i])[-EPOCH_RUNS:]
+    order = sorted(range(n), key=at.__getitem__)[-EPOCH_RUNS:]
     n = len(order)
     raw = [values[i] for i in order]
     xs = [x - raw[-1] for x in raw]   # sums of differences from one run: less rounding
