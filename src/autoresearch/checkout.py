@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from .lockcheck import stat_key
+
 STREAM_BYTES = 1 << 20      # larger blobs are copied to disk in pieces of this size
 _TICK_NS = 1                # the filesystem clock's tick; tests coarsen it to force racy files
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -113,13 +115,15 @@ class _Rebuild(Exception):
     """The incremental path met something it does not repair in place."""
 
 
+# a file's lstat key is the locked/tracked check's (lockcheck), so the keys it hands over are
+# compared with those recorded here; a directory's is the same, under its own name (tests
+# coarsen directories' clocks alone)
+_key = stat_key
+_DIR_KEY = stat_key
+
+
 def _coarse(ns: int) -> int:
     return ns - ns % _TICK_NS
-
-
-def _key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_mode,
-            st.st_nlink)
 
 
 def dirs_of(paths: Iterable[str]) -> frozenset[str]:
@@ -170,8 +174,6 @@ _INODE = os.DirEntry.inode
 _KEY_OF = operator.attrgetter("key")
 _WANT_OF = operator.attrgetter("want")
 _INO = operator.itemgetter(3)
-_DIR_KEY = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_dev",
-                               "st_mode", "st_nlink")
 
 
 def _same(recorded: tuple[int, ...], now: tuple[int, ...]) -> bool:
@@ -348,15 +350,12 @@ class _Sync:
         if len(entries) != len(leaves) + len(subdirs):
             return False
         by_name = dict(zip(map(_NAME, entries), entries, strict=True))
-        written = list(map(old.files.get, rels))
-        keys = list(map(old.seen.get, rels))
-        try:
-            if not (all(map(operator.is_, keys, map(_KEY_OF, written)))
-                    and all(map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels)))
-                    and list(map(_INO, keys)) == list(map(_INODE, map(by_name.__getitem__,
-                                                                      leaves)))):
+        written = self._as_written(rels, old)
+        try:   # and each on the inode its directory entry has now
+            if written is None or list(map(_INO, map(_KEY_OF, written))) != \
+                    list(map(_INODE, map(by_name.__getitem__, leaves))):
                 return False
-        except (AttributeError, KeyError):   # a path not written last time, or not there
+        except KeyError:   # a name not there
             return False
         subs = [by_name.get(name) for name in subdirs]
         if not all(entry is not None and entry.is_dir(follow_symlinks=False)
@@ -379,16 +378,25 @@ class _Sync:
                 self.found[prefix[:-1]] != recorded or _coarse(recorded[2]) >= old.tick:
             return False
         rels, _leaves, subdirs = here
-        written = list(map(old.files.get, rels))
-        keys = list(map(old.seen.get, rels))
-        try:
-            if not (all(map(operator.is_, keys, map(_KEY_OF, written)))
-                    and all(map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels)))):
-                return False
-        except AttributeError:   # a path not written last time
+        written = self._as_written(rels, old)
+        if written is None:
             return False
         self._keep(fd, prefix, rels, written, subdirs, old)
         return True
+
+    def _as_written(self, rels: list[str], old: Manifest) -> list[Written] | None:
+        """The last sync's records of these files when every one passes the one-by-one walk's
+        first test, in bulk: the check's key is the very key this checkout recorded, and the
+        commit wants what was written. None: a path not written last time, or one that differs."""
+        assert old.seen is not None
+        written = list(map(old.files.get, rels))
+        try:
+            if all(map(operator.is_, map(old.seen.get, rels), map(_KEY_OF, written))) and all(
+                    map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels))):
+                return written
+        except AttributeError:   # a path not written last time
+            pass
+        return None
 
     def _keep(self, fd: int, prefix: str, rels: list[str], written: list[Written],
               subdirs: list[str], old: Manifest) -> None:

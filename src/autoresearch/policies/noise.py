@@ -131,10 +131,7 @@ def local_noise(groups: Sequence[Sequence[float]], level: float, floor: float = 
     chosen = order[: j + 1]
     scaled = ss[chosen] * ((level / m[chosen]) ** (2 * k) if k else 1.0)
     df = float(pooled[j])
-    total = 0.0
-    for x in scaled.tolist():   # in order, as the groups are taken
-        total += x
-    return max(math.sqrt(total / df), floor), df
+    return max(math.sqrt(sum(scaled.tolist()) / df), floor), df   # summed as the groups are taken
 
 
 def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, float] = (0.0, 0.0),
@@ -177,20 +174,15 @@ def epoch_start(values: Sequence[float], at: Sequence[int], other: tuple[float, 
     for k in range(n - 1, 0, -1):   # before = raw[:k], after = raw[k:]
         s_after += xs[k]
         sq_after += xs[k] * xs[k]
-        if o_ss == 0.0 and k <= same_head and k >= same_tail:   # no noise at all: exact values
-            if resolution is None:
-                resolution = max(printed_resolution(x) for x in raw)
-            if abs(raw[k] - raw[0]) > resolution:
-                return ts[k]
-            continue
         na, nb = n - k, k
         s_before, sq_before = total - s_after, total_sq - sq_after
         ma, mb = s_after / na, s_before / nb
         ss = o_ss + max(sq_before - s_before * mb, 0.0) + max(sq_after - s_after * ma, 0.0)
-        if ss <= 0.0:   # a spread below the sums' rounding: judged as exact values are
+        exact = o_ss == 0.0 and same_tail <= k <= same_head   # no noise at all: exact values
+        if exact or ss <= 0.0:   # (or a spread below the sums' rounding): judged as printed
             if resolution is None:
                 resolution = max(printed_resolution(x) for x in raw)
-            if abs(ma - mb) > resolution:
+            if (abs(raw[k] - raw[0]) if exact else abs(ma - mb)) > resolution:
                 return ts[k]
             continue
         se = math.sqrt(ss / df) * math.sqrt(1 / nb + 1 / na)

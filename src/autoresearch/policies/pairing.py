@@ -137,7 +137,7 @@ def _seed_share(groups: tuple[SeededGroup, ...]) -> SeedFit:
     total = within / n_within                       # variance of one run, seeds included
     resid = rss / df                                # the same, the seed's share removed
     rho_hat = min(max(1.0 - resid / total, 0.0), MAX_SHARE)
-    upper = rss / float(special.chdtri(df, SHARE_CONFIDENCE))   # chi2's lower point   # of the residual variance
+    upper = rss / float(special.chdtri(df, SHARE_CONFIDENCE))   # of the residual variance (chi2's lower point)
     rho = min(max(1.0 - upper / total, 0.0), MAX_SHARE)
     cov = np.linalg.pinv(d.T @ d) * upper / total   # of the effects, in shares of one run's
     effects = {shared[0]: 0.0, **{s: float(beta[i]) for s, i in col.items()}}
