@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     from pathlib import Path
     ap = argparse.ArgumentParser(description="The DP bound on a 1%-policy's gain per run, with "
                                  "the best known exactly or from a few runs of it.")
-    ap.add_argument("--stream", default="mixed")
+    ap.add_argument("--stream", default="mixed",
+                    choices=("mixed", "sparse", "slightly-worse", "simpler-worse"))
     ap.add_argument("--best-runs", type=int, nargs="*", default=[0, 4, 8, 16],
                     help="runs the best is known from (0: exactly)")
     ap.add_argument("--max-runs", type=int, default=4)

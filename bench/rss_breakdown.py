@@ -104,7 +104,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3000, help="experiments (at least 500)")
     ap.add_argument("--python", action="store_true", help="also trace Python allocations")
-    ap.add_argument("--policy", default="greedy", help="the policy (greedy; noise-aware, the default)")
+    ap.add_argument("--policy", default="greedy",
+                    choices=("greedy", "noise-aware", "noise-aware-v1", "noise-aware-v2"),
+                    help="the policy (greedy; noise-aware, the default)")
     a = ap.parse_args()
     n = max(500, a.n)
     marks = {n * k // 5 for k in range(1, 6)}

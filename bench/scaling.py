@@ -117,6 +117,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="experiments (at least 300)")
     ap.add_argument("--policy", default="greedy",
+                    choices=("greedy", "noise-aware", "noise-aware-v1", "noise-aware-v2"),
                     help="the acceptance policy (greedy: one run per proposal, the most experiments)")
     a = ap.parse_args()
     n = max(300, a.n)
@@ -148,9 +149,10 @@ def main() -> int:
         print(f"peak_rss_mb: {peak:.1f}  (target <= {RSS_TARGET_MB:g})  "
               f"{'PASS' if peak <= RSS_TARGET_MB else 'FAIL'}")
         if len(clock.rss) >= 2:
-            (lo, a), *_, (hi, b) = sorted(clock.rss.items())
-            print(f"rss_growth_kb_per_experiment ({lo}-{hi}): {(b - a) / (hi - lo) / 1024:.2f}  "
-                  f"(rss at {lo}: {a / 2**20:.1f} MB; bench/rss_breakdown.py shows where)")
+            (lo, rss_lo), *_, (hi, rss_hi) = sorted(clock.rss.items())
+            print(f"rss_growth_kb_per_experiment ({lo}-{hi}): "
+                  f"{(rss_hi - rss_lo) / (hi - lo) / 1024:.2f}  (rss at {lo}: "
+                  f"{rss_lo / 2**20:.1f} MB; bench/rss_breakdown.py shows where)")
         ok = ratio <= RATIO_TARGET and peak <= RSS_TARGET_MB
         loop.ledger.close()
         ok &= read_side(root, done)
