@@ -119,6 +119,44 @@ def test_a_dead_worker_is_retried_or_recorded_never_lost(local_ray, make_target,
     assert all(e.status.finished for e in by_desc.values())
 
 
+def test_an_interrupted_job_stops_on_its_worker_and_sends_back_its_log(local_ray, make_target,
+                                                                       tmp_path):
+    """interrupt() reaches the worker through the executor's stop board, not by an exception
+    thrown into the worker's thread: the step is stopped there, its processes are dead before
+    the result comes back, and the log of what it printed reaches the driver."""
+    from autoresearch.ratchet import Ratchet
+
+    started = tmp_path / "started"
+    run = (f"echo before the interrupt; echo $$ > {started}; "
+           "python -c 'import time; time.sleep(120)'")
+    root = make_target(tmp_path, run=run)
+    ex = RayExecutor(Ratchet(root), workers=1)
+    ex.prepare()
+    try:
+        commit = Ratchet(root).head()
+        job = Job(experiment_id=1, seq=1, commit=commit, run=run, evaluate=None, metric="score",
+                  budget=1, timeout=120, seed=0, log_path=str(tmp_path / "logs" / "1.log"))
+        fut = ex.submit(job, slot=0)
+        deadline = time.monotonic() + 60
+        while not (started.exists() and started.read_text().strip()):
+            assert time.monotonic() < deadline and not fut.done(), "the job did not start"
+            time.sleep(0.05)
+        shell = psutil.Process(int(started.read_text()))
+        tree = [shell, *shell.children(recursive=True)]
+        t0 = time.monotonic()
+        ex.interrupt()
+        res = fut.result(timeout=30)
+        took = time.monotonic() - t0
+        assert res.outcome == Outcome.INTERRUPTED, (res.outcome, res.reason)
+        assert took < 3.0, f"interrupt() took {took:.1f} s: the stop board was not heard"
+        alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"the step's processes {alive} outlived its result"
+        log = Path(job.log_path).read_text()
+        assert "before the interrupt" in log and "interrupted" in log, log
+    finally:
+        ex.shutdown()
+
+
 # == node setup, without Ray ===================================================================
 def _archive(root: Path) -> bytes:
     buf = io.BytesIO()

@@ -15,8 +15,12 @@ The rules:
   at that node-local dir. On the driver's own node the loop already ran setup, so its cache is used.
 - A task whose worker process or node died is retried (WORKER_RETRIES); if it still fails the
   experiment is recorded as a crash "worker died: ...". Nothing submitted is ever lost.
-- interrupt() cancels every task: first KeyboardInterrupt (the command's process tree is
-  killed), then force after CANCEL_GRACE seconds.
+- interrupt() raises the executor's stop board, a small actor that every task listens to from a
+  thread of its own (STOP_POLL): the task stops its step as a local slot would, kills the step's
+  process tree and sends back an interrupted result with the log. Ray's own cancel is only the
+  fallback, for a task that has not answered after CANCEL_GRACE seconds: first
+  KeyboardInterrupt, then force. (A KeyboardInterrupt thrown into a busy worker may land late, or
+  where it cannot stop the step, and its result carries no log.)
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from ..runner import run_command
 from .base import Executor, SlotInfo
 
 WORKER_RETRIES = 2          # re-runs of a task whose worker process or node died
-CANCEL_GRACE = 5.0          # seconds between a polite cancel and a forced one
+CANCEL_GRACE = 3.0          # seconds a task has to answer the stop board, then to a polite cancel
+STOP_POLL = 2.0             # seconds one call of a task's listener waits on the stop board
 ARCHIVES_KEPT = 32          # commits whose archive stays in the object store
 NODE_CACHE_ENV = "AUTORESEARCH_NODE_CACHE"  # on a node: root of its caches (default ~/.cache/autoresearch)
 
@@ -73,6 +78,7 @@ class RayExecutor(Executor):
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ray-slot")
         self._remote: Any = None
+        self._board: Any = None
         self._driver_node = ""
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -85,6 +91,7 @@ class RayExecutor(Executor):
                 ray.init(num_cpus=self.slots, include_dashboard=False, log_to_driver=False)
             self._started_ray = True
         self._driver_node = ray.util.get_node_ip_address()
+        self._board = _StopBoard.options(num_cpus=0).remote()
         self._remote = ray.remote(_run_task).options(
             num_cpus=1, num_gpus=1 if self.gpus else 0, max_retries=self.retries,
             retry_exceptions=False)
@@ -96,16 +103,21 @@ class RayExecutor(Executor):
         super().interrupt()
         with self._lock:
             refs = list(self._refs.values())
-        for ref in refs:
-            ray.cancel(ref, force=False)
-        if refs:
-            ready, running = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE)
-            for ref in running:
-                ray.cancel(ref, force=True)
+        if self._board is not None:
+            self._board.stop.remote()
+        for force in (False, True):
+            if not refs:
+                return
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE)
+            for ref in refs:
+                ray.cancel(ref, force=force)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._archives.clear()
+        if self._board is not None and ray.is_initialized():
+            ray.kill(self._board)
+        self._board = None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
@@ -128,7 +140,7 @@ class RayExecutor(Executor):
             self.prepare()
         with self._lock:
             ref = self._remote.remote(self._archive(job.commit), job, should_stop,
-                                      self._driver_node)
+                                      self._driver_node, self._board)
             self._refs[slot] = ref
 
         def wait_for_it() -> EvalResult:
@@ -168,17 +180,58 @@ def _result(job: Job, outcome: Outcome, reason: str, started: float) -> EvalResu
                       started=started, finished=time.time())
 
 
+@ray.remote(max_concurrency=1000)
+class _StopBoard:
+    """One per executor: raised once by interrupt(); each running task waits on it."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._raised = asyncio.Event()
+
+    async def wait(self, seconds: float) -> bool:
+        """True as soon as the board is raised; False after `seconds` without it."""
+        import asyncio
+
+        try:
+            await asyncio.wait_for(self._raised.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        self._raised.set()
+
+
 # == on the worker =================================================================================
 def _run_task(archive: bytes, job: Job, should_stop: Callable[[float, float], str | None] | None,
-              driver_node: str) -> tuple[EvalResult, bytes]:
-    """The Ray task: unpack the commit, set the node up once, evaluate, send back result and log."""
+              driver_node: str, board: Any) -> tuple[EvalResult, bytes]:
+    """The Ray task: unpack the commit, set the node up once, evaluate, send back result and log.
+
+    A thread listens to the stop board while the task runs and sets the step's stop event."""
     node = ray.util.get_node_ip_address()
-    return evaluate_on_node(archive, job, should_stop=should_stop,
-                            on_driver_node=(node == driver_node), host=node)
+    stop, done = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                if ray.get(board.wait.remote(STOP_POLL)):
+                    stop.set()
+                    return
+            except ray.exceptions.RayError:
+                return   # the board is gone: Ray's own cancel is the fallback
+    listener = threading.Thread(target=listen, name="autoresearch-stop", daemon=True)
+    listener.start()
+    try:
+        return evaluate_on_node(archive, job, should_stop=should_stop, stop_event=stop,
+                                on_driver_node=(node == driver_node), host=node)
+    finally:
+        done.set()
 
 
 def evaluate_on_node(archive: bytes, job: Job, *,
                      should_stop: Callable[[float, float], str | None] | None = None,
+                     stop_event: threading.Event | None = None,
                      on_driver_node: bool = False, host: str | None = None,
                      node_cache: Path | None = None) -> tuple[EvalResult, bytes]:
     """Evaluate job from its archive on this machine; plain Python, so it is testable without Ray."""
@@ -192,10 +245,10 @@ def evaluate_on_node(archive: bytes, job: Job, *,
             # the driver's pin describes the driver's cache; this node's copy is read-only to
             # sandboxed steps but not pinned (README: trust)
             job.cache_pin = None
-            failed = _setup_node(target_dir, job, node_cache)
+            failed = _setup_node(target_dir, job, node_cache, stop_event)
             if failed:
                 return failed, log.read_bytes() if log.exists() else b""
-        res = evaluate(target_dir, job, should_stop=should_stop,
+        res = evaluate(target_dir, job, should_stop=should_stop, stop_event=stop_event,
                        materialize=lambda dest: _extract(archive, dest))
         return replace(res, host=host), log.read_bytes() if log.exists() else b""
     finally:
@@ -210,7 +263,8 @@ def _extract(archive: bytes, dest: Path) -> Path:
     return dest
 
 
-def _setup_node(target_dir: Path, job: Job, node_cache: Path | None) -> EvalResult | None:
+def _setup_node(target_dir: Path, job: Job, node_cache: Path | None,
+                stop_event: threading.Event | None = None) -> EvalResult | None:
     """Point AUTORESEARCH_CACHE at this node's cache and run the target's setup there once."""
     spec = load_spec(target_dir / CONFIG_NAME)
     root = node_cache or Path(os.environ.get(NODE_CACHE_ENV)
@@ -229,11 +283,14 @@ def _setup_node(target_dir: Path, job: Job, node_cache: Path | None) -> EvalResu
         started = time.time()
         setup_log = cache / "setup.log"
         r = run_command(spec.setup, cwd=target_dir, env=command_env(job), log_path=setup_log,
-                        timeout=spec.setup_timeout, append=False, header=f"$ {spec.setup}   # setup")
+                        timeout=spec.setup_timeout, append=False, header=f"$ {spec.setup}   # setup",
+                        stop_event=stop_event)
         if not r.ok:
-            why = "timed out" if r.timed_out else f"exited with code {r.exit_code}"
+            why = ("was interrupted" if r.interrupted else "timed out" if r.timed_out
+                   else f"exited with code {r.exit_code}")
             Path(job.log_path).write_text("\n".join(tail_lines(setup_log, 50)) + "\n")
-            return EvalResult(Outcome.CRASH, f"setup on node {socket.gethostname()} {why}", None, {},
+            outcome = Outcome.INTERRUPTED if r.interrupted else Outcome.CRASH
+            return EvalResult(outcome, f"setup on node {socket.gethostname()} {why}", None, {},
                               time.time() - started, r.peak_memory_mb, r.exit_code, job.log_path,
                               started=started, finished=time.time())
         done.write_text(f"{time.time()}\n")
