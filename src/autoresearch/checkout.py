@@ -41,6 +41,13 @@ Guarantees:
   check, in place or on the inode just freed, and this sync would keep it: the same risk as a
   rewrite just after a walk, and in both cases the check after the next run step sees it (its
   key changed), so that experiment is invalid and never kept.
+- No lstat of files at all with the kernel's notice (`old.notice`, set by the ratchet from
+  its treewatch, on Linux): the paths it names as possibly changed since the last sync are
+  looked at one by one as above; every other file counts as seen with the key recorded then,
+  because its inode has been watched since it was written (treewatch.py says why nothing that
+  would change its key goes unreported, and the one writer it cannot see: a process that
+  escaped its step's kill, possible only without the sandbox, writing through a mapping).
+  Files written within the timestamp tick of the last sync are always named (the racy rule).
 - Any error while walking or repairing (an unreadable directory, say) falls back to removing
   dest and writing it whole, which is also what happens without a manifest.
 - Blobs come through `blobs(oids, sink)` as streams; one larger than `STREAM_BYTES` is copied to
@@ -103,8 +110,23 @@ class Manifest:
     rebuilt: bool = True        # written whole (no manifest, or the incremental path gave up)
     fresh: list[str] = field(default_factory=list)   # paths this sync wrote or checked again
     seen: dict[str, tuple[int, ...]] | None = None   # lstat keys taken since (see guarantees)
+    #: the paths the kernel's notice names as changed since this sync (treewatch.py): every
+    #: other file counts as seen with the key recorded here (see guarantees)
+    notice: set[str] | None = None
     layout: Layout | None = None   # the paths by directory, exactly those of files
     dir_keys: dict[str, tuple[int, ...]] = field(default_factory=dict)   # at the end, by dir
+
+    @property
+    def vouched(self) -> bool:
+        """Is something known of the files since this sync (keys handed over, or the notice)?"""
+        return self.seen is not None or self.notice is not None
+
+    def seen_key(self) -> Callable[[str], tuple[int, ...] | None]:
+        """path -> the key it was seen with since this sync (None: not seen, look at it)."""
+        if self.notice is not None:
+            files, notice = self.files, self.notice
+            return lambda rel: None if rel in notice or rel not in files else files[rel].key
+        return (self.seen or {}).get
 
     def settled(self, w: Written) -> bool:
         """Does a change after this sync necessarily change w's key (ctime older than the tick)?"""
@@ -305,14 +327,14 @@ class _Sync:
         # says "unchanged since the check" without touching the key's fields (a tuple compare
         # here is mostly cache misses), and a vouched key is a settled one
         files, wanted, dirs, done = old.files, self.wanted, self.dirs, self.done
-        if old.seen is not None and self._unchanged(fd, prefix, old):
+        if old.vouched and self._unchanged(fd, prefix, old):
             return
         with os.scandir(fd) as listing:
             entries = list(listing)
-        if old.seen is not None and self._as_left(fd, prefix, entries, old):
+        if old.vouched and self._as_left(fd, prefix, entries, old):
             return
         rels = [prefix + entry.name for entry in entries]
-        keys = map((old.seen or {}).get, rels)
+        keys = map(old.seen_key(), rels)
         for entry, rel, w, want, key in zip(entries, rels, map(files.get, rels),
                                             map(wanted.get, rels), keys, strict=True):
             if w is not None and key is w.key and w.want is want and key[3] == entry.inode():
@@ -342,7 +364,7 @@ class _Sync:
         layout's entries and every file is judged kept by the one-by-one walk's first test: the
         check's key is the one this checkout recorded, on the inode the directory entry has,
         and the commit wants what was written. False (nothing done): walk it one by one."""
-        assert self.layout is not None and old.seen is not None
+        assert self.layout is not None and old.vouched
         here = self.layout.by_dir.get(prefix)
         if here is None:
             return False
@@ -371,7 +393,7 @@ class _Sync:
         the last sync wrote exactly the paths this one wants (so the directory holds exactly
         its layout's entries, on the inodes written then). Each file is judged as `_as_left`
         judges it. False (nothing done): list it."""
-        assert self.layout is not None and old.seen is not None
+        assert self.layout is not None and old.vouched
         here = self.layout.by_dir.get(prefix)
         recorded = old.dir_keys.get(prefix[:-1])
         if here is None or self.layout is not old.layout or recorded is None or \
@@ -388,8 +410,17 @@ class _Sync:
         """The last sync's records of these files when every one passes the one-by-one walk's
         first test, in bulk: the check's key is the very key this checkout recorded, and the
         commit wants what was written. None: a path not written last time, or one that differs."""
-        assert old.seen is not None
+        assert old.vouched
         written = list(map(old.files.get, rels))
+        if old.notice is not None:   # none of them named: each as written, so seen as written
+            if not old.notice.isdisjoint(rels):
+                return None
+            try:
+                if all(map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels))):
+                    return written
+            except AttributeError:   # a path not written last time
+                pass
+            return None
         try:
             if all(map(operator.is_, map(old.seen.get, rels), map(_KEY_OF, written))) and all(
                     map(operator.is_, map(_WANT_OF, written), map(self.wanted.get, rels))):

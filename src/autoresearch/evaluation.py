@@ -561,7 +561,8 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
              should_stop: Callable[[float, float], str | None] | None = None,
              on_start: Callable[[int], None] | None = None,
              materialize: Callable[[Path], Path] | None = None,
-             checked: Callable[[dict[str, tuple[int, ...]]], None] | None = None) -> EvalResult:
+             checked: Callable[[dict[str, tuple[int, ...]]], None] | None = None,
+             changed: Callable[[str], set[str] | None] | None = None) -> EvalResult:
     """Run and evaluate the commit checked out in target_dir. Never raises for outcomes.
 
     materialize(dest) writes the commit's files from the object store into dest and returns
@@ -575,6 +576,12 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
     The run step's processes are all dead by then (runner.py); one that escaped the kill could
     change a file after the check, which is the same risk as changing it after the checkout's
     own walk: the next run's check still sees the change, so it is never kept.
+
+    changed(commit), where the slot's worktree has the kernel's notice of changes (the ratchet's
+    treewatch), names the tracked paths that the check after the run step must look at: those
+    something may have changed since the checkout made the worktree that commit. None from it:
+    look at every one. When it names them, checked is not called (the next checkout asks the
+    same notice).
     """
     started = time.time()
     env = command_env(job)
@@ -615,12 +622,19 @@ def evaluate(target_dir: Path, job: Job, *, stop_event: threading.Event | None =
         return finish(Outcome.OVER_BUDGET, f"the run step took {r.wall_time:.1f}s, past the budget "
                       f"of {job.budget:g}s plus the allowance of {allowance(job):g}s")
     cache = job.env.get("AUTORESEARCH_CACHE")
-    if cache and job.cache_pin is not None and (changed := cache_changes(Path(cache), job.cache_pin)):
+    if cache and job.cache_pin is not None and (altered := cache_changes(Path(cache), job.cache_pin)):
         return finish(Outcome.INVALID, f"the prepared data changed after setup: "
-                      f"{', '.join(changed[:5])} (setup outputs are pinned by hash)")
+                      f"{', '.join(altered[:5])} (setup outputs are pinned by hash)")
     # what is kept must be what was evaluated: the commit's files, untouched
     keys: dict[str, tuple[int, ...]] | None = {}
-    bad = locked_violations(target_dir, {**job.tracked, **job.locked}, job.links, keys)
+    tracked, locked, links = job.tracked, job.locked, job.links
+    if changed is not None and (only := changed(job.commit)) is not None:
+        only.update(p for p in locked if p not in tracked)   # not the commit's: never written
+        tracked = {p: tracked[p] for p in only if p in tracked}
+        locked = {p: locked[p] for p in only if p in locked}
+        links = {p: links[p] for p in only if p in links}
+        keys = None   # the next checkout asks the notice, not these keys
+    bad = locked_violations(target_dir, {**tracked, **locked}, links, keys)
     if job.evaluate and not job.sandbox:
         keys = None   # the evaluate step, unconfined, could write here after the check
     if job.holdout and not job.evaluate:

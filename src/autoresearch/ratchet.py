@@ -42,7 +42,8 @@ from typing import BinaryIO
 from .checkout import Manifest, Want, dirs_of, plan, sync
 from .config import RESULTS_NAME, STATE_DIR
 from .errors import GitError
-from .lockcheck import PROCESS_HASHES, FileHashes
+from .lockcheck import PROCESS_HASHES, FileHashes, stat_key
+from .treewatch import TreeWatch, open_watch
 
 try:   # optional (autoresearch[git]): commits and checkouts without a git process
     import pygit2
@@ -165,6 +166,11 @@ class CommitResult:
     removed: int = 0
 
 
+
+def _lstat_key(path: str) -> tuple[int, ...]:
+    return stat_key(os.lstat(path))
+
+
 class Ratchet:
     def __init__(self, target_root: Path):
         self.target_root = Path(target_root).resolve()
@@ -199,6 +205,8 @@ class Ratchet:
         self._refs_lock = threading.Lock()
         self._lib: pygit2.Repository | None = None  # libgit2's view (None: plumbing)
         self._manifests: dict[str, Manifest] = {}   # worktree -> what its last checkout wrote
+        self._watches: dict[str, TreeWatch] = {}    # worktree -> the kernel's notice of changes
+        self._synced: dict[str, str] = {}           # worktree -> the commit last checked out
         self._manifests_lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}   # full sha -> its planned checkout, oldest first
         self._listings_lock = threading.Lock()
@@ -430,7 +438,13 @@ class Ratchet:
                     fh.close()
 
     def close(self) -> None:
-        """End the long-lived git processes (they also end with this process)."""
+        """End the long-lived git processes (they also end with this process) and the
+        worktrees' watches."""
+        with self._manifests_lock:
+            watches = list(self._watches.values())
+            self._watches.clear()
+        for watch in watches:
+            watch.close()
         with self._cat_lock:
             self._close_cat()
         with self._refs_lock:
@@ -770,15 +784,49 @@ class Ratchet:
         name = os.path.abspath(worktree)
         with self._manifests_lock:
             old = self._manifests.pop(name, None)
+            watch = self._watches.pop(name, None)
+        if old is not None and watch is not None and \
+                (changed := watch.take(old.files)) is not None:
+            old.notice = changed   # every file it does not name is as written
         marker = Path(os.path.dirname(name)) / f".{os.path.basename(name)}.tick"
         manifest = sync(Path(name), listing.wanted, self._stream_blobs, old, marker, listing.dirs)
         files = manifest.files
         self.hashes.vouch_many(name, ((rel, w.key, w.oid) for rel in manifest.fresh
                                       if (w := files[rel]).how != "link" and manifest.settled(w)))
+        if watch is not None and (watch.lost or manifest.rebuilt):
+            watch.close()   # something went unseen, or every inode is new: start again
+            watch = None
+        fresh: Iterable[str] = manifest.fresh
+        if watch is None and (watch := open_watch(name)) is not None:
+            fresh = files
+        if watch is not None:
+            watch.rearm(files, fresh, manifest.dir_keys, _lstat_key,
+                        racy=[rel for rel in fresh if not manifest.settled(files[rel])])
         manifest.fresh = []
         with self._manifests_lock:
             self._manifests[name] = manifest
+            self._synced[name] = commit
+            if watch is not None:
+                self._watches[name] = watch
         return Path(worktree) / self.subdir if self.subdir else Path(worktree)
+
+    def touched(self, worktree: Path, commit: str) -> set[str] | None:
+        """The target-relative paths that the checks after a step must look at again: those
+        the kernel's notice names as possibly changed since the worktree's last checkout, if
+        that checkout made it `commit` (treewatch.py). Every other file of the commit is as the
+        checkout wrote it. None: look at every one (no notice here, an event lost, or the
+        worktree's last checkout was of another commit)."""
+        name = os.path.abspath(worktree)
+        with self._manifests_lock:
+            watch, manifest = self._watches.get(name), self._manifests.get(name)
+            synced = self._synced.get(name)
+        if watch is None or manifest is None or synced != commit or \
+                (got := watch.peek(manifest.files)) is None:
+            return None
+        if not self.subdir:
+            return got
+        prefix = self.subdir + "/"
+        return {p[len(prefix):] for p in got if p.startswith(prefix)}
 
     def checked(self, worktree: Path, keys: dict[str, tuple[int, ...]]) -> None:
         """lstat keys (target-relative path -> lockcheck.stat_key) of files in the worktree,
@@ -800,6 +848,10 @@ class Ratchet:
         no hook runs. A symlink that resolves outside the tree is written as a regular file."""
         with self._manifests_lock:
             self._manifests.pop(os.path.abspath(dest), None)
+            self._synced.pop(os.path.abspath(dest), None)
+            watch = self._watches.pop(os.path.abspath(dest), None)
+        if watch is not None:
+            watch.close()
         listing = self._listing(commit)
         sync(Path(dest), listing.wanted, self._stream_blobs, None, None, listing.dirs)
         return Path(dest) / self.subdir if self.subdir else Path(dest)

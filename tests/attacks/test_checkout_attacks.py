@@ -336,13 +336,22 @@ def test_a_file_replaced_after_the_check_is_rewritten_not_judged_on_the_old_key(
     assert_exact(r, wt, a, tmp_path / "fresh")
 
 
+@pytest.mark.parametrize("notice", [True, False], ids=["inotify", "lstat"])
 @pytest.mark.parametrize("how", ["in place", "on the same inode"])
-def test_a_change_after_the_check_is_seen_by_the_next_check(repo, tmp_path, how):
-    """The residual risk the handover keeps (checkout.py): a process that escaped the step's
-    kill rewrites a file between the check and the next checkout, in place or as a new file
-    that happens to get the freed inode. Checking out on the check's keys does not repair it,
+def test_a_change_after_the_check_is_seen_by_the_next_check(repo, tmp_path, monkeypatch, how,
+                                                            notice):
+    """A process that escaped the step's kill rewrites a file between the check and the next
+    checkout, in place or as a new file that happens to get the freed inode. With the kernel's
+    notice (treewatch.py) the next checkout is told and repairs it. Without it, the residual
+    risk the handover keeps (checkout.py): checking out on the check's keys does not repair it,
     exactly as a rewrite just after a walk would not be; the check after the next run step
     sees it, so that experiment is never kept, and the checkout after it repairs the file."""
+    from autoresearch import treewatch
+
+    if notice and not treewatch.available():
+        pytest.skip("inotify is Linux's")
+    if not notice:
+        monkeypatch.setenv(treewatch.DISABLE_ENV, "1")
     r, a, b, _ = repo
     slot = r.worktree("slot-0")
     _settled(r, slot, a)
@@ -360,13 +369,43 @@ def test_a_change_after_the_check_is_seen_by_the_next_check(repo, tmp_path, how)
                 break
         else:
             pytest.skip("this filesystem did not reuse the freed inode")
-    r.checkout(slot, b)
+    wt = r.checkout(slot, b)
+    if notice:
+        assert_exact(r, wt, b, tmp_path / "fresh")
+        assert _checked(r, slot, b) == []
+        return
     assert "evaluate.py" in _checked(r, slot, b)
     wt = r.checkout(slot, b)   # the check's keys show the change: this checkout repairs it
     assert_exact(r, wt, b, tmp_path / "fresh")
 
 
+def test_the_kernels_notice_spares_a_checkout_every_lstat(repo, monkeypatch, tmp_path):
+    """With inotify, a checkout looks only at what changed since the last one: nothing, or
+    the file a process rewrote in place with its mtime put back (and it is repaired)."""
+    from autoresearch import treewatch
+
+    if not treewatch.available():
+        pytest.skip("inotify is Linux's")
+    r, a, _b, _ = repo
+    slot = r.worktree("slot-0")
+    _settled(r, slot, a)
+    looked: list[int] = []
+    real_key = checkout_mod._key
+    monkeypatch.setattr(checkout_mod, "_key", lambda st: looked.append(st.st_ino) or real_key(st))
+    r.checkout(slot, a)
+    assert looked == []
+    p = slot / "pkg" / "sub" / "mod.py"
+    old = os.stat(p).st_ino
+    _rewrite_in_place(p, b"#" * os.stat(p).st_size)
+    wt = r.checkout(slot, a)
+    assert looked and set(looked) <= {old, os.stat(p).st_ino}, looked   # that file alone
+    assert_exact(r, wt, a, tmp_path / "fresh")
+
+
 def test_keys_handed_over_spare_the_next_checkout_every_lstat(repo, monkeypatch):
+    from autoresearch import treewatch
+
+    monkeypatch.setenv(treewatch.DISABLE_ENV, "1")   # the handover, without the kernel's notice
     r, a, _b, _ = repo
     slot = r.worktree("slot-0")
     _settled(r, slot, a)
@@ -446,14 +485,22 @@ def test_what_the_next_commit_changes_in_a_directory_judged_in_bulk_is_written(
 
 
 # -- through the real loop ----------------------------------------------------------------------
+@pytest.mark.parametrize("notice", [True, False], ids=["inotify", "lstat"])
 @pytest.mark.parametrize("evaluator", [True, False], ids=["evaluator", "run-only"])
 def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_path, monkeypatch,
-                                                                          evaluator):
+                                                                          evaluator, notice):
     """Steps of a real run (real subprocesses, sandbox off) tamper with their slot: the locked
     evaluator rewritten with its mtime restored, a tracked file hard-linked to a victim outside,
     a .git file and stray modules planted. Every checkout the loop makes equals a fresh
-    materialize, nothing tampered is kept, and the victim is never written. Run-only (no
+    materialize, nothing tampered is kept, and the victim is never written. With the kernel's
+    notice (treewatch.py) the checks look only at what it names; without it, run-only (no
     evaluate step after the check), the check's keys are handed to the next checkout."""
+    from autoresearch import treewatch
+
+    if notice and not treewatch.available():
+        pytest.skip("inotify is Linux's")
+    if not notice:
+        monkeypatch.setenv(treewatch.DISABLE_ENV, "1")
     import json
     from types import SimpleNamespace
 
@@ -515,4 +562,4 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
     assert got["attack 1"][2] == "the run step modified tracked file(s): README.md"
     assert victim.read_text() == "the victim's own bytes\n"
     # the evaluate step runs unconfined after the check: then the next checkout walks
-    assert (len(handed) >= 4) is not evaluator, handed
+    assert handed == [] if notice else (len(handed) >= 4) is not evaluator, handed

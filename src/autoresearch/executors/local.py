@@ -45,7 +45,8 @@ class LocalExecutor(Executor):
             return evaluate(target_dir, job, stop_event=self.stop_event,
                             should_stop=should_stop, on_start=on_start,
                             materialize=lambda dest: self.ratchet.materialize(job.commit, dest),
-                            checked=lambda keys: self.ratchet.checked(wt, keys))
+                            checked=lambda keys: self.ratchet.checked(wt, keys),
+                            changed=lambda commit: self.ratchet.touched(wt, commit))
 
         return self._pool.submit(work)
 
