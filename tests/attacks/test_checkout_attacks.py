@@ -491,7 +491,8 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
                                                                           evaluator, notice):
     """Steps of a real run (real subprocesses, sandbox off) tamper with their slot: the locked
     evaluator rewritten with its mtime restored, a tracked file hard-linked to a victim outside,
-    a .git file and stray modules planted. Every checkout the loop makes equals a fresh
+    a .git file and stray modules planted, the evaluator written through a shared mapping, a
+    file renamed over a tracked one. Every checkout the loop makes equals a fresh
     materialize, nothing tampered is kept, and the victim is never written. With the kernel's
     notice (treewatch.py) the checks look only at what it names; without it, run-only (no
     evaluate step after the check), the check's keys are handed to the next checkout."""
@@ -525,6 +526,13 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
         f"import os\nos.unlink('README.md')\nos.link({str(victim)!r}, 'README.md')\n",
         "open('.git', 'w').write('gitdir: /nonexistent\\n')\n"
         "open('json.py', 'w').write('raise SystemExit\\n')\nos.makedirs('cache/x')\n",
+        # through a shared mapping, whose writes raise no inotify event of their own
+        "import mmap\nfd = os.open('evaluate.py', os.O_RDWR)\n"
+        "m = mmap.mmap(fd, os.fstat(fd).st_size)\nos.close(fd)\nm[:1] = b'#'\nm.close()\n",
+        # a new file renamed over a tracked one, its times put back
+        "st = os.stat('README.md')\nopen('.x', 'w').write('x' * st.st_size)\n"
+        "os.rename('.x', 'README.md')\n"
+        "os.utime('README.md', ns=(st.st_atime_ns, st.st_mtime_ns))\n",
     ]
     proposals = [{"description": f"attack {i}",
                   "files": {"train.py": train_source(20.0, extra="import os\n" + code + score)}}
@@ -547,19 +555,22 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
     real_handover = Ratchet.checked
     monkeypatch.setattr(Ratchet, "checked", lambda self, wt, keys: (
         handed.append(len(keys)), real_handover(self, wt, keys)))
-    args = SimpleNamespace(agent=f"script:{script}", policy="greedy", max_experiments=5, seed=0,
+    args = SimpleNamespace(agent=f"script:{script}", policy="greedy", max_experiments=7, seed=0,
                            workers=1, executor="local")
     loop = build_loop(load_target(root), args, "tamper")
     loop.run_forever()
     exps = sorted(loop.ledger.experiments("tamper"), key=lambda e: e.seq)
     loop.ledger.close()
-    assert len(seen) >= 4 and all(ok for _, ok in seen), seen
+    assert len(seen) >= 6 and all(ok for _, ok in seen), seen
     got = {e.description: (e.status.value, e.metric, e.reason) for e in exps}
     assert {d: (status, metric) for d, (status, metric, _r) in got.items()} == {
         "baseline": ("keep", 10.0), "attack 0": ("invalid", None), "attack 1": ("invalid", None),
-        "attack 2": ("discard", 20.0), "honest": ("keep", 5.0)}, got
+        "attack 2": ("discard", 20.0), "attack 3": ("invalid", None),
+        "attack 4": ("invalid", None), "honest": ("keep", 5.0)}, got
     assert got["attack 0"][2] == "the run step modified locked file(s): evaluate.py"
     assert got["attack 1"][2] == "the run step modified tracked file(s): README.md"
+    assert got["attack 3"][2] == "the run step modified locked file(s): evaluate.py"
+    assert got["attack 4"][2] == "the run step modified tracked file(s): README.md"
     assert victim.read_text() == "the victim's own bytes\n"
     # the evaluate step runs unconfined after the check: then the next checkout walks
-    assert handed == [] if notice else (len(handed) >= 4) is not evaluator, handed
+    assert handed == [] if notice else (len(handed) >= 6) is not evaluator, handed
