@@ -207,6 +207,7 @@ class Ratchet:
         self._manifests: dict[str, Manifest] = {}   # worktree -> what its last checkout wrote
         self._watches: dict[str, TreeWatch] = {}    # worktree -> the kernel's notice of changes
         self._synced: dict[str, str] = {}           # worktree -> the commit last checked out
+        self._unwatchable: set[str] = set()          # worktrees past the user's inotify limit
         self._manifests_lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}   # full sha -> its planned checkout, oldest first
         self._listings_lock = threading.Lock()
@@ -793,15 +794,22 @@ class Ratchet:
         files = manifest.files
         self.hashes.vouch_many(name, ((rel, w.key, w.oid) for rel in manifest.fresh
                                       if (w := files[rel]).how != "link" and manifest.settled(w)))
-        if watch is not None and (watch.lost or manifest.rebuilt):
-            watch.close()   # something went unseen, or every inode is new: start again
-            watch = None
+        if watch is not None:
+            watch.refresh()
+            if watch.lost or manifest.rebuilt:
+                watch.close()   # something went unseen, or every inode is new: start again
+                watch = None
         fresh: Iterable[str] = manifest.fresh
-        if watch is None and (watch := open_watch(name)) is not None:
+        if watch is None and name not in self._unwatchable and \
+                (watch := open_watch(name)) is not None:
             fresh = files
         if watch is not None:
             watch.rearm(files, fresh, manifest.dir_keys, _lstat_key,
                         racy=[rel for rel in fresh if not manifest.settled(files[rel])])
+            if watch.refused and fresh is files:   # the user's watch limit: no notice here
+                self._unwatchable.add(name)
+                watch.close()
+                watch = None
         manifest.fresh = []
         with self._manifests_lock:
             self._manifests[name] = manifest

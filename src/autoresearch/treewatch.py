@@ -10,10 +10,14 @@ checkout, which paths something may have changed since. Only those are looked at
 Why it misses nothing that the stat check would have seen:
 - every tracked file's inode is watched itself, not only through its directory, so a change
   made through another name (a hard link made elsewhere) is reported too; a watch reports
-  writes, truncation (IN_MODIFY), metadata, link count and timestamps (IN_ATTRIB), the last
-  close of a descriptor opened for writing (IN_CLOSE_WRITE: a shared writable mapping needs
-  one, and it closes only after the mapping is gone, so a write through mmap, which inotify does
-  not report itself, is still followed by this event) and the inode's deletion or move;
+  every open (IN_OPEN), writes and truncation (IN_MODIFY), metadata, link count and timestamps
+  (IN_ATTRIB), the last close of a descriptor opened for writing (IN_CLOSE_WRITE) and the
+  inode's deletion or move. The open is what makes writes that raise no event of their own
+  visible: through a shared mapping, by Linux AIO, or from a descriptor whose last close is
+  put off (parked in a unix socket in flight, say, until the kernel's socket garbage collector
+  runs). Each needs the file opened during the step, and the open is queued when it happens,
+  so the file is named and its key (mtime and ctime move with such writes) compared. A file the
+  step only reads is named too: an lstat more, no hash unless its key changed;
 - every tracked directory is watched for names created, deleted or moved in it, so a file
   replaced by another (rename over it, unlink and create) names its path, and a directory
   deleted, moved or replaced marks every path under it;
@@ -49,8 +53,8 @@ except ImportError:  # pragma: no cover - not Linux, or the package is missing
 DISABLE_ENV = "AUTORESEARCH_NO_TREEWATCH"   # set: every check looks at every file (benchmarks)
 
 if INotify is not None:
-    FILE_EVENTS = (_f.MODIFY | _f.ATTRIB | _f.CLOSE_WRITE | _f.DELETE_SELF | _f.MOVE_SELF
-                   | _f.DONT_FOLLOW)
+    FILE_EVENTS = (_f.OPEN | _f.MODIFY | _f.ATTRIB | _f.CLOSE_WRITE | _f.DELETE_SELF
+                   | _f.MOVE_SELF | _f.DONT_FOLLOW)
     DIR_EVENTS = (_f.CREATE | _f.DELETE | _f.MOVED_FROM | _f.MOVED_TO | _f.DELETE_SELF
                   | _f.MOVE_SELF | _f.ONLYDIR | _f.DONT_FOLLOW)
     _IGNORED, _OVERFLOW, _ISDIR = int(_f.IGNORED), int(_f.Q_OVERFLOW), int(_f.ISDIR)
@@ -90,9 +94,14 @@ class TreeWatch:
         self._dirty: set[str] = set()
         self._subtrees: set[str] = set()   # directories deleted, moved or replaced
         self.lost = False                    # something went unseen: take/peek answer None
+        self.refused = False                 # a watch could not be added (max_user_watches)
 
     def close(self) -> None:
         self._ino.close()
+
+    def refresh(self) -> None:
+        """Take the queued events in now (an overflow shows as `lost`)."""
+        self._poll()
 
     # -- what changed -----------------------------------------------------------------------
     def peek(self, paths: Collection[str]) -> set[str] | None:
@@ -102,7 +111,7 @@ class TreeWatch:
             return None
         out = {p for p in self._dirty if p in paths}
         if self._subtrees:
-            prefixes = tuple(d + "/" for d in self._subtrees)
+            prefixes = tuple(d + "/" if d else "" for d in self._subtrees)
             out.update(p for p in paths if p.startswith(prefixes))
         return out
 
@@ -143,7 +152,7 @@ class TreeWatch:
             else:
                 self._dirty.add(rel)
         if self._subtrees:   # a directory replaced since take: what the checkout kept in it
-            prefixes = tuple(d + "/" for d in self._subtrees)
+            prefixes = tuple(d + "/" if d else "" for d in self._subtrees)
             done = set(fresh)
             self._dirty.update(p for p in files if p.startswith(prefixes) and p not in done)
             self._subtrees.clear()
@@ -153,12 +162,14 @@ class TreeWatch:
     def _add(self, rel: str, is_dir: bool, inode: int) -> None:
         try:
             wd = self._ino.add_watch(self._abs(rel), DIR_EVENTS if is_dir else FILE_EVENTS)
-        except OSError:
-            self.lost = True   # the watch limit, or the path is gone: nothing can be vouched
+        except (OSError, ValueError):
+            self.lost = self.refused = True   # the watch limit, or the path is gone
             return
         old = self._dir_wd.get(rel, (None,))[0] if is_dir else self._file_wd.get(rel)
-        if old is not None and old != wd:
-            self._where.pop(old, None)   # the path's earlier inode: no longer this path's
+        # the path's earlier inode is no longer this path's: its watch goes, unless another
+        # path's re-arming took it over already (two directories swapped)
+        if old is not None and old != wd and self._where.get(old, (rel,))[0] == rel:
+            self._where.pop(old, None)
             try:
                 self._ino.rm_watch(old)
             except OSError:
@@ -176,7 +187,7 @@ class TreeWatch:
         """Take the queued events in (without waiting)."""
         try:
             events = self._ino.read(timeout=0)
-        except OSError:
+        except (OSError, ValueError):   # ValueError: closed (the ratchet was closed)
             self.lost = True
             return
         where, dirty = self._where, self._dirty

@@ -228,3 +228,97 @@ def test_a_commit_other_than_the_one_checked_out_gets_no_notice(repo):  # noqa: 
     _quiet(r, slot, a)
     assert r.touched(slot, a) == set()
     assert r.touched(slot, b) is None
+
+
+# a write through a shared mapping, then the writable descriptor parked in a unix socket pair
+# that holds itself in flight: its last close (IN_CLOSE_WRITE) waits for the kernel's socket
+# garbage collector, long after the step's processes are dead and the check has run
+PARKED_MAPPING = r'''
+import array, mmap, os, socket, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 0)
+m[0:1] = b"#"
+m.close()
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd, a.fileno(), b.fileno()]))]
+a.sendmsg([b"x"], fds)
+b.sendmsg([b"x"], fds)
+os._exit(0)
+'''
+
+
+def _as_a_step(slot: Path, code: str, *args: str) -> None:
+    """code run as a run step would run it: under bubblewrap where it can run here."""
+    import subprocess
+    import sys
+
+    from autoresearch import sandbox
+
+    argv = [sys.executable, "-c", code, *args]
+    try:
+        sandbox.check()
+        argv = sandbox.wrap(sandbox.SandboxPolicy(cwd=slot, writable=(slot,)), argv)
+    except sandbox.SandboxUnavailable:
+        pass
+    subprocess.run(argv, check=True, cwd=slot)
+
+
+def test_a_mapping_written_with_its_last_close_put_off_is_noticed(repo, tmp_path):  # noqa: F811
+    """Found by review: with only IN_CLOSE_WRITE to show a write through a mapping, this step
+    passed the check. The open it needs is reported when it happens."""
+    r, a, _b, _ = repo
+    slot = r.worktree("slot-0")
+    _quiet(r, slot, a)
+    _as_a_step(slot, PARKED_MAPPING, str(slot / "evaluate.py"))
+    assert (slot / "evaluate.py").read_bytes()[:1] == b"#"
+    only, bad = _check(r, slot, a)
+    assert only is not None and "evaluate.py" in only and bad == ["evaluate.py"]
+    assert_exact(r, r.checkout(slot, a), a, tmp_path / "fresh")
+
+
+def test_the_worktree_itself_replaced_by_an_edited_copy_is_noticed(repo, tmp_path):  # noqa: F811
+    """Without the sandbox a step can move its whole worktree aside and put an edited copy in
+    its place (under it the worktree is a mount point and cannot move). Found by review: the
+    root's own move marked no path."""
+    r, a, _b, _ = repo
+    slot = r.worktree("slot-0")
+    _quiet(r, slot, a)
+    aside = slot.parent / "aside"
+    os.rename(slot, aside)
+    shutil.copytree(aside, slot, symlinks=True)
+    p, st = slot / "evaluate.py", os.stat(aside / "evaluate.py")
+    p.write_bytes(b"#" * st.st_size)
+    _restore_times(p, st)
+    only, bad = _check(r, slot, a)
+    assert bad == ["evaluate.py"], only
+    assert_exact(r, r.checkout(slot, a), a, tmp_path / "fresh")
+
+
+def test_directories_swapped_keep_their_watches_afterwards(tmp_path):
+    """Found by review: one step swaps two directories (invalid, and repaired); re-arming them
+    removed the watch the other path had just taken over, so a later step that replaced a
+    subdirectory with an edited copy went unseen."""
+    import subprocess
+
+    from conftest import build_target
+
+    root = build_target(tmp_path, files={"A/a.py": "a\n", "A/s/f.py": "F = 1\n",
+                                         "B/b.py": "b\n", "B/s/g.py": "G = 1\n"})
+    r = Ratchet(root)
+    c = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                       text=True, check=True).stdout.strip()
+    slot = r.worktree("slot-0")
+    _quiet(r, slot, c)
+    os.rename(slot / "A", slot / ".t")
+    os.rename(slot / "B", slot / "A")
+    os.rename(slot / ".t", slot / "B")
+    assert _check(r, slot, c)[1]           # the swap: invalid
+    _quiet(r, slot, c)                     # repaired
+    for d in ("A", "B"):                   # a later step, in each of them
+        os.rename(slot / d / "s", slot / d / ".old")
+        shutil.copytree(slot / d / ".old", slot / d / "s")
+        edited = next((slot / d / "s").iterdir())
+        edited.write_text("TAMPERED = 1\n")
+        only, bad = _check(r, slot, c)
+        assert bad == [f"{d}/s/{edited.name}"], (d, only, bad)
+        _quiet(r, slot, c)
