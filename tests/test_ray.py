@@ -143,12 +143,11 @@ def test_an_interrupted_job_stops_on_its_worker_and_sends_back_its_log(local_ray
             time.sleep(0.05)
         shell = psutil.Process(int(started.read_text()))
         tree = [shell, *shell.children(recursive=True)]
-        t0 = time.monotonic()
         ex.interrupt()
         res = fut.result(timeout=30)
-        took = time.monotonic() - t0
         assert res.outcome == Outcome.INTERRUPTED, (res.outcome, res.reason)
-        assert took < 3.0, f"interrupt() took {took:.1f} s: the stop board was not heard"
+        # stopped by its own evaluation, not by Ray's cancel (whose reason names Ray)
+        assert "Ray" not in res.reason, res.reason
         alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not alive, f"the step's processes {alive} outlived its result"
         log = Path(job.log_path).read_text()

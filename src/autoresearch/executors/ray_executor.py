@@ -18,8 +18,8 @@ The rules:
 - interrupt() raises the executor's stop board, a small actor that every task listens to from a
   thread of its own (STOP_POLL): the task stops its step as a local slot would, kills the step's
   process tree and sends back an interrupted result with the log. Ray's own cancel is only the
-  fallback, for a task that has not answered after CANCEL_GRACE seconds: first
-  KeyboardInterrupt, then force. (A KeyboardInterrupt thrown into a busy worker may land late, or
+  fallback, for a task that has not answered after BOARD_GRACE seconds: first
+  KeyboardInterrupt, then force after CANCEL_GRACE. (A KeyboardInterrupt thrown into a busy worker may land late, or
   where it cannot stop the step, and its result carries no log.)
 """
 
@@ -54,7 +54,9 @@ from ..runner import run_command
 from .base import Executor, SlotInfo
 
 WORKER_RETRIES = 2          # re-runs of a task whose worker process or node died
-CANCEL_GRACE = 3.0          # seconds a task has to answer the stop board, then to a polite cancel
+BOARD_GRACE = 5.0           # seconds a task has to answer the stop board
+CANCEL_GRACE = 3.0          # then seconds between Ray's polite cancel and a forced one
+BOARD_START = 30.0          # seconds prepare() waits for the stop board's actor to be up
 STOP_POLL = 2.0             # seconds one call of a task's listener waits on the stop board
 ARCHIVES_KEPT = 32          # commits whose archive stays in the object store
 NODE_CACHE_ENV = "AUTORESEARCH_NODE_CACHE"  # on a node: root of its caches (default ~/.cache/autoresearch)
@@ -92,6 +94,10 @@ class RayExecutor(Executor):
             self._started_ray = True
         self._driver_node = ray.util.get_node_ip_address()
         self._board = _StopBoard.options(num_cpus=0).remote()
+        try:   # up before the first task, so that a stop is heard from a task's start
+            ray.get(self._board.wait.remote(0), timeout=BOARD_START)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
+            pass   # Ray's cancel still stops the tasks
         self._remote = ray.remote(_run_task).options(
             num_cpus=1, num_gpus=1 if self.gpus else 0, max_retries=self.retries,
             retry_exceptions=False)
@@ -105,10 +111,10 @@ class RayExecutor(Executor):
             refs = list(self._refs.values())
         if self._board is not None:
             self._board.stop.remote()
-        for force in (False, True):
+        for force, grace in ((False, BOARD_GRACE), (True, CANCEL_GRACE)):
             if not refs:
                 return
-            _, refs = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE)
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=grace)
             for ref in refs:
                 ray.cancel(ref, force=force)
 
