@@ -62,7 +62,19 @@ if INotify is not None:
 
 
 def available() -> bool:
-    return INotify is not None
+    """Can this process watch a tree (Linux, inotify_simple installed, an instance to spare)?
+    Probed once."""
+    global _USABLE
+    if _USABLE is None:
+        try:
+            INotify().close() if INotify is not None else None
+            _USABLE = INotify is not None
+        except OSError:
+            _USABLE = False
+    return _USABLE
+
+
+_USABLE: bool | None = None
 
 
 def open_watch(root: str) -> TreeWatch | None:

@@ -349,7 +349,7 @@ def test_a_change_after_the_check_is_seen_by_the_next_check(repo, tmp_path, monk
     from autoresearch import treewatch
 
     if notice and not treewatch.available():
-        pytest.skip("inotify is Linux's")
+        pytest.skip("no inotify here (Linux, inotify_simple and a free instance)")
     if not notice:
         monkeypatch.setenv(treewatch.DISABLE_ENV, "1")
     r, a, b, _ = repo
@@ -385,7 +385,7 @@ def test_the_kernels_notice_spares_a_checkout_every_lstat(repo, monkeypatch, tmp
     from autoresearch import treewatch
 
     if not treewatch.available():
-        pytest.skip("inotify is Linux's")
+        pytest.skip("no inotify here (Linux, inotify_simple and a free instance)")
     r, a, _b, _ = repo
     slot = r.worktree("slot-0")
     _settled(r, slot, a)
@@ -499,7 +499,7 @@ def test_the_loop_never_hands_an_experiment_a_worktree_a_step_tampered_with(tmp_
     from autoresearch import treewatch
 
     if notice and not treewatch.available():
-        pytest.skip("inotify is Linux's")
+        pytest.skip("no inotify here (Linux, inotify_simple and a free instance)")
     if not notice:
         monkeypatch.setenv(treewatch.DISABLE_ENV, "1")
     import json

@@ -19,7 +19,7 @@ from autoresearch import treewatch
 from autoresearch.evaluation import locked_violations
 from autoresearch.ratchet import Ratchet
 
-pytestmark = pytest.mark.skipif(not treewatch.available(), reason="inotify is Linux's")
+pytestmark = pytest.mark.skipif(not treewatch.available(), reason="no inotify here (Linux, inotify_simple and a free instance)")
 
 
 def _check(r: Ratchet, slot: Path, commit: str) -> tuple[set[str] | None, list[str]]:
