@@ -166,7 +166,6 @@ class CommitResult:
     removed: int = 0
 
 
-
 def _lstat_key(path: str) -> tuple[int, ...]:
     return stat_key(os.lstat(path))
 

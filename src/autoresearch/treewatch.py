@@ -66,11 +66,13 @@ def available() -> bool:
     Probed once."""
     global _USABLE
     if _USABLE is None:
-        try:
-            INotify().close() if INotify is not None else None
-            _USABLE = INotify is not None
-        except OSError:
-            _USABLE = False
+        _USABLE = False
+        if INotify is not None:
+            try:
+                INotify().close()
+                _USABLE = True
+            except OSError:
+                pass
     return _USABLE
 
 
@@ -146,8 +148,8 @@ class TreeWatch:
         absorbed that way; any other change since `take` stays marked. `racy` files stay
         marked too: written within the file system's timestamp tick, their key could not show
         a rewrite made before the watch was armed, so the next look at them reads their bytes
-        (checkout.py's racy rule)."""
-        self._poll()
+        (checkout.py's racy rule). The caller has taken in the events queued by the checkout
+        (`refresh`), so that its own writes are read before the watches they concern."""
         fresh = list(fresh)
         for rel, key in dirs.items():
             armed = self._dir_wd.get(rel)

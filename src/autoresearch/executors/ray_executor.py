@@ -25,6 +25,7 @@ The rules:
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import io
@@ -191,14 +192,10 @@ class _StopBoard:
     """One per executor: raised once by interrupt(); each running task waits on it."""
 
     def __init__(self) -> None:
-        import asyncio
-
         self._raised = asyncio.Event()
 
     async def wait(self, seconds: float) -> bool:
         """True as soon as the board is raised; False after `seconds` without it."""
-        import asyncio
-
         try:
             await asyncio.wait_for(self._raised.wait(), seconds)
         except asyncio.TimeoutError:
